@@ -1,0 +1,378 @@
+//! The herd file: servers, their addresses and neighbours, the places
+//! provider, the log directory and the limits; and the embedded default
+//! five-server herd of SPEC §1.
+//!
+//! Loading checks everything a server would otherwise trip over later, and
+//! names the line of the problem.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The embedded default herd: SPEC §1 on 127.0.0.1, client ports
+/// 12000–12004, peer ports 12010–12014.
+pub const DEFAULT_CONFIG: &str = include_str!("default_herd.toml");
+
+/// The environment variable that holds the herd's shared secret when the
+/// config does not.
+pub const SECRET_ENV: &str = "HERD_SECRET";
+
+/// A problem with a herd file, naming where it is.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, or `<embedded default>`.
+    pub origin: String,
+    /// The 1-based line of the problem, when it has one.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.origin, line, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+/// Which places provider answers WHATSAT.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PlacesConfig {
+    /// The embedded GeoNames cities1000 data set: offline, no key.
+    #[default]
+    Geonames,
+}
+
+/// Bounds on what one server holds for its clients.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// The longest client line, in bytes (SPEC §2).
+    pub max_line_bytes: usize,
+    /// The most client connections a server holds at once; more wait in
+    /// the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 1024 * 1024,
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// One server of the herd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub name: String,
+    /// `host:port` where clients connect.
+    pub client: String,
+    /// `host:port` where neighbours connect.
+    pub peer: String,
+    /// The servers this one links with. Links are bidirectional: a server
+    /// named in either side's list is a neighbour of both.
+    pub neighbours: Vec<String>,
+}
+
+/// A whole herd.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HerdConfig {
+    pub servers: Vec<ServerConfig>,
+    /// Where each server writes `NAME.log`.
+    pub log_dir: PathBuf,
+    /// The shared secret from the file, if it has one.
+    pub secret: Option<String>,
+    pub places: PlacesConfig,
+    pub limits: Limits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    log_dir: Option<String>,
+    secret: Option<String>,
+    #[serde(default)]
+    places: PlacesConfig,
+    #[serde(default)]
+    limits: Limits,
+    servers: Vec<Spanned<RawServer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Spanned<String>,
+    client: Spanned<String>,
+    peer: Spanned<String>,
+    #[serde(default)]
+    neighbours: Vec<Spanned<String>>,
+}
+
+impl HerdConfig {
+    /// The embedded default herd, logging under `./logs`.
+    pub fn embedded() -> Self {
+        Self::parse(DEFAULT_CONFIG, "<embedded default>", Path::new("."))
+            .expect("the embedded default config is valid (checked by a test)")
+    }
+
+    /// Reads a herd file. Relative paths in it are relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            origin: origin.clone(),
+            line: None,
+            message: format!("cannot read: {error}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &origin, base)
+    }
+
+    /// Parses herd-file text; `base` is the folder relative paths start from.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, ConfigError> {
+        let error_at = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+            origin: origin.to_owned(),
+            line: span.map(|span| line_of(text, span.start)),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|error| {
+            // Quote the offending line: toml's messages do not name the key.
+            let quoted = error
+                .span()
+                .and_then(|span| text.lines().nth(line_of(text, span.start) - 1))
+                .map(|line| format!(" (in `{}`)", line.trim()))
+                .unwrap_or_default();
+            error_at(error.span(), format!("{}{quoted}", error.message()))
+        })?;
+        if raw.servers.is_empty() {
+            return Err(error_at(None, "no [[servers]]: a herd needs at least one".into()));
+        }
+        if raw.limits.max_line_bytes == 0 || raw.limits.max_connections == 0 {
+            return Err(error_at(None, "limits must be greater than zero".into()));
+        }
+
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut addresses: HashMap<&str, &str> = HashMap::new();
+        for (i, server) in raw.servers.iter().enumerate() {
+            let server = server.get_ref();
+            let name = server.name.get_ref().as_str();
+            if name.is_empty() || name.bytes().any(|b| !(b.is_ascii_graphic())) {
+                return Err(error_at(
+                    Some(server.name.span()),
+                    format!("server name {name:?} must be printable ASCII without spaces"),
+                ));
+            }
+            if index.insert(name, i).is_some() {
+                return Err(error_at(
+                    Some(server.name.span()),
+                    format!("duplicate server name {name:?}"),
+                ));
+            }
+            for address in [&server.client, &server.peer] {
+                check_address(address.get_ref())
+                    .map_err(|message| error_at(Some(address.span()), message))?;
+                if let Some(other) = addresses.insert(address.get_ref(), name) {
+                    return Err(error_at(
+                        Some(address.span()),
+                        format!("address {} is used twice (by {other} and {name})", address.get_ref()),
+                    ));
+                }
+            }
+        }
+
+        // Links are bidirectional: collect both directions.
+        let mut neighbours: Vec<Vec<String>> = vec![Vec::new(); raw.servers.len()];
+        for (i, server) in raw.servers.iter().enumerate() {
+            let server = server.get_ref();
+            for neighbour in &server.neighbours {
+                let other = neighbour.get_ref().as_str();
+                let Some(&j) = index.get(other) else {
+                    return Err(error_at(
+                        Some(neighbour.span()),
+                        format!("unknown neighbour {other:?} of {}", server.name.get_ref()),
+                    ));
+                };
+                if i == j {
+                    return Err(error_at(
+                        Some(neighbour.span()),
+                        format!("{other} cannot be its own neighbour"),
+                    ));
+                }
+                for (from, to) in [(i, j), (j, i)] {
+                    let to_name = raw.servers[to].get_ref().name.get_ref();
+                    if !neighbours[from].contains(to_name) {
+                        neighbours[from].push(to_name.clone());
+                    }
+                }
+            }
+        }
+
+        let log_dir = base.join(raw.log_dir.as_deref().unwrap_or("logs"));
+        let servers = raw
+            .servers
+            .into_iter()
+            .zip(neighbours)
+            .map(|(server, neighbours)| {
+                let server = server.into_inner();
+                ServerConfig {
+                    name: server.name.into_inner(),
+                    client: server.client.into_inner(),
+                    peer: server.peer.into_inner(),
+                    neighbours,
+                }
+            })
+            .collect();
+        Ok(Self {
+            servers,
+            log_dir,
+            secret: raw.secret,
+            places: raw.places,
+            limits: raw.limits,
+        })
+    }
+
+    /// The server called `name`, or an error listing the names there are.
+    pub fn server(&self, name: &str) -> Result<&ServerConfig, String> {
+        self.servers.iter().find(|s| s.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+            format!("no server {name:?} in the herd; it has {}", names.join(", "))
+        })
+    }
+
+    /// The shared secret: the config's, else `$HERD_SECRET`.
+    pub fn secret_or_env(&self) -> Option<String> {
+        self.secret
+            .clone()
+            .or_else(|| std::env::var(SECRET_ENV).ok())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The config as TOML text, for `herd up` to hand to its servers.
+    pub fn to_toml(&self) -> String {
+        let mut text = String::new();
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        text.push_str(&format!("log_dir = {}\n", quote(&self.log_dir.to_string_lossy())));
+        if let Some(secret) = &self.secret {
+            text.push_str(&format!("secret = {}\n", quote(secret)));
+        }
+        text.push_str("\n[places]\n");
+        match &self.places {
+            PlacesConfig::Geonames => text.push_str("provider = \"geonames\"\n"),
+        }
+        text.push_str(&format!(
+            "\n[limits]\nmax_line_bytes = {}\nmax_connections = {}\n",
+            self.limits.max_line_bytes, self.limits.max_connections
+        ));
+        for server in &self.servers {
+            let neighbours: Vec<String> = server.neighbours.iter().map(|n| quote(n)).collect();
+            text.push_str(&format!(
+                "\n[[servers]]\nname = {}\nclient = {}\npeer = {}\nneighbours = [{}]\n",
+                quote(&server.name),
+                quote(&server.client),
+                quote(&server.peer),
+                neighbours.join(", ")
+            ));
+        }
+        text
+    }
+}
+
+/// `host:port` with a numeric port; the host is resolved when used.
+fn check_address(address: &str) -> Result<(), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("address {address:?} must be host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("address {address:?} must be host:port with a port from 0 to 65535"));
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HerdConfig, ConfigError> {
+        HerdConfig::parse(text, "test.toml", Path::new("/etc/herd"))
+    }
+
+    #[test]
+    fn embedded_default_is_the_five_server_herd() {
+        let config = HerdConfig::embedded();
+        let names: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["Hill", "Jaquez", "Smith", "Campbell", "Singleton"]);
+        let neighbours = |name: &str| {
+            let mut n = config.server(name).unwrap().neighbours.clone();
+            n.sort();
+            n
+        };
+        assert_eq!(neighbours("Hill"), ["Jaquez", "Smith"]);
+        assert_eq!(neighbours("Jaquez"), ["Hill", "Singleton"]);
+        assert_eq!(neighbours("Smith"), ["Campbell", "Hill", "Singleton"]);
+        assert_eq!(neighbours("Campbell"), ["Singleton", "Smith"]);
+        assert_eq!(neighbours("Singleton"), ["Campbell", "Jaquez", "Smith"]);
+        assert_eq!(config.server("Hill").unwrap().client, "127.0.0.1:12000");
+        assert_eq!(config.limits.max_line_bytes, 1 << 20);
+        assert_eq!(config.places, PlacesConfig::Geonames);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let config = HerdConfig::embedded();
+        let again = HerdConfig::parse(&config.to_toml(), "again", Path::new("/")).unwrap();
+        assert_eq!(again.servers, config.servers);
+        assert_eq!(again.limits, config.limits);
+    }
+
+    #[track_caller]
+    fn fails(text: &str, line: usize, needle: &str) {
+        let error = parse(text).expect_err(text);
+        assert_eq!(error.line, Some(line), "{error}");
+        assert!(error.to_string().contains(needle), "{error}");
+        assert!(error.to_string().starts_with(&format!("test.toml:{line}: ")), "{error}");
+    }
+
+    const TWO: &str = "[[servers]]\nname = \"A\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\nneighbours = [\"B\"]\n\n[[servers]]\nname = \"B\"\nclient = \"127.0.0.1:3\"\npeer = \"127.0.0.1:4\"\n";
+
+    #[test]
+    fn links_are_bidirectional() {
+        let config = parse(TWO).unwrap();
+        assert_eq!(config.server("B").unwrap().neighbours, ["A"]);
+        assert_eq!(config.log_dir, Path::new("/etc/herd/logs"));
+        assert!(config.server("C").unwrap_err().contains("A, B"));
+    }
+
+    #[test]
+    fn bad_configs_name_the_line() {
+        fails(&TWO.replace("[\"B\"]", "[\"C\"]"), 5, "unknown neighbour \"C\"");
+        fails(&TWO.replace("[\"B\"]", "[\"A\"]"), 5, "its own neighbour");
+        fails(&TWO.replace("name = \"B\"", "name = \"A\""), 8, "duplicate server name");
+        fails(&TWO.replace("127.0.0.1:3", "127.0.0.1:1"), 9, "used twice");
+        fails(&TWO.replace("127.0.0.1:4", "127.0.0.1:99999"), 10, "port from 0 to 65535");
+        fails(&TWO.replace("127.0.0.1:4", "localhost"), 10, "host:port");
+        fails(&TWO.replace("neighbours = [\"B\"]", "neighbors = [\"B\"]"), 5, "unknown field");
+        fails(&TWO.replace("client = \"127.0.0.1:3\"", "client = 3"), 9, "string");
+        fails(&format!("{TWO}\n[places]\nprovider = \"bing\"\n"), 13, "bing");
+        fails(&format!("{TWO}\n[limits]\nmax_line_bytes = -1\n"), 13, "max_line_bytes");
+        fails("this is not toml", 1, "");
+    }
+
+    #[test]
+    fn empty_herd_is_refused() {
+        assert!(parse("servers = []").unwrap_err().to_string().contains("at least one"));
+    }
+}

@@ -1,0 +1,546 @@
+//! Server-to-server links: authentication, flooding and catch-up (SPEC §6).
+//!
+//! Each direction of a link is one TCP connection, dialled by the sender to
+//! the receiver's peer port. The receiver keeps, per neighbour, a *cursor*:
+//! the neighbour's run id and the highest of its sequence numbers up to which
+//! it holds everything the neighbour has accepted (see `store`). When a link
+//! comes up the receiver tells the sender its cursor, and the sender streams
+//! its store's sequence from there on: first what was missed, then live
+//! updates as they are accepted. Catch-up and flooding are one mechanism, and
+//! the work on reconnect is what was missed, not the size of the store.
+//!
+//! A restarted server has a new run id, so its neighbours' cursors for it no
+//! longer apply and it streams its (new) store from the start; and it asks
+//! its neighbours from the start, since it knows nothing.
+//!
+//! Handshake, by the dialler A to the receiver B:
+//!
+//! ```text
+//! B -> A  HERD-CHALLENGE 1 <nonce_b>
+//! A -> B  HERD-HELLO <A> <B> <run_a> <nonce_a> <mac>      mac over A, B, run_a, both nonces
+//! B -> A  HERD-WELCOME <run> <seq> <mac>                  B's cursor for A, mac over it and both nonces
+//! A -> B  frames: u32 length, payload, HMAC-SHA256 tag    tag over a frame counter and the payload
+//! B -> A  "ACK <seq>" lines, so that A notices a dead link
+//! ```
+//!
+//! Every MAC is keyed by the herd's shared secret (or by a session key
+//! derived from it and both nonces), so a stranger can neither join, nor
+//! replay a recorded session (fresh nonces), nor alter or reorder frames
+//! (the counter). Payload lines are `U <seq> <AT line>` for an update and
+//! `C <seq>` for "complete up to".
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::protocol::parse_at_line;
+use crate::server::{Server, Show};
+use crate::store::{Pending, Report, Source};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A configured neighbour.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub name: String,
+    /// Its peer port, `host:port`.
+    pub peer_address: String,
+}
+
+/// The most updates in one frame: big enough to batch a busy link, small
+/// enough that catch-up never starves live updates for long.
+const BATCH: usize = 256;
+/// The largest frame payload a receiver accepts.
+const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Time for a peer to complete its handshake.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(2);
+/// How often an idle link says it is alive, each way.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// A link that has been silent this long is dropped and dialled again.
+const SILENCE: Duration = Duration::from_secs(3);
+/// Reconnection backoff: first retry, and the most between retries. A
+/// neighbour that comes back dials us, which wakes our dialler at once.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(400);
+
+/// What one neighbour has sent us: its run id and how far we are complete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cursor {
+    run: u64,
+    seq: u64,
+}
+
+/// Per-neighbour link state of one server.
+pub struct Flood {
+    me: String,
+    run: u64,
+    secret: Vec<u8>,
+    neighbours: Vec<Neighbour>,
+    /// Bumped after every accepted update; link senders wait on it.
+    accepted: watch::Sender<u64>,
+    cursors: Mutex<Vec<Cursor>>,
+    /// Wakes the dialler to a neighbour that just showed up.
+    wake: Vec<Notify>,
+    /// The receiving session of each neighbour, cancelled when a newer one
+    /// from the same neighbour replaces it.
+    sessions: Mutex<Vec<Option<CancellationToken>>>,
+}
+
+impl Flood {
+    pub fn new(me: &str, neighbours: Vec<Neighbour>, secret: Vec<u8>) -> Self {
+        let count = neighbours.len();
+        Self {
+            me: me.to_owned(),
+            run: rand::random::<u64>() | 1,
+            secret,
+            neighbours,
+            accepted: watch::Sender::new(0),
+            cursors: Mutex::new(vec![Cursor::default(); count]),
+            wake: (0..count).map(|_| Notify::new()).collect(),
+            sessions: Mutex::new(vec![None; count]),
+        }
+    }
+
+    /// Tells every link that the store has something new.
+    pub fn announce(&self) {
+        self.accepted.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    fn neighbour_index(&self, name: &[u8]) -> Option<usize> {
+        self.neighbours.iter().position(|n| n.name.as_bytes() == name)
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        for part in parts {
+            // Length-prefixed, so that no two part lists authenticate alike.
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+}
+
+/// Starts the peer listener and one dialler per neighbour.
+pub fn start(server: &Arc<Server>, listener: TcpListener, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    for index in 0..server.flood.neighbours.len() {
+        tasks.spawn(dial_loop(server.clone(), index, shutdown.clone()));
+    }
+    let server = server.clone();
+    let shutdown = shutdown.clone();
+    let inner_tasks = tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            let (stream, address) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        warn!(%error, "peer accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let server = server.clone();
+            let shutdown = shutdown.clone();
+            inner_tasks.spawn(async move {
+                if let Err(error) = receive(&server, stream, &shutdown).await {
+                    debug!(%address, %error, "peer connection ended");
+                }
+            });
+        }
+    });
+}
+
+// ----------------------------------------------------------------- sending
+
+/// Keeps the link to neighbour `index` up, streaming our updates over it.
+async fn dial_loop(server: Arc<Server>, index: usize, shutdown: CancellationToken) {
+    let flood = &server.flood;
+    let neighbour = &flood.neighbours[index];
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let attempt = async {
+            let stream = TcpStream::connect(&neighbour.peer_address).await?;
+            stream.set_nodelay(true)?;
+            dial_handshake(flood, index, stream).await
+        };
+        match timeout(HANDSHAKE_TIME, attempt).await {
+            Ok(Ok(link)) => {
+                info!(neighbour = %neighbour.name, "link up: sending to {}", neighbour.name);
+                backoff = BACKOFF_FIRST;
+                let outcome = send_updates(&server, index, link, &shutdown).await;
+                info!(neighbour = %neighbour.name, "link down: sending to {}: {}", neighbour.name,
+                    outcome.err().map_or("shutting down".to_owned(), |e| e.to_string()));
+            }
+            Ok(Err(error)) => debug!(neighbour = %neighbour.name, %error, "cannot link"),
+            Err(_) => debug!(neighbour = %neighbour.name, "handshake timed out"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = flood.wake[index].notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// An authenticated sending side of a link.
+struct OutgoingLink {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    key: Vec<u8>,
+    /// Where the receiver's cursor says to start.
+    start: u64,
+}
+
+async fn dial_handshake(flood: &Flood, index: usize, stream: TcpStream) -> anyhow::Result<OutgoingLink> {
+    let neighbour = &flood.neighbours[index];
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let challenge = read_short_line(&mut reader).await?;
+    let nonce_b = match challenge.split(' ').collect::<Vec<_>>()[..] {
+        ["HERD-CHALLENGE", "1", nonce] => decode_hex(nonce).ok_or_else(|| anyhow::anyhow!("bad nonce"))?,
+        _ => anyhow::bail!("not a herd peer port"),
+    };
+    let nonce_a: [u8; 16] = rand::random();
+    let run = flood.run.to_string();
+    let mac = flood.mac(&[b"hello", flood.me.as_bytes(), neighbour.name.as_bytes(), run.as_bytes(), &nonce_b, &nonce_a]);
+    let hello = format!(
+        "HERD-HELLO {} {} {} {} {}\n",
+        flood.me,
+        neighbour.name,
+        run,
+        encode_hex(&nonce_a),
+        encode_hex(&mac.finalize().into_bytes())
+    );
+    writer.write_all(hello.as_bytes()).await?;
+    let welcome = read_short_line(&mut reader).await?;
+    let ["HERD-WELCOME", cursor_run, cursor_seq, tag] = welcome.split(' ').collect::<Vec<_>>()[..] else {
+        anyhow::bail!("refused: {welcome}");
+    };
+    let tag = decode_hex(tag).ok_or_else(|| anyhow::anyhow!("bad welcome"))?;
+    flood
+        .mac(&[b"welcome", flood.me.as_bytes(), neighbour.name.as_bytes(), cursor_run.as_bytes(), cursor_seq.as_bytes(), &nonce_a, &nonce_b])
+        .verify_slice(&tag)
+        .map_err(|_| anyhow::anyhow!("{} does not know the herd secret", neighbour.name))?;
+    let cursor_run: u64 = cursor_run.parse()?;
+    let cursor_seq: u64 = cursor_seq.parse()?;
+    let key = flood.mac(&[b"session", &nonce_a, &nonce_b]).finalize().into_bytes().to_vec();
+    Ok(OutgoingLink {
+        reader,
+        writer,
+        key,
+        // A cursor for an earlier run of ours means nothing now.
+        start: if cursor_run == flood.run { cursor_seq } else { 0 },
+    })
+}
+
+/// Streams the store to a neighbour from the cursor on, then every update
+/// as it is accepted, until the link fails or the server stops.
+async fn send_updates(
+    server: &Server,
+    index: usize,
+    link: OutgoingLink,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let flood = &server.flood;
+    let name = &flood.neighbours[index].name;
+    let OutgoingLink { mut reader, mut writer, key, start } = link;
+    let mut next = start;
+    let mut counter: u64 = 0;
+    let mut accepted = flood.accepted.subscribe();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut last_heard = Instant::now();
+    let mut pending = Vec::with_capacity(BATCH);
+    let mut ack = [0u8; 256];
+    loop {
+        // Mark the signal seen before looking, so an update accepted in
+        // between still wakes us below.
+        accepted.borrow_and_update();
+        pending.clear();
+        let reached = server.store.since(next, index, BATCH, &mut pending);
+        if reached > next {
+            let mut payload = Vec::with_capacity(pending.len() * 96 + 24);
+            for Pending { seq, at_line } in &pending {
+                info!(neighbour = %name, "sent to {name}: {}", Show(at_line));
+                payload.extend_from_slice(format!("U {seq} ").as_bytes());
+                payload.extend_from_slice(at_line);
+                payload.push(b'\n');
+            }
+            payload.extend_from_slice(format!("C {reached}\n").as_bytes());
+            write_frame(&mut writer, &key, &mut counter, &payload).await?;
+            next = reached;
+            continue;
+        }
+        tokio::select! {
+            changed = accepted.changed() => changed?,
+            read = reader.read(&mut ack) => {
+                if read? == 0 {
+                    anyhow::bail!("closed by {name}");
+                }
+                last_heard = Instant::now();
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > SILENCE {
+                    anyhow::bail!("{name} silent for {SILENCE:?}");
+                }
+                write_frame(&mut writer, &key, &mut counter, b"").await?;
+            }
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+async fn write_frame(writer: &mut OwnedWriteHalf, key: &[u8], counter: &mut u64, payload: &[u8]) -> anyhow::Result<()> {
+    let length = u32::try_from(payload.len()).expect("frames are small");
+    let mut frame = Vec::with_capacity(payload.len() + 36);
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(&frame_tag(key, *counter, payload));
+    *counter += 1;
+    // A stopped neighbour must not hold this link forever.
+    timeout(SILENCE, writer.write_all(&frame))
+        .await
+        .map_err(|_| anyhow::anyhow!("write timed out"))??;
+    Ok(())
+}
+
+fn frame_tag(key: &[u8], counter: u64, payload: &[u8]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&counter.to_be_bytes());
+    mac.update(payload);
+    mac.finalize().into_bytes().into()
+}
+
+// --------------------------------------------------------------- receiving
+
+/// Serves one connection to our peer port: a neighbour sending its updates.
+async fn receive(server: &Server, stream: TcpStream, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let flood = &server.flood;
+    stream.set_nodelay(true)?;
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let nonce_b: [u8; 16] = rand::random();
+    let (index, run, key) = timeout(HANDSHAKE_TIME, async {
+        writer
+            .write_all(format!("HERD-CHALLENGE 1 {}\n", encode_hex(&nonce_b)).as_bytes())
+            .await?;
+        let hello = read_short_line(&mut reader).await?;
+        let ["HERD-HELLO", from, to, run, nonce_a, tag] = hello.split(' ').collect::<Vec<_>>()[..] else {
+            anyhow::bail!("not a hello");
+        };
+        let index = flood
+            .neighbour_index(from.as_bytes())
+            .filter(|_| to == flood.me)
+            .ok_or_else(|| anyhow::anyhow!("{from} is not a neighbour of {}", flood.me))?;
+        let (Some(nonce_a), Some(tag), Ok(run_id)) = (decode_hex(nonce_a), decode_hex(tag), run.parse::<u64>()) else {
+            anyhow::bail!("malformed hello");
+        };
+        if flood
+            .mac(&[b"hello", from.as_bytes(), to.as_bytes(), run.as_bytes(), &nonce_b, &nonce_a])
+            .verify_slice(&tag)
+            .is_err()
+        {
+            anyhow::bail!("hello claiming to be {from} failed authentication");
+        }
+        let cursor = {
+            let mut cursors = flood.cursors.lock().expect("cursor lock is never poisoned");
+            if cursors[index].run != run_id {
+                cursors[index] = Cursor { run: run_id, seq: 0 };
+            }
+            cursors[index]
+        };
+        let (cursor_run, cursor_seq) = (cursor.run.to_string(), cursor.seq.to_string());
+        let mac = flood.mac(&[b"welcome", from.as_bytes(), to.as_bytes(), cursor_run.as_bytes(), cursor_seq.as_bytes(), &nonce_a, &nonce_b]);
+        writer
+            .write_all(format!("HERD-WELCOME {cursor_run} {cursor_seq} {}\n", encode_hex(&mac.finalize().into_bytes())).as_bytes())
+            .await?;
+        let key = flood.mac(&[b"session", &nonce_a, &nonce_b]).finalize().into_bytes().to_vec();
+        Ok((index, run_id, key))
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("handshake timed out"))?
+    .inspect_err(|error| warn!(%error, "peer refused"))?;
+
+    let name = flood.neighbours[index].name.clone();
+    // This neighbour is up: dial it now rather than at the next backoff.
+    flood.wake[index].notify_one();
+    let session = shutdown.child_token();
+    if let Some(old) = flood.sessions.lock().expect("session lock is never poisoned")[index].replace(session.clone()) {
+        old.cancel();
+    }
+    info!(neighbour = %name, "link up: receiving from {name}");
+    let outcome = tokio::select! {
+        outcome = receive_frames(server, index, run, &key, &mut reader, &mut writer) => outcome,
+        () = session.cancelled() => Ok(()),
+    };
+    info!(neighbour = %name, "link down: receiving from {name}: {}",
+        outcome.as_ref().err().map_or("replaced or shutting down".to_owned(), |e| e.to_string()));
+    outcome
+}
+
+async fn receive_frames(
+    server: &Server,
+    index: usize,
+    run: u64,
+    key: &[u8],
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+) -> anyhow::Result<()> {
+    let flood = &server.flood;
+    let name = &flood.neighbours[index].name;
+    let mut counter: u64 = 0;
+    let mut payload = Vec::new();
+    let mut last_ack = Instant::now();
+    loop {
+        let mut length = [0u8; 4];
+        match timeout(SILENCE, reader.read_exact(&mut length)).await {
+            Ok(read) => read?,
+            Err(_) => anyhow::bail!("{name} silent for {SILENCE:?}"),
+        };
+        let length = u32::from_be_bytes(length) as usize;
+        if length > MAX_FRAME {
+            anyhow::bail!("frame of {length} bytes is too large");
+        }
+        payload.resize(length + 32, 0);
+        reader.read_exact(&mut payload).await?;
+        let (body, tag) = payload.split_at(length);
+        if frame_tag(key, counter, body) != tag {
+            anyhow::bail!("frame from {name} failed authentication");
+        }
+        counter += 1;
+        let mut complete = None;
+        let mut changed = false;
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            match apply_line(server, index, line) {
+                Some((seq, newer)) => {
+                    complete = Some(seq);
+                    changed |= newer;
+                }
+                None => warn!(neighbour = %name, "ignored a malformed line: {}", Show(line)),
+            }
+        }
+        if changed {
+            flood.announce();
+        }
+        if let Some(seq) = complete {
+            let mut cursors = flood.cursors.lock().expect("cursor lock is never poisoned");
+            if cursors[index].run == run {
+                cursors[index].seq = cursors[index].seq.max(seq);
+            }
+        }
+        // Acknowledge now and then so the sender knows the link lives.
+        if last_ack.elapsed() >= HEARTBEAT {
+            let seq = complete.unwrap_or(0);
+            timeout(SILENCE, writer.write_all(format!("ACK {seq}\n").as_bytes()))
+                .await
+                .map_err(|_| anyhow::anyhow!("ack timed out"))??;
+            last_ack = Instant::now();
+        }
+    }
+}
+
+/// Applies one payload line; returns its sequence number and whether it
+/// changed the store, or `None` if the line is malformed.
+fn apply_line(server: &Server, index: usize, line: &[u8]) -> Option<(u64, bool)> {
+    let name = &server.flood.neighbours[index].name;
+    let (kind, rest) = split_word(line)?;
+    let (seq, rest) = split_word(rest)?;
+    let seq: u64 = std::str::from_utf8(seq).ok()?.parse().ok()?;
+    match kind {
+        b"C" if rest.is_empty() => Some((seq, false)),
+        b"U" => {
+            let at = parse_at_line(rest)?;
+            info!(neighbour = %name, "received from {name}: {}", Show(rest));
+            let report = Report {
+                client_id: Bytes::copy_from_slice(at.client_id),
+                client_time: at.client_time,
+                location: at.location,
+                at_line: Bytes::copy_from_slice(rest),
+            };
+            let newer = server.store.update(report, Source::Neighbour(index)).is_some();
+            if !newer {
+                debug!(neighbour = %name, "not newer, dropped");
+            }
+            Some((seq, newer))
+        }
+        _ => None,
+    }
+}
+
+fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    match line.iter().position(|&b| b == b' ') {
+        Some(space) => Some((&line[..space], &line[space + 1..])),
+        None => Some((line, &[])),
+    }
+}
+
+/// Reads a handshake line of at most 512 bytes, without its `\n`.
+async fn read_short_line(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<String> {
+    let mut line = Vec::new();
+    let read = (&mut *reader).take(512).read_until(b'\n', &mut line).await?;
+    if read == 0 || line.last() != Some(&b'\n') {
+        anyhow::bail!("connection closed or line too long during the handshake");
+    }
+    line.pop();
+    Ok(String::from_utf8(line)?)
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(encode_hex(&bytes), "0001abff");
+        assert_eq!(decode_hex("0001abff"), Some(bytes.to_vec()));
+        assert_eq!(decode_hex("0g"), None);
+        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(decode_hex("é1"), None);
+    }
+
+    #[test]
+    fn frame_tags_depend_on_key_counter_and_payload() {
+        let tag = frame_tag(b"k", 0, b"U 1 AT");
+        assert_eq!(tag, frame_tag(b"k", 0, b"U 1 AT"));
+        assert_ne!(tag, frame_tag(b"k", 1, b"U 1 AT"));
+        assert_ne!(tag, frame_tag(b"x", 0, b"U 1 AT"));
+        assert_ne!(tag, frame_tag(b"k", 0, b"U 2 AT"));
+    }
+
+    #[test]
+    fn macs_are_length_prefixed() {
+        let flood = Flood::new("A", vec![], b"secret".to_vec());
+        let a = flood.mac(&[b"ab", b"c"]).finalize().into_bytes();
+        let b = flood.mac(&[b"a", b"bc"]).finalize().into_bytes();
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,341 @@
+//! The `herd` command: run one server, run a whole herd, or talk to a server.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use herd::config::{HerdConfig, PlacesConfig, SECRET_ENV};
+use herd::places::Places;
+use herd::places::geonames::GeoNames;
+use herd::server::{self, ServerSetup};
+
+/// An application-server herd: clients report where they are to any server
+/// (IAMAT), the servers flood each newer location to one another, and any
+/// server answers what is near a client (WHATSAT).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one server of the herd, by its name (e.g. `herd serve Hill`).
+    ///
+    /// The herd's shared secret comes from the config's `secret` or from
+    /// $HERD_SECRET; every server of a herd must have the same one.
+    Serve {
+        /// The server's name in the herd config.
+        name: String,
+        #[command(flatten)]
+        herd: HerdArgs,
+    },
+    /// Run every server of the herd on this machine, one process each, until
+    /// Ctrl-C. Makes up a shared secret unless one is configured.
+    Up {
+        #[command(flatten)]
+        herd: HerdArgs,
+    },
+    /// Send lines to a server and print everything it answers.
+    ///
+    /// With no LINE arguments, the lines are read from standard input.
+    Send {
+        /// The server's client address, `host:port`.
+        address: String,
+        /// The lines to send, e.g. 'IAMAT kiwi +34.068930-118.445127 1621464827.959498503'.
+        lines: Vec<String>,
+        /// Give up after this many seconds without an answer.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Talk to a server interactively: type lines, see the answers.
+    Client {
+        /// The server's client address, `host:port`.
+        address: String,
+    },
+    /// Print the embedded default herd config, a starting point for your own.
+    Config,
+}
+
+#[derive(clap::Args)]
+struct HerdArgs {
+    /// The herd config (TOML). Without it, the embedded default five-server
+    /// herd on 127.0.0.1 (see `herd config`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where to write each server's NAME.log (overrides the config's log_dir).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+}
+
+impl HerdArgs {
+    fn load(&self) -> anyhow::Result<HerdConfig> {
+        let mut config = match &self.config {
+            Some(path) => HerdConfig::load(path)?,
+            None => HerdConfig::embedded(),
+        };
+        if let Some(log_dir) = &self.log_dir {
+            config.log_dir = log_dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { name, herd } => serve(&name, &herd),
+        Command::Up { herd } => up(&herd),
+        Command::Send {
+            address,
+            lines,
+            timeout,
+        } => runtime().and_then(|rt| rt.block_on(send(&address, lines, timeout))),
+        Command::Client { address } => runtime().and_then(|rt| rt.block_on(client(&address))),
+        Command::Config => {
+            print!("{}", herd::config::DEFAULT_CONFIG);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("herd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let server_config = config.server(name).map_err(anyhow::Error::msg)?.clone();
+    let Some(secret) = config.secret_or_env() else {
+        bail!(
+            "no herd secret: set `secret` in the config or ${SECRET_ENV} (the same for every server); `herd up` makes one for you"
+        );
+    };
+    let _log_guard = init_logging(&config.log_dir, name)?;
+    let places: Arc<dyn Places> = match &config.places {
+        PlacesConfig::Geonames => Arc::new(GeoNames::new()),
+    };
+    let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)
+        .map_err(anyhow::Error::msg)?;
+    runtime()?.block_on(async {
+        let client = TcpListener::bind(&server_config.client)
+            .await
+            .with_context(|| format!("{name}: cannot listen for clients on {}", server_config.client))?;
+        let peer = TcpListener::bind(&server_config.peer)
+            .await
+            .with_context(|| format!("{name}: cannot listen for neighbours on {}", server_config.peer))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        server::run(setup, client, peer, shutdown).await
+    })
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    token.cancel();
+}
+
+/// Sends every event to `LOG_DIR/NAME.log` through a background writer, so
+/// that logging every message costs the hot path a queue push, not a write.
+fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+    std::fs::create_dir_all(log_dir).with_context(|| format!("creating log folder {}", log_dir.display()))?;
+    let path = log_dir.join(format!("{name}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening log file {}", path.display()))?;
+    // Not lossy: SPEC §7 asks for every message, so a full queue waits.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(256 * 1024)
+        .finish(file);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_target(false)
+        .with_env_filter(filter)
+        .init();
+    Ok(guard)
+}
+
+fn up(args: &HerdArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let secret = config.secret_or_env().unwrap_or_else(|| {
+        let bytes: [u8; 32] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let exe = std::env::current_exe().context("finding the herd binary")?;
+    runtime()?.block_on(async {
+        let mut children = Vec::new();
+        for server in &config.servers {
+            let mut command = tokio::process::Command::new(&exe);
+            command.arg("serve").arg(&server.name).env(SECRET_ENV, &secret);
+            if let Some(path) = &args.config {
+                command.arg("--config").arg(path);
+            }
+            command.arg("--log-dir").arg(&config.log_dir);
+            let child = command
+                .spawn()
+                .with_context(|| format!("starting {}", server.name))?;
+            children.push((server, child));
+        }
+        // Report each server once it answers on its client port.
+        let mut ready = true;
+        for (server, child) in &mut children {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if TcpStream::connect(&server.client).await.is_ok() {
+                    println!(
+                        "{:<10} clients {:<21} peers {:<21} log {}",
+                        server.name,
+                        server.client,
+                        server.peer,
+                        config.log_dir.join(format!("{}.log", server.name)).display()
+                    );
+                    break;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!("herd: {} exited at start ({status})", server.name);
+                    ready = false;
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    eprintln!("herd: {} is not listening on {} after 5 s", server.name, server.client);
+                    ready = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        if ready {
+            println!("herd of {} servers is up; Ctrl-C stops it", children.len());
+            let _ = std::io::stdout().flush();
+            let stop = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(stop.clone()));
+            let mut watch = tokio::time::interval(Duration::from_millis(200));
+            let mut exited = vec![false; children.len()];
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = watch.tick() => {}
+                }
+                for (i, (server, child)) in children.iter_mut().enumerate() {
+                    if !exited[i] && let Ok(Some(status)) = child.try_wait() {
+                        eprintln!("herd: {} exited ({status}); the others keep running", server.name);
+                        exited[i] = true;
+                    }
+                }
+            }
+        }
+        for (_, child) in &children {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for (server, child) in &mut children {
+            match tokio::time::timeout(Duration::from_secs(3), child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("herd: {} did not stop; killing it", server.name);
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        if ready { Ok(()) } else { bail!("the herd did not start") }
+    })
+}
+
+async fn send(address: &str, lines: Vec<String>, timeout_secs: f64) -> anyhow::Result<()> {
+    let wait = Duration::try_from_secs_f64(timeout_secs).context("--timeout must be a positive number of seconds")?;
+    let mut stream = tokio::time::timeout(wait, TcpStream::connect(address))
+        .await
+        .with_context(|| format!("connecting to {address}: timed out"))?
+        .with_context(|| format!("connecting to {address}"))?;
+    let mut input = Vec::new();
+    if lines.is_empty() {
+        tokio::io::stdin().read_to_end(&mut input).await?;
+    } else {
+        for line in lines {
+            input.extend_from_slice(line.as_bytes());
+            input.push(b'\n');
+        }
+    }
+    stream.write_all(&input).await?;
+    // EOF tells the server to answer everything and close (SPEC §2).
+    stream.shutdown().await?;
+    let mut stdout = tokio::io::stdout();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::time::timeout(wait, stream.read(&mut buffer))
+            .await
+            .context("no answer in time")??;
+        if read == 0 {
+            break;
+        }
+        stdout.write_all(&buffer[..read]).await?;
+    }
+    stdout.flush().await?;
+    Ok(())
+}
+
+async fn client(address: &str) -> anyhow::Result<()> {
+    let stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    if std::io::stdin().is_terminal() {
+        eprintln!("connected to {address}; type IAMAT or WHATSAT lines, Ctrl-D to finish");
+    }
+    let (reader, mut writer) = stream.into_split();
+    let printer = tokio::spawn(async move {
+        let mut reader = reader;
+        let mut stdout = tokio::io::stdout();
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(read) = reader.read(&mut buffer).await {
+            if read == 0 || stdout.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+            let _ = stdout.flush().await;
+        }
+    });
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = Vec::new();
+    while stdin.read_until(b'\n', &mut line).await? > 0 {
+        writer.write_all(&line).await?;
+        line.clear();
+    }
+    writer.shutdown().await?;
+    printer.await?;
+    Ok(())
+}

@@ -1,0 +1,515 @@
+//! Client lines to requests, and requests to reply text (SPEC §2–§5).
+//!
+//! Pure code working on bytes: client ids and every echoed field may hold
+//! any non-whitespace byte, valid UTF-8 or not, and are echoed exactly.
+//! Framing (bytes into lines) lives in `framing`.
+
+use crate::time::{Timestamp, format_skew, parse_digits_u64};
+
+/// The field separators of SPEC §2: space, tab, `\r`, `\f` and `\v`.
+///
+/// Not `u8::is_ascii_whitespace`, which leaves out `\v` (0x0b).
+pub fn is_separator(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\r' | b'\x0c' | b'\x0b')
+}
+
+/// The fields of a line, split on runs of separators.
+pub fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|&b| is_separator(b)).filter(|f| !f.is_empty())
+}
+
+/// A latitude and longitude in degrees, checked to lie on the globe.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Location {
+    pub lat: f64,
+    pub lng: f64,
+}
+
+impl Location {
+    /// Parses ISO 6709 style `+34.068930-118.445127`: each coordinate a
+    /// mandatory sign, digits and an optional fraction. The range check is
+    /// exact on the decimal text, so `+90.0000000001+0` is refused.
+    pub fn parse(text: &[u8]) -> Option<Self> {
+        let (lat_text, rest) = split_coordinate(text)?;
+        let (lng_text, rest) = split_coordinate(rest)?;
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Self {
+            lat: coordinate(lat_text, 90)?,
+            lng: coordinate(lng_text, 180)?,
+        })
+    }
+}
+
+/// Splits a signed decimal off the front: the sign, then everything up to
+/// the next sign.
+fn split_coordinate(text: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&sign, body) = text.split_first()?;
+    if sign != b'+' && sign != b'-' {
+        return None;
+    }
+    let end = body
+        .iter()
+        .position(|&b| b == b'+' || b == b'-')
+        .map_or(text.len(), |i| i + 1);
+    Some(text.split_at(end))
+}
+
+/// A signed coordinate whose magnitude is at most `limit`, exactly.
+fn coordinate(text: &[u8], limit: u64) -> Option<f64> {
+    let (whole, fraction) = split_decimal(&text[1..])?;
+    let whole_value = parse_digits_u64(whole)?;
+    let fraction_is_zero = fraction.is_none_or(|f| f.iter().all(|&b| b == b'0'));
+    if whole_value > limit || (whole_value == limit && !fraction_is_zero) {
+        return None;
+    }
+    // Validated ASCII digits with a sign: a plain float parse of the text is
+    // exact enough for geometry; comparisons above were done on the text.
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// Splits `digits[.digits]` into its whole and fraction parts, checking that
+/// both are non-empty runs of ASCII digits.
+fn split_decimal(text: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let all_digits = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
+    match text.iter().position(|&b| b == b'.') {
+        Some(dot) => {
+            let (whole, fraction) = (&text[..dot], &text[dot + 1..]);
+            (all_digits(whole) && all_digits(fraction)).then_some((whole, Some(fraction)))
+        }
+        None => all_digits(text).then_some((text, None)),
+    }
+}
+
+/// A WHATSAT radius: more than 0 and at most 50 km, checked exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Radius {
+    /// The radius in metres, as exact decimal text (`10` km is `10000`).
+    pub metres_text: String,
+    /// The radius in metres, for geometry.
+    pub metres: f64,
+}
+
+impl Radius {
+    /// The most a WHATSAT may ask for, in whole kilometres.
+    pub const MAX_KM: u64 = 50;
+
+    /// Parses unsigned decimal kilometres, `0 < r <= 50`.
+    pub fn parse(text: &[u8]) -> Option<Self> {
+        let (whole, fraction) = split_decimal(text)?;
+        let whole_value = parse_digits_u64(whole)?;
+        let fraction = fraction.unwrap_or(b"");
+        let fraction_is_zero = fraction.iter().all(|&b| b == b'0');
+        if whole_value > Self::MAX_KM
+            || (whole_value == Self::MAX_KM && !fraction_is_zero)
+            || (whole_value == 0 && fraction_is_zero)
+        {
+            return None;
+        }
+        let metres_text = kilometres_to_metres_text(whole_value, fraction);
+        let metres = metres_text.parse().ok()?;
+        Some(Self {
+            metres_text,
+            metres,
+        })
+    }
+}
+
+/// Shifts the decimal point three places: `1.2345` km is `1234.5` m.
+fn kilometres_to_metres_text(whole: u64, fraction: &[u8]) -> String {
+    let mut padded = fraction.to_vec();
+    while padded.len() < 3 {
+        padded.push(b'0');
+    }
+    let (to_whole, rest) = padded.split_at(3);
+    let extra = parse_digits_u64(to_whole).expect("three ASCII digits");
+    let mut text = (whole * 1000 + extra).to_string();
+    let rest = std::str::from_utf8(rest)
+        .expect("ASCII digits")
+        .trim_end_matches('0');
+    if !rest.is_empty() {
+        text.push('.');
+        text.push_str(rest);
+    }
+    text
+}
+
+/// The most places a WHATSAT may ask for.
+pub const MAX_BOUND: usize = 20;
+
+/// An `IAMAT` report, with the client's own text kept for the echo.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Iamat<'a> {
+    pub client_id: &'a [u8],
+    pub location_text: &'a [u8],
+    pub location: Location,
+    pub time_text: &'a [u8],
+    pub client_time: Timestamp,
+}
+
+/// A `WHATSAT` query.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Whatsat<'a> {
+    pub client_id: &'a [u8],
+    pub radius: Radius,
+    pub bound: usize,
+}
+
+/// A valid client line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request<'a> {
+    Iamat(Iamat<'a>),
+    Whatsat(Whatsat<'a>),
+}
+
+/// Why a line is not a valid request. The reply is `? <line>` whatever the
+/// reason; the reason is for logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("unknown command or wrong number of fields")]
+    Shape,
+    #[error("malformed or out-of-range location")]
+    Location,
+    #[error("malformed client time")]
+    Time,
+    #[error("malformed or out-of-range radius")]
+    Radius,
+    #[error("malformed or out-of-range bound")]
+    Bound,
+}
+
+/// Parses one client line, without its line ending.
+///
+/// A WHATSAT for a client nobody has reported is syntactically valid here;
+/// the server answers it with `?` once the store says the client is unknown.
+pub fn parse_request(line: &[u8]) -> Result<Request<'_>, Invalid> {
+    let mut parts = fields(line);
+    let (Some(verb), Some(a), Some(b), Some(c), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(Invalid::Shape);
+    };
+    match verb {
+        b"IAMAT" => Ok(Request::Iamat(Iamat {
+            client_id: a,
+            location_text: b,
+            location: Location::parse(b).ok_or(Invalid::Location)?,
+            time_text: c,
+            client_time: Timestamp::parse(c).ok_or(Invalid::Time)?,
+        })),
+        b"WHATSAT" => Ok(Request::Whatsat(Whatsat {
+            client_id: a,
+            radius: Radius::parse(b).ok_or(Invalid::Radius)?,
+            bound: parse_bound(c).ok_or(Invalid::Bound)?,
+        })),
+        _ => Err(Invalid::Shape),
+    }
+}
+
+fn parse_bound(text: &[u8]) -> Option<usize> {
+    let value = parse_digits_u64(text)?;
+    (1..=MAX_BOUND as u64)
+        .contains(&value)
+        .then(|| usize::try_from(value).expect("at most 20"))
+}
+
+/// The AT line for an accepted report, without a line ending:
+/// `AT <server> <skew> <client id> <location> <client time>`.
+pub fn format_at(server: &str, received_nanos: i128, iamat: &Iamat<'_>) -> Vec<u8> {
+    let skew = format_skew(received_nanos, iamat.client_time);
+    let mut line = Vec::with_capacity(
+        8 + server.len()
+            + skew.len()
+            + iamat.client_id.len()
+            + iamat.location_text.len()
+            + iamat.time_text.len(),
+    );
+    for (i, part) in [
+        b"AT".as_slice(),
+        server.as_bytes(),
+        skew.as_bytes(),
+        iamat.client_id,
+        iamat.location_text,
+        iamat.time_text,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
+            line.push(b' ');
+        }
+        line.extend_from_slice(part);
+    }
+    line
+}
+
+/// A stored AT line, as flooded between servers, taken apart again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AtLine<'a> {
+    pub server: &'a [u8],
+    pub client_id: &'a [u8],
+    pub location: Location,
+    pub client_time: Timestamp,
+}
+
+/// Parses and checks an AT line received from a neighbour, so that nothing
+/// malformed is stored even if a neighbour misbehaves.
+pub fn parse_at_line(line: &[u8]) -> Option<AtLine<'_>> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(b"AT"), Some(server), Some(skew), Some(client_id), Some(location), Some(time), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let no_separators = |field: &[u8]| !field.is_empty() && !field.iter().any(|&b| is_separator(b) || b == b'\n');
+    if !(no_separators(server) && no_separators(client_id) && is_skew(skew)) {
+        return None;
+    }
+    Some(AtLine {
+        server,
+        client_id,
+        location: Location::parse(location)?,
+        client_time: Timestamp::parse(time)?,
+    })
+}
+
+/// `[+-]digits.ddddddddd`, the skew field's shape.
+fn is_skew(text: &[u8]) -> bool {
+    match text.split_first() {
+        Some((b'+' | b'-', rest)) => matches!(
+            split_decimal(rest),
+            Some((_, Some(fraction))) if fraction.len() == 9
+        ),
+        _ => false,
+    }
+}
+
+/// The reply to an invalid line: `? ` and the line exactly as received.
+pub fn invalid_reply(line: &[u8], out: &mut Vec<u8>) {
+    out.reserve(line.len() + 3);
+    out.extend_from_slice(b"? ");
+    out.extend_from_slice(line);
+    out.push(b'\n');
+}
+
+/// The WHATSAT answer: the stored AT line, the places JSON with every run of
+/// newlines collapsed and trailing newlines removed, then `\n\n`.
+pub fn whatsat_reply(at_line: &[u8], json: &str, out: &mut Vec<u8>) {
+    out.reserve(at_line.len() + json.len() + 3);
+    out.extend_from_slice(at_line);
+    out.push(b'\n');
+    let mut previous_newline = false;
+    for &byte in json.trim_end_matches('\n').as_bytes() {
+        let newline = byte == b'\n';
+        if !(newline && previous_newline) {
+            out.push(byte);
+        }
+        previous_newline = newline;
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[track_caller]
+    fn check(line: &str, valid: bool) {
+        assert_eq!(parse_request(line.as_bytes()).is_ok(), valid, "{line:?}");
+    }
+
+    #[test]
+    fn iamat_shape() {
+        check(
+            "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503",
+            true,
+        );
+        check("IAMAT kiwi +34-118 1", true);
+        check("  IAMAT\tkiwi \x0b +34-118\x0c 1\r", true);
+        check("IAMAT kiwi +34-118", false);
+        check("IAMAT kiwi +34-118 1 extra", false);
+        check("iamat kiwi +34-118 1", false);
+        check("IAMAT", false);
+        check("", false);
+        check("   \t ", false);
+        check("HELLO kiwi +34-118 1", false);
+    }
+
+    #[test]
+    fn location_grammar() {
+        for (text, valid) in [
+            ("+34.068930-118.445127", true),
+            ("+34-118", true),
+            ("-90+180", true),
+            ("+90.000-180.0000", true),
+            ("+90.0000000001+0", false),
+            ("+0+180.0000000001", false),
+            ("+91+0", false),
+            ("+0+181", false),
+            ("34-118", false),
+            ("+34", false),
+            ("+34-118-1", false),
+            ("+34.-118", false),
+            ("+.5-118", false),
+            ("+34e1-118", false),
+            ("+inf-118", false),
+            ("+nan+0", false),
+            ("+34,5-118", false),
+            ("++34-118", false),
+            ("+34--118", false),
+            ("+34-118 ", false),
+            ("", false),
+            ("+", false),
+            ("+00000000000000000000000000090-0", true),
+        ] {
+            assert_eq!(Location::parse(text.as_bytes()).is_some(), valid, "{text:?}");
+        }
+        let l = Location::parse(b"+34.068930-118.445127").unwrap();
+        assert_eq!((l.lat, l.lng), (34.06893, -118.445127));
+    }
+
+    #[test]
+    fn whatsat_bounds() {
+        check("WHATSAT kiwi 50 20", true);
+        check("WHATSAT kiwi 50.000 1", true);
+        check("WHATSAT kiwi 0.001 1", true);
+        check("WHATSAT kiwi 0 5", false);
+        check("WHATSAT kiwi 0.000 5", false);
+        check("WHATSAT kiwi 50.0001 5", false);
+        check("WHATSAT kiwi 51 5", false);
+        check("WHATSAT kiwi 10 21", false);
+        check("WHATSAT kiwi 10 0", false);
+        check("WHATSAT kiwi 10 020", true);
+        check("WHATSAT kiwi +10 5", false);
+        check("WHATSAT kiwi 10 +5", false);
+        check("WHATSAT kiwi 1e1 5", false);
+        check("WHATSAT kiwi 10. 5", false);
+        check("WHATSAT kiwi .5 5", false);
+        check("WHATSAT kiwi 10 5.0", false);
+        check("WHATSAT kiwi 10", false);
+        check("WHATSAT kiwi 10 5 6", false);
+        check("WHATSAT kiwi 99999999999999999999999 5", false);
+    }
+
+    #[test]
+    fn radius_in_metres_is_exact() {
+        let metres = |km: &str| Radius::parse(km.as_bytes()).unwrap().metres_text;
+        assert_eq!(metres("10"), "10000");
+        assert_eq!(metres("0.5"), "500");
+        assert_eq!(metres("1.2345"), "1234.5");
+        assert_eq!(metres("0.0001"), "0.1");
+        assert_eq!(metres("050.000000"), "50000");
+        assert_eq!(Radius::parse(b"12.5").unwrap().metres, 12500.0);
+    }
+
+    #[test]
+    fn at_line_echoes_fields_byte_for_byte() {
+        let line = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503";
+        let Ok(Request::Iamat(iamat)) = parse_request(line) else {
+            panic!("valid IAMAT");
+        };
+        let received = iamat.client_time.as_nanos() + 263_873_386;
+        assert_eq!(
+            format_at("Hill", received, &iamat),
+            b"AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503"
+        );
+        let odd = b"IAMAT \xff\xfe\xc3(caf\xc3\xa9 +00.0-000.00 0001.10";
+        let Ok(Request::Iamat(iamat)) = parse_request(odd) else {
+            panic!("non-UTF-8 client ids are valid");
+        };
+        let at = format_at("Smith", iamat.client_time.as_nanos(), &iamat);
+        assert_eq!(at, b"AT Smith +0.000000000 \xff\xfe\xc3(caf\xc3\xa9 +00.0-000.00 0001.10");
+        let back = parse_at_line(&at).unwrap();
+        assert_eq!(back.client_id, b"\xff\xfe\xc3(caf\xc3\xa9");
+        assert_eq!(back.server, b"Smith");
+    }
+
+    #[test]
+    fn at_lines_from_neighbours_are_checked() {
+        assert!(parse_at_line(b"AT Hill +0.263873386 kiwi +34-118 1.5").is_some());
+        assert!(parse_at_line(b"AT Hill -12.000000001 kiwi +34-118 1.5").is_some());
+        for bad in [
+            "AT Hill +0.26387338 kiwi +34-118 1.5",
+            "AT Hill 0.263873386 kiwi +34-118 1.5",
+            "AT Hill +0.263873386 kiwi +34-118",
+            "AT Hill +0.263873386 kiwi +34-118 1.5 x",
+            "AT Hill +0.263873386 kiwi +95-118 1.5",
+            "AT Hill +0.263873386 kiwi +34-118 -1",
+            "AT  Hill +0.263873386 kiwi +34-118 1",
+            "XX Hill +0.263873386 kiwi +34-118 1",
+            "AT Hill +0.263873386 ki\twi +34-118 1",
+        ] {
+            assert!(parse_at_line(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_reply_is_the_line_as_received() {
+        let mut out = Vec::new();
+        invalid_reply(b"WHATSAT kiwi.cs.ucla.edu 51 5", &mut out);
+        assert_eq!(out, b"? WHATSAT kiwi.cs.ucla.edu 51 5\n");
+        out.clear();
+        invalid_reply(b"  \xff\t bad\r", &mut out);
+        assert_eq!(out, b"?   \xff\t bad\r\n");
+    }
+
+    #[test]
+    fn whatsat_reply_collapses_newlines_and_ends_with_a_blank_line() {
+        let mut out = Vec::new();
+        whatsat_reply(b"AT Hill +0.1 k +1+1 1", "{\n\n\n   \"a\" : 1\n}\n\n\n", &mut out);
+        assert_eq!(out, b"AT Hill +0.1 k +1+1 1\n{\n   \"a\" : 1\n}\n\n");
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = parse_request(&bytes);
+            let _ = parse_at_line(&bytes);
+        }
+
+        #[test]
+        fn parser_never_panics_on_near_valid_lines(
+            verb in prop::sample::select(vec!["IAMAT", "WHATSAT", "AT"]),
+            rest in "[ +\\-.0-9a-z\\t]{0,40}",
+        ) {
+            let line = format!("{verb} {rest}");
+            let _ = parse_request(line.as_bytes());
+            let _ = parse_at_line(line.as_bytes());
+        }
+
+        #[test]
+        fn location_round_trips(lat in -90_000_000i64..=90_000_000, lng in -180_000_000i64..=180_000_000) {
+            let text = format!("{}{}.{:06}{}{}.{:06}",
+                if lat < 0 { '-' } else { '+' }, lat.abs() / 1_000_000, lat.abs() % 1_000_000,
+                if lng < 0 { '-' } else { '+' }, lng.abs() / 1_000_000, lng.abs() % 1_000_000);
+            let location = Location::parse(text.as_bytes()).expect("in range");
+            prop_assert!((location.lat - lat as f64 / 1e6).abs() < 1e-9);
+            prop_assert!((location.lng - lng as f64 / 1e6).abs() < 1e-9);
+        }
+
+        #[test]
+        fn iamat_reply_round_trips(client in "[!-~]{1,20}", secs in 0u64..4_000_000_000, nanos in 0u32..1_000_000_000,
+                                   lat in -90i32..=90, lng in -180i32..=180) {
+            let line = format!("IAMAT {client} {lat:+}{lng:+} {secs}.{nanos:09}");
+            let Ok(Request::Iamat(iamat)) = parse_request(line.as_bytes()) else {
+                return Err(TestCaseError::fail(format!("valid: {line}")));
+            };
+            let at = format_at("Hill", 0, &iamat);
+            let back = parse_at_line(&at).expect("our own AT line parses");
+            prop_assert_eq!(back.client_id, client.as_bytes());
+            prop_assert_eq!(back.client_time, iamat.client_time);
+        }
+    }
+}

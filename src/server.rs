@@ -1,0 +1,293 @@
+//! One server of the herd: the client accept loop, one task per client
+//! connection, and shutdown. Flooding to neighbours is `flood`'s.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{HerdConfig, Limits};
+use crate::flood::{Flood, Neighbour};
+use crate::framing::{Frame, LineFramer};
+use crate::places::{NearbyQuery, Places, PlacesError, json::to_styled_string};
+use crate::protocol::{self, Request};
+use crate::store::{Report, Source, Store};
+
+/// Everything a server needs to start, apart from its sockets.
+pub struct ServerSetup {
+    pub name: String,
+    pub neighbours: Vec<Neighbour>,
+    /// The herd's shared secret, which peer links prove they know.
+    pub secret: Vec<u8>,
+    pub places: Arc<dyn Places>,
+    pub limits: Limits,
+}
+
+impl ServerSetup {
+    /// The setup of server `name` of `config`.
+    pub fn from_config(
+        config: &HerdConfig,
+        name: &str,
+        secret: Vec<u8>,
+        places: Arc<dyn Places>,
+    ) -> Result<Self, String> {
+        let server = config.server(name)?;
+        let neighbours = server
+            .neighbours
+            .iter()
+            .map(|neighbour| Neighbour {
+                name: neighbour.clone(),
+                peer_address: config
+                    .server(neighbour)
+                    .expect("config checks that neighbours exist")
+                    .peer
+                    .clone(),
+            })
+            .collect();
+        Ok(Self {
+            name: name.to_owned(),
+            neighbours,
+            secret,
+            places,
+            limits: config.limits.clone(),
+        })
+    }
+}
+
+/// The state one server shares between its tasks.
+pub struct Server {
+    pub name: String,
+    pub store: Store,
+    pub places: Arc<dyn Places>,
+    pub limits: Limits,
+    pub flood: Flood,
+}
+
+/// How long connections get to finish their replies after a shutdown
+/// request, so that the whole server stops within a second (SPEC §8).
+const DRAIN_TIME: Duration = Duration::from_millis(700);
+
+/// Runs a server on already bound listeners until `shutdown` is cancelled.
+///
+/// The binary binds the configured ports; tests bind port 0.
+pub async fn run(
+    setup: ServerSetup,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let server = Arc::new(Server {
+        flood: Flood::new(&setup.name, setup.neighbours, setup.secret),
+        name: setup.name,
+        store: Store::new(),
+        places: setup.places,
+        limits: setup.limits,
+    });
+    info!(
+        server = %server.name,
+        client = %client_listener.local_addr()?,
+        peer = %peer_listener.local_addr()?,
+        "listening"
+    );
+    let tasks = TaskTracker::new();
+    crate::flood::start(&server, peer_listener, &tasks, &shutdown);
+    accept_clients(&server, client_listener, &tasks, &shutdown).await;
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIME, tasks.wait()).await.is_err() {
+        warn!("some connections did not finish in time; closing them");
+    }
+    info!(server = %server.name, "stopped");
+    Ok(())
+}
+
+async fn accept_clients(
+    server: &Arc<Server>,
+    listener: TcpListener,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(server.limits.max_connections));
+    loop {
+        // Past the limit, new connections wait in the listen backlog.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            () = shutdown.cancelled() => return,
+        };
+        let (stream, address) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause, not exit.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let server = server.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = serve_client(&server, stream, address, &shutdown).await {
+                debug!(%address, %error, "client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one client connection: lines in, one reply per line, in order.
+async fn serve_client(
+    server: &Server,
+    mut stream: TcpStream,
+    address: SocketAddr,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    debug!(%address, "client connected");
+    let mut framer = LineFramer::new(server.limits.max_line_bytes);
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        while let Some(frame) = framer.next_frame() {
+            answer(server, frame, address, &mut out).await;
+            // Write big batches early rather than hold them.
+            if out.len() >= 64 * 1024 {
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        // Read no more than the framer needs, so an endless line costs
+        // at most `max_line_bytes` of memory.
+        let room = framer.room();
+        let mut buffer = framer.buffer().limit(room);
+        let read = tokio::select! {
+            read = stream.read_buf(&mut buffer) => read?,
+            () = shutdown.cancelled() => break,
+        };
+        if read == 0 {
+            // EOF: answer what is left, then close.
+            if let Some(frame) = framer.finish() {
+                answer(server, frame, address, &mut out).await;
+                stream.write_all(&out).await?;
+            }
+            break;
+        }
+    }
+    debug!(%address, "client disconnected");
+    stream.shutdown().await
+}
+
+/// Appends the reply to one framed line to `out`.
+async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Vec<u8>) {
+    let start = out.len();
+    match &frame {
+        Frame::Line(line) => {
+            info!(%address, "received: {}", Show(line));
+            match protocol::parse_request(line) {
+                Ok(Request::Iamat(iamat)) => {
+                    let at_line = Bytes::from(protocol::format_at(&server.name, now_nanos(), &iamat));
+                    out.extend_from_slice(&at_line);
+                    out.push(b'\n');
+                    let report = Report {
+                        client_id: Bytes::copy_from_slice(iamat.client_id),
+                        client_time: iamat.client_time,
+                        location: iamat.location,
+                        at_line,
+                    };
+                    // Stored, and so handed to every neighbour link, before
+                    // the reply is written (SPEC §3).
+                    if server.store.update(report, Source::Client).is_some() {
+                        server.flood.announce();
+                    }
+                }
+                Ok(Request::Whatsat(whatsat)) => match server.store.get(whatsat.client_id) {
+                    Some(report) => {
+                        let query = NearbyQuery {
+                            lat: report.location.lat,
+                            lng: report.location.lng,
+                            radius_m: whatsat.radius.metres,
+                            radius_m_text: whatsat.radius.metres_text.clone(),
+                            limit: whatsat.bound,
+                        };
+                        let places = server.places.nearby(&query).await;
+                        let json = to_styled_string(&places_answer(places, whatsat.bound));
+                        protocol::whatsat_reply(&report.at_line, &json, out);
+                    }
+                    None => protocol::invalid_reply(line, out),
+                },
+                Err(reason) => {
+                    debug!(%address, %reason, "invalid line");
+                    protocol::invalid_reply(line, out);
+                }
+            }
+        }
+        Frame::TooLong(head) => {
+            info!(%address, "received an over-long line starting: {}", Show(&head[..head.len().min(80)]));
+            protocol::invalid_reply(head, out);
+        }
+    }
+    let reply = &out[start..];
+    info!(%address, "sent: {}", Show(reply.strip_suffix(b"\n").unwrap_or(reply)));
+}
+
+/// The JSON of a WHATSAT answer: the provider's, with `results` cut to the
+/// bound, or an empty answer carrying the failure's status (SPEC §4).
+pub fn places_answer(places: Result<Value, PlacesError>, bound: usize) -> Value {
+    match places {
+        Ok(mut value) => {
+            if let Some(results) = value.get_mut("results").and_then(Value::as_array_mut) {
+                results.truncate(bound);
+            }
+            value
+        }
+        Err(error) => {
+            let status = match &error {
+                PlacesError::Status(status) => status.as_str(),
+                PlacesError::Unavailable(_) => "UNKNOWN_ERROR",
+            };
+            warn!(%error, "places provider failed");
+            json!({ "html_attributions": [], "results": [], "status": status })
+        }
+    }
+}
+
+/// Wall-clock nanoseconds since the epoch (negative before it).
+fn now_nanos() -> i128 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(since) => since.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    }
+}
+
+/// Bytes for a log line: UTF-8 as is, anything else as `\xNN`.
+pub struct Show<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Show<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+            for byte in chunk.invalid() {
+                write!(f, "\\x{byte:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
