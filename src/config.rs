@@ -151,7 +151,10 @@ impl HerdConfig {
             error_at(error.span(), format!("{}{quoted}", error.message()))
         })?;
         if raw.servers.is_empty() {
-            return Err(error_at(None, "no [[servers]]: a herd needs at least one".into()));
+            return Err(error_at(
+                None,
+                "no [[servers]]: a herd needs at least one".into(),
+            ));
         }
         if raw.limits.max_line_bytes == 0 || raw.limits.max_connections == 0 {
             return Err(error_at(None, "limits must be greater than zero".into()));
@@ -180,7 +183,10 @@ impl HerdConfig {
                 if let Some(other) = addresses.insert(address.get_ref(), name) {
                     return Err(error_at(
                         Some(address.span()),
-                        format!("address {} is used twice (by {other} and {name})", address.get_ref()),
+                        format!(
+                            "address {} is used twice (by {other} and {name})",
+                            address.get_ref()
+                        ),
                     ));
                 }
             }
@@ -241,7 +247,10 @@ impl HerdConfig {
     pub fn server(&self, name: &str) -> Result<&ServerConfig, String> {
         self.servers.iter().find(|s| s.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
-            format!("no server {name:?} in the herd; it has {}", names.join(", "))
+            format!(
+                "no server {name:?} in the herd; it has {}",
+                names.join(", ")
+            )
         })
     }
 
@@ -257,7 +266,10 @@ impl HerdConfig {
     pub fn to_toml(&self) -> String {
         let mut text = String::new();
         let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        text.push_str(&format!("log_dir = {}\n", quote(&self.log_dir.to_string_lossy())));
+        text.push_str(&format!(
+            "log_dir = {}\n",
+            quote(&self.log_dir.to_string_lossy())
+        ));
         if let Some(secret) = &self.secret {
             text.push_str(&format!("secret = {}\n", quote(secret)));
         }
@@ -289,7 +301,9 @@ fn check_address(address: &str) -> Result<(), String> {
         return Err(format!("address {address:?} must be host:port"));
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("address {address:?} must be host:port with a port from 0 to 65535"));
+        return Err(format!(
+            "address {address:?} must be host:port with a port from 0 to 65535"
+        ));
     }
     Ok(())
 }
@@ -343,7 +357,12 @@ mod tests {
         let error = parse(text).expect_err(text);
         assert_eq!(error.line, Some(line), "{error}");
         assert!(error.to_string().contains(needle), "{error}");
-        assert!(error.to_string().starts_with(&format!("test.toml:{line}: ")), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("test.toml:{line}: ")),
+            "{error}"
+        );
     }
 
     const TWO: &str = "[[servers]]\nname = \"A\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\nneighbours = [\"B\"]\n\n[[servers]]\nname = \"B\"\nclient = \"127.0.0.1:3\"\npeer = \"127.0.0.1:4\"\n";
@@ -358,21 +377,54 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_line() {
-        fails(&TWO.replace("[\"B\"]", "[\"C\"]"), 5, "unknown neighbour \"C\"");
+        fails(
+            &TWO.replace("[\"B\"]", "[\"C\"]"),
+            5,
+            "unknown neighbour \"C\"",
+        );
         fails(&TWO.replace("[\"B\"]", "[\"A\"]"), 5, "its own neighbour");
-        fails(&TWO.replace("name = \"B\"", "name = \"A\""), 8, "duplicate server name");
+        fails(
+            &TWO.replace("name = \"B\"", "name = \"A\""),
+            8,
+            "duplicate server name",
+        );
         fails(&TWO.replace("127.0.0.1:3", "127.0.0.1:1"), 9, "used twice");
-        fails(&TWO.replace("127.0.0.1:4", "127.0.0.1:99999"), 10, "port from 0 to 65535");
+        fails(
+            &TWO.replace("127.0.0.1:4", "127.0.0.1:99999"),
+            10,
+            "port from 0 to 65535",
+        );
         fails(&TWO.replace("127.0.0.1:4", "localhost"), 10, "host:port");
-        fails(&TWO.replace("neighbours = [\"B\"]", "neighbors = [\"B\"]"), 5, "unknown field");
-        fails(&TWO.replace("client = \"127.0.0.1:3\"", "client = 3"), 9, "string");
-        fails(&format!("{TWO}\n[places]\nprovider = \"bing\"\n"), 13, "bing");
-        fails(&format!("{TWO}\n[limits]\nmax_line_bytes = -1\n"), 13, "max_line_bytes");
+        fails(
+            &TWO.replace("neighbours = [\"B\"]", "neighbors = [\"B\"]"),
+            5,
+            "unknown field",
+        );
+        fails(
+            &TWO.replace("client = \"127.0.0.1:3\"", "client = 3"),
+            9,
+            "string",
+        );
+        fails(
+            &format!("{TWO}\n[places]\nprovider = \"bing\"\n"),
+            13,
+            "bing",
+        );
+        fails(
+            &format!("{TWO}\n[limits]\nmax_line_bytes = -1\n"),
+            13,
+            "max_line_bytes",
+        );
         fails("this is not toml", 1, "");
     }
 
     #[test]
     fn empty_herd_is_refused() {
-        assert!(parse("servers = []").unwrap_err().to_string().contains("at least one"));
+        assert!(
+            parse("servers = []")
+                .unwrap_err()
+                .to_string()
+                .contains("at least one")
+        );
     }
 }

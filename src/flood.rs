@@ -114,11 +114,14 @@ impl Flood {
 
     /// Tells every link that the store has something new.
     pub fn announce(&self) {
-        self.accepted.send_modify(|count| *count = count.wrapping_add(1));
+        self.accepted
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     fn neighbour_index(&self, name: &[u8]) -> Option<usize> {
-        self.neighbours.iter().position(|n| n.name.as_bytes() == name)
+        self.neighbours
+            .iter()
+            .position(|n| n.name.as_bytes() == name)
     }
 
     fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
@@ -133,7 +136,12 @@ impl Flood {
 }
 
 /// Starts the peer listener and one dialler per neighbour.
-pub fn start(server: &Arc<Server>, listener: TcpListener, tasks: &TaskTracker, shutdown: &CancellationToken) {
+pub fn start(
+    server: &Arc<Server>,
+    listener: TcpListener,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
     for index in 0..server.flood.neighbours.len() {
         tasks.spawn(dial_loop(server.clone(), index, shutdown.clone()));
     }
@@ -206,18 +214,31 @@ struct OutgoingLink {
     start: u64,
 }
 
-async fn dial_handshake(flood: &Flood, index: usize, stream: TcpStream) -> anyhow::Result<OutgoingLink> {
+async fn dial_handshake(
+    flood: &Flood,
+    index: usize,
+    stream: TcpStream,
+) -> anyhow::Result<OutgoingLink> {
     let neighbour = &flood.neighbours[index];
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let challenge = read_short_line(&mut reader).await?;
     let nonce_b = match challenge.split(' ').collect::<Vec<_>>()[..] {
-        ["HERD-CHALLENGE", "1", nonce] => decode_hex(nonce).ok_or_else(|| anyhow::anyhow!("bad nonce"))?,
+        ["HERD-CHALLENGE", "1", nonce] => {
+            decode_hex(nonce).ok_or_else(|| anyhow::anyhow!("bad nonce"))?
+        }
         _ => anyhow::bail!("not a herd peer port"),
     };
     let nonce_a: [u8; 16] = rand::random();
     let run = flood.run.to_string();
-    let mac = flood.mac(&[b"hello", flood.me.as_bytes(), neighbour.name.as_bytes(), run.as_bytes(), &nonce_b, &nonce_a]);
+    let mac = flood.mac(&[
+        b"hello",
+        flood.me.as_bytes(),
+        neighbour.name.as_bytes(),
+        run.as_bytes(),
+        &nonce_b,
+        &nonce_a,
+    ]);
     let hello = format!(
         "HERD-HELLO {} {} {} {} {}\n",
         flood.me,
@@ -228,23 +249,40 @@ async fn dial_handshake(flood: &Flood, index: usize, stream: TcpStream) -> anyho
     );
     writer.write_all(hello.as_bytes()).await?;
     let welcome = read_short_line(&mut reader).await?;
-    let ["HERD-WELCOME", cursor_run, cursor_seq, tag] = welcome.split(' ').collect::<Vec<_>>()[..] else {
+    let ["HERD-WELCOME", cursor_run, cursor_seq, tag] = welcome.split(' ').collect::<Vec<_>>()[..]
+    else {
         anyhow::bail!("refused: {welcome}");
     };
     let tag = decode_hex(tag).ok_or_else(|| anyhow::anyhow!("bad welcome"))?;
     flood
-        .mac(&[b"welcome", flood.me.as_bytes(), neighbour.name.as_bytes(), cursor_run.as_bytes(), cursor_seq.as_bytes(), &nonce_a, &nonce_b])
+        .mac(&[
+            b"welcome",
+            flood.me.as_bytes(),
+            neighbour.name.as_bytes(),
+            cursor_run.as_bytes(),
+            cursor_seq.as_bytes(),
+            &nonce_a,
+            &nonce_b,
+        ])
         .verify_slice(&tag)
         .map_err(|_| anyhow::anyhow!("{} does not know the herd secret", neighbour.name))?;
     let cursor_run: u64 = cursor_run.parse()?;
     let cursor_seq: u64 = cursor_seq.parse()?;
-    let key = flood.mac(&[b"session", &nonce_a, &nonce_b]).finalize().into_bytes().to_vec();
+    let key = flood
+        .mac(&[b"session", &nonce_a, &nonce_b])
+        .finalize()
+        .into_bytes()
+        .to_vec();
     Ok(OutgoingLink {
         reader,
         writer,
         key,
         // A cursor for an earlier run of ours means nothing now.
-        start: if cursor_run == flood.run { cursor_seq } else { 0 },
+        start: if cursor_run == flood.run {
+            cursor_seq
+        } else {
+            0
+        },
     })
 }
 
@@ -258,7 +296,12 @@ async fn send_updates(
 ) -> anyhow::Result<()> {
     let flood = &server.flood;
     let name = &flood.neighbours[index].name;
-    let OutgoingLink { mut reader, mut writer, key, start } = link;
+    let OutgoingLink {
+        mut reader,
+        mut writer,
+        key,
+        start,
+    } = link;
     let mut next = start;
     let mut counter: u64 = 0;
     let mut accepted = flood.accepted.subscribe();
@@ -304,7 +347,12 @@ async fn send_updates(
     }
 }
 
-async fn write_frame(writer: &mut OwnedWriteHalf, key: &[u8], counter: &mut u64, payload: &[u8]) -> anyhow::Result<()> {
+async fn write_frame(
+    writer: &mut OwnedWriteHalf,
+    key: &[u8],
+    counter: &mut u64,
+    payload: &[u8],
+) -> anyhow::Result<()> {
     let length = u32::try_from(payload.len()).expect("frames are small");
     let mut frame = Vec::with_capacity(payload.len() + 36);
     frame.extend_from_slice(&length.to_be_bytes());
@@ -328,7 +376,11 @@ fn frame_tag(key: &[u8], counter: u64, payload: &[u8]) -> [u8; 32] {
 // --------------------------------------------------------------- receiving
 
 /// Serves one connection to our peer port: a neighbour sending its updates.
-async fn receive(server: &Server, stream: TcpStream, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn receive(
+    server: &Server,
+    stream: TcpStream,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let flood = &server.flood;
     stream.set_nodelay(true)?;
     let (reader, mut writer) = stream.into_split();
@@ -339,18 +391,28 @@ async fn receive(server: &Server, stream: TcpStream, shutdown: &CancellationToke
             .write_all(format!("HERD-CHALLENGE 1 {}\n", encode_hex(&nonce_b)).as_bytes())
             .await?;
         let hello = read_short_line(&mut reader).await?;
-        let ["HERD-HELLO", from, to, run, nonce_a, tag] = hello.split(' ').collect::<Vec<_>>()[..] else {
+        let ["HERD-HELLO", from, to, run, nonce_a, tag] = hello.split(' ').collect::<Vec<_>>()[..]
+        else {
             anyhow::bail!("not a hello");
         };
         let index = flood
             .neighbour_index(from.as_bytes())
             .filter(|_| to == flood.me)
             .ok_or_else(|| anyhow::anyhow!("{from} is not a neighbour of {}", flood.me))?;
-        let (Some(nonce_a), Some(tag), Ok(run_id)) = (decode_hex(nonce_a), decode_hex(tag), run.parse::<u64>()) else {
+        let (Some(nonce_a), Some(tag), Ok(run_id)) =
+            (decode_hex(nonce_a), decode_hex(tag), run.parse::<u64>())
+        else {
             anyhow::bail!("malformed hello");
         };
         if flood
-            .mac(&[b"hello", from.as_bytes(), to.as_bytes(), run.as_bytes(), &nonce_b, &nonce_a])
+            .mac(&[
+                b"hello",
+                from.as_bytes(),
+                to.as_bytes(),
+                run.as_bytes(),
+                &nonce_b,
+                &nonce_a,
+            ])
             .verify_slice(&tag)
             .is_err()
         {
@@ -359,16 +421,37 @@ async fn receive(server: &Server, stream: TcpStream, shutdown: &CancellationToke
         let cursor = {
             let mut cursors = flood.cursors.lock().expect("cursor lock is never poisoned");
             if cursors[index].run != run_id {
-                cursors[index] = Cursor { run: run_id, seq: 0 };
+                cursors[index] = Cursor {
+                    run: run_id,
+                    seq: 0,
+                };
             }
             cursors[index]
         };
         let (cursor_run, cursor_seq) = (cursor.run.to_string(), cursor.seq.to_string());
-        let mac = flood.mac(&[b"welcome", from.as_bytes(), to.as_bytes(), cursor_run.as_bytes(), cursor_seq.as_bytes(), &nonce_a, &nonce_b]);
+        let mac = flood.mac(&[
+            b"welcome",
+            from.as_bytes(),
+            to.as_bytes(),
+            cursor_run.as_bytes(),
+            cursor_seq.as_bytes(),
+            &nonce_a,
+            &nonce_b,
+        ]);
         writer
-            .write_all(format!("HERD-WELCOME {cursor_run} {cursor_seq} {}\n", encode_hex(&mac.finalize().into_bytes())).as_bytes())
+            .write_all(
+                format!(
+                    "HERD-WELCOME {cursor_run} {cursor_seq} {}\n",
+                    encode_hex(&mac.finalize().into_bytes())
+                )
+                .as_bytes(),
+            )
             .await?;
-        let key = flood.mac(&[b"session", &nonce_a, &nonce_b]).finalize().into_bytes().to_vec();
+        let key = flood
+            .mac(&[b"session", &nonce_a, &nonce_b])
+            .finalize()
+            .into_bytes()
+            .to_vec();
         Ok((index, run_id, key))
     })
     .await
@@ -379,7 +462,12 @@ async fn receive(server: &Server, stream: TcpStream, shutdown: &CancellationToke
     // This neighbour is up: dial it now rather than at the next backoff.
     flood.wake[index].notify_one();
     let session = shutdown.child_token();
-    if let Some(old) = flood.sessions.lock().expect("session lock is never poisoned")[index].replace(session.clone()) {
+    if let Some(old) = flood
+        .sessions
+        .lock()
+        .expect("session lock is never poisoned")[index]
+        .replace(session.clone())
+    {
         old.cancel();
     }
     info!(neighbour = %name, "link up: receiving from {name}");
@@ -471,7 +559,10 @@ fn apply_line(server: &Server, index: usize, line: &[u8]) -> Option<(u64, bool)>
                 location: at.location,
                 at_line: Bytes::copy_from_slice(rest),
             };
-            let newer = server.store.update(report, Source::Neighbour(index)).is_some();
+            let newer = server
+                .store
+                .update(report, Source::Neighbour(index))
+                .is_some();
             if !newer {
                 debug!(neighbour = %name, "not newer, dropped");
             }
@@ -491,7 +582,10 @@ fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {
 /// Reads a handshake line of at most 512 bytes, without its `\n`.
 async fn read_short_line(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<String> {
     let mut line = Vec::new();
-    let read = (&mut *reader).take(512).read_until(b'\n', &mut line).await?;
+    let read = (&mut *reader)
+        .take(512)
+        .read_until(b'\n', &mut line)
+        .await?;
     if read == 0 || line.last() != Some(&b'\n') {
         anyhow::bail!("connection closed or line too long during the handshake");
     }

@@ -143,7 +143,13 @@ mod tests {
     fn lines_and_endings() {
         assert_eq!(
             frames(100, &[b"a\nb\r\nc\r\r\n\nlast"]),
-            vec![line(b"a"), line(b"b"), line(b"c\r"), line(b""), line(b"last")]
+            vec![
+                line(b"a"),
+                line(b"b"),
+                line(b"c\r"),
+                line(b""),
+                line(b"last")
+            ]
         );
         assert_eq!(frames(100, &[b"a\n"]), vec![line(b"a")]);
         assert_eq!(frames(100, &[b""]), vec![]);

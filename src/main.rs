@@ -139,10 +139,20 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let client = TcpListener::bind(&server_config.client)
             .await
-            .with_context(|| format!("{name}: cannot listen for clients on {}", server_config.client))?;
+            .with_context(|| {
+                format!(
+                    "{name}: cannot listen for clients on {}",
+                    server_config.client
+                )
+            })?;
         let peer = TcpListener::bind(&server_config.peer)
             .await
-            .with_context(|| format!("{name}: cannot listen for neighbours on {}", server_config.peer))?;
+            .with_context(|| {
+                format!(
+                    "{name}: cannot listen for neighbours on {}",
+                    server_config.peer
+                )
+            })?;
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         server::run(setup, client, peer, shutdown).await
@@ -152,7 +162,10 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
 /// Cancels `token` on SIGTERM or SIGINT.
 async fn cancel_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {
@@ -164,8 +177,12 @@ async fn cancel_on_signal(token: CancellationToken) {
 
 /// Sends every event to `LOG_DIR/NAME.log` through a background writer, so
 /// that logging every message costs the hot path a queue push, not a write.
-fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
-    std::fs::create_dir_all(log_dir).with_context(|| format!("creating log folder {}", log_dir.display()))?;
+fn init_logging(
+    log_dir: &Path,
+    name: &str,
+) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+    std::fs::create_dir_all(log_dir)
+        .with_context(|| format!("creating log folder {}", log_dir.display()))?;
     let path = log_dir.join(format!("{name}.log"));
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -177,7 +194,8 @@ fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<tracing_appender::
         .lossy(false)
         .buffered_lines_limit(256 * 1024)
         .finish(file);
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(false)
@@ -198,7 +216,10 @@ fn up(args: &HerdArgs) -> anyhow::Result<()> {
         let mut children = Vec::new();
         for server in &config.servers {
             let mut command = tokio::process::Command::new(&exe);
-            command.arg("serve").arg(&server.name).env(SECRET_ENV, &secret);
+            command
+                .arg("serve")
+                .arg(&server.name)
+                .env(SECRET_ENV, &secret);
             if let Some(path) = &args.config {
                 command.arg("--config").arg(path);
             }
@@ -219,7 +240,10 @@ fn up(args: &HerdArgs) -> anyhow::Result<()> {
                         server.name,
                         server.client,
                         server.peer,
-                        config.log_dir.join(format!("{}.log", server.name)).display()
+                        config
+                            .log_dir
+                            .join(format!("{}.log", server.name))
+                            .display()
                     );
                     break;
                 }
@@ -229,7 +253,10 @@ fn up(args: &HerdArgs) -> anyhow::Result<()> {
                     break;
                 }
                 if tokio::time::Instant::now() > deadline {
-                    eprintln!("herd: {} is not listening on {} after 5 s", server.name, server.client);
+                    eprintln!(
+                        "herd: {} is not listening on {} after 5 s",
+                        server.name, server.client
+                    );
                     ready = false;
                     break;
                 }
@@ -249,8 +276,13 @@ fn up(args: &HerdArgs) -> anyhow::Result<()> {
                     _ = watch.tick() => {}
                 }
                 for (i, (server, child)) in children.iter_mut().enumerate() {
-                    if !exited[i] && let Ok(Some(status)) = child.try_wait() {
-                        eprintln!("herd: {} exited ({status}); the others keep running", server.name);
+                    if !exited[i]
+                        && let Ok(Some(status)) = child.try_wait()
+                    {
+                        eprintln!(
+                            "herd: {} exited ({status}); the others keep running",
+                            server.name
+                        );
                         exited[i] = true;
                     }
                 }
@@ -273,12 +305,17 @@ fn up(args: &HerdArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        if ready { Ok(()) } else { bail!("the herd did not start") }
+        if ready {
+            Ok(())
+        } else {
+            bail!("the herd did not start")
+        }
     })
 }
 
 async fn send(address: &str, lines: Vec<String>, timeout_secs: f64) -> anyhow::Result<()> {
-    let wait = Duration::try_from_secs_f64(timeout_secs).context("--timeout must be a positive number of seconds")?;
+    let wait = Duration::try_from_secs_f64(timeout_secs)
+        .context("--timeout must be a positive number of seconds")?;
     let mut stream = tokio::time::timeout(wait, TcpStream::connect(address))
         .await
         .with_context(|| format!("connecting to {address}: timed out"))?

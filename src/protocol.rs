@@ -272,7 +272,8 @@ pub fn parse_at_line(line: &[u8]) -> Option<AtLine<'_>> {
     ) else {
         return None;
     };
-    let no_separators = |field: &[u8]| !field.is_empty() && !field.iter().any(|&b| is_separator(b) || b == b'\n');
+    let no_separators =
+        |field: &[u8]| !field.is_empty() && !field.iter().any(|&b| is_separator(b) || b == b'\n');
     if !(no_separators(server) && no_separators(client_id) && is_skew(skew)) {
         return None;
     }
@@ -374,7 +375,11 @@ mod tests {
             ("+", false),
             ("+00000000000000000000000000090-0", true),
         ] {
-            assert_eq!(Location::parse(text.as_bytes()).is_some(), valid, "{text:?}");
+            assert_eq!(
+                Location::parse(text.as_bytes()).is_some(),
+                valid,
+                "{text:?}"
+            );
         }
         let l = Location::parse(b"+34.068930-118.445127").unwrap();
         assert_eq!((l.lat, l.lng), (34.06893, -118.445127));
@@ -430,7 +435,10 @@ mod tests {
             panic!("non-UTF-8 client ids are valid");
         };
         let at = format_at("Smith", iamat.client_time.as_nanos(), &iamat);
-        assert_eq!(at, b"AT Smith +0.000000000 \xff\xfe\xc3(caf\xc3\xa9 +00.0-000.00 0001.10");
+        assert_eq!(
+            at,
+            b"AT Smith +0.000000000 \xff\xfe\xc3(caf\xc3\xa9 +00.0-000.00 0001.10"
+        );
         let back = parse_at_line(&at).unwrap();
         assert_eq!(back.client_id, b"\xff\xfe\xc3(caf\xc3\xa9");
         assert_eq!(back.server, b"Smith");
@@ -468,7 +476,11 @@ mod tests {
     #[test]
     fn whatsat_reply_collapses_newlines_and_ends_with_a_blank_line() {
         let mut out = Vec::new();
-        whatsat_reply(b"AT Hill +0.1 k +1+1 1", "{\n\n\n   \"a\" : 1\n}\n\n\n", &mut out);
+        whatsat_reply(
+            b"AT Hill +0.1 k +1+1 1",
+            "{\n\n\n   \"a\" : 1\n}\n\n\n",
+            &mut out,
+        );
         assert_eq!(out, b"AT Hill +0.1 k +1+1 1\n{\n   \"a\" : 1\n}\n\n");
     }
 

@@ -101,7 +101,10 @@ pub async fn run(
     crate::flood::start(&server, peer_listener, &tasks, &shutdown);
     accept_clients(&server, client_listener, &tasks, &shutdown).await;
     tasks.close();
-    if tokio::time::timeout(DRAIN_TIME, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIME, tasks.wait())
+        .await
+        .is_err()
+    {
         warn!("some connections did not finish in time; closing them");
     }
     info!(server = %server.name, "stopped");
@@ -197,7 +200,8 @@ async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Ve
             info!(%address, "received: {}", Show(line));
             match protocol::parse_request(line) {
                 Ok(Request::Iamat(iamat)) => {
-                    let at_line = Bytes::from(protocol::format_at(&server.name, now_nanos(), &iamat));
+                    let at_line =
+                        Bytes::from(protocol::format_at(&server.name, now_nanos(), &iamat));
                     out.extend_from_slice(&at_line);
                     out.push(b'\n');
                     let report = Report {

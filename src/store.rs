@@ -100,12 +100,18 @@ impl Store {
     /// The newest report of a client.
     pub fn get(&self, client_id: &[u8]) -> Option<Report> {
         let inner = self.inner.lock().expect("store lock is never poisoned");
-        inner.clients.get(client_id).map(|entry| entry.report.clone())
+        inner
+            .clients
+            .get(client_id)
+            .map(|entry| entry.report.clone())
     }
 
     /// The highest sequence number given out so far (0 when empty).
     pub fn head(&self) -> u64 {
-        self.inner.lock().expect("store lock is never poisoned").head
+        self.inner
+            .lock()
+            .expect("store lock is never poisoned")
+            .head
     }
 
     /// How many clients are known.
@@ -176,10 +182,16 @@ mod tests {
     fn only_newer_reports_are_kept() {
         let store = Store::new();
         assert_eq!(store.update(report("kiwi", "1.5"), Source::Client), Some(1));
-        assert_eq!(store.update(report("kiwi", "1.500000000"), Source::Client), None);
+        assert_eq!(
+            store.update(report("kiwi", "1.500000000"), Source::Client),
+            None
+        );
         assert_eq!(store.update(report("kiwi", "1.10"), Source::Client), None);
         assert_eq!(store.update(report("kiwi", "1.9"), Source::Client), Some(2));
-        assert_eq!(store.get(b"kiwi").unwrap().at_line, report("kiwi", "1.9").at_line);
+        assert_eq!(
+            store.get(b"kiwi").unwrap().at_line,
+            report("kiwi", "1.9").at_line
+        );
         assert_eq!(store.len(), 1);
         assert!(store.get(b"nobody").is_none());
     }

@@ -152,7 +152,10 @@ mod tests {
             format_skew(sent.as_nanos() - 12_000_000_001, sent),
             "-12.000000001"
         );
-        assert_eq!(format_skew(0, ts("1621464827").unwrap()), "-1621464827.000000000");
+        assert_eq!(
+            format_skew(0, ts("1621464827").unwrap()),
+            "-1621464827.000000000"
+        );
     }
 
     proptest! {

@@ -1,0 +1,269 @@
+//! The five-server herd as separate processes: flooding, restarts, cuts,
+//! catch-up and strangers (SPEC §1, §6).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Herd, eventually, now_text};
+use nix::sys::signal::Signal;
+
+const ALL: &[&str] = &["Hill", "Jaquez", "Smith", "Campbell", "Singleton"];
+
+#[test]
+fn an_update_reaches_every_server_with_the_receivers_at_line() {
+    let herd = Herd::start_default();
+    let at = herd
+        .client("Hill")
+        .iamat("kiwi.cs.ucla.edu", "+34.068930-118.445127");
+    assert!(at.starts_with("AT Hill "));
+    herd.await_everywhere(ALL, "kiwi.cs.ucla.edu", &at);
+    // And the other way round, from the far end of the topology.
+    let at = herd.client("Campbell").iamat("kiwi.cs.ucla.edu", "+1+1");
+    assert!(at.starts_with("AT Campbell "));
+    herd.await_everywhere(ALL, "kiwi.cs.ucla.edu", &at);
+}
+
+#[test]
+fn an_older_report_is_not_flooded() {
+    let herd = Herd::start_default();
+    let newer = herd.client("Hill").request("IAMAT k +1+1 100.5");
+    herd.await_everywhere(ALL, "k", &newer);
+    let older = herd.client("Campbell").request("IAMAT k +2+2 100.49");
+    assert!(older.starts_with("AT Campbell "));
+    // A later report still floods past it; nobody ever held the older one.
+    let marker = herd.client("Campbell").iamat("marker", "+3+3");
+    herd.await_everywhere(ALL, "marker", &marker);
+    for name in ALL {
+        assert_eq!(
+            herd.client(name).at_line_of("k").as_deref(),
+            Some(newer.as_str()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn many_clients_at_many_servers_converge() {
+    let herd = Herd::start_default();
+    let mut expected = Vec::new();
+    for (i, name) in ALL.iter().cycle().take(50).enumerate() {
+        let mut client = herd.client(name);
+        let id = format!("c{}", i % 10);
+        expected.push((id.clone(), client.iamat(&id, "+5+5")));
+    }
+    // The newest report of each client wins everywhere.
+    for i in 0..10 {
+        let id = format!("c{i}");
+        let newest = expected
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == id)
+            .unwrap()
+            .1
+            .clone();
+        herd.await_everywhere(ALL, &id, &newest);
+    }
+}
+
+#[test]
+fn a_killed_server_catches_up_when_restarted() {
+    let mut herd = Herd::start_default();
+    let before = herd.client("Hill").iamat("early", "+1+1");
+    herd.await_everywhere(ALL, "early", &before);
+    herd.kill("Campbell");
+    let during = herd.client("Hill").iamat("during", "+2+2");
+    let moved = herd.client("Jaquez").iamat("early", "+3+3");
+    herd.await_everywhere(&["Hill", "Jaquez", "Smith", "Singleton"], "during", &during);
+    herd.restart("Campbell");
+    // It lost its memory with kill -9; its neighbours give it everything.
+    herd.await_everywhere(&["Campbell"], "during", &during);
+    herd.await_everywhere(&["Campbell"], "early", &moved);
+    // And it is back in the flood, both ways.
+    let after = herd.client("Campbell").iamat("after", "+4+4");
+    herd.await_everywhere(ALL, "after", &after);
+}
+
+#[test]
+fn a_restarted_server_is_back_in_the_flood_within_half_a_second() {
+    let mut herd = Herd::start_default();
+    herd.kill("Hill");
+    herd.restart("Hill");
+    let started = Instant::now();
+    let mut hill = herd.client("Hill");
+    let mut smith = herd.client("Smith");
+    // Each round reports a fresh time, so "seen" means linked now.
+    eventually("Hill's update to reach Smith", || {
+        let at = hill.iamat("rejoin", "+1+1");
+        smith.at_line_of("rejoin").as_deref() == Some(at.as_str())
+    });
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+}
+
+#[test]
+fn a_server_cut_off_catches_up_when_the_cut_heals() {
+    let mut herd = Herd::start_default();
+    // Campbell's neighbours are Smith and Singleton: kill both.
+    herd.kill("Smith");
+    herd.kill("Singleton");
+    let on_hill = herd.client("Hill").iamat("cut", "+10+10");
+    let on_campbell = herd.client("Campbell").iamat("island", "+20+20");
+    herd.await_everywhere(&["Hill", "Jaquez"], "cut", &on_hill);
+    assert_eq!(herd.client("Campbell").at_line_of("cut"), None);
+    assert_eq!(herd.client("Hill").at_line_of("island"), None);
+    herd.restart("Smith");
+    herd.restart("Singleton");
+    herd.await_everywhere(ALL, "cut", &on_hill);
+    herd.await_everywhere(ALL, "island", &on_campbell);
+}
+
+#[test]
+fn a_paused_server_catches_up_what_it_missed() {
+    let herd = Herd::start_default();
+    herd.signal("Smith", Signal::SIGSTOP);
+    let during: Vec<String> = (0..20)
+        .map(|i| herd.client("Hill").iamat(&format!("p{i}"), "+1+1"))
+        .collect();
+    // Hill still answers at once while its neighbour is stopped.
+    let started = Instant::now();
+    herd.client("Hill").iamat("prompt", "+1+1");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    herd.signal("Smith", Signal::SIGCONT);
+    for (i, at) in during.iter().enumerate() {
+        herd.await_everywhere(ALL, &format!("p{i}"), at);
+    }
+}
+
+#[test]
+fn logs_show_peer_links_and_flooded_messages() {
+    let mut herd = Herd::start_default();
+    let at = herd.client("Hill").iamat("logged", "+1+1");
+    herd.await_everywhere(ALL, "logged", &at);
+    herd.kill("Jaquez");
+    eventually("Hill to log the link down", || {
+        herd.log("Hill").contains("link down: sending to Jaquez")
+    });
+    let hill = herd.log("Hill");
+    assert!(hill.contains("link up: sending to Smith"), "{hill}");
+    assert!(hill.contains("link up: receiving from Smith"), "{hill}");
+    assert!(hill.contains(&format!("sent to Smith: {at}")), "{hill}");
+    eventually("Smith to log the received update", || {
+        herd.log("Smith")
+            .contains(&format!("received from Hill: {at}"))
+    });
+}
+
+/// Reads the challenge a peer port sends first.
+fn challenge(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn a_stranger_on_a_peer_port_changes_nothing() {
+    let herd = Herd::start_default();
+    let peer = herd.server("Hill").peer;
+    let forged = format!("AT Smith +0.000000001 victim +1+1 {}", now_text());
+
+    // Plain lines, as a client of the original herd might send.
+    let mut stranger = TcpStream::connect(peer).unwrap();
+    let hello = challenge(&mut stranger);
+    assert!(hello.starts_with("HERD-CHALLENGE 1 "), "{hello}");
+    stranger
+        .write_all(format!("HERD-PEER Smith\n{forged}\n").as_bytes())
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stranger.read_to_end(&mut rest);
+    assert!(!String::from_utf8_lossy(&rest).contains("HERD-WELCOME"));
+
+    // A hello with a made-up MAC, then a frame.
+    let mut stranger = TcpStream::connect(peer).unwrap();
+    challenge(&mut stranger);
+    stranger
+        .write_all(
+            format!(
+                "HERD-HELLO Smith Hill 7 {} {}\n",
+                "00".repeat(16),
+                "ab".repeat(32)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let payload = format!("U 1 {forged}\nC 1\n");
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(payload.as_bytes());
+    frame.extend_from_slice(&[0u8; 32]);
+    let _ = stranger.write_all(&frame);
+    let mut rest = Vec::new();
+    let _ = stranger.read_to_end(&mut rest);
+    assert!(!String::from_utf8_lossy(&rest).contains("HERD-WELCOME"));
+
+    // Random bytes.
+    let mut stranger = TcpStream::connect(peer).unwrap();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let _ = stranger.write_all(&noise);
+    drop(stranger);
+
+    // The herd still works, and never heard of the victim.
+    let marker = herd.client("Smith").iamat("marker", "+1+1");
+    herd.await_everywhere(ALL, "marker", &marker);
+    for name in ALL {
+        assert_eq!(herd.client(name).at_line_of("victim"), None, "{name}");
+    }
+    assert!(herd.log("Hill").contains("peer refused"));
+}
+
+#[test]
+fn a_server_with_another_secret_is_refused() {
+    let herd = Herd::start_default();
+    // A server claiming to be Smith, but with its own secret, on a new port.
+    let port = common::free_address();
+    let config = std::fs::read_to_string(&herd.config_path)
+        .unwrap()
+        .replace(&herd.server("Smith").client.to_string(), &port.to_string())
+        .replace(
+            &herd.server("Smith").peer.to_string(),
+            &common::free_address().to_string(),
+        );
+    let path = herd.dir.path().join("impostor.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(common::herd_binary())
+        .args([
+            "serve",
+            "Smith",
+            "--config",
+            path.to_str().unwrap(),
+            "--log-dir",
+        ])
+        .arg(herd.dir.path().join("impostor-logs"))
+        .env("HERD_SECRET", "not-the-herd-secret")
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    eventually("the impostor to listen", || {
+        client = TcpStream::connect(port).ok();
+        client.is_some()
+    });
+    let mut client = client.unwrap();
+    client
+        .write_all(format!("IAMAT forged +1+1 {}\n", now_text()).as_bytes())
+        .unwrap();
+    eventually("Hill to refuse the impostor's link", || {
+        herd.log("Hill").contains("failed authentication")
+    });
+    let marker = herd.client("Smith").iamat("marker", "+1+1");
+    herd.await_everywhere(ALL, "marker", &marker);
+    assert_eq!(herd.client("Hill").at_line_of("forged"), None);
+    let _ = child.kill();
+    let _ = child.wait();
+}
