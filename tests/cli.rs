@@ -1,0 +1,128 @@
+//! The `herd` command line: `up`, `send`, `config`, and its errors.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DEFAULT_TOPOLOGY, Herd, herd_binary, now_text};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn herd(args: &[&str]) -> std::process::Output {
+    Command::new(herd_binary())
+        .args(args)
+        .env_remove("HERD_SECRET")
+        .output()
+        .expect("running herd")
+}
+
+#[test]
+fn config_prints_the_embedded_default_which_serve_accepts() {
+    let output = herd(&["config"]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("name = \"Singleton\""));
+    assert!(text.contains("client = \"127.0.0.1:12000\""));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let output = herd(&["--help"]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    for command in ["serve", "up", "send", "client", "config"] {
+        assert!(text.contains(command), "{text}");
+    }
+}
+
+#[track_caller]
+fn fails_with(args: &[&str], needle: &str) {
+    let output = herd(args);
+    assert!(!output.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_configs_are_clear_errors_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[servers]]\nname = \"A\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\nneighbours = [\"Nobody\"]\n",
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    fails_with(&["serve", "A", "--config", path], "bad.toml:5: unknown neighbour \"Nobody\"");
+    fails_with(&["serve", "A", "--config", "/no/such/herd.toml"], "cannot read");
+    fails_with(&["serve", "Nobody"], "no server \"Nobody\" in the herd; it has Hill, Jaquez");
+    fails_with(&["serve", "Hill"], "no herd secret");
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let herd_config = Herd::configure(&[("Solo", &[])], "");
+    let taken = TcpListener::bind(herd_config.server("Solo").client).unwrap();
+    let output = herd_config.command("Solo").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot listen for clients on"), "{stderr}");
+    drop(taken);
+}
+
+#[test]
+fn send_prints_the_answers() {
+    let herd_processes = Herd::start(&[("Solo", &[])]);
+    let address = herd_processes.server("Solo").client.to_string();
+    let time = now_text();
+    let output = herd(&["send", &address, &format!("IAMAT sent +1-2 {time}"), "WHATSAT sent 5 1", "bogus"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut lines = text.lines();
+    let at = lines.next().unwrap();
+    assert!(at.starts_with("AT Solo ") && at.ends_with(&format!(" sent +1-2 {time}")), "{text}");
+    assert_eq!(lines.next(), Some(at), "WHATSAT repeats the AT line: {text}");
+    assert!(text.ends_with("? bogus\n"), "{text}");
+    fails_with(&["send", "127.0.0.1:1", "x"], "connecting to 127.0.0.1:1");
+}
+
+#[test]
+fn up_runs_the_whole_herd_and_stops_it_on_sigterm() {
+    let herd_config = Herd::configure(DEFAULT_TOPOLOGY, "");
+    let mut up = Command::new(herd_binary())
+        .args(["up", "--config", herd_config.config_path.to_str().unwrap()])
+        .env_remove("HERD_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(up.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("is up") {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "herd up ended early: {printed}");
+        printed.push_str(&line);
+    }
+    for server in &herd_config.servers {
+        assert!(printed.contains(&server.name) && printed.contains(&server.client.to_string()), "{printed}");
+    }
+    // The servers it started share the secret it made: a report floods.
+    let mut hill = common::LineClient::connect(herd_config.server("Hill").client);
+    let at = hill.iamat("up-client", "+1+1");
+    let mut campbell = common::LineClient::connect(herd_config.server("Campbell").client);
+    common::eventually("the report to reach Campbell", || {
+        campbell.at_line_of("up-client").as_deref() == Some(at.as_str())
+    });
+    let started = Instant::now();
+    kill(Pid::from_raw(up.id() as i32), Signal::SIGTERM).unwrap();
+    let status = up.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Every server is gone: its client port is free again.
+    for server in &herd_config.servers {
+        common::eventually("the port to be free", || TcpListener::bind(server.client).is_ok());
+    }
+}
