@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::storage::Durability;
+
 /// The embedded default herd: SPEC §1 on 127.0.0.1, client ports
 /// 12000–12004, peer ports 12010–12014.
 pub const DEFAULT_CONFIG: &str = include_str!("default_herd.toml");
@@ -68,6 +70,28 @@ impl Default for Limits {
     }
 }
 
+/// Where and how each server keeps its store on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Each server keeps its files in `data_dir/NAME/`.
+    pub data_dir: PathBuf,
+    /// What an AT reply promises about the update it acknowledges.
+    pub durability: Durability,
+    /// How often `batched` fsyncs and `none` writes, in milliseconds.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            durability: Durability::Batched,
+            sync_interval_ms: 100,
+        }
+    }
+}
+
 /// One server of the herd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -91,6 +115,7 @@ pub struct HerdConfig {
     pub secret: Option<String>,
     pub places: PlacesConfig,
     pub limits: Limits,
+    pub storage: StorageConfig,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +127,8 @@ struct RawConfig {
     places: PlacesConfig,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    storage: StorageConfig,
     servers: Vec<Spanned<RawServer>>,
 }
 
@@ -158,6 +185,9 @@ impl HerdConfig {
         }
         if raw.limits.max_line_bytes == 0 || raw.limits.max_connections == 0 {
             return Err(error_at(None, "limits must be greater than zero".into()));
+        }
+        if raw.storage.sync_interval_ms == 0 {
+            return Err(error_at(None, "storage.sync_interval_ms must be greater than zero".into()));
         }
 
         let mut index: HashMap<&str, usize> = HashMap::new();
@@ -220,6 +250,8 @@ impl HerdConfig {
         }
 
         let log_dir = base.join(raw.log_dir.as_deref().unwrap_or("logs"));
+        let mut storage = raw.storage;
+        storage.data_dir = base.join(&storage.data_dir);
         let servers = raw
             .servers
             .into_iter()
@@ -240,6 +272,7 @@ impl HerdConfig {
             secret: raw.secret,
             places: raw.places,
             limits: raw.limits,
+            storage,
         })
     }
 
@@ -280,6 +313,16 @@ impl HerdConfig {
         text.push_str(&format!(
             "\n[limits]\nmax_line_bytes = {}\nmax_connections = {}\n",
             self.limits.max_line_bytes, self.limits.max_connections
+        ));
+        let durability = match self.storage.durability {
+            Durability::Always => "always",
+            Durability::Batched => "batched",
+            Durability::None => "none",
+        };
+        text.push_str(&format!(
+            "\n[storage]\ndata_dir = {}\ndurability = \"{durability}\"\nsync_interval_ms = {}\n",
+            quote(&self.storage.data_dir.to_string_lossy()),
+            self.storage.sync_interval_ms
         ));
         for server in &self.servers {
             let neighbours: Vec<String> = server.neighbours.iter().map(|n| quote(n)).collect();
@@ -350,6 +393,10 @@ mod tests {
         let again = HerdConfig::parse(&config.to_toml(), "again", Path::new("/")).unwrap();
         assert_eq!(again.servers, config.servers);
         assert_eq!(again.limits, config.limits);
+        assert_eq!(again.storage.durability, config.storage.durability);
+        assert_eq!(again.storage.sync_interval_ms, config.storage.sync_interval_ms);
+        // Relative folders are relative to the file they are read from.
+        assert_eq!(again.storage.data_dir, Path::new("/./data"));
     }
 
     #[track_caller]

@@ -29,6 +29,7 @@
 //! (the counter). Payload lines are `U <seq> <AT line>` for an update and
 //! `C <seq>` for "complete up to".
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,9 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::protocol::parse_at_line;
-use crate::server::{Server, Show};
-use crate::store::{Pending, Report, Source};
+use crate::server::{Server, Show, report_from_at_line};
+use crate::store::{Pending, Source};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -98,15 +98,28 @@ pub struct Flood {
 }
 
 impl Flood {
-    pub fn new(me: &str, neighbours: Vec<Neighbour>, secret: Vec<u8>) -> Self {
+    /// Link state for server `me`. `run` is our run id; `cursors` says,
+    /// per neighbour name, how far we hold its stream (its run id, seq), as
+    /// recovered from disk.
+    pub fn new(
+        me: &str,
+        neighbours: Vec<Neighbour>,
+        secret: Vec<u8>,
+        run: u64,
+        cursors: &HashMap<String, (u64, u64)>,
+    ) -> Self {
         let count = neighbours.len();
+        let cursors = neighbours
+            .iter()
+            .map(|n| cursors.get(&n.name).map_or(Cursor::default(), |&(run, seq)| Cursor { run, seq }))
+            .collect();
         Self {
             me: me.to_owned(),
-            run: rand::random::<u64>() | 1,
+            run,
             secret,
             neighbours,
             accepted: watch::Sender::new(0),
-            cursors: Mutex::new(vec![Cursor::default(); count]),
+            cursors: Mutex::new(cursors),
             wake: (0..count).map(|_| Notify::new()).collect(),
             sessions: Mutex::new(vec![None; count]),
         }
@@ -116,6 +129,17 @@ impl Flood {
     pub fn announce(&self) {
         self.accepted
             .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Every neighbour's cursor: (name, its run id, seq), for a snapshot.
+    pub fn cursor_list(&self) -> Vec<(String, u64, u64)> {
+        let cursors = self.cursors.lock().expect("cursor lock is never poisoned");
+        self.neighbours
+            .iter()
+            .zip(cursors.iter())
+            .filter(|(_, cursor)| cursor.run != 0)
+            .map(|(n, c)| (n.name.clone(), c.run, c.seq))
+            .collect()
     }
 
     fn neighbour_index(&self, name: &[u8]) -> Option<usize> {
@@ -183,7 +207,7 @@ async fn dial_loop(server: Arc<Server>, index: usize, shutdown: CancellationToke
         let attempt = async {
             let stream = TcpStream::connect(&neighbour.peer_address).await?;
             stream.set_nodelay(true)?;
-            dial_handshake(flood, index, stream).await
+            dial_handshake(flood, index, stream, server.store.head()).await
         };
         match timeout(HANDSHAKE_TIME, attempt).await {
             Ok(Ok(link)) => {
@@ -218,6 +242,7 @@ async fn dial_handshake(
     flood: &Flood,
     index: usize,
     stream: TcpStream,
+    head: u64,
 ) -> anyhow::Result<OutgoingLink> {
     let neighbour = &flood.neighbours[index];
     let (reader, mut writer) = stream.into_split();
@@ -277,8 +302,10 @@ async fn dial_handshake(
         reader,
         writer,
         key,
-        // A cursor for an earlier run of ours means nothing now.
-        start: if cursor_run == flood.run {
+        // A cursor for another run of ours means nothing now; one beyond our
+        // numbering means our data folder is older than the neighbour's
+        // knowledge of it (restored from a backup): start over either way.
+        start: if cursor_run == flood.run && cursor_seq <= head {
             cursor_seq
         } else {
             0
@@ -303,6 +330,9 @@ async fn send_updates(
         start,
     } = link;
     let mut next = start;
+    // What the neighbour sent us before this link came up may be what it
+    // lost in a restart: send it back too. Later ones it surely has.
+    let link_up_at = server.store.head();
     let mut counter: u64 = 0;
     let mut accepted = flood.accepted.subscribe();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -314,7 +344,9 @@ async fn send_updates(
         // between still wakes us below.
         accepted.borrow_and_update();
         pending.clear();
-        let reached = server.store.since(next, index, BATCH, &mut pending);
+        let reached = server
+            .store
+            .since(next, Some((index, link_up_at)), BATCH, &mut pending);
         if reached > next {
             let mut payload = Vec::with_capacity(pending.len() * 96 + 24);
             for Pending { seq, at_line } in &pending {
@@ -511,24 +543,29 @@ async fn receive_frames(
         }
         counter += 1;
         let mut complete = None;
-        let mut changed = false;
         for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             match apply_line(server, index, line) {
-                Some((seq, newer)) => {
-                    complete = Some(seq);
-                    changed |= newer;
-                }
+                Some(seq) => complete = Some(seq),
                 None => warn!(neighbour = %name, "ignored a malformed line: {}", Show(line)),
             }
         }
-        if changed {
-            flood.announce();
-        }
         if let Some(seq) = complete {
-            let mut cursors = flood.cursors.lock().expect("cursor lock is never poisoned");
-            if cursors[index].run == run {
-                cursors[index].seq = cursors[index].seq.max(seq);
+            let advanced = {
+                let mut cursors = flood.cursors.lock().expect("cursor lock is never poisoned");
+                let advanced = cursors[index].run == run && seq > cursors[index].seq;
+                if advanced {
+                    cursors[index].seq = seq;
+                }
+                advanced
+            };
+            // Logged after the frame's reports, so a replay never has a
+            // cursor ahead of the data it stands for.
+            if advanced && let Some(storage) = &server.storage {
+                storage.append_cursor(name, run, seq);
             }
+        }
+        if let Some(storage) = &server.storage {
+            storage.flush_soon()?;
         }
         // Acknowledge now and then so the sender knows the link lives.
         if last_ack.elapsed() >= HEARTBEAT {
@@ -541,32 +578,22 @@ async fn receive_frames(
     }
 }
 
-/// Applies one payload line; returns its sequence number and whether it
-/// changed the store, or `None` if the line is malformed.
-fn apply_line(server: &Server, index: usize, line: &[u8]) -> Option<(u64, bool)> {
+/// Applies one payload line; returns its sequence number, or `None` if the
+/// line is malformed.
+fn apply_line(server: &Server, index: usize, line: &[u8]) -> Option<u64> {
     let name = &server.flood.neighbours[index].name;
     let (kind, rest) = split_word(line)?;
     let (seq, rest) = split_word(rest)?;
     let seq: u64 = std::str::from_utf8(seq).ok()?.parse().ok()?;
     match kind {
-        b"C" if rest.is_empty() => Some((seq, false)),
+        b"C" if rest.is_empty() => Some(seq),
         b"U" => {
-            let at = parse_at_line(rest)?;
+            let report = report_from_at_line(Bytes::copy_from_slice(rest))?;
             info!(neighbour = %name, "received from {name}: {}", Show(rest));
-            let report = Report {
-                client_id: Bytes::copy_from_slice(at.client_id),
-                client_time: at.client_time,
-                location: at.location,
-                at_line: Bytes::copy_from_slice(rest),
-            };
-            let newer = server
-                .store
-                .update(report, Source::Neighbour(index))
-                .is_some();
-            if !newer {
+            if !server.accept(report, Source::Neighbour(index)) {
                 debug!(neighbour = %name, "not newer, dropped");
             }
-            Some((seq, newer))
+            Some(seq)
         }
         _ => None,
     }
@@ -632,7 +659,7 @@ mod tests {
 
     #[test]
     fn macs_are_length_prefixed() {
-        let flood = Flood::new("A", vec![], b"secret".to_vec());
+        let flood = Flood::new("A", vec![], b"secret".to_vec(), 1, &HashMap::new());
         let a = flood.mac(&[b"ab", b"c"]).finalize().into_bytes();
         let b = flood.mac(&[b"a", b"bc"]).finalize().into_bytes();
         assert_ne!(a, b);

@@ -11,5 +11,6 @@ pub mod framing;
 pub mod places;
 pub mod protocol;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod time;

@@ -2,6 +2,7 @@
 //! connection, and shutdown. Flooding to neighbours is `flood`'s.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,7 @@ use crate::flood::{Flood, Neighbour};
 use crate::framing::{Frame, LineFramer};
 use crate::places::{NearbyQuery, Places, PlacesError, json::to_styled_string};
 use crate::protocol::{self, Request};
+use crate::storage::{Durability, Storage};
 use crate::store::{Report, Source, Store};
 
 /// Everything a server needs to start, apart from its sockets.
@@ -29,6 +31,16 @@ pub struct ServerSetup {
     pub secret: Vec<u8>,
     pub places: Arc<dyn Places>,
     pub limits: Limits,
+    /// Where to keep the store on disk; `None` keeps it in memory only.
+    pub storage: Option<StorageSetup>,
+}
+
+/// Where and how a server keeps its store on disk.
+#[derive(Clone, Debug)]
+pub struct StorageSetup {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub sync_interval: Duration,
 }
 
 impl ServerSetup {
@@ -58,6 +70,11 @@ impl ServerSetup {
             secret,
             places,
             limits: config.limits.clone(),
+            storage: Some(StorageSetup {
+                dir: config.storage.data_dir.join(name),
+                durability: config.storage.durability,
+                sync_interval: Duration::from_millis(config.storage.sync_interval_ms),
+            }),
         })
     }
 }
@@ -69,6 +86,23 @@ pub struct Server {
     pub places: Arc<dyn Places>,
     pub limits: Limits,
     pub flood: Flood,
+    pub storage: Option<Arc<Storage>>,
+}
+
+impl Server {
+    /// Stores `report` if it is newer, logs it to disk and hands it to the
+    /// links. Returns whether it was newer.
+    pub fn accept(&self, report: Report, source: Source) -> bool {
+        let at_line = report.at_line.clone();
+        let Some(seq) = self.store.update(report, source) else {
+            return false;
+        };
+        if let Some(storage) = &self.storage {
+            storage.append_report(seq, &at_line);
+        }
+        self.flood.announce();
+        true
+    }
 }
 
 /// How long connections get to finish their replies after a shutdown
@@ -84,12 +118,32 @@ pub async fn run(
     peer_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let store = Store::new();
+    let (storage, run, cursors) = match setup.storage {
+        Some(storage_setup) => {
+            let (storage, recovered) = tokio::task::spawn_blocking(move || {
+                Storage::open(&storage_setup.dir, storage_setup.durability, storage_setup.sync_interval)
+            })
+            .await??;
+            for (seq, at_line) in recovered.reports {
+                match report_from_at_line(Bytes::from(at_line)) {
+                    Some(report) => store.restore(report, seq),
+                    None => warn!("skipped an unreadable report in the store log"),
+                }
+            }
+            store.continue_from(recovered.next_seq);
+            storage.start_syncer();
+            (Some(storage), recovered.run, recovered.cursors)
+        }
+        None => (None, rand::random::<u64>() | 1, Default::default()),
+    };
     let server = Arc::new(Server {
-        flood: Flood::new(&setup.name, setup.neighbours, setup.secret),
+        flood: Flood::new(&setup.name, setup.neighbours, setup.secret, run, &cursors),
         name: setup.name,
-        store: Store::new(),
+        store,
         places: setup.places,
         limits: setup.limits,
+        storage,
     });
     info!(
         server = %server.name,
@@ -99,6 +153,9 @@ pub async fn run(
     );
     let tasks = TaskTracker::new();
     crate::flood::start(&server, peer_listener, &tasks, &shutdown);
+    if server.storage.is_some() {
+        tasks.spawn(compact_now_and_then(server.clone(), shutdown.clone()));
+    }
     accept_clients(&server, client_listener, &tasks, &shutdown).await;
     tasks.close();
     if tokio::time::timeout(DRAIN_TIME, tasks.wait())
@@ -107,8 +164,62 @@ pub async fn run(
     {
         warn!("some connections did not finish in time; closing them");
     }
+    if let Some(storage) = &server.storage {
+        storage.close();
+    }
     info!(server = %server.name, "stopped");
     Ok(())
+}
+
+/// Rewrites the store log when superseded records pile up.
+async fn compact_now_and_then(server: Arc<Server>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(storage) = server.storage.clone() else { return };
+        if !storage.wants_compaction(server.store.len()) {
+            continue;
+        }
+        let server = server.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            storage.compact(
+                || server.flood.cursor_list(),
+                |put| {
+                    let mut next = 0;
+                    let mut batch = Vec::new();
+                    loop {
+                        batch.clear();
+                        let reached = server.store.since(next, None, 4096, &mut batch);
+                        for pending in &batch {
+                            put(pending.seq, &pending.at_line);
+                        }
+                        if reached == next {
+                            break;
+                        }
+                        next = reached;
+                    }
+                },
+            )
+        })
+        .await;
+        if let Ok(Err(error)) = outcome {
+            warn!(%error, "compacting the store log failed");
+        }
+    }
+}
+
+/// A report rebuilt from its stored AT line.
+pub fn report_from_at_line(at_line: Bytes) -> Option<Report> {
+    let at = protocol::parse_at_line(&at_line)?;
+    Some(Report {
+        client_id: Bytes::copy_from_slice(at.client_id),
+        client_time: at.client_time,
+        location: at.location,
+        at_line: at_line.clone(),
+    })
 }
 
 async fn accept_clients(
@@ -163,13 +274,11 @@ async fn serve_client(
             answer(server, frame, address, &mut out).await;
             // Write big batches early rather than hold them.
             if out.len() >= 64 * 1024 {
-                stream.write_all(&out).await?;
-                out.clear();
+                reply(server, &mut stream, &mut out).await?;
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
-            out.clear();
+            reply(server, &mut stream, &mut out).await?;
         }
         // Read no more than the framer needs, so an endless line costs
         // at most `max_line_bytes` of memory.
@@ -183,13 +292,24 @@ async fn serve_client(
             // EOF: answer what is left, then close.
             if let Some(frame) = framer.finish() {
                 answer(server, frame, address, &mut out).await;
-                stream.write_all(&out).await?;
+                reply(server, &mut stream, &mut out).await?;
             }
             break;
         }
     }
     debug!(%address, "client disconnected");
     stream.shutdown().await
+}
+
+/// Writes the replies in `out`, once the updates they acknowledge are as
+/// durable as the storage setting promises.
+async fn reply(server: &Server, stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if let Some(storage) = &server.storage {
+        storage.commit().await?;
+    }
+    stream.write_all(out).await?;
+    out.clear();
+    Ok(())
 }
 
 /// Appends the reply to one framed line to `out`.
@@ -212,9 +332,7 @@ async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Ve
                     };
                     // Stored, and so handed to every neighbour link, before
                     // the reply is written (SPEC §3).
-                    if server.store.update(report, Source::Client).is_some() {
-                        server.flood.announce();
-                    }
+                    server.accept(report, Source::Client);
                 }
                 Ok(Request::Whatsat(whatsat)) => match server.store.get(whatsat.client_id) {
                     Some(report) => {

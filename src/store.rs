@@ -97,6 +97,36 @@ impl Store {
         Some(seq)
     }
 
+    /// Puts back a report replayed from disk under its old sequence number,
+    /// if it is newer than what is there. Numbers only ever grow: the head
+    /// moves past `seq`.
+    pub fn restore(&self, report: Report, seq: u64) {
+        let mut inner = self.inner.lock().expect("store lock is never poisoned");
+        let inner = &mut *inner;
+        inner.head = inner.head.max(seq);
+        if let Some(known) = inner.clients.get(&report.client_id) {
+            if known.report.client_time >= report.client_time {
+                return;
+            }
+            inner.by_seq.remove(&known.seq);
+        }
+        inner.by_seq.insert(seq, report.client_id.clone());
+        inner.clients.insert(
+            report.client_id.clone(),
+            Entry {
+                report,
+                seq,
+                source: Source::Client,
+            },
+        );
+    }
+
+    /// Makes the next sequence number at least `next`.
+    pub fn continue_from(&self, next: u64) {
+        let mut inner = self.inner.lock().expect("store lock is never poisoned");
+        inner.head = inner.head.max(next.saturating_sub(1));
+    }
+
     /// The newest report of a client.
     pub fn get(&self, client_id: &[u8]) -> Option<Report> {
         let inner = self.inner.lock().expect("store lock is never poisoned");
@@ -124,14 +154,25 @@ impl Store {
         self.len() == 0
     }
 
-    /// The reports accepted after sequence `after`, oldest first, for
-    /// neighbour `to`: at most `max` of them, leaving out those that came
-    /// from `to` itself (never send an update back to its sender).
+    /// The reports accepted after sequence `after`, oldest first, at most
+    /// `max` of them.
     ///
-    /// Returns the reports and the sequence number the scan reached; the
-    /// caller continues from there. Reports that were superseded are gone
-    /// from the sequence, so the scan visits each client once at most.
-    pub fn since(&self, after: u64, to: usize, max: usize, out: &mut Vec<Pending>) -> u64 {
+    /// `leave_out: Some((neighbour, above))` leaves out the reports that came
+    /// from that neighbour and are numbered above `above`: never send an
+    /// update back to its sender while the link that brought it is up. Those
+    /// numbered lower are sent anyway, since the neighbour may have lost
+    /// them in a restart since.
+    ///
+    /// Returns the sequence number the scan reached; the caller continues
+    /// from there. Reports that were superseded are gone from the sequence,
+    /// so the scan visits each client once at most.
+    pub fn since(
+        &self,
+        after: u64,
+        leave_out: Option<(usize, u64)>,
+        max: usize,
+        out: &mut Vec<Pending>,
+    ) -> u64 {
         let inner = self.inner.lock().expect("store lock is never poisoned");
         let mut reached = after;
         let mut scanned = 0;
@@ -145,7 +186,9 @@ impl Store {
             scanned += 1;
             reached = seq;
             let entry = &inner.clients[client_id];
-            if entry.source != Source::Neighbour(to) {
+            let sent_it = leave_out
+                .is_some_and(|(to, above)| seq > above && entry.source == Source::Neighbour(to));
+            if !sent_it {
                 out.push(Pending {
                     seq,
                     at_line: entry.report.at_line.clone(),
@@ -174,7 +217,7 @@ mod tests {
 
     fn seqs(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, u64) {
         let mut out = Vec::new();
-        let reached = store.since(after, to, max, &mut out);
+        let reached = store.since(after, Some((to, 0)), max, &mut out);
         (out.iter().map(|p| p.seq).collect(), reached)
     }
 
@@ -218,6 +261,31 @@ mod tests {
         // Only skipped entries left: the scan still moves on to the head.
         store.update(report("d", "1"), Source::Neighbour(0));
         assert_eq!(seqs(&store, 3, 0, 100), (vec![], 4));
+    }
+
+    #[test]
+    fn restored_reports_keep_their_numbers_and_newest_wins() {
+        let store = Store::new();
+        store.restore(report("a", "2"), 7);
+        store.restore(report("a", "1"), 9);
+        store.restore(report("b", "1"), 3);
+        assert_eq!(store.get(b"a").unwrap().client_time, report("a", "2").client_time);
+        assert_eq!(seqs(&store, 0, 0, 100), (vec![3, 7], 9));
+        store.continue_from(100);
+        assert_eq!(store.update(report("c", "1"), Source::Client), Some(100));
+    }
+
+    #[test]
+    fn reports_from_before_the_link_came_up_are_sent_back() {
+        let store = Store::new();
+        store.update(report("a", "1"), Source::Neighbour(0));
+        store.update(report("b", "1"), Source::Neighbour(0));
+        let mut out = Vec::new();
+        store.since(0, Some((0, 1)), 100, &mut out);
+        assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
+        out.clear();
+        store.since(0, None, 100, &mut out);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! printer, which differs in spacing, array layout and number format. Turning
 //! the text into a WHATSAT answer (squeezing newlines) is left to the caller.
 
+use std::fmt::Write as _;
+
 use serde_json::{Number, Value};
 
 /// Columns an array may take on one line, as in JsonCpp (`rightMargin_`).
@@ -40,12 +42,16 @@ struct StyledWriter {
 impl StyledWriter {
     fn write_value(&mut self, value: &Value) {
         match value {
-            Value::Null => self.push_value("null".to_owned()),
-            Value::Bool(b) => self.push_value(b.to_string()),
-            Value::Number(n) => self.push_value(number_to_string(n)),
-            Value::String(s) => self.push_value(quoted(s)),
+            Value::Null => self.push_value(|out| out.push_str("null")),
+            Value::Bool(b) => {
+                self.push_value(|out| out.push_str(if *b { "true" } else { "false" }))
+            }
+            Value::Number(n) => self.push_value(|out| write_number(out, n)),
+            Value::String(s) => self.push_value(|out| write_quoted(out, s)),
             Value::Array(items) => self.write_array(items),
-            Value::Object(members) if members.is_empty() => self.push_value("{}".to_owned()),
+            Value::Object(members) if members.is_empty() => {
+                self.push_value(|out| out.push_str("{}"))
+            }
             Value::Object(members) => {
                 // JsonCpp iterates a std::map ordered by strcmp, i.e. by bytes.
                 // serde_json's map is sorted the same way unless some crate in
@@ -56,7 +62,8 @@ impl StyledWriter {
                 self.indent.push_str(INDENT);
                 let last = members.len() - 1;
                 for (i, (key, child)) in members.into_iter().enumerate() {
-                    self.write_with_indent(&quoted(key));
+                    self.write_indent();
+                    write_quoted(&mut self.document, key);
                     self.document.push_str(" : ");
                     self.write_value(child);
                     if i != last {
@@ -71,7 +78,7 @@ impl StyledWriter {
 
     fn write_array(&mut self, items: &[Value]) {
         if items.is_empty() {
-            self.push_value("[]".to_owned());
+            self.push_value(|out| out.push_str("[]"));
         } else if self.is_multiline_array(items) {
             self.write_with_indent("[");
             self.indent.push_str(INDENT);
@@ -97,9 +104,14 @@ impl StyledWriter {
         } else {
             // is_multiline_array left exactly one rendering per item.
             self.document.push_str("[ ");
-            let rendered = std::mem::take(&mut self.child_values);
-            self.document.push_str(&rendered.join(", "));
+            for (i, text) in self.child_values.iter().enumerate() {
+                if i > 0 {
+                    self.document.push_str(", ");
+                }
+                self.document.push_str(text);
+            }
             self.document.push_str(" ]");
+            self.child_values.clear();
         }
     }
 
@@ -130,11 +142,15 @@ impl StyledWriter {
         line_length >= RIGHT_MARGIN
     }
 
-    fn push_value(&mut self, text: String) {
+    /// Writes a scalar (or an empty container) to the document, or to
+    /// `child_values` while an array's layout is being decided.
+    fn push_value(&mut self, write: impl FnOnce(&mut String)) {
         if self.add_child_values {
+            let mut text = String::new();
+            write(&mut text);
             self.child_values.push(text);
         } else {
-            self.document.push_str(&text);
+            write(&mut self.document);
         }
     }
 
@@ -165,8 +181,8 @@ impl StyledWriter {
 /// A string literal as Google writes it: JsonCpp's escapes, other control
 /// characters as `\u00xx`, and `<` `>` escaped so the text is safe to embed
 /// in HTML. Everything else, including non-ASCII, is written raw.
-fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+fn write_quoted(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
     for c in s.chars() {
         match c {
@@ -177,21 +193,28 @@ fn quoted(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '\0'..='\u{1f}' | '<' | '>' => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            '\0'..='\u{1f}' | '<' | '>' => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let code = u32::from(c);
+                out.push_str("\\u00");
+                out.push(char::from(HEX[(code >> 4) as usize]));
+                out.push(char::from(HEX[(code & 0xf) as usize]));
+            }
             _ => out.push(c),
         }
     }
     out.push('"');
-    out
 }
 
 /// Integers as integers; floats as JsonCpp's old `valueToString(double)`.
-fn number_to_string(n: &Number) -> String {
+fn write_number(out: &mut String, n: &Number) {
     match n.as_f64() {
-        Some(f) if n.is_f64() => double_to_string(f),
+        Some(f) if n.is_f64() => write_double(out, f),
         // An i64 or u64, or (with serde_json's arbitrary_precision) an
         // integer too big for either: its own decimal text is exact.
-        _ => n.to_string(),
+        _ => {
+            write!(out, "{n}").expect("writing to a String cannot fail");
+        }
     }
 }
 
@@ -199,49 +222,87 @@ fn number_to_string(n: &Number) -> String {
 /// keeping one digit after the point: `5.0`, `34.06893`, `0.1`,
 /// `1.000000000000000e-05`. Sixteen digits is what makes 34.06893 print as
 /// itself rather than as the 17-digit `34.068930000000002`.
-fn double_to_string(value: f64) -> String {
-    const PRECISION: i32 = 16;
+fn write_double(out: &mut String, value: f64) {
+    const PRECISION: usize = 16;
     if !value.is_finite() {
         // serde_json cannot hold these; JsonCpp's old writer printed what C does.
-        return if value.is_nan() {
-            "nan".to_owned()
+        let text = if value.is_nan() {
+            "nan"
         } else if value > 0.0 {
-            "inf".to_owned()
+            "inf"
         } else {
-            "-inf".to_owned()
+            "-inf"
         };
+        out.push_str(text);
+        return;
     }
-    // The decimal exponent after rounding to 16 significant digits, as %e
-    // would print it; Rust's formatting is correctly rounded like glibc's.
-    let scientific = format!("{:.*e}", (PRECISION - 1) as usize, value);
+    // The value rounded to 16 significant digits, as %e prints it; Rust's
+    // formatting is correctly rounded (ties to even) like glibc's.
+    let scientific = format!("{:.*e}", PRECISION - 1, value);
     let (mantissa, exponent) = scientific
         .split_once('e')
         .expect("{:e} formatting always writes an exponent");
     let exponent: i32 = exponent
         .parse()
         .expect("{:e} formatting writes a decimal exponent");
-    if (-4..PRECISION).contains(&exponent) {
-        // %g uses %f with PRECISION - 1 - exponent decimals; '#' keeps the
-        // point and the trailing zeros, which we then trim. Unlike JsonCpp,
-        // which left C's bare "1000000000000000." (not JSON) untouched, a
-        // digit always follows the point.
-        let decimals = usize::try_from(PRECISION - 1 - exponent)
-            .expect("exponent < PRECISION, so decimals are non-negative");
-        let mut fixed = format!("{value:.decimals$}");
-        if !fixed.contains('.') {
-            fixed.push('.');
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    // %g chooses %f when -4 <= exponent < precision.
+    let point = match usize::try_from(exponent + 1) {
+        Ok(point) if point > 0 && point <= PRECISION => point,
+        _ if (-4..0).contains(&exponent) => {
+            // 0.000ddd: %f with 15 - exponent decimals shows the same 16
+            // digits after the zeros; the first digit is not zero.
+            let digits = mantissa.replace('.', "");
+            if negative {
+                out.push('-');
+            }
+            out.push_str("0.");
+            for _ in exponent..-1 {
+                out.push('0');
+            }
+            out.push_str(digits.trim_end_matches('0'));
+            return;
         }
-        let trimmed = fixed.trim_end_matches('0');
-        let mut out = trimmed.to_owned();
-        if out.ends_with('.') {
-            out.push('0');
-        }
-        out
-    } else {
-        // C writes the exponent signed and with at least two digits.
-        let sign = if exponent < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exponent.unsigned_abs())
+        _ => return write_exponential(out, negative, mantissa, exponent),
+    };
+    // ddd.ddd: the same 16 digits with the point moved; '#' keeps the point
+    // and the zeros after it, which JsonCpp trims to one digit at least.
+    // (JsonCpp left C's bare "1000000000000000." alone, which is not JSON;
+    // this writes "1000000000000000.0".)
+    let digits = mantissa.replace('.', "");
+    let (whole, fraction) = digits.split_at(point);
+    if negative {
+        out.push('-');
     }
+    out.push_str(whole);
+    out.push('.');
+    match fraction.trim_end_matches('0') {
+        "" => out.push('0'),
+        fraction => out.push_str(fraction),
+    }
+}
+
+/// `d.ddddddddddddddde±XX`: C writes the exponent signed, with at least two
+/// digits, and '#' keeps the mantissa's trailing zeros.
+fn write_exponential(out: &mut String, negative: bool, mantissa: &str, exponent: i32) {
+    let sign = if exponent < 0 { '-' } else { '+' };
+    let minus = if negative { "-" } else { "" };
+    write!(
+        out,
+        "{minus}{mantissa}e{sign}{:02}",
+        exponent.unsigned_abs()
+    )
+    .expect("writing to a String cannot fail");
+}
+
+#[cfg(test)]
+fn double_to_string(value: f64) -> String {
+    let mut out = String::new();
+    write_double(&mut out, value);
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,284 @@
+//! `herd-bench`: a load tool for any server that speaks the herd protocol
+//! (the shared SPEC.md), the Rust herd and the Python and Node baselines
+//! alike. It is self-contained (nothing from the `herd` library) so that it
+//! measures servers only through the wire protocol.
+//!
+//! It is written not to be the bottleneck: one task per connection that
+//! owns its socket, pipelined requests, replies batched into one write, and
+//! a single-threaded runtime by default (`--threads 1`), which leaves the
+//! other cores to the server under test.
+//!
+//!     herd-bench iamat --addr 127.0.0.1:12000 --conns 32 --depth 8 --duration 10
+//!     herd-bench iamat --addr 127.0.0.1:12000 --conns 32 --rate 5000 --duration 10
+//!     herd-bench whatsat --addr 127.0.0.1:12000 --radius 10 --bound 5 --duration 10
+//!     herd-bench propagate --from 127.0.0.1:12000 --to 127.0.0.1:12003 --samples 200
+//!     herd-bench conns --addr 127.0.0.1:12000 --idle 5000
+//!
+//! Every run stops by itself; `--json` prints one JSON object instead of a
+//! table; the exit status is non-zero when any reply was invalid, missing,
+//! or a connection failed.
+
+#[path = "herd_bench/conns.rs"]
+mod conns;
+#[path = "herd_bench/echo.rs"]
+mod echo;
+#[path = "herd_bench/line.rs"]
+mod line;
+#[path = "herd_bench/load.rs"]
+mod load;
+#[path = "herd_bench/propagate.rs"]
+mod propagate;
+#[path = "herd_bench/reply.rs"]
+mod reply;
+#[path = "herd_bench/stats.rs"]
+mod stats;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+/// Load and latency measurements for any server speaking the herd protocol.
+#[derive(Parser)]
+#[command(name = "herd-bench", version)]
+struct Cli {
+    /// Runtime threads: 1 runs everything on one thread (current-thread
+    /// runtime); 0 uses one worker per CPU.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    /// Print one JSON object of results instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Allow targets outside the loopback range (refused by default).
+    #[arg(long, global = true)]
+    allow_non_loopback: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// IAMAT throughput and latency over many pipelined connections.
+    Iamat(LoadArgs),
+    /// WHATSAT throughput and latency (client locations seeded with IAMAT first).
+    Whatsat {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Radius in kilometres, as sent (0 < radius <= 50).
+        #[arg(long, default_value = "10")]
+        radius: String,
+        /// The most results to ask for (1..=20).
+        #[arg(long, default_value_t = 5)]
+        bound: u32,
+    },
+    /// Propagation latency: IAMAT at one server, WHATSAT at others until they show it.
+    Propagate {
+        /// The server that receives the IAMAT.
+        #[arg(long)]
+        from: String,
+        /// A server to watch for the update (repeatable).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// Updates to time.
+        #[arg(long, default_value_t = 100)]
+        samples: usize,
+        /// Updates sent first and not timed (links come up, caches warm).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Seconds one update may take to reach every target.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+    /// Probe latency while the server holds many idle connections.
+    Conns {
+        #[arg(long)]
+        addr: String,
+        /// Idle connections to open and hold.
+        #[arg(long)]
+        idle: usize,
+        /// Probe IAMAT round trips before and while the idle connections are held.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// Seconds to keep holding them after the probe, before checking they are still open.
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+    },
+    /// A trivial IAMAT line server: the loopback limit to compare against.
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        addr: String,
+        /// Seconds after which it exits by itself.
+        #[arg(long, default_value_t = 3600.0)]
+        max_run: f64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// The server's client address, HOST:PORT.
+    #[arg(long)]
+    addr: String,
+    /// Connections, each with its own client id.
+    #[arg(long, default_value_t = 16)]
+    conns: usize,
+    /// Requests in flight per connection (closed loop).
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    /// Open loop: requests per second across all connections, latency
+    /// counted from each request's intended send time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds to wait for replies still due after the end.
+    #[arg(long, default_value_t = 5.0)]
+    drain_timeout: f64,
+}
+
+/// Seconds from the command line, kept within an hour so every run ends.
+fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
+    if !(0.0..=3600.0).contains(&value) {
+        bail!("{what} must be between 0 and 3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = if cli.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if cli.threads > 1 {
+            builder.worker_threads(cli.threads);
+        }
+        builder.enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("herd-bench: starting the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("herd-bench: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the command and prints its report; returns whether all went well.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let resolve = |addr: &str| line::resolve(addr, cli.allow_non_loopback);
+    let threads = if cli.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cli.threads
+    };
+    let (ok, json, table) = match cli.command {
+        Command::Iamat(args) => {
+            let config = load_config(&args, load::Request::Iamat, threads, &resolve)?;
+            let report = load::run(config).await?;
+            (report.ok(), report.to_json(), report.to_table())
+        }
+        Command::Whatsat {
+            load: args,
+            radius,
+            bound,
+        } => {
+            let request = load::Request::Whatsat {
+                radius_km: radius,
+                bound,
+            };
+            let config = load_config(&args, request, threads, &resolve)?;
+            let report = load::run(config).await?;
+            (report.ok(), report.to_json(), report.to_table())
+        }
+        Command::Propagate {
+            from,
+            to,
+            samples,
+            warmup,
+            timeout,
+        } => {
+            let config = propagate::PropagateConfig {
+                from: resolve(&from)?,
+                to: to
+                    .iter()
+                    .map(|addr| resolve(addr))
+                    .collect::<Result<_, _>>()?,
+                samples,
+                warmup,
+                timeout: seconds(timeout, "--timeout")?,
+                connect_timeout: CONNECT_TIMEOUT,
+            };
+            let report = propagate::run(config).await?;
+            (report.ok(), report.to_json(), report.to_table())
+        }
+        Command::Conns {
+            addr,
+            idle,
+            samples,
+            hold,
+        } => {
+            let config = conns::ConnsConfig {
+                addr: resolve(&addr)?,
+                idle,
+                samples,
+                hold: seconds(hold, "--hold")?,
+                timeout: Duration::from_secs(10),
+                connect_timeout: CONNECT_TIMEOUT,
+            };
+            let report = conns::run(config).await?;
+            (report.ok(), report.to_json(), report.to_table())
+        }
+        Command::EchoServer { addr, max_run } => {
+            resolve(&addr)?;
+            echo::serve(&addr, seconds(max_run, "--max-run")?).await?;
+            return Ok(true);
+        }
+    };
+    if cli.json {
+        println!("{json}");
+    } else {
+        print!("{table}");
+    }
+    Ok(ok)
+}
+
+fn load_config(
+    args: &LoadArgs,
+    request: load::Request,
+    threads: usize,
+    resolve: &dyn Fn(&str) -> anyhow::Result<std::net::SocketAddr>,
+) -> anyhow::Result<load::LoadConfig> {
+    if args.duration <= 0.0 {
+        bail!("--duration must be positive");
+    }
+    Ok(load::LoadConfig {
+        addr: resolve(&args.addr).context("--addr")?,
+        conns: args.conns,
+        depth: args.depth,
+        rate: args.rate,
+        warmup: seconds(args.warmup, "--warmup")?,
+        duration: seconds(args.duration, "--duration")?,
+        drain_timeout: seconds(args.drain_timeout, "--drain-timeout")?,
+        connect_timeout: CONNECT_TIMEOUT,
+        request,
+        threads,
+    })
+}

@@ -1,0 +1,660 @@
+//! IAMAT or WHATSAT load over many pipelined connections, closed-loop
+//! (`--depth` requests in flight per connection) or at a fixed rate.
+//!
+//! Each connection is one task that owns its socket and does its own
+//! reading and writing through readiness (`try_read`/`try_write`): no
+//! channels, no locks on the hot path, and every reply read in a batch is
+//! answered by new requests written in one `write`. Replies are matched to
+//! requests by count (SPEC §2) and each is checked against what was sent.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+
+use crate::line::{LineConn, run_id, unix_nanos};
+use crate::reply::{self, Client, ClientTime, Clock, Kind};
+use crate::stats::{Batch, Shards, Summary};
+
+/// What each connection asks.
+#[derive(Clone, Debug)]
+pub enum Request {
+    Iamat,
+    Whatsat { radius_km: String, bound: u32 },
+}
+
+impl Request {
+    fn kind(&self) -> Kind {
+        match self {
+            Request::Iamat => Kind::Iamat,
+            Request::Whatsat { .. } => Kind::Whatsat,
+        }
+    }
+}
+
+/// One load run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub addr: SocketAddr,
+    pub conns: usize,
+    pub depth: usize,
+    /// Requests per second across all connections (open loop), or `None`
+    /// for a closed loop of `depth` requests in flight per connection.
+    pub rate: Option<f64>,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub drain_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub request: Request,
+    pub threads: usize,
+}
+
+/// Times and limits every connection task shares.
+struct Plan {
+    begin: Instant,
+    measure_from: Instant,
+    end: Instant,
+    drain_deadline: Instant,
+    depth: usize,
+    /// Time between two sends of one connection in the open loop.
+    interval: Option<Duration>,
+    /// Most requests one connection keeps queued or in flight in the open
+    /// loop; beyond it, due requests wait (with their intended send time).
+    open_loop_cap: usize,
+    conns: usize,
+    /// Requests per second across all connections (open loop).
+    rate: f64,
+    /// One per connection: the pacer's signal that a request of that
+    /// connection is due (open loop).
+    due: Vec<Notify>,
+    request: Request,
+    latency: Shards,
+    service: Shards,
+}
+
+/// What one connection saw.
+#[derive(Debug, Default)]
+struct ConnStats {
+    sent: u64,
+    replies: u64,
+    measured: u64,
+    invalid: u64,
+    invalid_samples: Vec<String>,
+    errors: Vec<String>,
+    unanswered: u64,
+    not_sent: u64,
+    statuses: BTreeMap<String, u64>,
+}
+
+impl ConnStats {
+    fn invalid(&mut self, why: &str, reply: &[u8]) {
+        self.invalid += 1;
+        if self.invalid_samples.len() < 3 {
+            self.invalid_samples
+                .push(format!("{why}: {}", reply::sample(reply)));
+        }
+    }
+
+    fn add(&mut self, other: ConnStats) {
+        self.sent += other.sent;
+        self.replies += other.replies;
+        self.measured += other.measured;
+        self.invalid += other.invalid;
+        for sample in other.invalid_samples {
+            if self.invalid_samples.len() < 5 {
+                self.invalid_samples.push(sample);
+            }
+        }
+        for error in other.errors {
+            if self.errors.len() < 5 {
+                self.errors.push(error);
+            }
+        }
+        self.unanswered += other.unanswered;
+        self.not_sent += other.not_sent;
+        for (status, count) in other.statuses {
+            *self.statuses.entry(status).or_default() += count;
+        }
+    }
+}
+
+/// The outcome of a load run.
+#[derive(Debug)]
+pub struct LoadReport {
+    config: LoadConfig,
+    stats: ConnStats,
+    error_count: u64,
+    throughput: f64,
+    latency: Summary,
+    service: Option<Summary>,
+}
+
+impl LoadReport {
+    /// Whether every request got a valid reply and no connection failed.
+    pub fn ok(&self) -> bool {
+        self.stats.invalid == 0 && self.error_count == 0 && self.stats.unanswered == 0
+    }
+
+    pub fn to_json(&self) -> Value {
+        let config = &self.config;
+        let (command, radius, bound) = match &config.request {
+            Request::Iamat => ("iamat", None, None),
+            Request::Whatsat { radius_km, bound } => {
+                ("whatsat", Some(radius_km.clone()), Some(*bound))
+            }
+        };
+        json!({
+            "command": command,
+            "addr": config.addr.to_string(),
+            "conns": config.conns,
+            "depth": if config.rate.is_some() { None } else { Some(config.depth) },
+            "rate": config.rate,
+            "radius_km": radius,
+            "bound": bound,
+            "threads": config.threads,
+            "warmup_s": config.warmup.as_secs_f64(),
+            "duration_s": config.duration.as_secs_f64(),
+            "sent": self.stats.sent,
+            "replies": self.stats.replies,
+            "measured": self.stats.measured,
+            "throughput_rps": (self.throughput * 10.0).round() / 10.0,
+            "latency_us": self.latency.to_json(),
+            "service_latency_us": self.service.as_ref().map(Summary::to_json),
+            "invalid": self.stats.invalid,
+            "invalid_samples": self.stats.invalid_samples,
+            "errors": self.error_count,
+            "error_samples": self.stats.errors,
+            "unanswered": self.stats.unanswered,
+            "not_sent": self.stats.not_sent,
+            "statuses": self.stats.statuses,
+            "ok": self.ok(),
+        })
+    }
+
+    pub fn to_table(&self) -> String {
+        let config = &self.config;
+        let mut out = String::new();
+        let what = match &config.request {
+            Request::Iamat => "IAMAT".to_string(),
+            Request::Whatsat { radius_km, bound } => {
+                format!("WHATSAT radius {radius_km} km, bound {bound}")
+            }
+        };
+        let shape = match config.rate {
+            Some(rate) => format!("open loop at {rate} req/s"),
+            None => format!("closed loop, depth {}", config.depth),
+        };
+        out.push_str(&format!(
+            "{what} -> {}: {} connections, {shape}, {} thread(s)\n",
+            config.addr, config.conns, config.threads
+        ));
+        out.push_str(&format!(
+            "  measured     {:.1} s after {:.1} s warmup\n",
+            config.duration.as_secs_f64(),
+            config.warmup.as_secs_f64()
+        ));
+        out.push_str(&format!(
+            "  throughput   {:.0} replies/s ({} in the window, {} sent in all)\n",
+            self.throughput, self.stats.measured, self.stats.sent
+        ));
+        let label = if self.service.is_some() {
+            "latency (from intended send)"
+        } else {
+            "latency"
+        };
+        out.push_str(&format!("  {label:<12} {}\n", self.latency.row()));
+        if let Some(service) = &self.service {
+            out.push_str(&format!(
+                "  latency (from actual send)   {}\n",
+                service.row()
+            ));
+        }
+        if !self.stats.statuses.is_empty() {
+            let statuses: Vec<String> = self
+                .stats
+                .statuses
+                .iter()
+                .map(|(status, count)| format!("{status} {count}"))
+                .collect();
+            out.push_str(&format!("  statuses     {}\n", statuses.join(", ")));
+        }
+        out.push_str(&format!(
+            "  invalid {}  errors {}  unanswered {}",
+            self.stats.invalid, self.error_count, self.stats.unanswered
+        ));
+        if self.stats.not_sent > 0 {
+            out.push_str(&format!(
+                "  not sent (behind schedule at the end) {}",
+                self.stats.not_sent
+            ));
+        }
+        out.push('\n');
+        for sample in &self.stats.invalid_samples {
+            out.push_str(&format!("  invalid reply: {sample}\n"));
+        }
+        for error in &self.stats.errors {
+            out.push_str(&format!("  error: {error}\n"));
+        }
+        out.push_str(&format!("  {}\n", if self.ok() { "OK" } else { "FAILED" }));
+        out
+    }
+}
+
+/// Connects every connection (seeding locations for WHATSAT), runs the
+/// load and gathers the results.
+pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
+    if config.conns == 0 || config.depth == 0 {
+        bail!("--conns and --depth must be at least 1");
+    }
+    let run = run_id();
+    let connections = open_all(&config, &run).await?;
+
+    let begin = Instant::now();
+    let measure_from = begin + config.warmup;
+    let end = measure_from + config.duration;
+    let interval = match config.rate {
+        Some(rate) if rate.is_finite() && rate > 0.0 => {
+            Some(Duration::from_secs_f64(config.conns as f64 / rate))
+        }
+        Some(_) => bail!("--rate must be a positive number of requests per second"),
+        None => None,
+    };
+    let shard_count = config.threads.max(1) * 4;
+    let plan = Arc::new(Plan {
+        begin,
+        measure_from,
+        end,
+        drain_deadline: end + config.drain_timeout,
+        depth: config.depth,
+        interval,
+        open_loop_cap: (1_000_000 / config.conns).max(1024),
+        conns: config.conns,
+        rate: config.rate.unwrap_or(0.0),
+        due: (0..config.conns).map(|_| Notify::new()).collect(),
+        request: config.request.clone(),
+        latency: Shards::new(shard_count),
+        service: Shards::new(shard_count),
+    });
+
+    let pacer = plan.interval.map(|_| {
+        let plan = Arc::clone(&plan);
+        std::thread::Builder::new()
+            .name("pacer".into())
+            .spawn(move || pace(&plan))
+            .expect("spawning the pacer thread")
+    });
+    let mut tasks = JoinSet::new();
+    for connection in connections {
+        tasks.spawn(drive(connection, Arc::clone(&plan)));
+    }
+    let mut stats = ConnStats::default();
+    let mut error_count = 0;
+    while let Some(done) = tasks.join_next().await {
+        let conn_stats = done.context("a connection task panicked")?;
+        error_count += conn_stats.errors.len() as u64;
+        stats.add(conn_stats);
+    }
+    if let Some(pacer) = pacer {
+        pacer.join().ok().context("the pacer thread panicked")?;
+    }
+    let latency = Summary::of(&plan.latency.merged());
+    let service = config.rate.map(|_| Summary::of(&plan.service.merged()));
+    Ok(LoadReport {
+        throughput: stats.measured as f64 / config.duration.as_secs_f64(),
+        config,
+        stats,
+        error_count,
+        latency,
+        service,
+    })
+}
+
+/// Wakes each connection when its next open-loop request is due.
+///
+/// tokio's timer has a granularity of a millisecond, which would add up to
+/// a millisecond or two to every latency counted from the intended send
+/// time; a thread sleeping with `std::thread::sleep` wakes within tens of
+/// microseconds. Request `g` of the run is due at `begin + g / rate` and
+/// belongs to connection `g % conns`, which is the schedule `drive` keeps.
+fn pace(plan: &Plan) {
+    let begin = plan.begin.into_std();
+    let end = plan.end.into_std();
+    // A microsecond late rather than a nanosecond early: a connection woken
+    // before its request is due would wait for its coarse timer instead.
+    let due = |request: u64| begin + Duration::from_secs_f64(request as f64 / plan.rate + 1e-6);
+    let mut request: u64 = 0;
+    loop {
+        let next = due(request);
+        if next >= end {
+            break;
+        }
+        let now = std::time::Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        let now = std::time::Instant::now();
+        while due(request) <= now {
+            let connection = usize::try_from(request % plan.conns as u64)
+                .expect("a remainder of division by a usize fits in usize");
+            plan.due[connection].notify_one();
+            request += 1;
+        }
+    }
+}
+
+/// One connection ready for load.
+struct Connection {
+    index: usize,
+    stream: TcpStream,
+    client: Client,
+    clock: Clock,
+    /// The client time the location was seeded with (WHATSAT).
+    seeded: Option<ClientTime>,
+}
+
+/// Opens all connections, a few hundred at a time, and for WHATSAT seeds
+/// each connection's client location with an IAMAT first.
+async fn open_all(config: &LoadConfig, run: &str) -> anyhow::Result<Vec<Connection>> {
+    const AT_ONCE: usize = 256;
+    let mut connections = Vec::with_capacity(config.conns);
+    let mut tasks = JoinSet::new();
+    let mut next = 0;
+    while connections.len() < config.conns {
+        while next < config.conns && tasks.len() < AT_ONCE {
+            let client = Client::new(run, next);
+            tasks.spawn(open_one(
+                next,
+                client,
+                config.addr,
+                config.connect_timeout,
+                matches!(config.request, Request::Whatsat { .. }),
+            ));
+            next += 1;
+        }
+        let opened = tasks
+            .join_next()
+            .await
+            .expect("a task was spawned above")
+            .context("a connecting task panicked")??;
+        connections.push(opened);
+    }
+    Ok(connections)
+}
+
+async fn open_one(
+    index: usize,
+    client: Client,
+    addr: SocketAddr,
+    timeout: Duration,
+    seed: bool,
+) -> anyhow::Result<Connection> {
+    let mut clock = Clock::default();
+    let mut line = LineConn::connect(addr, timeout)
+        .await
+        .with_context(|| format!("connection {index}"))?;
+    let mut seeded = None;
+    if seed {
+        let time = clock.next(unix_nanos());
+        let mut request = String::new();
+        client.write_iamat(time, &mut request);
+        let reply = line
+            .round_trip(request.as_bytes(), Kind::Iamat, timeout)
+            .await
+            .with_context(|| format!("seeding the location of {}", client.id))?;
+        let reply_line = reply.strip_suffix(b"\n").unwrap_or(&reply);
+        if let Err(why) = reply::check_iamat_reply(reply_line, &client, time) {
+            bail!(
+                "seeding {}: invalid IAMAT reply ({why}): {}",
+                client.id,
+                reply::sample(&reply)
+            );
+        }
+        seeded = Some(time);
+    }
+    Ok(Connection {
+        index,
+        stream: line.into_stream()?,
+        client,
+        clock,
+        seeded,
+    })
+}
+
+/// A request sent and not yet answered.
+struct Pending {
+    /// When it was meant to be sent (the open loop's schedule); latency is
+    /// measured from here so that a stalled server cannot hide its stall.
+    intended: Instant,
+    /// When it was put in the send buffer.
+    queued: Instant,
+    time: ClientTime,
+}
+
+/// Appends the next request to `out` and remembers it as pending.
+fn queue(
+    connection: &mut Connection,
+    request: &Request,
+    pending: &mut VecDeque<Pending>,
+    out: &mut String,
+    intended: Instant,
+    now: Instant,
+) {
+    let time = connection.clock.next(unix_nanos());
+    match request {
+        Request::Iamat => connection.client.write_iamat(time, out),
+        Request::Whatsat { radius_km, bound } => {
+            connection.client.write_whatsat(radius_km, *bound, out)
+        }
+    }
+    pending.push_back(Pending {
+        intended,
+        queued: now,
+        time,
+    });
+}
+
+/// Drives one connection until the end of the run, then waits for the
+/// replies still due (until the drain deadline).
+async fn drive(mut connection: Connection, plan: Arc<Plan>) -> ConnStats {
+    let mut stats = ConnStats::default();
+    if let Err(error) = drive_inner(&mut connection, &plan, &mut stats).await {
+        stats
+            .errors
+            .push(format!("connection {}: {error:#}", connection.index));
+    }
+    stats
+}
+
+async fn drive_inner(
+    connection: &mut Connection,
+    plan: &Plan,
+    stats: &mut ConnStats,
+) -> anyhow::Result<()> {
+    let kind = plan.request.kind();
+    let mut out = String::with_capacity(16 * 1024);
+    let mut out_start = 0;
+    let mut input: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut in_start = 0;
+    let mut scanned = 0;
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut latency = Batch::new(connection.index, &plan.latency);
+    let mut service = Batch::new(connection.index, &plan.service);
+    // Request `k` of this connection is request `k * conns + index` of the
+    // run, due at `begin + (k * conns + index) / rate` (see `pace`).
+    let mut sent_here: u64 = 0;
+    let index = connection.index as u64;
+    let intended_at = |sent_here: u64| {
+        let request = sent_here * plan.conns as u64 + index;
+        plan.begin + Duration::from_secs_f64(request as f64 / plan.rate.max(f64::MIN_POSITIVE))
+    };
+    let mut next_intended = match plan.interval {
+        Some(_) => intended_at(0),
+        None => plan.begin,
+    };
+    let mut timer = pin!(sleep_until(plan.end));
+
+    let result = 'run: loop {
+        let now = Instant::now();
+        let sending = now < plan.end;
+        if sending {
+            match plan.interval {
+                None => {
+                    while pending.len() < plan.depth {
+                        queue(connection, &plan.request, &mut pending, &mut out, now, now);
+                        stats.sent += 1;
+                    }
+                }
+                Some(_) => {
+                    while next_intended <= now && pending.len() < plan.open_loop_cap {
+                        queue(
+                            connection,
+                            &plan.request,
+                            &mut pending,
+                            &mut out,
+                            next_intended,
+                            now,
+                        );
+                        stats.sent += 1;
+                        sent_here += 1;
+                        next_intended = intended_at(sent_here);
+                    }
+                }
+            }
+        } else if pending.is_empty() {
+            break Ok(());
+        } else if now >= plan.drain_deadline {
+            break Err(anyhow::anyhow!(
+                "{} replies still missing {:.1} s after the end",
+                pending.len(),
+                (now - plan.end).as_secs_f64()
+            ));
+        }
+
+        while out_start < out.len() {
+            match connection.stream.try_write(&out.as_bytes()[out_start..]) {
+                Ok(written) => out_start += written,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) => break 'run Err(error).context("writing"),
+            }
+        }
+        if out_start == out.len() {
+            out.clear();
+            out_start = 0;
+        }
+
+        let wake = match (sending, plan.interval) {
+            (true, None) => plan.end,
+            // At the cap, wait for replies rather than for a send time
+            // that has already passed.
+            (true, Some(_)) if pending.len() < plan.open_loop_cap => next_intended.min(plan.end),
+            (true, Some(_)) => plan.end,
+            (false, _) => plan.drain_deadline,
+        };
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
+        let interest = if out_start < out.len() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+
+        let paced = sending && plan.interval.is_some();
+        tokio::select! {
+            biased;
+            ready = connection.stream.ready(interest) => match ready {
+                Ok(ready) if ready.is_readable() => {}
+                Ok(_) => continue,
+                Err(error) => break Err(error).context("waiting for the socket"),
+            },
+            () = plan.due[connection.index].notified(), if paced => continue,
+            () = &mut timer => continue,
+        }
+
+        if input.capacity() - input.len() < 16 * 1024 {
+            input.reserve(64 * 1024);
+        }
+        let closed = match connection.stream.try_read_buf(&mut input) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
+            Err(error) => break Err(error).context("reading"),
+        };
+
+        let now = Instant::now();
+        let measured = now >= plan.measure_from && now < plan.end;
+        while let Some(len) = reply::reply_end(&input[in_start..], kind, &mut scanned) {
+            let reply = &input[in_start..in_start + len];
+            in_start += len;
+            stats.replies += 1;
+            let Some(sent) = pending.pop_front() else {
+                stats.invalid("a reply to no request", reply);
+                continue;
+            };
+            let checked = match &plan.request {
+                Request::Iamat => {
+                    let line = &reply[..reply.len() - 1];
+                    reply::check_iamat_reply(line, &connection.client, sent.time)
+                }
+                Request::Whatsat { bound, .. } => {
+                    let seeded = connection
+                        .seeded
+                        .expect("WHATSAT connections are seeded when opened");
+                    reply::check_whatsat_answer(reply, &connection.client, seeded, *bound).map(
+                        |status| {
+                            *stats.statuses.entry(status).or_default() += 1;
+                        },
+                    )
+                }
+            };
+            if let Err(why) = checked {
+                stats.invalid(why, reply);
+            }
+            if measured {
+                stats.measured += 1;
+                latency.record(now - sent.intended, &plan.latency);
+                if plan.interval.is_some() {
+                    service.record(now - sent.queued, &plan.service);
+                }
+            }
+        }
+        if in_start == input.len() {
+            input.clear();
+            in_start = 0;
+        } else if in_start > 32 * 1024 {
+            input.drain(..in_start);
+            in_start = 0;
+        }
+
+        if closed {
+            if pending.is_empty() && Instant::now() >= plan.end {
+                break Ok(());
+            }
+            break Err(anyhow::anyhow!(
+                "the server closed the connection with {} replies due",
+                pending.len()
+            ));
+        }
+    };
+
+    latency.flush(&plan.latency);
+    service.flush(&plan.service);
+    stats.unanswered += pending.len() as u64;
+    if let Some(interval) = plan.interval
+        && next_intended < plan.end
+    {
+        let behind = (plan.end - next_intended).as_nanos() / interval.as_nanos().max(1);
+        stats.not_sent += u64::try_from(behind).unwrap_or(u64::MAX) + 1;
+    }
+    result
+}

@@ -1,0 +1,422 @@
+//! What the load tool sends and how it checks what comes back (pure: no IO,
+//! no clock). Framing finds where a reply ends in the bytes read so far;
+//! the checks hold a reply against the fields that were sent (SPEC §3, §4).
+
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+/// The kind of answer a request gets, which decides how it is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// One line: the AT line (or `? ...`).
+    Iamat,
+    /// The AT line, a newline, JSON text and `\n\n`; or one `? ...` line.
+    Whatsat,
+}
+
+/// Finds the end of the first complete reply in `buf`.
+///
+/// Returns the length of the reply including its terminator. `scanned` is
+/// how far an earlier call got without finding the end, so that a long
+/// WHATSAT answer arriving in pieces is not rescanned from its start; it is
+/// reset to 0 when a reply is found.
+pub fn reply_end(buf: &[u8], kind: Kind, scanned: &mut usize) -> Option<usize> {
+    let single_line = kind == Kind::Iamat || buf.starts_with(b"?");
+    if single_line {
+        let from = (*scanned).min(buf.len());
+        return match buf[from..].iter().position(|&b| b == b'\n') {
+            Some(offset) => {
+                *scanned = 0;
+                Some(from + offset + 1)
+            }
+            None => {
+                *scanned = buf.len();
+                None
+            }
+        };
+    }
+    // The JSON never holds "\n\n" (SPEC §4 collapses runs of newlines), and
+    // the AT line holds no newline, so the first "\n\n" ends the answer.
+    let mut at = (*scanned).max(1);
+    while at < buf.len() {
+        match buf[at..].iter().position(|&b| b == b'\n') {
+            Some(offset) => {
+                let newline = at + offset;
+                if buf[newline - 1] == b'\n' {
+                    *scanned = 0;
+                    return Some(newline + 1);
+                }
+                at = newline + 1;
+            }
+            None => break,
+        }
+    }
+    // Keep the last byte unscanned: it may be the first half of "\n\n".
+    *scanned = buf.len().max(1);
+    None
+}
+
+/// A client time as whole seconds and nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClientTime {
+    pub secs: u64,
+    pub nanos: u32,
+}
+
+impl ClientTime {
+    /// The time `nanos_since_epoch` nanoseconds after the epoch.
+    pub fn from_nanos(nanos_since_epoch: u128) -> Self {
+        let secs = u64::try_from(nanos_since_epoch / 1_000_000_000).unwrap_or(u64::MAX);
+        let nanos = u32::try_from(nanos_since_epoch % 1_000_000_000)
+            .expect("a remainder of division by 10^9 fits in u32");
+        ClientTime { secs, nanos }
+    }
+
+    /// Appends the SPEC §3 text form with all nine fraction digits.
+    pub fn write_to(self, out: &mut String) {
+        write!(out, "{}.{:09}", self.secs, self.nanos).expect("writing to a String cannot fail");
+    }
+
+    /// The SPEC §3 text form with all nine fraction digits.
+    pub fn text(self) -> String {
+        let mut out = String::with_capacity(20);
+        self.write_to(&mut out);
+        out
+    }
+}
+
+/// Hands out strictly increasing client times close to the wall clock.
+#[derive(Debug, Default)]
+pub struct Clock {
+    last: u128,
+}
+
+impl Clock {
+    /// The next client time: `now_nanos` unless that is not after the last
+    /// one given out, in which case one nanosecond after it.
+    pub fn next(&mut self, now_nanos: u128) -> ClientTime {
+        self.last = now_nanos.max(self.last + 1);
+        ClientTime::from_nanos(self.last)
+    }
+}
+
+/// The fixed fields one connection sends in its IAMAT messages.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub id: String,
+    pub location: String,
+}
+
+impl Client {
+    /// A client distinct per run and per connection, with a location that
+    /// varies by connection (all within range, around UCLA).
+    pub fn new(run: &str, index: usize) -> Self {
+        // Whole thousandths of a degree, so the text is exact and short.
+        let lat_milli = 34_000 + (index % 1000);
+        let lng_milli = 118_000 + (index / 1000) % 1000;
+        Client {
+            id: format!("hb-{run}-{index}"),
+            location: format!(
+                "+{}.{:03}068-{}.{:03}445",
+                lat_milli / 1000,
+                lat_milli % 1000,
+                lng_milli / 1000,
+                lng_milli % 1000
+            ),
+        }
+    }
+
+    /// Appends `IAMAT <id> <location> <time>\n`.
+    pub fn write_iamat(&self, time: ClientTime, out: &mut String) {
+        out.push_str("IAMAT ");
+        out.push_str(&self.id);
+        out.push(' ');
+        out.push_str(&self.location);
+        out.push(' ');
+        time.write_to(out);
+        out.push('\n');
+    }
+
+    /// Appends `WHATSAT <id> <radius> <bound>\n`.
+    pub fn write_whatsat(&self, radius_km: &str, bound: u32, out: &mut String) {
+        writeln!(out, "WHATSAT {} {radius_km} {bound}", self.id)
+            .expect("writing to a String cannot fail");
+    }
+}
+
+/// The parts of a well-formed AT line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AtLine<'a> {
+    pub server: &'a [u8],
+    pub skew: &'a [u8],
+    pub client_id: &'a [u8],
+    pub location: &'a [u8],
+    pub time: &'a [u8],
+}
+
+/// Splits `AT <server> <skew> <client> <location> <time>` (single spaces,
+/// no line ending) and checks the skew's shape: a sign, an integer part
+/// without leading zeros, a point and nine digits.
+pub fn parse_at_line(line: &[u8]) -> Result<AtLine<'_>, &'static str> {
+    let mut fields = line.split(|&b| b == b' ');
+    if fields.next() != Some(b"AT".as_slice()) {
+        return Err("does not start with \"AT \"");
+    }
+    let mut next = |what| match fields.next() {
+        Some(field) if !field.is_empty() => Ok(field),
+        _ => Err(what),
+    };
+    let at = AtLine {
+        server: next("missing server")?,
+        skew: next("missing skew")?,
+        client_id: next("missing client id")?,
+        location: next("missing location")?,
+        time: next("missing client time")?,
+    };
+    if fields.next().is_some() {
+        return Err("more than six fields (or not single spaces)");
+    }
+    if at.server.iter().any(u8::is_ascii_whitespace) {
+        return Err("whitespace in the server name");
+    }
+    if !is_skew(at.skew) {
+        return Err("malformed skew");
+    }
+    Ok(at)
+}
+
+fn is_skew(skew: &[u8]) -> bool {
+    let Some((&sign, rest)) = skew.split_first() else {
+        return false;
+    };
+    let Some(point) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let (whole, fraction) = (&rest[..point], &rest[point + 1..]);
+    (sign == b'+' || sign == b'-')
+        && !whole.is_empty()
+        && whole.iter().all(u8::is_ascii_digit)
+        && (whole.len() == 1 || whole[0] != b'0')
+        && fraction.len() == 9
+        && fraction.iter().all(u8::is_ascii_digit)
+}
+
+/// Checks an IAMAT reply line (without its `\n`) against what was sent.
+pub fn check_iamat_reply(
+    line: &[u8],
+    client: &Client,
+    time: ClientTime,
+) -> Result<(), &'static str> {
+    let at = parse_at_line(line)?;
+    check_echo(&at, client, time)
+}
+
+fn check_echo(at: &AtLine<'_>, client: &Client, time: ClientTime) -> Result<(), &'static str> {
+    if at.client_id != client.id.as_bytes() {
+        return Err("client id not echoed");
+    }
+    if at.location != client.location.as_bytes() {
+        return Err("location not echoed");
+    }
+    let mut text = String::with_capacity(20);
+    time.write_to(&mut text);
+    if at.time != text.as_bytes() {
+        return Err("client time not echoed");
+    }
+    Ok(())
+}
+
+/// The parts of the places JSON this tool checks; the rest is skipped.
+#[derive(Deserialize)]
+struct PlacesAnswer {
+    results: Vec<IgnoredAny>,
+    status: String,
+}
+
+/// Checks a whole WHATSAT answer (with its final `\n\n`) for a client that
+/// was seeded with `seeded` at this herd. Returns the places status.
+pub fn check_whatsat_answer(
+    answer: &[u8],
+    client: &Client,
+    seeded: ClientTime,
+    bound: u32,
+) -> Result<String, &'static str> {
+    let body = answer
+        .strip_suffix(b"\n\n")
+        .ok_or("does not end with \"\\n\\n\"")?;
+    let newline = body
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no JSON after the AT line")?;
+    let at = parse_at_line(&body[..newline])?;
+    check_echo(&at, client, seeded)?;
+    let json = &body[newline + 1..];
+    if json.ends_with(b"\n") {
+        return Err("trailing newline in the JSON");
+    }
+    let places: PlacesAnswer =
+        serde_json::from_slice(json).map_err(|_| "JSON does not parse or lacks results/status")?;
+    if places.results.len() > usize::try_from(bound).unwrap_or(usize::MAX) {
+        return Err("more results than the bound");
+    }
+    Ok(places.status)
+}
+
+/// The client time field of the AT line that starts a WHATSAT answer, if
+/// the answer is an AT answer for `client_id` (not a `? ...` line).
+pub fn answer_time<'a>(answer: &'a [u8], client_id: &[u8]) -> Option<&'a [u8]> {
+    let line_end = answer.iter().position(|&b| b == b'\n')?;
+    let at = parse_at_line(&answer[..line_end]).ok()?;
+    (at.client_id == client_id).then_some(at.time)
+}
+
+/// Up to 200 bytes of a reply, as readable text for a report.
+pub fn sample(reply: &[u8]) -> String {
+    let cut = &reply[..reply.len().min(200)];
+    let mut text = String::from_utf8_lossy(cut).escape_debug().to_string();
+    if reply.len() > cut.len() {
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client {
+            id: "kiwi".into(),
+            location: "+34.068930-118.445127".into(),
+        }
+    }
+
+    const TIME: ClientTime = ClientTime {
+        secs: 1621464827,
+        nanos: 959498503,
+    };
+
+    #[track_caller]
+    fn iamat(line: &str, valid: bool) {
+        assert_eq!(
+            check_iamat_reply(line.as_bytes(), &client(), TIME).is_ok(),
+            valid,
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn iamat_reply_must_echo_fields() {
+        iamat(
+            "AT Hill +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503",
+            true,
+        );
+        iamat(
+            "AT Hill -12.000000000 kiwi +34.068930-118.445127 1621464827.959498503",
+            true,
+        );
+        iamat(
+            "AT Hill +0.26387338 kiwi +34.068930-118.445127 1621464827.959498503",
+            false,
+        );
+        iamat(
+            "AT Hill +00.263873386 kiwi +34.068930-118.445127 1621464827.959498503",
+            false,
+        );
+        iamat(
+            "AT Hill 0.263873386 kiwi +34.068930-118.445127 1621464827.959498503",
+            false,
+        );
+        iamat(
+            "AT Hill +0.263873386 kiwi +34.06893-118.445127 1621464827.959498503",
+            false,
+        );
+        iamat(
+            "AT Hill +0.263873386 kiwi +34.068930-118.445127 1621464827.9594985030",
+            false,
+        );
+        iamat(
+            "AT Hill +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503\r",
+            false,
+        );
+        iamat(
+            "AT Hill  +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503",
+            false,
+        );
+        iamat(
+            "? IAMAT kiwi +34.068930-118.445127 1621464827.959498503",
+            false,
+        );
+    }
+
+    #[test]
+    fn whatsat_answer_is_checked() {
+        let at = "AT Hill +0.263873386 kiwi +34.068930-118.445127 1621464827.959498503";
+        let ok = format!("{at}\n{{\n   \"results\" : [ 1, 2 ],\n   \"status\" : \"OK\"\n}}\n\n");
+        assert_eq!(
+            check_whatsat_answer(ok.as_bytes(), &client(), TIME, 2),
+            Ok("OK".into())
+        );
+        assert!(check_whatsat_answer(ok.as_bytes(), &client(), TIME, 1).is_err());
+        let no_status = format!("{at}\n{{\"results\" : []}}\n\n");
+        assert!(check_whatsat_answer(no_status.as_bytes(), &client(), TIME, 2).is_err());
+        let trailing = format!("{at}\n{{\"results\" : [], \"status\" : \"OK\"}}\n\n\n");
+        assert!(check_whatsat_answer(trailing.as_bytes(), &client(), TIME, 2).is_err());
+        assert_eq!(
+            answer_time(ok.as_bytes(), b"kiwi"),
+            Some(b"1621464827.959498503".as_slice())
+        );
+        assert_eq!(answer_time(b"? WHATSAT kiwi 1 1\n", b"kiwi"), None);
+    }
+
+    #[test]
+    fn framing_finds_reply_ends() {
+        let mut scanned = 0;
+        assert_eq!(reply_end(b"AT a\nAT b", Kind::Iamat, &mut scanned), Some(5));
+        assert_eq!(reply_end(b"AT b", Kind::Iamat, &mut scanned), None);
+        assert_eq!(scanned, 4);
+        assert_eq!(reply_end(b"AT b\n", Kind::Iamat, &mut scanned), Some(5));
+
+        let answer = b"AT x\n{\n \"a\" : 1\n}\n\nAT y";
+        let mut scanned = 0;
+        for end in 1..answer.len() {
+            if end < 19 {
+                assert_eq!(
+                    reply_end(&answer[..end], Kind::Whatsat, &mut scanned),
+                    None,
+                    "{end}"
+                );
+            }
+        }
+        let mut scanned = 0;
+        assert_eq!(reply_end(&answer[..18], Kind::Whatsat, &mut scanned), None);
+        assert_eq!(reply_end(answer, Kind::Whatsat, &mut scanned), Some(19));
+        let mut scanned = 0;
+        assert_eq!(
+            reply_end(b"? WHATSAT a 1 1\nAT", Kind::Whatsat, &mut scanned),
+            Some(16)
+        );
+    }
+
+    #[test]
+    fn clock_is_strictly_increasing() {
+        let mut clock = Clock::default();
+        let a = clock.next(5_000_000_001);
+        let b = clock.next(5_000_000_001);
+        let c = clock.next(4_000_000_000);
+        assert!(a < b && b < c);
+        assert_eq!(a.text(), "5.000000001");
+        assert_eq!(c.text(), "5.000000003");
+    }
+
+    #[test]
+    fn client_locations_are_in_range_and_distinct() {
+        let a = Client::new("r", 0);
+        let b = Client::new("r", 1999);
+        assert_eq!(a.location, "+34.000068-118.000445");
+        assert_eq!(b.location, "+34.999068-118.001445");
+        assert_ne!(a.id, b.id);
+    }
+}

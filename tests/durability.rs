@@ -1,0 +1,137 @@
+//! The store on disk: restarts lose nothing acknowledged, catch-up after a
+//! restart costs what was missed, and damaged files are survived.
+
+mod common;
+
+use common::{Herd, eventually};
+
+const ALL: &[&str] = &["Hill", "Jaquez", "Smith", "Campbell", "Singleton"];
+
+#[test]
+fn a_full_herd_sigkill_loses_nothing_acknowledged() {
+    let mut herd = Herd::start_default();
+    let mut acknowledged = Vec::new();
+    for (i, name) in ALL.iter().cycle().take(100).enumerate() {
+        let mut client = herd.client(name);
+        let id = format!("d{}", i % 40);
+        acknowledged.push((id.clone(), client.iamat(&id, "+7+7")));
+    }
+    // Kill every server at once, the moment the last reply arrived.
+    herd.stop_all();
+    for name in ALL {
+        herd.restart(name);
+    }
+    for i in 0..40 {
+        let id = format!("d{i}");
+        let newest = acknowledged.iter().rev().find(|(c, _)| *c == id).unwrap().1.clone();
+        herd.await_everywhere(ALL, &id, &newest);
+    }
+}
+
+#[test]
+fn a_lone_server_keeps_its_store_across_sigkill() {
+    let mut herd = Herd::start(&[("Solo", &[])]);
+    let at = herd.client("Solo").iamat("kept", "+1+1");
+    herd.kill("Solo");
+    herd.restart("Solo");
+    assert_eq!(herd.client("Solo").at_line_of("kept").as_deref(), Some(at.as_str()));
+}
+
+#[test]
+fn catching_up_after_a_restart_sends_only_what_was_missed() {
+    let mut herd = Herd::start_default();
+    for i in 0..300 {
+        herd.client("Hill").iamat(&format!("bulk{i}"), "+1+1");
+    }
+    let last = herd.client("Hill").iamat("bulk-last", "+1+1");
+    herd.await_everywhere(ALL, "bulk-last", &last);
+    herd.kill("Campbell");
+    let missed: Vec<String> = (0..3)
+        .map(|i| herd.client("Hill").iamat(&format!("missed{i}"), "+2+2"))
+        .collect();
+    herd.await_everywhere(&["Smith", "Singleton"], "missed2", &missed[2]);
+    let sent = |herd: &Herd, name: &str| herd.log(name).matches("sent to Campbell:").count();
+    let (smith_before, singleton_before) = (sent(&herd, "Smith"), sent(&herd, "Singleton"));
+    herd.restart("Campbell");
+    for (i, at) in missed.iter().enumerate() {
+        herd.await_everywhere(&["Campbell"], &format!("missed{i}"), at);
+    }
+    // Campbell kept its store and its cursors: its neighbours sent it the
+    // three updates it missed, not the 300 it had.
+    let smith = sent(&herd, "Smith") - smith_before;
+    let singleton = sent(&herd, "Singleton") - singleton_before;
+    assert!(smith + singleton <= 6, "Smith sent {smith}, Singleton {singleton}");
+    assert!(herd.client("Campbell").at_line_of("bulk7").is_some());
+}
+
+fn segments(herd: &Herd, name: &str) -> Vec<std::path::PathBuf> {
+    let dir = herd.log_dir().join("data").join(name);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "herd"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_truncated_log_is_recovered_and_the_rest_caught_up() {
+    let mut herd = Herd::start_default();
+    let ats: Vec<String> = (0..20)
+        .map(|i| herd.client("Campbell").iamat(&format!("t{i}"), "+3+3"))
+        .collect();
+    herd.await_everywhere(ALL, "t19", &ats[19]);
+    herd.kill("Campbell");
+    // Cut Campbell's newest log in the middle of a record.
+    let newest = segments(&herd, "Campbell").pop().unwrap();
+    let length = std::fs::metadata(&newest).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(length * 2 / 3)
+        .unwrap();
+    herd.restart("Campbell");
+    for (i, at) in ats.iter().enumerate() {
+        herd.await_everywhere(&["Campbell"], &format!("t{i}"), at);
+    }
+    eventually("the damage to be logged", || herd.log("Campbell").contains("torn or corrupt record"));
+}
+
+#[test]
+fn a_garbled_log_is_survived() {
+    let mut herd = Herd::start_default();
+    let ats: Vec<String> = (0..20)
+        .map(|i| herd.client("Smith").iamat(&format!("g{i}"), "+3+3"))
+        .collect();
+    herd.await_everywhere(ALL, "g19", &ats[19]);
+    herd.kill("Smith");
+    for file in segments(&herd, "Smith") {
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        let end = (middle + 16).min(bytes.len());
+        for byte in &mut bytes[middle..end] {
+            *byte ^= 0x5a;
+        }
+        std::fs::write(&file, bytes).unwrap();
+    }
+    herd.restart("Smith");
+    for (i, at) in ats.iter().enumerate() {
+        herd.await_everywhere(&["Smith"], &format!("g{i}"), at);
+    }
+}
+
+#[test]
+fn a_foreign_file_in_the_data_folder_is_a_clear_error() {
+    let mut herd = Herd::start(&[("Solo", &[])]);
+    herd.kill("Solo");
+    let dir = herd.log_dir().join("data").join("Solo");
+    // The server may not have made its folder yet: it listens first.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("log-999999.herd"), "not a log").unwrap();
+    let output = herd.command("Solo").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("log-999999.herd is not a herd log"), "{stderr}");
+}
