@@ -391,8 +391,8 @@ for row in rows:
 print()
 print("Medians of %s run(s) each; every run starts the contender afresh. Throughput ratios" % runs)
 print("above 1 favour herd, latency ratios below 1 favour herd. Open-loop latency is counted")
-print("from each request's intended send time (herd-bench's timer has 1 ms granularity, which")
-print("adds up to 1 ms to every contender alike). Propagation is polled with WHATSAT, so it")
+print("from each request's intended send time (a pacing thread wakes the sender within about")
+print("0.1 ms of it, which every contender pays alike). Propagation is polled with WHATSAT, so it")
 print("includes one WHATSAT round trip (with its places lookup). The loopback limit is")
 print("herd-bench's own echo server (one thread, no state, no flooding; one server in every row).")
 EOF

@@ -59,6 +59,15 @@ pub struct Limits {
     /// The most client connections a server holds at once; more wait in
     /// the listen backlog.
     pub max_connections: usize,
+    /// The most client connections from one IP address; more are closed
+    /// as soon as they are accepted.
+    pub max_connections_per_ip: usize,
+    /// A connection that completes no line for this long is closed, and so
+    /// is one whose replies cannot be written for this long.
+    pub idle_timeout_secs: u64,
+    /// Replies held for a connection before the server stops reading its
+    /// requests until the client reads (one reply is always allowed).
+    pub max_unsent_bytes: usize,
 }
 
 impl Default for Limits {
@@ -66,6 +75,9 @@ impl Default for Limits {
         Self {
             max_line_bytes: 1024 * 1024,
             max_connections: 50_000,
+            max_connections_per_ip: 1_000,
+            idle_timeout_secs: 300,
+            max_unsent_bytes: 64 * 1024,
         }
     }
 }
@@ -183,7 +195,16 @@ impl HerdConfig {
                 "no [[servers]]: a herd needs at least one".into(),
             ));
         }
-        if raw.limits.max_line_bytes == 0 || raw.limits.max_connections == 0 {
+        let limits = &raw.limits;
+        if [
+            limits.max_line_bytes,
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.max_unsent_bytes,
+        ]
+        .contains(&0)
+            || limits.idle_timeout_secs == 0
+        {
             return Err(error_at(None, "limits must be greater than zero".into()));
         }
         if raw.storage.sync_interval_ms == 0 {
@@ -310,9 +331,14 @@ impl HerdConfig {
         match &self.places {
             PlacesConfig::Geonames => text.push_str("provider = \"geonames\"\n"),
         }
+        let limits = &self.limits;
         text.push_str(&format!(
-            "\n[limits]\nmax_line_bytes = {}\nmax_connections = {}\n",
-            self.limits.max_line_bytes, self.limits.max_connections
+            "\n[limits]\nmax_line_bytes = {}\nmax_connections = {}\nmax_connections_per_ip = {}\nidle_timeout_secs = {}\nmax_unsent_bytes = {}\n",
+            limits.max_line_bytes,
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.idle_timeout_secs,
+            limits.max_unsent_bytes
         ));
         let durability = match self.storage.durability {
             Durability::Always => "always",

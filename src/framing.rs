@@ -7,6 +7,9 @@
 
 use bytes::{Buf, BytesMut};
 
+/// How much to read at a time.
+const READ_SIZE: usize = 16 * 1024;
+
 /// One framed message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -35,15 +38,27 @@ impl LineFramer {
     pub fn new(max: usize) -> Self {
         Self {
             max: max.max(1),
-            buffer: BytesMut::with_capacity(8 * 1024),
+            buffer: BytesMut::new(),
             scanned: 0,
             discarding: false,
         }
     }
 
-    /// The buffer to read more bytes into.
+    /// The buffer to read more bytes into, with some room to read into.
     pub fn buffer(&mut self) -> &mut BytesMut {
+        if self.buffer.capacity() - self.buffer.len() < 1024 {
+            self.buffer.reserve(READ_SIZE.min(self.room()));
+        }
         &mut self.buffer
+    }
+
+    /// Gives back a buffer that holds nothing, so that a connection waiting
+    /// for its next request costs no buffer memory.
+    pub fn release_if_empty(&mut self) {
+        if self.buffer.is_empty() && self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+            self.scanned = 0;
+        }
     }
 
     /// The next complete frame, if the bytes so far hold one.

@@ -131,6 +131,7 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
         );
     };
     let _log_guard = init_logging(&config.log_dir, name)?;
+    raise_open_file_limit();
     let places: Arc<dyn Places> = match &config.places {
         PlacesConfig::Geonames => Arc::new(GeoNames::new()),
     };
@@ -157,6 +158,20 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         server::run(setup, client, peer, shutdown).await
     })
+}
+
+/// Lets a server hold as many connections as its limits allow: raises the
+/// soft limit on open files to the hard one (or higher, when allowed).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // Root may raise the hard limit too; anyone may raise soft to hard.
+    let wanted = hard.max(1 << 20);
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err() && soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

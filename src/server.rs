@@ -1,16 +1,18 @@
 //! One server of the herd: the client accept loop, one task per client
 //! connection, and shutdown. Flooding to neighbours is `flood`'s.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -229,6 +231,7 @@ async fn accept_clients(
     shutdown: &CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(server.limits.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     loop {
         // Past the limit, new connections wait in the listen backlog.
         let permit = tokio::select! {
@@ -247,14 +250,57 @@ async fn accept_clients(
             },
             () = shutdown.cancelled() => return,
         };
+        let Some(slot) = PerIp::claim(&per_ip, address.ip(), server.limits.max_connections_per_ip) else {
+            debug!(%address, "too many connections from this address; closed");
+            continue;
+        };
         let server = server.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(error) = serve_client(&server, stream, address, &shutdown).await {
                 debug!(%address, %error, "client connection ended with an error");
             }
-            drop(permit);
+            drop((permit, slot));
         });
+    }
+}
+
+/// Client connections per IP address.
+#[derive(Default)]
+struct PerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in the per-address count, given back on drop.
+struct PerIpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn claim(table: &Arc<PerIp>, ip: IpAddr, limit: usize) -> Option<PerIpSlot> {
+        let mut counts = table.counts.lock().expect("per-IP lock is never poisoned");
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().expect("per-IP lock is never poisoned");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -267,34 +313,50 @@ async fn serve_client(
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     debug!(%address, "client connected");
-    let mut framer = LineFramer::new(server.limits.max_line_bytes);
-    let mut out = Vec::with_capacity(4096);
+    let limits = &server.limits;
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    let mut framer = LineFramer::new(limits.max_line_bytes);
+    let mut out = Vec::new();
+    let mut deadline = Instant::now() + idle;
     loop {
         while let Some(frame) = framer.next_frame() {
+            deadline = Instant::now() + idle;
             answer(server, frame, address, &mut out).await;
-            // Write big batches early rather than hold them.
-            if out.len() >= 64 * 1024 {
-                reply(server, &mut stream, &mut out).await?;
+            // A client that does not read its replies stops being read.
+            if out.len() >= limits.max_unsent_bytes {
+                reply(server, &mut stream, &mut out, idle).await?;
             }
         }
         if !out.is_empty() {
-            reply(server, &mut stream, &mut out).await?;
+            reply(server, &mut stream, &mut out, idle).await?;
         }
-        // Read no more than the framer needs, so an endless line costs
-        // at most `max_line_bytes` of memory.
+        // Wait for bytes before giving the connection a buffer, so that idle
+        // connections cost no buffer memory.
+        framer.release_if_empty();
+        tokio::select! {
+            ready = stream.readable() => ready?,
+            () = tokio::time::sleep_until(deadline) => {
+                debug!(%address, "idle timeout; closing");
+                break;
+            }
+            () = shutdown.cancelled() => break,
+        }
+        // Read no more than the framer needs, so an endless line costs at
+        // most `max_line_bytes` of memory.
         let room = framer.room();
         let mut buffer = framer.buffer().limit(room);
-        let read = tokio::select! {
-            read = stream.read_buf(&mut buffer) => read?,
-            () = shutdown.cancelled() => break,
-        };
-        if read == 0 {
-            // EOF: answer what is left, then close.
-            if let Some(frame) = framer.finish() {
-                answer(server, frame, address, &mut out).await;
-                reply(server, &mut stream, &mut out).await?;
+        match stream.try_read_buf(&mut buffer) {
+            Ok(0) => {
+                // EOF: answer what is left, then close.
+                if let Some(frame) = framer.finish() {
+                    answer(server, frame, address, &mut out).await;
+                    reply(server, &mut stream, &mut out, idle).await?;
+                }
+                break;
             }
-            break;
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
         }
     }
     debug!(%address, "client disconnected");
@@ -303,11 +365,18 @@ async fn serve_client(
 
 /// Writes the replies in `out`, once the updates they acknowledge are as
 /// durable as the storage setting promises.
-async fn reply(server: &Server, stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+async fn reply(
+    server: &Server,
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    patience: Duration,
+) -> std::io::Result<()> {
     if let Some(storage) = &server.storage {
         storage.commit().await?;
     }
-    stream.write_all(out).await?;
+    tokio::time::timeout(patience, stream.write_all(out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))??;
     out.clear();
     Ok(())
 }

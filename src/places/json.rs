@@ -56,24 +56,36 @@ impl StyledWriter {
                 // JsonCpp iterates a std::map ordered by strcmp, i.e. by bytes.
                 // serde_json's map is sorted the same way unless some crate in
                 // the build turns on `preserve_order`, so sort to be sure.
-                let mut members: Vec<_> = members.iter().collect();
-                members.sort_unstable_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
-                self.write_with_indent("{");
-                self.indent.push_str(INDENT);
-                let last = members.len() - 1;
-                for (i, (key, child)) in members.into_iter().enumerate() {
-                    self.write_indent();
-                    write_quoted(&mut self.document, key);
-                    self.document.push_str(" : ");
-                    self.write_value(child);
-                    if i != last {
-                        self.document.push(',');
-                    }
+                if members.keys().map(String::as_bytes).is_sorted() {
+                    self.write_members(members.iter());
+                } else {
+                    let mut sorted: Vec<_> = members.iter().collect();
+                    sorted.sort_unstable_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
+                    self.write_members(sorted.into_iter());
                 }
-                self.unindent();
-                self.write_with_indent("}");
             }
         }
+    }
+
+    /// A non-empty object's members, in the order given.
+    fn write_members<'a>(
+        &mut self,
+        members: impl ExactSizeIterator<Item = (&'a String, &'a Value)>,
+    ) {
+        self.write_with_indent("{");
+        self.indent.push_str(INDENT);
+        let last = members.len() - 1;
+        for (i, (key, child)) in members.enumerate() {
+            self.write_indent();
+            write_quoted(&mut self.document, key);
+            self.document.push_str(" : ");
+            self.write_value(child);
+            if i != last {
+                self.document.push(',');
+            }
+        }
+        self.unindent();
+        self.write_with_indent("}");
     }
 
     fn write_array(&mut self, items: &[Value]) {
@@ -184,26 +196,37 @@ impl StyledWriter {
 fn write_quoted(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\0'..='\u{1f}' | '<' | '>' => {
+    // Everything that needs escaping is ASCII, so splitting at those bytes
+    // keeps multi-byte characters whole, and the runs between are copied as
+    // they are.
+    let mut rest = s;
+    while let Some(at) = rest.bytes().position(needs_escape) {
+        out.push_str(&rest[..at]);
+        let byte = rest.as_bytes()[at];
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                let code = u32::from(c);
                 out.push_str("\\u00");
-                out.push(char::from(HEX[(code >> 4) as usize]));
-                out.push(char::from(HEX[(code & 0xf) as usize]));
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0xf)]));
             }
-            _ => out.push(c),
         }
+        rest = &rest[at + 1..];
     }
+    out.push_str(rest);
     out.push('"');
+}
+
+/// Control characters, the two JSON specials, and `<` `>` for HTML.
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || matches!(byte, b'"' | b'\\' | b'<' | b'>')
 }
 
 /// Integers as integers; floats as JsonCpp's old `valueToString(double)`.
@@ -249,53 +272,47 @@ fn write_double(out: &mut String, value: f64) {
         Some(m) => (true, m),
         None => (false, mantissa),
     };
+    // The 16 digits: one before the point, 15 after it.
+    let (lead, tail) = mantissa
+        .split_once('.')
+        .expect("{:.15e} formatting writes a point");
+    if negative {
+        out.push('-');
+    }
     // %g chooses %f when -4 <= exponent < precision.
-    let point = match usize::try_from(exponent + 1) {
-        Ok(point) if point > 0 && point <= PRECISION => point,
-        _ if (-4..0).contains(&exponent) => {
-            // 0.000ddd: %f with 15 - exponent decimals shows the same 16
-            // digits after the zeros; the first digit is not zero.
-            let digits = mantissa.replace('.', "");
-            if negative {
-                out.push('-');
+    match usize::try_from(exponent) {
+        Ok(shift) if shift < PRECISION => {
+            // ddd.ddd: the same digits with the point moved `shift` places
+            // to the right; '#' keeps the
+            // point and the zeros after it, which JsonCpp trims to one digit
+            // at least. (JsonCpp left C's bare "1000000000000000." alone,
+            // which is not JSON; this writes "1000000000000000.0".)
+            let (whole_tail, fraction) = tail.split_at(shift);
+            out.push_str(lead);
+            out.push_str(whole_tail);
+            out.push('.');
+            match fraction.trim_end_matches('0') {
+                "" => out.push('0'),
+                fraction => out.push_str(fraction),
             }
+        }
+        Err(_) if exponent >= -4 => {
+            // 0.000ddd: %f with 15 - exponent decimals shows the same digits
+            // after the zeros; the first digit is not zero.
             out.push_str("0.");
             for _ in exponent..-1 {
                 out.push('0');
             }
-            out.push_str(digits.trim_end_matches('0'));
-            return;
+            out.push_str(lead);
+            out.push_str(tail.trim_end_matches('0'));
         }
-        _ => return write_exponential(out, negative, mantissa, exponent),
-    };
-    // ddd.ddd: the same 16 digits with the point moved; '#' keeps the point
-    // and the zeros after it, which JsonCpp trims to one digit at least.
-    // (JsonCpp left C's bare "1000000000000000." alone, which is not JSON;
-    // this writes "1000000000000000.0".)
-    let digits = mantissa.replace('.', "");
-    let (whole, fraction) = digits.split_at(point);
-    if negative {
-        out.push('-');
+        _ => {
+            // C writes the exponent signed and with at least two digits.
+            let sign = if exponent < 0 { '-' } else { '+' };
+            write!(out, "{lead}.{tail}e{sign}{:02}", exponent.unsigned_abs())
+                .expect("writing to a String cannot fail");
+        }
     }
-    out.push_str(whole);
-    out.push('.');
-    match fraction.trim_end_matches('0') {
-        "" => out.push('0'),
-        fraction => out.push_str(fraction),
-    }
-}
-
-/// `d.ddddddddddddddde±XX`: C writes the exponent signed, with at least two
-/// digits, and '#' keeps the mantissa's trailing zeros.
-fn write_exponential(out: &mut String, negative: bool, mantissa: &str, exponent: i32) {
-    let sign = if exponent < 0 { '-' } else { '+' };
-    let minus = if negative { "-" } else { "" };
-    write!(
-        out,
-        "{minus}{mantissa}e{sign}{:02}",
-        exponent.unsigned_abs()
-    )
-    .expect("writing to a String cannot fail");
 }
 
 #[cfg(test)]

@@ -156,12 +156,19 @@ impl Herd {
 
     /// The command that runs server `name` of this herd.
     pub fn command(&self, name: &str) -> Command {
+        self.command_with_config(name, &self.config_path)
+    }
+
+    /// The command that runs server `name` of this herd from its own config
+    /// file `config` (the fault campaign gives each server one, in which its
+    /// neighbours' peer addresses are those of fault-injecting proxies).
+    pub fn command_with_config(&self, name: &str, config: &Path) -> Command {
         let mut command = Command::new(herd_binary());
         command
             .arg("serve")
             .arg(name)
             .arg("--config")
-            .arg(&self.config_path)
+            .arg(config)
             .env("HERD_SECRET", &self.secret)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -172,7 +179,16 @@ impl Herd {
     /// Starts server `name` and waits until it accepts clients. Returns
     /// false if it exited instead (its port was taken, say).
     pub fn launch(&mut self, name: &str) -> bool {
-        let mut child = self.command(name).spawn().expect("spawning herd serve");
+        let config = self.config_path.clone();
+        self.launch_with_config(name, &config)
+    }
+
+    /// `launch`, with the server reading its own config file `config`.
+    pub fn launch_with_config(&mut self, name: &str, config: &Path) -> bool {
+        let mut child = self
+            .command_with_config(name, config)
+            .spawn()
+            .expect("spawning herd serve");
         let client = self.server(name).client;
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -220,6 +236,13 @@ impl Herd {
     /// Sends `signal` to server `name` (its own process only).
     pub fn signal(&self, name: &str, signal: Signal) {
         kill(self.pid(name), signal).expect("signalling a server we started");
+    }
+
+    /// How server `name`'s process ended, if it has (reaping it), without
+    /// waiting; `None` while it runs (or is stopped) or was never started.
+    pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let child = self.server_mut(name).child.as_mut()?;
+        child.try_wait().ok().flatten()
     }
 
     /// SIGKILLs server `name` and reaps it.
@@ -303,7 +326,11 @@ pub struct LineClient {
 
 impl LineClient {
     pub fn connect(address: SocketAddr) -> LineClient {
-        let stream = TcpStream::connect(address).expect("connecting to a test server");
+        LineClient::from_stream(TcpStream::connect(address).expect("connecting to a test server"))
+    }
+
+    /// A line client over an already connected stream.
+    pub fn from_stream(stream: TcpStream) -> LineClient {
         stream
             .set_read_timeout(Some(PATIENCE))
             .expect("read timeout");

@@ -1,0 +1,174 @@
+//! Hostile clients: many connections, slow writers, non-readers and noise,
+//! each while an honest client keeps getting prompt answers and the server's
+//! memory stays bounded.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Herd, LineClient, now_text};
+use socket2::{Domain, Socket, Type};
+
+const SOLO: &[(&str, &[&str])] = &[("Solo", &[])];
+
+/// A client connected from 127.0.0.2, so that limits on 127.0.0.1 (where
+/// the attacker is) do not apply to it.
+fn honest_client(server: SocketAddr) -> LineClient {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.connect(&server.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    LineClient::from_stream(stream)
+}
+
+/// The slowest of a few IAMAT round trips.
+fn worst_round_trip(client: &mut LineClient) -> Duration {
+    (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let reply = client.iamat("honest", "+1+1");
+            assert!(reply.starts_with("AT Solo "), "{reply}");
+            started.elapsed()
+        })
+        .max()
+        .unwrap()
+}
+
+fn resident_kb(herd: &Herd) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", herd.pid("Solo"))).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn ten_thousand_connections_from_one_address_leave_room_for_others() {
+    let herd = Herd::start_with(SOLO, "[limits]\nmax_connections_per_ip = 500\n");
+    let address = herd.server("Solo").client;
+    let mut honest = honest_client(address);
+    let mut flood = Vec::new();
+    for _ in 0..10_000 {
+        match TcpStream::connect(address) {
+            Ok(stream) => flood.push(stream),
+            Err(error) => panic!("connect failed after {}: {error}", flood.len()),
+        }
+    }
+    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+    // Past the per-address limit, connections are closed at once.
+    let mut closed = 0;
+    for stream in &mut flood {
+        stream.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut byte = [0u8; 1];
+        let still_open = match stream.read(&mut byte) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(error) => matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        };
+        if !still_open {
+            closed += 1;
+        }
+    }
+    // Some of the 9,500 may still be queued for accept; most are closed.
+    assert!(closed >= 5_000, "only {closed} of 10,000 closed");
+    assert!(resident_kb(&herd) < 150 * 1024, "{} kB", resident_kb(&herd));
+    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+}
+
+#[test]
+fn a_client_that_never_reads_cannot_grow_memory() {
+    let herd = Herd::start_with(SOLO, "[limits]\nidle_timeout_secs = 3\n");
+    let address = herd.server("Solo").client;
+    let mut honest = honest_client(address);
+    honest.iamat("target", "+34.068930-118.445127");
+    let before = resident_kb(&herd);
+    let mut greedy = TcpStream::connect(address).unwrap();
+    greedy.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    // Thousands of WHATSATs with big answers, never reading one.
+    let request = "WHATSAT target 50 20\n".repeat(1000);
+    let mut sent = 0;
+    for _ in 0..50 {
+        match greedy.write_all(request.as_bytes()) {
+            Ok(()) => sent += 1000,
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert!(sent >= 1000, "sent {sent}");
+    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+    let grown = resident_kb(&herd).saturating_sub(before);
+    assert!(grown < 32 * 1024, "grew {grown} kB for a non-reader");
+    // Keep asking without ever reading: once the server's replies have
+    // waited the idle timeout, it gives up and resets the connection, which
+    // a write then reports.
+    let started = Instant::now();
+    let gave_up = loop {
+        std::thread::sleep(Duration::from_millis(100)); // the client's pace
+        match greedy.write_all(b"WHATSAT target 50 20\n") {
+            Err(error) if matches!(error.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                break started.elapsed();
+            }
+            _ => assert!(started.elapsed() < Duration::from_secs(60), "the server never gave up"),
+        }
+        honest.iamat("honest", "+1+1");
+    };
+    assert!(gave_up >= Duration::from_secs(1), "gave up after {gave_up:?}");
+    assert!(resident_kb(&herd).saturating_sub(before) < 32 * 1024);
+    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+}
+
+#[test]
+fn a_slowloris_is_cut_off_at_the_idle_timeout() {
+    let herd = Herd::start_with(SOLO, "[limits]\nidle_timeout_secs = 2\n");
+    let address = herd.server("Solo").client;
+    let mut honest = honest_client(address);
+    let mut slow = TcpStream::connect(address).unwrap();
+    let started = Instant::now();
+    // One byte at a time, never a whole line: cut off after 2 s even
+    // though bytes keep coming.
+    let cut = loop {
+        std::thread::sleep(Duration::from_millis(100)); // the slow writer's pace
+        if slow.write_all(b"I").is_err() {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never cut off");
+        assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+    };
+    assert!(cut >= Duration::from_secs(2), "cut after {cut:?}");
+    // A connection that keeps completing lines is not idle.
+    let mut busy = TcpStream::connect(address).unwrap();
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        busy.write_all(format!("IAMAT busy +1+1 {}\n", now_text()).as_bytes())
+            .expect("an active client is kept");
+    }
+}
+
+#[test]
+fn random_bytes_get_answers_and_do_no_harm() {
+    let herd = Herd::start(SOLO);
+    let address = herd.server("Solo").client;
+    let mut honest = honest_client(address);
+    let mut noise = TcpStream::connect(address).unwrap();
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut bytes = vec![0u8; 1 << 20];
+    for byte in &mut bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+    noise.write_all(&bytes).unwrap();
+    noise.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut replies = Vec::new();
+    noise.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    noise.read_to_end(&mut replies).unwrap();
+    // One `?` reply per line, plus the unterminated tail.
+    let answered = replies.split(|&b| b == b'\n').filter(|l| l.starts_with(b"? ")).count();
+    assert!(answered == lines || answered == lines + 1, "{answered} for {lines} lines");
+    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+}
