@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::protocol::parse_at_line;
 use crate::server::{Server, Show, report_from_at_line};
 use crate::store::{Pending, Source};
 
@@ -423,7 +424,14 @@ async fn receive(
             .write_all(format!("HERD-CHALLENGE 1 {}\n", encode_hex(&nonce_b)).as_bytes())
             .await?;
         let hello = read_short_line(&mut reader).await?;
-        let ["HERD-HELLO", from, to, run, nonce_a, tag] = hello.split(' ').collect::<Vec<_>>()[..]
+        let Some(Hello {
+            from,
+            to,
+            run_text: run,
+            run: run_id,
+            nonce: nonce_a,
+            tag,
+        }) = parse_hello(&hello)
         else {
             anyhow::bail!("not a hello");
         };
@@ -431,11 +439,6 @@ async fn receive(
             .neighbour_index(from.as_bytes())
             .filter(|_| to == flood.me)
             .ok_or_else(|| anyhow::anyhow!("{from} is not a neighbour of {}", flood.me))?;
-        let (Some(nonce_a), Some(tag), Ok(run_id)) =
-            (decode_hex(nonce_a), decode_hex(tag), run.parse::<u64>())
-        else {
-            anyhow::bail!("malformed hello");
-        };
         if flood
             .mac(&[
                 b"hello",
@@ -578,24 +581,69 @@ async fn receive_frames(
     }
 }
 
-/// Applies one payload line; returns its sequence number, or `None` if the
-/// line is malformed.
-fn apply_line(server: &Server, index: usize, line: &[u8]) -> Option<u64> {
-    let name = &server.flood.neighbours[index].name;
+/// One line of a frame's payload.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PayloadLine<'a> {
+    /// `U <seq> <AT line>`: a report, numbered in the sender's sequence.
+    Update { seq: u64, at_line: &'a [u8] },
+    /// `C <seq>`: the sender has sent everything up to `seq`.
+    Complete { seq: u64 },
+}
+
+/// Parses one payload line (without its `\n`); `None` if it is malformed,
+/// including an AT line that does not parse.
+pub fn parse_payload_line(line: &[u8]) -> Option<PayloadLine<'_>> {
     let (kind, rest) = split_word(line)?;
     let (seq, rest) = split_word(rest)?;
     let seq: u64 = std::str::from_utf8(seq).ok()?.parse().ok()?;
     match kind {
-        b"C" if rest.is_empty() => Some(seq),
-        b"U" => {
-            let report = report_from_at_line(Bytes::copy_from_slice(rest))?;
-            info!(neighbour = %name, "received from {name}: {}", Show(rest));
+        b"C" if rest.is_empty() => Some(PayloadLine::Complete { seq }),
+        b"U" if parse_at_line(rest).is_some() => Some(PayloadLine::Update { seq, at_line: rest }),
+        _ => None,
+    }
+}
+
+/// The fields of a `HERD-HELLO` line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hello<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    /// The sender's run id, as sent (the MAC covers this text).
+    pub run_text: &'a str,
+    pub run: u64,
+    pub nonce: Vec<u8>,
+    pub tag: Vec<u8>,
+}
+
+/// Parses a `HERD-HELLO` line; `None` if it is malformed.
+pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
+    let ["HERD-HELLO", from, to, run_text, nonce, tag] = line.split(' ').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    Some(Hello {
+        from,
+        to,
+        run_text,
+        run: run_text.parse().ok()?,
+        nonce: decode_hex(nonce).filter(|n| n.len() == 16)?,
+        tag: decode_hex(tag).filter(|t| t.len() == 32)?,
+    })
+}
+
+/// Applies one payload line; returns its sequence number, or `None` if the
+/// line is malformed.
+fn apply_line(server: &Server, index: usize, line: &[u8]) -> Option<u64> {
+    let name = &server.flood.neighbours[index].name;
+    match parse_payload_line(line)? {
+        PayloadLine::Complete { seq } => Some(seq),
+        PayloadLine::Update { seq, at_line } => {
+            let report = report_from_at_line(Bytes::copy_from_slice(at_line))?;
+            info!(neighbour = %name, "received from {name}: {}", Show(at_line));
             if !server.accept(report, Source::Neighbour(index)) {
                 debug!(neighbour = %name, "not newer, dropped");
             }
             Some(seq)
         }
-        _ => None,
     }
 }
 
@@ -655,6 +703,36 @@ mod tests {
         assert_ne!(tag, frame_tag(b"k", 1, b"U 1 AT"));
         assert_ne!(tag, frame_tag(b"x", 0, b"U 1 AT"));
         assert_ne!(tag, frame_tag(b"k", 0, b"U 2 AT"));
+    }
+
+    #[test]
+    fn payload_lines() {
+        assert_eq!(parse_payload_line(b"C 12"), Some(PayloadLine::Complete { seq: 12 }));
+        assert_eq!(
+            parse_payload_line(b"U 3 AT Hill +0.000000001 k +1+1 5"),
+            Some(PayloadLine::Update { seq: 3, at_line: b"AT Hill +0.000000001 k +1+1 5" })
+        );
+        for bad in [&b"C"[..], b"C x", b"C 1 2", b"U 3", b"U 3 AT Hill", b"X 1", b"", b"U -1 AT Hill +0.000000001 k +1+1 5"] {
+            assert_eq!(parse_payload_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn hello_lines() {
+        let line = format!("HERD-HELLO A B 42 {} {}", "ab".repeat(16), "cd".repeat(32));
+        let hello = parse_hello(&line).unwrap();
+        assert_eq!((hello.from, hello.to, hello.run), ("A", "B", 42));
+        assert!(parse_hello("HERD-HELLO A B 42 00 00").is_none());
+        assert!(parse_hello(&line.replace("42", "x")).is_none());
+        assert!(parse_hello(&format!("{line} extra")).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn peer_parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = parse_payload_line(&bytes);
+            let _ = parse_hello(&String::from_utf8_lossy(&bytes));
+        }
     }
 
     #[test]

@@ -387,6 +387,26 @@ impl Lab {
         at
     }
 
+    /// Reports `count` clients `PREFIX0`, `PREFIX1`, ... to `server`, in one
+    /// pipelined connection; returns (client id, AT line) for each.
+    fn report_many(&self, server: &str, prefix: &str, count: usize) -> Vec<(String, String)> {
+        let ids: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+        let lines: Vec<String> = ids
+            .iter()
+            .map(|id| format!("IAMAT {id} +0.5-25.5 {}", now_text()))
+            .collect();
+        let answer = self.send(server, &lines);
+        let ats: Vec<String> = answer.lines().map(str::to_owned).collect();
+        assert_eq!(ats.len(), count, "{server} answered {answer:?}");
+        for at in &ats {
+            assert!(
+                at.starts_with(&format!("AT {server} ")),
+                "{server} answered {at:?}"
+            );
+        }
+        ids.into_iter().zip(ats).collect()
+    }
+
     /// The AT line `server` holds for each of `ids` (WHATSAT ID 1 1), or
     /// `None` where it answers `?`.
     fn held(&self, server: &str, ids: &[&str]) -> Vec<Option<String>> {
@@ -617,7 +637,6 @@ fn updates_converge_over_slow_lossy_links() {
     lab.ask_locally = true;
     let started = Instant::now();
     lab.start_herd();
-    say(&format!("PHASE started {:?}", started.elapsed()));
     let mut newest: Vec<(String, String)> = Vec::new();
     // Reports at every server, each client moving between servers.
     for (i, server) in ALL.iter().cycle().take(15).enumerate() {
@@ -627,17 +646,7 @@ fn updates_converge_over_slow_lossy_links() {
         newest.push((id, at));
     }
     // And a batch, pipelined on one connection.
-    let batch: Vec<String> = (0..30)
-        .map(|i| format!("IAMAT batch{i} +0.5-25.5 {}", now_text()))
-        .collect();
-    let answer = lab.send("Smith", &batch);
-    let ats: Vec<&str> = answer.lines().collect();
-    assert_eq!(ats.len(), batch.len(), "{answer}");
-    for (i, at) in ats.iter().enumerate() {
-        assert!(at.starts_with("AT Smith "), "{at}");
-        newest.push((format!("batch{i}"), (*at).to_owned()));
-    }
-    say(&format!("PHASE reported {:?}", started.elapsed()));
+    newest.extend(lab.report_many("Smith", "batch", 30));
     let expected: Vec<(&str, &str)> = newest
         .iter()
         .map(|(id, at)| (id.as_str(), at.as_str()))
@@ -657,6 +666,10 @@ fn a_host_cut_off_catches_up_when_its_link_comes_back() {
     lab.start_herd();
     let before = lab.iamat("Hill", "early", "+10+10");
     lab.await_everywhere(&[("early", &before)]);
+
+    // Campbell's neighbours are Smith and Singleton; wait until both have
+    // noticed the silence and dropped their links to it, so that what
+    // follows travels by catch-up on new links, not by TCP retransmission.
     let drops = |lab: &Lab| {
         ["Smith", "Singleton"].map(|name| {
             lab.log(name)
@@ -680,49 +693,51 @@ fn a_host_cut_off_catches_up_when_its_link_comes_back() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let bulk: Vec<String> = (0..1000).map(|i| format!("IAMAT bulk{i} +0.5-25.5 {}", now_text())).collect();
-    let bulk_answer = lab.send("Hill", &bulk);
-    let bulk_ats: Vec<String> = bulk_answer.lines().map(str::to_owned).collect();
-    let island_bulk: Vec<String> = (0..700).map(|i| format!("IAMAT ibulk{i} +0.5-25.5 {}", now_text())).collect();
-    let ib_answer = lab.send("Campbell", &island_bulk);
-    let ib_ats: Vec<String> = ib_answer.lines().map(str::to_owned).collect();
-    for name in ["Smith", "Campbell"] {
-        let child = lab.servers.get_mut(name).unwrap();
-        let t = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-        let st = child.wait().unwrap();
-        say(&format!("TERM {name} took {:?} {st}; log: {:?}", t.elapsed(), lab.log(name).lines().filter(|l| l.contains("did not finish")).collect::<Vec<_>>()));
-        lab.spawn_server(name);
-        lab.await_listening(name);
-    }
-
-    // Campbell's neighbours are Smith and Singleton; wait until both have
-    // noticed the silence and dropped their links to it, so that what
-    // follows travels by catch-up on new links, not by TCP retransmission.
+    // Updates elsewhere, more than one catch-up batch (256) of them; and
+    // Campbell still serves its own clients while cut off.
     let during = lab.iamat("Hill", "during", "+20+20");
     let moved = lab.iamat("Jaquez", "early", "+30+30");
-    // Campbell still serves its own clients while cut off.
+    let bulk = lab.report_many("Hill", "bulk", 600);
     let island = lab.iamat("Campbell", "island", "+40+40");
+    let island_bulk = lab.report_many("Campbell", "ibulk", 300);
     let rest = ["Hill", "Jaquez", "Smith", "Singleton"];
     lab.await_on(&rest, &[("during", &during), ("early", &moved)]);
     assert_eq!(
-        lab.held("Campbell", &["during", "early", "island"]),
-        [None, Some(before.clone()), Some(island.clone())]
+        lab.held("Campbell", &["during", "early", "bulk599", "island"]),
+        [None, Some(before.clone()), None, Some(island.clone())]
     );
     for name in rest {
-        assert_eq!(lab.held(name, &["island"]), [None], "{name}");
+        assert_eq!(
+            lab.held(name, &["island", "ibulk0"]),
+            [None, None],
+            "{name}"
+        );
     }
 
     let healed = Instant::now();
     lab.heal("Campbell");
-    lab.await_everywhere(&[("during", &during), ("early", &moved), ("island", &island)]);
-    let mut exp: Vec<(String, String)> = Vec::new();
-    for i in (0..1000).step_by(37) { exp.push((format!("bulk{i}"), bulk_ats[i].clone())); }
-    for i in (0..700).step_by(29) { exp.push((format!("ibulk{i}"), ib_ats[i].clone())); }
-    exp.push(("bulk999".into(), bulk_ats[999].clone()));
-    exp.push(("ibulk699".into(), ib_ats[699].clone()));
-    let e: Vec<(&str,&str)> = exp.iter().map(|(a,b)| (a.as_str(), b.as_str())).collect();
-    lab.await_everywhere(&e);
+    let mut expected = vec![
+        ("during", during.as_str()),
+        ("early", &moved),
+        ("island", &island),
+    ];
+    // A sample of the bulk, and its last reports.
+    let sample = |reports: &[(String, String)], step: usize| {
+        let last = reports.last().cloned();
+        reports
+            .iter()
+            .step_by(step)
+            .cloned()
+            .chain(last)
+            .collect::<Vec<_>>()
+    };
+    let (bulk, island_bulk) = (sample(&bulk, 47), sample(&island_bulk, 31));
+    expected.extend(
+        bulk.iter()
+            .chain(&island_bulk)
+            .map(|(id, at)| (id.as_str(), at.as_str())),
+    );
+    lab.await_everywhere(&expected);
     say(&format!(
         "a_host_cut_off_catches_up_when_its_link_comes_back: converged {:.1?} after the link came back",
         healed.elapsed()

@@ -11,6 +11,7 @@
 //! antimeridian are not special cases.
 
 use std::collections::BinaryHeap;
+use std::fmt::Write as _;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -146,6 +147,7 @@ impl GeoNames {
     /// (degrees), nearest first, at most `limit` of them. Places at the same
     /// distance come in a fixed order (at the same point, their CSV order).
     /// A negative or NaN radius finds nothing.
+    #[must_use]
     pub fn search(&self, lat: f64, lng: f64, radius_m: f64, limit: usize) -> Vec<Place> {
         self.nearest(lat, lng, radius_m, limit)
             .into_iter()
@@ -243,7 +245,7 @@ impl GeoNames {
         let cc = self.string(self.record_u32(index, 16));
         let mut identity = format!("{},{},{name},{cc}", e5_text(lat_e5), e5_text(lon_e5));
         if let Some(occurrence) = self.occurrence(index) {
-            identity.push_str(&format!("#{occurrence}"));
+            write!(identity, "#{occurrence}").expect("writing to a String cannot fail");
         }
         let digest = Sha256::digest(identity.as_bytes());
         format!("GN{}", base64url(&digest[..16]))
@@ -364,9 +366,10 @@ fn haversine_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
     } else if delta_lng < -180.0 {
         delta_lng += 360.0;
     }
-    let half_chord = ((phi2 - phi1) / 2.0).sin().powi(2)
+    // hav(angle) = sin²(angle / 2), which rounding can push just past 1.
+    let hav = ((phi2 - phi1) / 2.0).sin().powi(2)
         + phi1.cos() * phi2.cos() * (delta_lng.to_radians() / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * half_chord.clamp(0.0, 1.0).sqrt().asin()
+    2.0 * EARTH_RADIUS_M * hav.clamp(0.0, 1.0).sqrt().asin()
 }
 
 /// The point on the unit sphere for a stored place. `build.rs` has the same
@@ -412,7 +415,7 @@ fn base64url(bytes: &[u8]) -> String {
             chunk.get(2).copied().unwrap_or(0),
         ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        // n sextets for n - 1 bytes of input.
+        // k bytes of input give k + 1 characters; there is no padding.
         for i in 0..=chunk.len() {
             let sextet = (n >> (18 - 6 * i)) & 0x3f;
             out.push(char::from(ALPHABET[to_usize(sextet)]));
