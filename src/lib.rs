@@ -8,6 +8,7 @@
 pub mod config;
 pub mod flood;
 pub mod framing;
+pub mod logging;
 pub mod places;
 pub mod protocol;
 pub mod server;

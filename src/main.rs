@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,9 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use herd::config::{HerdConfig, PlacesConfig, SECRET_ENV};
-use herd::places::Places;
-use herd::places::geonames::GeoNames;
+use herd::config::{HerdConfig, SECRET_ENV};
 use herd::server::{self, ServerSetup};
 
 /// An application-server herd: clients report where they are to any server
@@ -64,6 +61,28 @@ enum Command {
     },
     /// Print the embedded default herd config, a starting point for your own.
     Config,
+    /// Work with places data.
+    Places {
+        #[command(subcommand)]
+        command: PlacesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlacesCommand {
+    /// Turn an OpenStreetMap extract into a places database for
+    /// `provider = "osm"`.
+    ///
+    /// Takes a .osm.pbf file as Geofabrik (https://download.geofabrik.de/)
+    /// or BBBike (https://extract.bbbike.org/) publish them, and keeps every
+    /// named point of interest of its nodes and ways.
+    Import {
+        /// The OpenStreetMap extract, e.g. finland-latest.osm.pbf.
+        extract: PathBuf,
+        /// The database file to write, e.g. finland.places.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -105,6 +124,9 @@ fn main() -> ExitCode {
             print!("{}", herd::config::DEFAULT_CONFIG);
             Ok(())
         }
+        Command::Places {
+            command: PlacesCommand::Import { extract, out },
+        } => import_places(&extract, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,9 +154,7 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
     };
     let _log_guard = init_logging(&config.log_dir, name)?;
     raise_open_file_limit();
-    let places: Arc<dyn Places> = match &config.places {
-        PlacesConfig::Geonames => Arc::new(GeoNames::new()),
-    };
+    let places = herd::places::from_config(&config, name)?;
     let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)
         .map_err(anyhow::Error::msg)?;
     runtime()?.block_on(async {
@@ -191,11 +211,11 @@ async fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// Sends every event to `LOG_DIR/NAME.log` through a background writer, so
-/// that logging every message costs the hot path a queue push, not a write.
-fn init_logging(
-    log_dir: &Path,
-    name: &str,
-) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+/// that logging every message costs the hot path a formatted line and one
+/// short lock, not a write.
+fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<herd::logging::FlushGuard> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("creating log folder {}", log_dir.display()))?;
     let path = log_dir.join(format!("{name}.log"));
@@ -204,20 +224,33 @@ fn init_logging(
         .append(true)
         .open(&path)
         .with_context(|| format!("opening log file {}", path.display()))?;
-    // Not lossy: SPEC §7 asks for every message, so a full queue waits.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(256 * 1024)
-        .finish(file);
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(false)
-        .with_target(false)
-        .with_env_filter(filter)
-        .init();
+    let (layer, guard) = herd::logging::FileLayer::new(file);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry().with(filter).with(layer).init();
     Ok(guard)
+}
+
+/// `herd places import EXTRACT --out FILE`.
+fn import_places(extract: &Path, out: &Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let summary = herd::places::osm_import::import(extract, out, std::io::stderr().is_terminal())?;
+    println!(
+        "{} places ({} from nodes, {} from ways) written to {} ({} KiB) in {:.1} s",
+        summary.places,
+        summary.from_nodes,
+        summary.from_ways,
+        out.display(),
+        summary.bytes.div_ceil(1024),
+        started.elapsed().as_secs_f64()
+    );
+    if summary.ways_without_nodes > 0 {
+        println!(
+            "{} ways were left out: none of their nodes is in the extract",
+            summary.ways_without_nodes
+        );
+    }
+    Ok(())
 }
 
 fn up(args: &HerdArgs) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! connection, and shutdown. Flooding to neighbours is `flood`'s.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -468,11 +469,17 @@ pub struct Show<'a>(pub &'a [u8]);
 impl std::fmt::Display for Show<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                if c.is_control() {
-                    write!(f, "{}", c.escape_default())?;
-                } else {
-                    write!(f, "{c}")?;
+            let valid = chunk.valid();
+            // The common case, printable text, goes out in one piece.
+            if valid.bytes().all(|b| b >= 0x20 && b != 0x7f) {
+                f.write_str(valid)?;
+            } else {
+                for c in valid.chars() {
+                    if c.is_control() {
+                        write!(f, "{}", c.escape_default())?;
+                    } else {
+                        f.write_char(c)?;
+                    }
                 }
             }
             for byte in chunk.invalid() {

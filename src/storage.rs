@@ -346,7 +346,7 @@ impl Storage {
     pub fn compact(
         &self,
         cursors: impl FnOnce() -> Vec<(String, u64, u64)>,
-        mut reports: impl FnMut(&mut dyn FnMut(u64, &[u8])),
+        mut reports: impl FnMut(&mut ReportSink<'_>),
     ) -> Result<(), StorageError> {
         let (segment, run, reserved) = {
             let mut inner = self.inner.lock().expect("storage lock");
@@ -385,7 +385,7 @@ impl Storage {
         run: u64,
         reserved: u64,
         cursors: Vec<(String, u64, u64)>,
-        reports: &mut dyn FnMut(&mut dyn FnMut(u64, &[u8])),
+        reports: &mut dyn FnMut(&mut ReportSink<'_>),
     ) -> Result<(), StorageError> {
         let temporary = self.dir.join(format!("{}.tmp", snapshot_name(segment)));
         let file = File::create(&temporary).map_err(io_error(&temporary))?;
@@ -428,6 +428,9 @@ impl Storage {
         Ok(())
     }
 }
+
+/// Where a snapshot's reports are handed: (sequence number, AT line).
+type ReportSink<'a> = dyn FnMut(u64, &[u8]) + 'a;
 
 fn meta_payload(run: u64, reserved: u64) -> Vec<u8> {
     let mut payload = vec![b'M'];

@@ -175,15 +175,13 @@ impl Store {
     ) -> u64 {
         let inner = self.inner.lock().expect("store lock is never poisoned");
         let mut reached = after;
-        let mut scanned = 0;
         let mut exhausted = true;
-        for (&seq, client_id) in inner.by_seq.range(after + 1..) {
+        for (scanned, (&seq, client_id)) in inner.by_seq.range(after + 1..).enumerate() {
             // Bound the work under the lock even when most entries are skipped.
             if out.len() >= max || scanned >= max * 4 {
                 exhausted = false;
                 break;
             }
-            scanned += 1;
             reached = seq;
             let entry = &inner.clients[client_id];
             let sent_it = leave_out

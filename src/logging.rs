@@ -1,0 +1,259 @@
+//! The per-server log file: every `tracing` event as one timestamped line.
+//!
+//! SPEC §7 asks for every message in and out, so logging is on the hot path
+//! of every request. This layer keeps its cost to formatting the line into
+//! a thread-local buffer and one short lock to append it to a shared
+//! buffer; a background thread writes the shared buffer out in large
+//! chunks. Nothing is dropped: if the disk falls behind by more than
+//! `MAX_PENDING` bytes, events wait for the writer instead.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// How far the writer may fall behind before events wait for it.
+const MAX_PENDING: usize = 32 * 1024 * 1024;
+/// How often the writer thread writes out what is pending.
+const WRITE_INTERVAL: Duration = Duration::from_millis(20);
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the writer (enough pending, or closing) and waiting events
+    /// (room again).
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    closing: bool,
+}
+
+/// A `tracing` layer writing events to a file through a background thread.
+pub struct FileLayer {
+    shared: Arc<Shared>,
+}
+
+/// Flushes and stops the writer thread when dropped.
+pub struct FlushGuard {
+    shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileLayer {
+    /// A layer writing to `file`, and the guard that flushes it at exit.
+    pub fn new(file: File) -> (Self, FlushGuard) {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            changed: Condvar::new(),
+        });
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("herd-log".into())
+                .spawn(move || write_loop(&shared, file))
+                .expect("spawning the log writer thread")
+        };
+        (
+            Self {
+                shared: shared.clone(),
+            },
+            FlushGuard {
+                shared,
+                writer: Some(writer),
+            },
+        )
+    }
+}
+
+fn write_loop(shared: &Shared, mut file: File) {
+    let mut chunk = Vec::new();
+    loop {
+        let closing = {
+            let mut pending = shared.pending.lock().expect("log lock");
+            if pending.bytes.is_empty() && !pending.closing {
+                pending = shared
+                    .changed
+                    .wait_timeout(pending, WRITE_INTERVAL)
+                    .expect("log lock")
+                    .0;
+            }
+            std::mem::swap(&mut chunk, &mut pending.bytes);
+            pending.closing
+        };
+        shared.changed.notify_all();
+        if !chunk.is_empty() {
+            // A log that cannot be written is not worth stopping a server
+            // for; the error goes to stderr once per chunk.
+            if let Err(error) = file.write_all(&chunk) {
+                eprintln!("herd: writing the log failed: {error}");
+            }
+            chunk.clear();
+        }
+        if closing {
+            let pending = shared.pending.lock().expect("log lock");
+            if pending.bytes.is_empty() {
+                let _ = file.flush();
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        self.shared.pending.lock().expect("log lock").closing = true;
+        self.shared.changed.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+thread_local! {
+    /// The line being formatted, and its message (which goes last).
+    static LINE: RefCell<(String, String)> = RefCell::new((String::with_capacity(512), String::with_capacity(512)));
+}
+
+impl<S: Subscriber> Layer<S> for FileLayer {
+    fn on_event(&self, event: &Event<'_>, _context: Context<'_, S>) {
+        LINE.with(|buffers| {
+            let (line, message) = &mut *buffers.borrow_mut();
+            line.clear();
+            message.clear();
+            write_timestamp(line, SystemTime::now());
+            line.push_str(level_name(*event.metadata().level()));
+            event.record(&mut LineVisitor { line, message });
+            line.push(' ');
+            line.push_str(message);
+            line.push('\n');
+            let mut pending = self.shared.pending.lock().expect("log lock");
+            while pending.bytes.len() > MAX_PENDING && !pending.closing {
+                pending = self.shared.changed.wait(pending).expect("log lock");
+            }
+            pending.bytes.extend_from_slice(line.as_bytes());
+        });
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => " ERROR",
+        Level::WARN => "  WARN",
+        Level::INFO => "  INFO",
+        Level::DEBUG => " DEBUG",
+        Level::TRACE => " TRACE",
+    }
+}
+
+/// Writes fields as ` name=value`, and the message apart, for the end.
+struct LineVisitor<'a> {
+    line: &'a mut String,
+    message: &'a mut String,
+}
+
+impl Visit for LineVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.line, " {}={}", field.name(), value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.line, " {}={:?}", field.name(), value);
+        }
+    }
+}
+
+/// `2026-11-22T00:31:02.114528Z`: RFC 3339 in UTC with microseconds.
+fn write_timestamp(out: &mut String, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        since.subsec_micros()
+    );
+}
+
+/// The proleptic Gregorian date of a day number (days since 1970-01-01),
+/// after Howard Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let mut out = String::new();
+        write_timestamp(&mut out, UNIX_EPOCH);
+        assert_eq!(out, "1970-01-01T00:00:00.000000Z");
+        out.clear();
+        // 2024-02-29T23:59:59.123456Z, a leap day.
+        write_timestamp(&mut out, UNIX_EPOCH + Duration::new(1_709_251_199, 123_456_789));
+        assert_eq!(out, "2024-02-29T23:59:59.123456Z");
+        out.clear();
+        write_timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(1_621_464_827));
+        assert_eq!(out, "2021-05-19T22:53:47.000000Z");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_779), (2026, 11, 22));
+    }
+
+    #[test]
+    fn events_reach_the_file_in_order_with_fields() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let (layer, guard) = FileLayer::new(File::create(&path).unwrap());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..1000 {
+                tracing::info!(neighbour = "Smith", "sent {i}");
+            }
+            tracing::warn!("last");
+        });
+        drop(guard);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1001);
+        assert!(lines[0].ends_with("  INFO neighbour=Smith sent 0"), "{}", lines[0]);
+        assert!(lines[999].ends_with(" sent 999"));
+        assert!(lines[1000].ends_with("  WARN last"));
+        assert!(lines[0].starts_with("20") && lines[0].as_bytes()[10] == b'T');
+    }
+}
