@@ -216,13 +216,11 @@ async fn compact_now_and_then(server: Arc<Server>, shutdown: CancellationToken) 
 
 /// A report rebuilt from its stored AT line.
 pub fn report_from_at_line(at_line: Bytes) -> Option<Report> {
-    let at = protocol::parse_at_line(&at_line)?;
-    Some(Report {
-        client_id: Bytes::copy_from_slice(at.client_id),
-        client_time: at.client_time,
-        location: at.location,
-        at_line: at_line.clone(),
-    })
+    let (client_time, location) = {
+        let at = protocol::parse_at_line(&at_line)?;
+        (at.client_time, at.location)
+    };
+    Some(Report::new(at_line, client_time, location))
 }
 
 async fn accept_clients(
@@ -394,12 +392,7 @@ async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Ve
                         Bytes::from(protocol::format_at(&server.name, now_nanos(), &iamat));
                     out.extend_from_slice(&at_line);
                     out.push(b'\n');
-                    let report = Report {
-                        client_id: Bytes::copy_from_slice(iamat.client_id),
-                        client_time: iamat.client_time,
-                        location: iamat.location,
-                        at_line,
-                    };
+                    let report = Report::new(at_line, iamat.client_time, iamat.location);
                     // Stored, and so handed to every neighbour link, before
                     // the reply is written (SPEC §3).
                     server.accept(report, Source::Client);

@@ -9,10 +9,12 @@
 //!
 //! Plain synchronous code: no IO, no clock, no tasks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
 
 use crate::protocol::Location;
 use crate::time::Timestamp;
@@ -36,19 +38,128 @@ pub struct Report {
     pub at_line: Bytes,
 }
 
+impl Report {
+    /// A report for an AT line (as `protocol::format_at` makes it, or as
+    /// `protocol::parse_at_line` accepted it); the client id is the line's
+    /// fourth field, shared rather than copied.
+    pub fn new(at_line: Bytes, client_time: Timestamp, location: Location) -> Self {
+        Self {
+            client_id: at_line.slice(client_id_range(&at_line)),
+            client_time,
+            location,
+            at_line,
+        }
+    }
+}
+
+/// A stored report, kept compact: one store may hold millions. The client
+/// id is not stored apart: it is the fourth field of the AT line.
 #[derive(Debug)]
 struct Entry {
-    report: Report,
+    at_line: Bytes,
+    client_time: Timestamp,
+    location: Location,
     seq: u64,
-    source: Source,
+    /// `CLIENT`, or the index of the neighbour it came from.
+    source: u32,
+}
+
+const CLIENT: u32 = u32::MAX;
+
+fn source_code(source: Source) -> u32 {
+    match source {
+        Source::Client => CLIENT,
+        Source::Neighbour(index) => u32::try_from(index).expect("fewer than 4 billion neighbours"),
+    }
+}
+
+/// Where the client id lies in an AT line: its fourth field.
+fn client_id_range(at_line: &[u8]) -> std::ops::Range<usize> {
+    let mut spaces = at_line
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b' ')
+        .map(|(i, _)| i);
+    let start = spaces.nth(2).map_or(0, |i| i + 1);
+    let end = spaces.next().unwrap_or(at_line.len());
+    start..end
+}
+
+impl Entry {
+    fn client_id(&self) -> &[u8] {
+        &self.at_line[client_id_range(&self.at_line)]
+    }
+
+    fn report(&self) -> Report {
+        Report {
+            client_id: self.at_line.slice(client_id_range(&self.at_line)),
+            client_time: self.client_time,
+            location: self.location,
+            at_line: self.at_line.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    clients: HashMap<Bytes, Entry>,
-    /// Sequence number -> client id, one entry per client at its newest report.
-    by_seq: BTreeMap<u64, Bytes>,
+    /// Every client's entry; clients are never removed, so indices last.
+    entries: Vec<Entry>,
+    /// Client id -> index into `entries`.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    /// Sequence number -> index into `entries`, one per client, at its
+    /// newest report.
+    by_seq: BTreeMap<u64, u32>,
     head: u64,
+}
+
+impl Inner {
+    fn find(&self, client_id: &[u8]) -> Option<u32> {
+        let hash = self.hasher.hash_one(client_id);
+        self.index
+            .find(hash, |&i| self.entries[i as usize].client_id() == client_id)
+            .copied()
+    }
+
+    /// Stores `report` under `seq` if it is newer; returns whether it was.
+    fn put(&mut self, report: Report, seq: impl FnOnce(&mut Self) -> u64, source: Source) -> bool {
+        match self.find(&report.client_id) {
+            Some(i) => {
+                let known = &self.entries[i as usize];
+                // Equal times are not newer: this is what ends a flood.
+                if known.client_time >= report.client_time {
+                    return false;
+                }
+                let old_seq = known.seq;
+                self.by_seq.remove(&old_seq);
+                let seq = seq(self);
+                self.by_seq.insert(seq, i);
+                self.entries[i as usize] = Entry {
+                    at_line: report.at_line,
+                    client_time: report.client_time,
+                    location: report.location,
+                    seq,
+                    source: source_code(source),
+                };
+            }
+            None => {
+                let i = u32::try_from(self.entries.len()).expect("fewer than 4 billion clients");
+                let seq = seq(self);
+                self.entries.push(Entry {
+                    at_line: report.at_line,
+                    client_time: report.client_time,
+                    location: report.location,
+                    seq,
+                    source: source_code(source),
+                });
+                self.by_seq.insert(seq, i);
+                let hash = self.hasher.hash_one(&report.client_id[..]);
+                let Inner { index, entries, hasher, .. } = self;
+                index.insert_unique(hash, i, |&j| hasher.hash_one(entries[j as usize].client_id()));
+            }
+        }
+        true
+    }
 }
 
 /// One report picked for a neighbour by [`Store::since`].
@@ -69,85 +180,58 @@ impl Store {
         Self::default()
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("store lock is never poisoned")
+    }
+
     /// Keeps `report` if it is newer than what we have, and returns its new
     /// sequence number; `None` means it was not newer and changed nothing.
+    ///
+    /// `report.client_id` must be the client id field of `report.at_line`.
     pub fn update(&self, report: Report, source: Source) -> Option<u64> {
-        let mut inner = self.inner.lock().expect("store lock is never poisoned");
-        let inner = &mut *inner;
-        let old_seq = match inner.clients.get(&report.client_id) {
-            // Equal times are not newer: this is what ends a flood.
-            Some(known) if known.report.client_time >= report.client_time => return None,
-            Some(known) => Some(known.seq),
-            None => None,
-        };
-        if let Some(old_seq) = old_seq {
-            inner.by_seq.remove(&old_seq);
-        }
-        inner.head += 1;
-        let seq = inner.head;
-        inner.by_seq.insert(seq, report.client_id.clone());
-        inner.clients.insert(
-            report.client_id.clone(),
-            Entry {
-                report,
-                seq,
-                source,
+        let mut inner = self.lock();
+        let mut given = 0;
+        let newer = inner.put(
+            report,
+            |inner| {
+                inner.head += 1;
+                given = inner.head;
+                given
             },
+            source,
         );
-        Some(seq)
+        newer.then_some(given)
     }
 
     /// Puts back a report replayed from disk under its old sequence number,
     /// if it is newer than what is there. Numbers only ever grow: the head
     /// moves past `seq`.
     pub fn restore(&self, report: Report, seq: u64) {
-        let mut inner = self.inner.lock().expect("store lock is never poisoned");
-        let inner = &mut *inner;
+        let mut inner = self.lock();
         inner.head = inner.head.max(seq);
-        if let Some(known) = inner.clients.get(&report.client_id) {
-            if known.report.client_time >= report.client_time {
-                return;
-            }
-            inner.by_seq.remove(&known.seq);
-        }
-        inner.by_seq.insert(seq, report.client_id.clone());
-        inner.clients.insert(
-            report.client_id.clone(),
-            Entry {
-                report,
-                seq,
-                source: Source::Client,
-            },
-        );
+        inner.put(report, |_| seq, Source::Client);
     }
 
     /// Makes the next sequence number at least `next`.
     pub fn continue_from(&self, next: u64) {
-        let mut inner = self.inner.lock().expect("store lock is never poisoned");
+        let mut inner = self.lock();
         inner.head = inner.head.max(next.saturating_sub(1));
     }
 
     /// The newest report of a client.
     pub fn get(&self, client_id: &[u8]) -> Option<Report> {
-        let inner = self.inner.lock().expect("store lock is never poisoned");
-        inner
-            .clients
-            .get(client_id)
-            .map(|entry| entry.report.clone())
+        let inner = self.lock();
+        inner.find(client_id).map(|i| inner.entries[i as usize].report())
     }
 
     /// The highest sequence number given out so far (0 when empty).
     pub fn head(&self) -> u64 {
-        self.inner
-            .lock()
-            .expect("store lock is never poisoned")
-            .head
+        self.lock().head
     }
 
     /// How many clients are known.
     pub fn len(&self) -> usize {
-        let inner = self.inner.lock().expect("store lock is never poisoned");
-        inner.clients.len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -173,23 +257,23 @@ impl Store {
         max: usize,
         out: &mut Vec<Pending>,
     ) -> u64 {
-        let inner = self.inner.lock().expect("store lock is never poisoned");
+        let inner = self.lock();
+        let leave_out = leave_out.map(|(to, above)| (source_code(Source::Neighbour(to)), above));
         let mut reached = after;
         let mut exhausted = true;
-        for (scanned, (&seq, client_id)) in inner.by_seq.range(after + 1..).enumerate() {
+        for (scanned, (&seq, &i)) in inner.by_seq.range(after + 1..).enumerate() {
             // Bound the work under the lock even when most entries are skipped.
             if out.len() >= max || scanned >= max * 4 {
                 exhausted = false;
                 break;
             }
             reached = seq;
-            let entry = &inner.clients[client_id];
-            let sent_it = leave_out
-                .is_some_and(|(to, above)| seq > above && entry.source == Source::Neighbour(to));
+            let entry = &inner.entries[i as usize];
+            let sent_it = leave_out.is_some_and(|(to, above)| seq > above && entry.source == to);
             if !sent_it {
                 out.push(Pending {
                     seq,
-                    at_line: entry.report.at_line.clone(),
+                    at_line: entry.at_line.clone(),
                 });
             }
         }
@@ -205,12 +289,13 @@ mod tests {
 
     fn report(client: &str, time: &str) -> Report {
         let at_line = format!("AT Hill +0.000000000 {client} +1+1 {time}");
-        Report {
-            client_id: Bytes::copy_from_slice(client.as_bytes()),
-            client_time: Timestamp::parse(time.as_bytes()).unwrap(),
-            location: Location { lat: 1.0, lng: 1.0 },
-            at_line: Bytes::from(at_line),
-        }
+        let report = Report::new(
+            Bytes::from(at_line),
+            Timestamp::parse(time.as_bytes()).unwrap(),
+            Location { lat: 1.0, lng: 1.0 },
+        );
+        assert_eq!(report.client_id, client.as_bytes());
+        report
     }
 
     fn seqs(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, u64) {
