@@ -64,6 +64,8 @@ pub struct Neighbour {
 const BATCH: usize = 256;
 /// The largest frame payload a receiver accepts.
 const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Time to establish a TCP connection to a neighbour.
+const CONNECT_TIME: Duration = Duration::from_millis(500);
 /// Time for a peer to complete its handshake.
 const HANDSHAKE_TIME: Duration = Duration::from_secs(2);
 /// How often an idle link says it is alive, each way.
@@ -206,11 +208,19 @@ async fn dial_loop(server: Arc<Server>, index: usize, shutdown: CancellationToke
     let mut backoff = BACKOFF_FIRST;
     loop {
         let attempt = async {
-            let stream = TcpStream::connect(&neighbour.peer_address).await?;
+            // Shorter than the handshake's time, so that a dial lost to a
+            // dead network is retried soon after the network heals.
+            let stream = timeout(CONNECT_TIME, TcpStream::connect(&neighbour.peer_address))
+                .await
+                .map_err(|_| anyhow::anyhow!("connect timed out"))??;
             stream.set_nodelay(true)?;
             dial_handshake(flood, index, stream, server.store.head()).await
         };
-        match timeout(HANDSHAKE_TIME, attempt).await {
+        let attempt = tokio::select! {
+            attempt = timeout(HANDSHAKE_TIME, attempt) => attempt,
+            () = shutdown.cancelled() => return,
+        };
+        match attempt {
             Ok(Ok(link)) => {
                 info!(neighbour = %neighbour.name, "link up: sending to {}", neighbour.name);
                 backoff = BACKOFF_FIRST;
@@ -491,7 +501,15 @@ async fn receive(
     })
     .await
     .map_err(|_| anyhow::anyhow!("handshake timed out"))?
-    .inspect_err(|error| warn!(%error, "peer refused"))?;
+    .inspect_err(|error| {
+        // A lossy network breaks handshakes too; only a peer that spoke and
+        // was not believed is worth a warning.
+        if error.downcast_ref::<std::io::Error>().is_some() {
+            debug!(%error, "peer handshake failed");
+        } else {
+            warn!(%error, "peer refused");
+        }
+    })?;
 
     let name = flood.neighbours[index].name.clone();
     // This neighbour is up: dial it now rather than at the next backoff.
@@ -661,8 +679,15 @@ async fn read_short_line(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Resul
         .take(512)
         .read_until(b'\n', &mut line)
         .await?;
-    if read == 0 || line.last() != Some(&b'\n') {
-        anyhow::bail!("connection closed or line too long during the handshake");
+    if read < 512 && line.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed during the handshake",
+        )
+        .into());
+    }
+    if line.last() != Some(&b'\n') {
+        anyhow::bail!("handshake line too long");
     }
     line.pop();
     Ok(String::from_utf8(line)?)

@@ -178,19 +178,40 @@ impl Visit for LineVisitor<'_> {
 }
 
 /// `2026-11-22T00:31:02.114528Z`: RFC 3339 in UTC with microseconds.
+///
+/// The part up to the seconds is formatted once per second per thread.
 fn write_timestamp(out: &mut String, now: SystemTime) {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = RefCell::new((u64::MAX, String::new()));
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let of_day = secs % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        since.subsec_micros()
-    );
+    SECOND.with(|cache| {
+        let (cached_secs, prefix) = &mut *cache.borrow_mut();
+        if *cached_secs != secs {
+            prefix.clear();
+            let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+            let of_day = secs % 86_400;
+            let _ = write!(
+                prefix,
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
+                of_day / 3600,
+                of_day / 60 % 60,
+                of_day % 60
+            );
+            *cached_secs = secs;
+        }
+        out.push_str(prefix);
+    });
+    let micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).expect("ASCII digits"));
+    out.push('Z');
 }
 
 /// The proleptic Gregorian date of a day number (days since 1970-01-01),

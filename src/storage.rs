@@ -226,11 +226,7 @@ impl Storage {
     /// Appends an accepted report. `seq` is its number in our sequence.
     pub fn append_report(&self, seq: u64, at_line: &[u8]) {
         let mut inner = self.inner.lock().expect("storage lock");
-        let mut payload = Vec::with_capacity(9 + at_line.len());
-        payload.push(b'R');
-        payload.extend_from_slice(&seq.to_le_bytes());
-        payload.extend_from_slice(at_line);
-        encode(&mut inner.buffer, &payload);
+        encode_report(&mut inner.buffer, seq, at_line);
         if seq + RESERVE_STEP / 2 >= inner.reserved {
             // Once per half a million updates: extend the reservation,
             // durably, long before numbering can reach it.
@@ -411,11 +407,13 @@ impl Storage {
             put(&payload, &mut writer);
         }
         reports(&mut |seq, at_line| {
-            let mut payload = Vec::with_capacity(9 + at_line.len());
-            payload.push(b'R');
-            payload.extend_from_slice(&seq.to_le_bytes());
-            payload.extend_from_slice(at_line);
-            put(&payload, &mut writer);
+            record.clear();
+            encode_report(&mut record, seq, at_line);
+            if failed.is_none()
+                && let Err(error) = writer.write_all(&record)
+            {
+                failed = Some(error);
+            }
         });
         if let Some(error) = failed {
             return Err(io_error(&temporary)(error));
@@ -437,6 +435,21 @@ fn meta_payload(run: u64, reserved: u64) -> Vec<u8> {
     payload.extend_from_slice(&run.to_le_bytes());
     payload.extend_from_slice(&reserved.to_le_bytes());
     payload
+}
+
+/// An `R` record, encoded in place: this runs for every accepted update.
+fn encode_report(out: &mut Vec<u8>, seq: u64, at_line: &[u8]) {
+    let length = u32::try_from(9 + at_line.len()).expect("records are far below 4 GiB");
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(b"R");
+    crc.update(&seq.to_le_bytes());
+    crc.update(at_line);
+    out.reserve(8 + length as usize);
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.push(b'R');
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(at_line);
 }
 
 fn encode(out: &mut Vec<u8>, payload: &[u8]) {

@@ -48,18 +48,33 @@ fn say(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
 }
 
+/// Where `name` is installed: on PATH, or in the sbin folders that a
+/// non-root PATH often lacks (Debian installs `tc` only in /usr/sbin).
+fn program(name: &str) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(Into::into))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .map_or_else(
+            || name.to_owned(),
+            |found| found.to_string_lossy().into_owned(),
+        )
+}
+
 /// Runs a command to completion; its stdout, or what went wrong.
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(program)
+fn run(program_name: &str, args: &[&str]) -> Result<String, String> {
+    let program = program(program_name);
+    let output = Command::new(&program)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|error| format!("`{program}`: {error}"))?;
+        .map_err(|error| format!("`{program_name}`: {error}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
-            "`{program} {}` failed ({}): {}",
+            "`{program_name} {}` failed ({}): {}",
             args.join(" "),
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
@@ -98,8 +113,15 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// Deletes namespaces of earlier runs whose test process is gone (killed
-/// before its cleanup could run), with the herd servers still in them.
+/// before its cleanup could run), with the herd servers still in them. Runs
+/// once per process, before this process makes any: so namespaces named
+/// with our own process id are an earlier process's too.
 fn sweep_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sweep);
+}
+
+fn sweep() {
     let Ok(list) = run("ip", &["netns", "list"]) else {
         return;
     };
@@ -114,7 +136,7 @@ fn sweep_stale() {
         let Some(pid) = parts.next().and_then(|pid| pid.parse::<u32>().ok()) else {
             continue;
         };
-        if pid == std::process::id() || process_alive(pid) {
+        if pid != std::process::id() && process_alive(pid) {
             continue;
         }
         for inside in run("ip", &["netns", "pids", name])
@@ -290,7 +312,7 @@ impl Lab {
     fn spawn_server(&mut self, name: &str) {
         let stderr = std::fs::File::create(self.dir.path().join(format!("{name}.stderr")))
             .expect("creating a stderr file");
-        let child = Command::new("ip")
+        let child = Command::new(program("ip"))
             .args([
                 "netns",
                 "exec",
