@@ -310,13 +310,19 @@ pub fn whatsat_reply(at_line: &[u8], json: &str, out: &mut Vec<u8>) {
     out.reserve(at_line.len() + json.len() + 3);
     out.extend_from_slice(at_line);
     out.push(b'\n');
-    let mut previous_newline = false;
-    for &byte in json.trim_end_matches('\n').as_bytes() {
-        let newline = byte == b'\n';
-        if !(newline && previous_newline) {
-            out.push(byte);
+    let json = json.trim_end_matches('\n');
+    if json.contains("\n\n") {
+        let mut previous_newline = false;
+        for &byte in json.as_bytes() {
+            let newline = byte == b'\n';
+            if !(newline && previous_newline) {
+                out.push(byte);
+            }
+            previous_newline = newline;
         }
-        previous_newline = newline;
+    } else {
+        // The usual case: nothing to collapse, copy it whole.
+        out.extend_from_slice(json.as_bytes());
     }
     out.extend_from_slice(b"\n\n");
 }

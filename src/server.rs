@@ -90,6 +90,8 @@ pub struct Server {
     pub limits: Limits,
     pub flood: Flood,
     pub storage: Option<Arc<Storage>>,
+    /// Rendered WHATSAT JSON by query, for providers whose answers are fixed.
+    pub answers: Mutex<HashMap<AnswerKey, Arc<RenderedPlaces>>>,
 }
 
 impl Server {
@@ -147,6 +149,7 @@ pub async fn run(
         places: setup.places,
         limits: setup.limits,
         storage,
+        answers: Mutex::default(),
     });
     info!(
         server = %server.name,
@@ -380,9 +383,12 @@ async fn reply(
     Ok(())
 }
 
-/// Appends the reply to one framed line to `out`.
+/// Appends the reply to one framed line to `out`, and logs both.
 async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Vec<u8>) {
     let start = out.len();
+    // WHATSAT answers are logged from their pre-escaped JSON; other replies
+    // are one line.
+    let mut answered_with = None;
     match &frame {
         Frame::Line(line) => {
             info!(%address, "received: {}", Show(line));
@@ -406,9 +412,9 @@ async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Ve
                             radius_m_text: whatsat.radius.metres_text.clone(),
                             limit: whatsat.bound,
                         };
-                        let places = server.places.nearby(&query).await;
-                        let json = to_styled_string(&places_answer(places, whatsat.bound));
-                        protocol::whatsat_reply(&report.at_line, &json, out);
+                        let rendered = places_json(server, &query).await;
+                        protocol::whatsat_reply(&report.at_line, &rendered.json, out);
+                        answered_with = Some((report.at_line, rendered));
                     }
                     None => protocol::invalid_reply(line, out),
                 },
@@ -423,8 +429,73 @@ async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Ve
             protocol::invalid_reply(head, out);
         }
     }
-    let reply = &out[start..];
-    info!(%address, "sent: {}", Show(reply.strip_suffix(b"\n").unwrap_or(reply)));
+    match answered_with {
+        Some((at_line, rendered)) => {
+            info!(%address, "sent: {}\\n{}\\n", Show(&at_line), rendered.logged);
+        }
+        None => {
+            let reply = &out[start..];
+            info!(%address, "sent: {}", Show(reply.strip_suffix(b"\n").unwrap_or(reply)));
+        }
+    }
+}
+
+/// A WHATSAT answer's JSON, ready to send and to log.
+pub struct RenderedPlaces {
+    /// Google's layout, runs of newlines collapsed, no trailing newline.
+    pub json: String,
+    /// The same, escaped for a one-line log entry.
+    pub logged: String,
+}
+
+impl RenderedPlaces {
+    fn new(value: &Value) -> Self {
+        let mut json = to_styled_string(value);
+        while json.contains("\n\n") {
+            json = json.replace("\n\n", "\n");
+        }
+        json.truncate(json.trim_end_matches('\n').len());
+        let logged = Show(json.as_bytes()).to_string();
+        Self { json, logged }
+    }
+}
+
+/// The rendered places JSON for a query, from the answer cache when the
+/// provider's answers are fixed.
+async fn places_json(server: &Server, query: &NearbyQuery) -> Arc<RenderedPlaces> {
+    let key = AnswerKey {
+        lat: query.lat.to_bits(),
+        lng: query.lng.to_bits(),
+        radius_m: query.radius_m_text.clone(),
+        limit: query.limit,
+    };
+    let cacheable = server.places.answers_are_fixed();
+    if cacheable && let Some(json) = server.answers.lock().expect("answer cache lock").get(&key) {
+        return json.clone();
+    }
+    let places = server.places.nearby(query).await;
+    let json = Arc::new(RenderedPlaces::new(&places_answer(places, query.limit)));
+    if cacheable {
+        let mut answers = server.answers.lock().expect("answer cache lock");
+        // Bounded: start over when full rather than track recency.
+        if answers.len() >= ANSWER_CACHE_ENTRIES {
+            answers.clear();
+        }
+        answers.insert(key, json.clone());
+    }
+    json
+}
+
+/// Rendered answers kept for providers whose answers are fixed.
+const ANSWER_CACHE_ENTRIES: usize = 4096;
+
+/// A query, exactly: the location's bits, the radius text and the bound.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AnswerKey {
+    lat: u64,
+    lng: u64,
+    radius_m: String,
+    limit: usize,
 }
 
 /// The JSON of a WHATSAT answer: the provider's, with `results` cut to the
@@ -462,23 +533,49 @@ pub struct Show<'a>(pub &'a [u8]);
 impl std::fmt::Display for Show<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for chunk in self.0.utf8_chunks() {
-            let valid = chunk.valid();
-            // The common case, printable text, goes out in one piece.
-            if valid.bytes().all(|b| b >= 0x20 && b != 0x7f) {
-                f.write_str(valid)?;
-            } else {
-                for c in valid.chars() {
-                    if c.is_control() {
-                        write!(f, "{}", c.escape_default())?;
-                    } else {
-                        f.write_char(c)?;
-                    }
+            // Printable runs go out whole; control bytes (a WHATSAT answer's
+            // newlines, say) are escaped one by one. Control characters are
+            // all ASCII or C1 (U+0080..U+009F), whose UTF-8 starts with 0xC2.
+            let mut rest = chunk.valid();
+            while let Some(at) = rest.bytes().position(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+                f.write_str(&rest[..at])?;
+                let c = rest[at..].chars().next().expect("a character starts here");
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    f.write_char(c)?;
                 }
+                rest = &rest[at + c.len_utf8()..];
             }
+            f.write_str(rest)?;
             for byte in chunk.invalid() {
                 write!(f, "\\x{byte:02x}")?;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_escapes_only_what_a_log_line_cannot_hold() {
+        let show = |bytes: &[u8]| Show(bytes).to_string();
+        assert_eq!(show(b"IAMAT kiwi +1+1 1"), "IAMAT kiwi +1+1 1");
+        assert_eq!(show(b"AT x\n{\n   \"a\" : 1\n}\n\n"), "AT x\\n{\\n   \"a\" : 1\\n}\\n\\n");
+        assert_eq!(show(b"caf\xc3\xa9 \xff\xfe\t\x7f"), "café \\xff\\xfe\\t\\u{7f}");
+        assert_eq!(show("a\u{85}b\u{a9}".as_bytes()), "a\\u{85}b\u{a9}");
+    }
+
+    #[test]
+    fn failed_providers_give_an_empty_answer_with_their_status() {
+        let answer = places_answer(Err(PlacesError::Status("OVER_QUERY_LIMIT".into())), 5);
+        assert_eq!(answer, json!({"html_attributions": [], "results": [], "status": "OVER_QUERY_LIMIT"}));
+        let answer = places_answer(Err(PlacesError::Unavailable("timed out".into())), 5);
+        assert_eq!(answer["status"], "UNKNOWN_ERROR");
+        let many = json!({"html_attributions": [], "results": [1, 2, 3, 4], "status": "OK"});
+        assert_eq!(places_answer(Ok(many), 2)["results"], json!([1, 2]));
     }
 }
