@@ -158,7 +158,7 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
     let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)
         .map_err(anyhow::Error::msg)?;
     runtime()?.block_on(async {
-        let client = TcpListener::bind(&server_config.client)
+        let client = listen(&server_config.client)
             .await
             .with_context(|| {
                 format!(
@@ -166,7 +166,7 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
                     server_config.client
                 )
             })?;
-        let peer = TcpListener::bind(&server_config.peer)
+        let peer = listen(&server_config.peer)
             .await
             .with_context(|| {
                 format!(
@@ -178,6 +178,26 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         server::run(setup, client, peer, shutdown).await
     })
+}
+
+/// Binds `address` with a listen backlog deep enough for bursts of
+/// thousands of connections (the usual 1024 overflows into SYN retries).
+async fn listen(address: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(address).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // So that a restarted server binds again at once (SPEC §8).
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved).and_then(|()| socket.listen(8192)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
 }
 
 /// Lets a server hold as many connections as its limits allow: raises the

@@ -59,21 +59,26 @@ fn ten_thousand_connections_from_one_address_leave_room_for_others() {
     }
     assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
     // Past the per-address limit, connections are closed at once.
-    let mut closed = 0;
-    for stream in &mut flood {
-        stream.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-        let mut byte = [0u8; 1];
-        let still_open = match stream.read(&mut byte) {
-            Ok(0) => false,
-            Ok(_) => true,
-            Err(error) => matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        };
-        if !still_open {
-            closed += 1;
-        }
+    for stream in &flood {
+        stream.set_nonblocking(true).unwrap();
     }
-    // Some of the 9,500 may still be queued for accept; most are closed.
-    assert!(closed >= 5_000, "only {closed} of 10,000 closed");
+    let count_closed = |flood: &[TcpStream]| {
+        flood
+            .iter()
+            .filter(|stream| {
+                let mut byte = [0u8; 1];
+                let mut reader: &TcpStream = stream;
+                match reader.read(&mut byte) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(error) => error.kind() != ErrorKind::WouldBlock,
+                }
+            })
+            .count()
+    };
+    common::eventually("the connections past the limit to be closed", || {
+        count_closed(&flood) >= 10_000 - 500
+    });
     assert!(resident_kb(&herd) < 150 * 1024, "{} kB", resident_kb(&herd));
     assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
 }
