@@ -154,6 +154,11 @@ impl Herd {
         true
     }
 
+    /// The herd's shared secret.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     /// The command that runs server `name` of this herd.
     pub fn command(&self, name: &str) -> Command {
         self.command_with_config(name, &self.config_path)

@@ -1,0 +1,194 @@
+//! The peer port believes only servers that know the herd's secret, and
+//! even they cannot have a recorded session replayed, or a frame altered or
+//! repeated (SPEC §6; the handshake is described in ARCHITECTURE.md).
+//!
+//! The test plays a neighbour itself, with the real secret, to record real
+//! traffic and then tamper with it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{Herd, now_text};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+const PAIR: &[(&str, &[&str])] = &[("Hill", &["Smith"]), ("Smith", &["Hill"])];
+
+/// Hill alone, with its neighbour Smith configured but not running: the
+/// test plays Smith, with nobody to take its place.
+fn hill_alone() -> Herd {
+    let mut herd = Herd::configure(PAIR, "");
+    assert!(herd.launch("Hill"));
+    herd
+}
+
+fn mac(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+}
+
+/// A connection to a peer port, speaking as `from`, recording what it sends.
+struct FakeNeighbour {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    sent: Vec<u8>,
+    key: Vec<u8>,
+    counter: u64,
+}
+
+impl FakeNeighbour {
+    /// Connects and completes the handshake; `None` if refused.
+    fn join(peer: SocketAddr, secret: &[u8], from: &str, to: &str) -> Option<FakeNeighbour> {
+        let stream = TcpStream::connect(peer).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut challenge = String::new();
+        reader.read_line(&mut challenge).unwrap();
+        let nonce_b = unhex(challenge.trim().rsplit(' ').next().unwrap());
+        let nonce_a = [7u8; 16];
+        let run = "4242";
+        let tag = mac(secret, &[b"hello", from.as_bytes(), to.as_bytes(), run.as_bytes(), &nonce_b, &nonce_a]);
+        let hello = format!("HERD-HELLO {from} {to} {run} {} {}\n", hex(&nonce_a), hex(&tag));
+        let mut neighbour = FakeNeighbour {
+            stream,
+            reader,
+            sent: Vec::new(),
+            key: mac(secret, &[b"session", &nonce_a, &nonce_b]),
+            counter: 0,
+        };
+        neighbour.send(hello.as_bytes());
+        let mut welcome = String::new();
+        neighbour.reader.read_line(&mut welcome).ok()?;
+        welcome.starts_with("HERD-WELCOME ").then_some(neighbour)
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.sent.extend_from_slice(bytes);
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// A frame carrying one update, authenticated with the session key.
+    fn frame(&mut self, seq: u64, at_line: &str) -> Vec<u8> {
+        let payload = format!("U {seq} {at_line}\nC {seq}\n");
+        let mut tag = Hmac::<Sha256>::new_from_slice(&self.key).unwrap();
+        tag.update(&self.counter.to_be_bytes());
+        tag.update(payload.as_bytes());
+        self.counter += 1;
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload.as_bytes());
+        frame.extend_from_slice(&tag.finalize().into_bytes());
+        frame
+    }
+
+    /// Whether the server has closed this connection.
+    fn is_closed(&mut self) -> bool {
+        self.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        // Acks may come first; a refused link ends in EOF or a reset.
+        loop {
+            let mut buffer = [0u8; 256];
+            match self.reader.read(&mut buffer) {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => rest.extend_from_slice(&buffer[..n]),
+            }
+            if rest.len() > 1 << 16 {
+                return false;
+            }
+        }
+    }
+}
+
+fn at_line(client: &str) -> String {
+    format!("AT Smith +0.000000001 {client} +1+1 {}", now_text())
+}
+
+#[test]
+fn a_neighbour_with_the_secret_is_believed() {
+    let herd = hill_alone();
+    let peer = herd.server("Hill").peer;
+    let mut smith = FakeNeighbour::join(peer, herd.secret().as_bytes(), "Smith", "Hill").expect("welcomed");
+    let line = at_line("genuine");
+    let frame = smith.frame(1, &line);
+    smith.send(&frame);
+    let mut hill = herd.client("Hill");
+    common::eventually("Hill to store the update", || hill.at_line_of("genuine").as_deref() == Some(line.as_str()));
+}
+
+#[test]
+fn a_recorded_session_replayed_is_refused() {
+    let herd = hill_alone();
+    let peer = herd.server("Hill").peer;
+    let secret = herd.secret().as_bytes().to_vec();
+    let mut smith = FakeNeighbour::join(peer, &secret, "Smith", "Hill").expect("welcomed");
+    let first = at_line("recorded");
+    let frame = smith.frame(1, &first);
+    smith.send(&frame);
+    let mut hill = herd.client("Hill");
+    common::eventually("the recorded update to arrive", || hill.at_line_of("recorded").is_some());
+    let recording = smith.sent.clone();
+    drop(smith);
+
+    // Later a newer report for the same client is made through Hill...
+    let newer = hill.iamat("recorded", "+5+5");
+    // ...and an eavesdropper replays the old session byte for byte.
+    let mut replay = TcpStream::connect(peer).unwrap();
+    replay.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = replay.write_all(&recording);
+    let mut answer = Vec::new();
+    let _ = replay.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("HERD-WELCOME"), "replayed hello welcomed");
+    assert_eq!(hill.at_line_of("recorded").as_deref(), Some(newer.as_str()));
+    common::eventually("Hill to log the refusal", || herd.log("Hill").contains("failed authentication"));
+}
+
+#[test]
+fn an_altered_or_repeated_frame_ends_the_link_and_is_not_applied() {
+    let herd = hill_alone();
+    let peer = herd.server("Hill").peer;
+    let secret = herd.secret().as_bytes().to_vec();
+
+    let mut smith = FakeNeighbour::join(peer, &secret, "Smith", "Hill").expect("welcomed");
+    let mut frame = smith.frame(1, &at_line("altered"));
+    // Change the client id inside the authenticated payload.
+    let at = frame.windows(7).position(|w| w == b"altered").unwrap();
+    frame[at] = b'A';
+    smith.send(&frame);
+    assert!(smith.is_closed());
+
+    let mut smith = FakeNeighbour::join(peer, &secret, "Smith", "Hill").expect("welcomed");
+    let line = at_line("repeated");
+    let frame = smith.frame(1, &line);
+    smith.send(&frame);
+    smith.send(&frame); // the same frame again: its counter is stale
+    assert!(smith.is_closed());
+
+    let mut hill = herd.client("Hill");
+    assert_eq!(hill.at_line_of("Altered"), None);
+    assert_eq!(hill.at_line_of("altered"), None);
+    // The first copy of the repeated frame was genuine and applied.
+    assert_eq!(hill.at_line_of("repeated").as_deref(), Some(line.as_str()));
+}
+
+#[test]
+fn a_server_not_configured_as_a_neighbour_is_refused_even_with_the_secret() {
+    let herd = Herd::start(&[("Hill", &["Smith"]), ("Smith", &["Hill"]), ("Campbell", &[])]);
+    let peer = herd.server("Hill").peer;
+    assert!(FakeNeighbour::join(peer, herd.secret().as_bytes(), "Campbell", "Hill").is_none());
+    assert!(FakeNeighbour::join(peer, herd.secret().as_bytes(), "Smith", "Jaquez").is_none());
+    assert!(FakeNeighbour::join(peer, b"wrong secret", "Smith", "Hill").is_none());
+}
