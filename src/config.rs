@@ -41,13 +41,159 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Which places provider answers WHATSAT.
+/// Which places provider answers WHATSAT, for the whole herd (`[places]`)
+/// or one server (`[servers.places]`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
-#[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum PlacesConfig {
     /// The embedded GeoNames cities1000 data set: offline, no key.
     #[default]
     Geonames,
+    /// Google Places Nearby Search (legacy).
+    Google(RemotePlacesConfig),
+    /// Google Places API (New) Nearby Search, answered in the legacy shape.
+    GoogleNew(RemotePlacesConfig),
+    /// A places database imported from OpenStreetMap by `herd places import`.
+    Osm(OsmPlacesConfig),
+}
+
+/// How to reach a remote places API and how to treat it. Its `Debug` hides
+/// the key.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemotePlacesConfig {
+    /// The API's base URL; else `$HERD_PLACES_URL`, else Google's.
+    pub base_url: Option<String>,
+    /// The API key; else `$HERD_PLACES_KEY`.
+    pub key: Option<String>,
+    /// The whole budget of one upstream call, retries included.
+    pub timeout_ms: u64,
+    /// Requests per call at most; transient failures are retried.
+    pub max_attempts: u32,
+    /// Requests in flight toward the API at most.
+    pub max_concurrent: usize,
+    /// How long an answer is reused, in seconds; 0 turns the cache off.
+    pub cache_ttl_secs: u64,
+    /// Answers cached at most.
+    pub cache_max_entries: usize,
+    /// Transient failures in a row that open the circuit breaker; 0 never.
+    pub breaker_failures: u32,
+    /// How long the open breaker answers UNKNOWN_ERROR before a new try.
+    pub breaker_cooldown_ms: u64,
+    /// How often the counters are logged (when they changed); 0 never.
+    pub stats_interval_secs: u64,
+    /// Places API (New) only: `pro`, or `enterprise` for ratings, price
+    /// level and opening hours at the higher price.
+    pub fields: crate::places::google_new::FieldTier,
+}
+
+impl Default for RemotePlacesConfig {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            key: None,
+            timeout_ms: 5_000,
+            max_attempts: 3,
+            max_concurrent: 32,
+            cache_ttl_secs: 60,
+            cache_max_entries: 2_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 10_000,
+            stats_interval_secs: 60,
+            fields: crate::places::google_new::FieldTier::Pro,
+        }
+    }
+}
+
+impl fmt::Debug for RemotePlacesConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemotePlacesConfig")
+            .field("base_url", &self.base_url)
+            .field("key", &self.key.as_ref().map(|_| "<hidden>"))
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("cache_ttl_secs", &self.cache_ttl_secs)
+            .field("cache_max_entries", &self.cache_max_entries)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
+            .field("stats_interval_secs", &self.stats_interval_secs)
+            .field("fields", &self.fields)
+            .finish()
+    }
+}
+
+/// Where the OpenStreetMap places database is.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsmPlacesConfig {
+    /// The file `herd places import` wrote; relative to the config's folder.
+    pub database: PathBuf,
+}
+
+impl PlacesConfig {
+    /// Makes relative paths relative to `base` and checks the numbers.
+    fn prepare(&mut self, base: &Path) -> Result<(), String> {
+        match self {
+            PlacesConfig::Geonames => Ok(()),
+            PlacesConfig::Google(remote) | PlacesConfig::GoogleNew(remote) => {
+                if remote.timeout_ms == 0 || remote.max_attempts == 0 || remote.max_concurrent == 0
+                {
+                    return Err(
+                        "places.timeout_ms, max_attempts and max_concurrent must be greater than zero"
+                            .into(),
+                    );
+                }
+                Ok(())
+            }
+            PlacesConfig::Osm(osm) => {
+                osm.database = base.join(&osm.database);
+                Ok(())
+            }
+        }
+    }
+
+    /// The `[places]` table's keys as TOML lines.
+    fn to_toml(&self) -> String {
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        match self {
+            PlacesConfig::Geonames => "provider = \"geonames\"\n".to_owned(),
+            PlacesConfig::Google(remote) | PlacesConfig::GoogleNew(remote) => {
+                let provider = if matches!(self, PlacesConfig::Google(_)) {
+                    "google"
+                } else {
+                    "google-new"
+                };
+                let mut text = format!("provider = \"{provider}\"\n");
+                if let Some(base_url) = &remote.base_url {
+                    text.push_str(&format!("base_url = {}\n", quote(base_url)));
+                }
+                if let Some(key) = &remote.key {
+                    text.push_str(&format!("key = {}\n", quote(key)));
+                }
+                let fields = match remote.fields {
+                    crate::places::google_new::FieldTier::Pro => "pro",
+                    crate::places::google_new::FieldTier::Enterprise => "enterprise",
+                };
+                text.push_str(&format!(
+                    "timeout_ms = {}\nmax_attempts = {}\nmax_concurrent = {}\ncache_ttl_secs = {}\ncache_max_entries = {}\nbreaker_failures = {}\nbreaker_cooldown_ms = {}\nstats_interval_secs = {}\nfields = \"{fields}\"\n",
+                    remote.timeout_ms,
+                    remote.max_attempts,
+                    remote.max_concurrent,
+                    remote.cache_ttl_secs,
+                    remote.cache_max_entries,
+                    remote.breaker_failures,
+                    remote.breaker_cooldown_ms,
+                    remote.stats_interval_secs,
+                ));
+                text
+            }
+            PlacesConfig::Osm(osm) => format!(
+                "provider = \"osm\"\ndatabase = {}\n",
+                quote(&osm.database.to_string_lossy())
+            ),
+        }
+    }
 }
 
 /// Bounds on what one server holds for its clients.
@@ -115,6 +261,8 @@ pub struct ServerConfig {
     /// The servers this one links with. Links are bidirectional: a server
     /// named in either side's list is a neighbour of both.
     pub neighbours: Vec<String>,
+    /// This server's own places provider, instead of the herd's.
+    pub places: Option<PlacesConfig>,
 }
 
 /// A whole herd.
@@ -152,6 +300,7 @@ struct RawServer {
     peer: Spanned<String>,
     #[serde(default)]
     neighbours: Vec<Spanned<String>>,
+    places: Option<PlacesConfig>,
 }
 
 impl HerdConfig {
@@ -270,6 +419,10 @@ impl HerdConfig {
             }
         }
 
+        let mut places = raw.places;
+        places
+            .prepare(base)
+            .map_err(|message| error_at(None, message))?;
         let log_dir = base.join(raw.log_dir.as_deref().unwrap_or("logs"));
         let mut storage = raw.storage;
         storage.data_dir = base.join(&storage.data_dir);
@@ -279,19 +432,25 @@ impl HerdConfig {
             .zip(neighbours)
             .map(|(server, neighbours)| {
                 let server = server.into_inner();
-                ServerConfig {
+                let mut places = server.places;
+                if let Some(places) = &mut places {
+                    places.prepare(base)?;
+                }
+                Ok(ServerConfig {
                     name: server.name.into_inner(),
                     client: server.client.into_inner(),
                     peer: server.peer.into_inner(),
                     neighbours,
-                }
+                    places,
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()
+            .map_err(|message| error_at(None, message))?;
         Ok(Self {
             servers,
             log_dir,
             secret: raw.secret,
-            places: raw.places,
+            places,
             limits: raw.limits,
             storage,
         })
@@ -328,9 +487,7 @@ impl HerdConfig {
             text.push_str(&format!("secret = {}\n", quote(secret)));
         }
         text.push_str("\n[places]\n");
-        match &self.places {
-            PlacesConfig::Geonames => text.push_str("provider = \"geonames\"\n"),
-        }
+        text.push_str(&self.places.to_toml());
         let limits = &self.limits;
         text.push_str(&format!(
             "\n[limits]\nmax_line_bytes = {}\nmax_connections = {}\nmax_connections_per_ip = {}\nidle_timeout_secs = {}\nmax_unsent_bytes = {}\n",
@@ -359,8 +516,21 @@ impl HerdConfig {
                 quote(&server.peer),
                 neighbours.join(", ")
             ));
+            if let Some(places) = &server.places {
+                text.push_str("\n[servers.places]\n");
+                text.push_str(&places.to_toml());
+            }
         }
         text
+    }
+
+    /// The places provider of server `name`: its own, else the herd's.
+    pub fn places_for(&self, name: &str) -> &PlacesConfig {
+        self.servers
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.places.as_ref())
+            .unwrap_or(&self.places)
     }
 }
 

@@ -182,7 +182,7 @@ impl Visit for LineVisitor<'_> {
 /// The part up to the seconds is formatted once per second per thread.
 fn write_timestamp(out: &mut String, now: SystemTime) {
     thread_local! {
-        static SECOND: RefCell<(u64, String)> = RefCell::new((u64::MAX, String::new()));
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();

@@ -6,17 +6,16 @@
 //! the layout), which this module embeds and reads in place. Nothing is
 //! decoded up front, so the provider costs neither start-up time nor a slow
 //! first query: a search reads the few records it visits. Distances are
-//! great-circle distances on a spherical Earth; the tree prunes with chord
-//! lengths, which grow with the great-circle angle, so poles and the
-//! antimeridian are not special cases.
+//! great-circle distances on a spherical Earth; the search itself is
+//! `sphere::nearest`, which the OpenStreetMap provider shares.
 
-use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::sphere::{self, Hit, TreePoints, unit_vector_deg};
 use super::{NearbyQuery, Places, PlacesError};
 
 /// Written by `build.rs`.
@@ -32,13 +31,7 @@ const REPEAT_LEN: usize = 8;
 pub const ATTRIBUTION: &str = "Place data from GeoNames (https://www.geonames.org/), CC BY 4.0";
 
 /// The mean Earth radius (IUGG), in metres.
-pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
-/// Added to the chord bound when pruning, so that rounding in the chord (from
-/// unit vectors) and in the haversine distance (from degrees) can never make
-/// the tree skip a place that the exact filter would keep. About 6 mm on
-/// Earth; the tree only visits a few more nodes for it.
-const CHORD_SLACK: f64 = 1e-9;
+pub const EARTH_RADIUS_M: f64 = sphere::EARTH_RADIUS_M;
 
 /// Every GeoNames place answers as a town would on Google.
 const TYPES: [&str; 2] = ["locality", "political"];
@@ -73,39 +66,6 @@ pub struct Place {
     /// that repeat an earlier row's, so that each place has its own id).
     pub place_id: String,
 }
-
-/// A place within the radius: how far, and where it is in the tree.
-///
-/// Hits order by distance, then by tree position: a total order, so that
-/// which of several equidistant places make the cut never depends on the
-/// path the search took.
-#[derive(Clone, Copy, Debug)]
-struct Hit {
-    distance_m: f64,
-    index: usize,
-}
-
-impl Ord for Hit {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.distance_m
-            .total_cmp(&other.distance_m)
-            .then(self.index.cmp(&other.index))
-    }
-}
-
-impl PartialOrd for Hit {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Hit {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-
-impl Eq for Hit {}
 
 impl GeoNames {
     /// Opens the embedded places. Reads only the blob's header.
@@ -161,70 +121,7 @@ impl GeoNames {
     /// even around Milan, with 876 places within 50 km, it measures only a
     /// few dozen.
     fn nearest(&self, lat: f64, lng: f64, radius_m: f64, limit: usize) -> Vec<Hit> {
-        if limit == 0 || radius_m.is_nan() || radius_m < 0.0 {
-            return Vec::new();
-        }
-        let query = unit_vector_deg(lat, lng);
-        // The best hits so far, worst on top.
-        let mut best: BinaryHeap<Hit> = BinaryHeap::new();
-        let mut bound_m = radius_m;
-        let mut reach = chord_reach(bound_m);
-
-        // Ranges of the implicit tree still to visit, each with a lower bound
-        // on the chord from the query to any place in it. The tree is about
-        // 18 levels deep and each level leaves at most one range pending.
-        let mut pending = Vec::with_capacity(64);
-        pending.push((0, self.len(), 0.0));
-        while let Some((lo, hi, lower_bound)) = pending.pop() {
-            if lo >= hi || lower_bound > reach {
-                continue;
-            }
-            let mid = lo + (hi - lo) / 2;
-            let (lat_e5, lon_e5) = self.coordinates_e5(mid);
-            let point = unit_vector(lat_e5, lon_e5);
-            // The chord test is a cheap filter; the haversine distance,
-            // computed as for any other caller, decides.
-            let chord_squared: f64 = (0..3).map(|i| (point[i] - query[i]).powi(2)).sum();
-            if chord_squared <= reach * reach {
-                let distance_m =
-                    haversine_m(lat, lng, e5_to_degrees(lat_e5), e5_to_degrees(lon_e5));
-                let hit = Hit {
-                    distance_m,
-                    index: mid,
-                };
-                if distance_m <= bound_m
-                    && best
-                        .peek()
-                        .is_none_or(|worst| best.len() < limit || hit < *worst)
-                {
-                    if best.len() == limit {
-                        best.pop();
-                    }
-                    best.push(hit);
-                    if best.len() == limit {
-                        let worst = best.peek().expect("limit > 0 hits are kept");
-                        bound_m = worst.distance_m;
-                        reach = chord_reach(bound_m);
-                    }
-                }
-            }
-            // Places before `mid` lie at or below its coordinate on its axis,
-            // so their chord to the query is at least `offset`; those after
-            // it at least `-offset`. Visit the query's side first, so that
-            // the bound shrinks early.
-            let axis = self.axis(mid);
-            let offset = query[axis] - point[axis];
-            let below = (lo, mid, lower_bound.max(offset));
-            let above = (mid + 1, hi, lower_bound.max(-offset));
-            let (near, far) = if offset <= 0.0 {
-                (below, above)
-            } else {
-                (above, below)
-            };
-            pending.push(far);
-            pending.push(near);
-        }
-        best.into_sorted_vec()
+        sphere::nearest(self, lat, lng, radius_m, limit)
     }
 
     fn place(&self, hit: Hit) -> Place {
@@ -298,6 +195,26 @@ impl Default for GeoNames {
     }
 }
 
+impl TreePoints for GeoNames {
+    fn len(&self) -> usize {
+        GeoNames::len(self)
+    }
+
+    fn unit_vector(&self, index: usize) -> [f64; 3] {
+        let (lat_e5, lon_e5) = self.coordinates_e5(index);
+        unit_vector(lat_e5, lon_e5)
+    }
+
+    fn degrees(&self, index: usize) -> (f64, f64) {
+        let (lat_e5, lon_e5) = self.coordinates_e5(index);
+        (e5_to_degrees(lat_e5), e5_to_degrees(lon_e5))
+    }
+
+    fn axis(&self, index: usize) -> usize {
+        GeoNames::axis(self, index)
+    }
+}
+
 impl std::fmt::Debug for GeoNames {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GeoNames")
@@ -326,6 +243,10 @@ impl Places for GeoNames {
         let places = self.search(query.lat, query.lng, query.radius_m, query.limit);
         Ok(answer(&places))
     }
+
+    fn answers_are_fixed(&self) -> bool {
+        true
+    }
 }
 
 /// The whole Nearby Search answer for `places`.
@@ -342,46 +263,10 @@ fn answer(places: &[Place]) -> Value {
     })
 }
 
-/// The chord, on the unit sphere, that a place within `radius_m` can be
-/// from the query point, plus the slack that absorbs rounding.
-fn chord_reach(radius_m: f64) -> f64 {
-    let angle = radius_m / EARTH_RADIUS_M;
-    let chord = if angle >= std::f64::consts::PI {
-        2.0
-    } else {
-        2.0 * (angle / 2.0).sin()
-    };
-    chord + CHORD_SLACK
-}
-
-/// Great-circle distance in metres between two points given in degrees, by
-/// the haversine formula, which stays accurate for short distances.
-fn haversine_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
-    let (phi1, phi2) = (lat1.to_radians(), lat2.to_radians());
-    // Across the antimeridian, take the short way round: 179.9 to -179.9 is
-    // 0.2 degrees, and computing it as such keeps its precision.
-    let mut delta_lng = lng2 - lng1;
-    if delta_lng > 180.0 {
-        delta_lng -= 360.0;
-    } else if delta_lng < -180.0 {
-        delta_lng += 360.0;
-    }
-    // hav(angle) = sin²(angle / 2), which rounding can push just past 1.
-    let hav = ((phi2 - phi1) / 2.0).sin().powi(2)
-        + phi1.cos() * phi2.cos() * (delta_lng.to_radians() / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * hav.clamp(0.0, 1.0).sqrt().asin()
-}
-
 /// The point on the unit sphere for a stored place. `build.rs` has the same
 /// function, so the tree's order holds for these vectors.
 fn unit_vector(lat_e5: i32, lon_e5: i32) -> [f64; 3] {
     unit_vector_deg(e5_to_degrees(lat_e5), e5_to_degrees(lon_e5))
-}
-
-fn unit_vector_deg(lat: f64, lng: f64) -> [f64; 3] {
-    let (sin_lat, cos_lat) = lat.to_radians().sin_cos();
-    let (sin_lng, cos_lng) = lng.to_radians().sin_cos();
-    [cos_lat * cos_lng, cos_lat * sin_lng, sin_lat]
 }
 
 /// Degrees from 1e-5 degrees. Dividing two exact values rounds once, so
@@ -440,6 +325,7 @@ fn to_usize(n: u32) -> usize {
 mod tests {
     use super::*;
     use crate::places::json::to_styled_string;
+    use crate::places::sphere::haversine_m;
 
     /// A small deterministic generator (splitmix64), so that failures repeat.
     struct Rng(u64);
