@@ -46,12 +46,14 @@ fn catching_up_after_a_restart_sends_only_what_was_missed() {
     let last = herd.client("Hill").iamat("bulk-last", "+1+1");
     herd.await_everywhere(ALL, "bulk-last", &last);
     // Let both of Campbell's incoming links drain, so its cursors cover
-    // the bulk: a report sent after it has arrived over each of them.
-    let fence = herd.client("Hill").iamat("fence", "+1+1");
-    eventually("the fence to reach Campbell over both links", || {
+    // the bulk: a report made at each neighbour after it has arrived over
+    // that neighbour's link.
+    let fence_smith = herd.client("Smith").iamat("fence-smith", "+1+1");
+    let fence_singleton = herd.client("Singleton").iamat("fence-singleton", "+1+1");
+    eventually("the fences to reach Campbell over both links", || {
         let log = herd.log("Campbell");
-        log.contains(&format!("received from Smith: {fence}"))
-            && log.contains(&format!("received from Singleton: {fence}"))
+        log.contains(&format!("received from Smith: {fence_smith}"))
+            && log.contains(&format!("received from Singleton: {fence_singleton}"))
     });
     herd.kill("Campbell");
     let missed: Vec<String> = (0..3)
