@@ -388,6 +388,21 @@ for row in rows:
             cells.append(cell)
         print("| %s | %s | %s | %s | %s |" % (row, metric, " | ".join(cells),
               ratio(med["herd"], med["asyncio"]), ratio(med["herd"], med["node"])))
+if int(runs) > 1:
+    print()
+    print("<details><summary>every run</summary>")
+    print()
+    print("| load | metric | herd | asyncio | node | loopback limit |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        for (r, metric) in values:
+            if r != row:
+                continue
+            cells = [" / ".join(show(v) for v in values[(row, metric)].get(c, [])) or "—"
+                     for c in cols]
+            print("| %s | %s | %s |" % (row, metric, " | ".join(cells)))
+    print()
+    print("</details>")
 print()
 print("Medians of %s run(s) each; every run starts the contender afresh. Throughput ratios" % runs)
 print("above 1 favour herd, latency ratios below 1 favour herd. Open-loop latency is counted")

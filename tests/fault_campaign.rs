@@ -310,6 +310,8 @@ struct LoadOutcome {
     clients: HashMap<String, ClientRecord>,
     acknowledged: u64,
     unanswered: u64,
+    /// Reports not sent: no connection (their server was down).
+    refused: u64,
     /// Replies that are wrong in themselves (not an AT line for the report).
     anomalies: Vec<String>,
 }
@@ -417,11 +419,13 @@ fn load_thread(
         let ready: Vec<usize> = (0..servers.len())
             .filter(|&s| avoid_until[s] <= now)
             .collect();
-        let s = if ready.is_empty() {
-            rng.below(servers.len() as u64) as usize
-        } else {
-            ready[rng.below(ready.len() as u64) as usize]
-        };
+        if ready.is_empty() {
+            // All down (a herd kill): wait for the first to be worth a try.
+            let first = avoid_until.iter().min().copied().unwrap_or(now);
+            std::thread::sleep(first.saturating_duration_since(now));
+            continue;
+        }
+        let s = ready[rng.below(ready.len() as u64) as usize];
         let (name, address) = &servers[s];
         let location = format!(
             "{:+}.{:06}{:+}.{:06}",
@@ -438,18 +442,26 @@ fn load_thread(
             location: location.clone(),
         };
         let line = format!("IAMAT {id} {location} {time_text}");
-        let reply = match connections[s].take() {
+        let connection = match connections[s].take() {
             Some(connection) => Ok(connection),
             None => Connection::open(*address, REPLY_TIME),
-        }
-        .and_then(|mut connection| {
-            let reply = connection.request(&line)?;
-            connections[s] = Some(connection);
-            Ok(reply)
+        };
+        let reply = connection.map(|mut connection| {
+            let reply = connection.request(&line);
+            if reply.is_ok() {
+                connections[s] = Some(connection);
+            }
+            reply
         });
         let record = outcome.clients.entry(id.clone()).or_default();
         match reply {
-            Ok(at) => {
+            Err(_) => {
+                // Not connected, so not sent: the server is down.
+                outcome.refused += 1;
+                avoid_for[s] = (avoid_for[s] * 2).clamp(AVOID_FIRST, AVOID_MAX);
+                avoid_until[s] = Instant::now() + avoid_for[s];
+            }
+            Ok(Ok(at)) => {
                 let fields: Vec<&str> = at.split(' ').collect();
                 let good = matches!(fields[..], ["AT", server, _skew, client, loc, time]
                     if server == name && client == id && loc == location && time == time_text);
@@ -464,7 +476,7 @@ fn load_thread(
                         .push(format!("{name} answered {line:?} with {at:?}"));
                 }
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 // Nothing was promised, but the server may have stored it.
                 outcome.unanswered += 1;
                 record.unanswered.push(sent);
@@ -544,7 +556,7 @@ fn judge(names: &[String], clients: &HashMap<String, ClientRecord>, held: &Surve
     for id in ids {
         let record = &clients[id];
         let lines = &held[id];
-        let mut lost_at = Vec::new();
+        let mut lost_at: Vec<(&str, String)> = Vec::new();
         for (name, line) in names.iter().zip(lines) {
             let line = match line {
                 Err(error) => {
@@ -553,7 +565,7 @@ fn judge(names: &[String], clients: &HashMap<String, ClientRecord>, held: &Surve
                 }
                 Ok(None) => {
                     if record.newest_ack.is_some() {
-                        lost_at.push(format!("{name} does not know {id}"));
+                        lost_at.push((name, "nothing (`?`)".to_owned()));
                     }
                     continue;
                 }
@@ -568,13 +580,12 @@ fn judge(names: &[String], clients: &HashMap<String, ClientRecord>, held: &Surve
             };
             let time_nanos = nanos(time).unwrap_or(0);
             match &record.newest_ack {
-                Some((acked, acked_line)) if time_nanos < *acked => lost_at.push(format!(
-                    "{name} holds {line:?}, older than the acknowledged {acked_line:?}"
-                )),
-                Some((acked, acked_line)) if time_nanos == *acked && line != acked_line => lost_at
-                    .push(format!(
-                        "{name} holds {line:?}, not the acknowledged {acked_line:?}"
-                    )),
+                Some((acked, _)) if time_nanos < *acked => {
+                    lost_at.push((name, format!("the older {line:?}")))
+                }
+                Some((acked, acked_line)) if time_nanos == *acked && line != acked_line => {
+                    lost_at.push((name, format!("another line {line:?}")))
+                }
                 Some((acked, _)) if time_nanos == *acked => {}
                 _ => {
                     // Newer than anything acknowledged: it must be a report
@@ -593,8 +604,23 @@ fn judge(names: &[String], clients: &HashMap<String, ClientRecord>, held: &Surve
                 }
             }
         }
-        if !lost_at.is_empty() {
-            verdict.lost.push(format!("{id}: {}", lost_at.join("; ")));
+        if let (false, Some((_, acked_line))) = (lost_at.is_empty(), &record.newest_ack) {
+            // Grouped by what is held instead, since it is often the same.
+            let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+            for (name, holding) in lost_at {
+                match groups.iter_mut().find(|(h, _)| *h == holding) {
+                    Some((_, names)) => names.push(name),
+                    None => groups.push((holding, vec![name])),
+                }
+            }
+            let groups: Vec<String> = groups
+                .into_iter()
+                .map(|(holding, names)| format!("{} hold {holding}", names.join(", ")))
+                .collect();
+            verdict.lost.push(format!(
+                "{id}: acknowledged {acked_line:?}, but {}",
+                groups.join("; ")
+            ));
         }
         let answers: Vec<&Option<String>> = lines.iter().filter_map(|l| l.as_ref().ok()).collect();
         if answers.windows(2).any(|w| w[0] != w[1]) {
@@ -814,6 +840,8 @@ impl Campaign {
 fn the_herd_survives_a_seeded_fault_campaign() {
     let settings = settings();
     let mut campaign = Campaign::start();
+    // Until the check passes, the herd's folder is kept for a post-mortem.
+    campaign.herd.dir.disable_cleanup(true);
     let names = campaign.names.clone();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let events = plan(
@@ -867,11 +895,12 @@ fn the_herd_survives_a_seeded_fault_campaign() {
         outcome.clients.extend(part.clients);
         outcome.acknowledged += part.acknowledged;
         outcome.unanswered += part.unanswered;
+        outcome.refused += part.refused;
         outcome.anomalies.extend(part.anomalies);
     }
     campaign.journal.note(&format!(
-        "load stopped: {} acknowledged, {} unanswered",
-        outcome.acknowledged, outcome.unanswered
+        "load stopped: {} acknowledged, {} unanswered, {} not sent (server down)",
+        outcome.acknowledged, outcome.unanswered, outcome.refused
     ));
     let servers = campaign.servers();
     let mut clients: Vec<String> = outcome.clients.keys().cloned().collect();
@@ -936,13 +965,14 @@ fn the_herd_survives_a_seeded_fault_campaign() {
         }
     }
     if failed || settings.keep {
-        campaign.herd.dir.disable_cleanup(true);
         let _ = writeln!(
             report,
             "kept the herd folder (configs, logs/, data/, campaign.txt): {}",
             campaign.herd.dir.path().display()
         );
     }
+    // Kept unless all went well (a panic on the way keeps it too).
+    campaign.herd.dir.disable_cleanup(failed || settings.keep);
     println!("{summary}");
     if !report.is_empty() {
         println!("{report}");

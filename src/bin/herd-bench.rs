@@ -12,7 +12,9 @@
 //!     herd-bench iamat --addr 127.0.0.1:12000 --conns 32 --rate 5000 --duration 10
 //!     herd-bench whatsat --addr 127.0.0.1:12000 --radius 10 --bound 5 --duration 10
 //!     herd-bench propagate --from 127.0.0.1:12000 --to 127.0.0.1:12003 --samples 200
-//!     herd-bench conns --addr 127.0.0.1:12000 --idle 5000
+//!     herd-bench conns --addr 127.0.0.1:12000 --idle 20000 --pid "$SERVER_PID"
+//!     herd-bench fill --addr 127.0.0.1:12000 --clients 1000000 --pid "$SERVER_PID"
+//!     herd-bench startup --addr 127.0.0.1:12000 --launches 10 -- herd serve Hill
 //!
 //! Every run stops by itself; `--json` prints one JSON object instead of a
 //! table; the exit status is non-zero when any reply was invalid, missing,
@@ -22,14 +24,20 @@
 mod conns;
 #[path = "herd_bench/echo.rs"]
 mod echo;
+#[path = "herd_bench/fill.rs"]
+mod fill;
 #[path = "herd_bench/line.rs"]
 mod line;
 #[path = "herd_bench/load.rs"]
 mod load;
+#[path = "herd_bench/process.rs"]
+mod process;
 #[path = "herd_bench/propagate.rs"]
 mod propagate;
 #[path = "herd_bench/reply.rs"]
 mod reply;
+#[path = "herd_bench/startup.rs"]
+mod startup;
 #[path = "herd_bench/stats.rs"]
 mod stats;
 
@@ -72,7 +80,8 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         bound: u32,
     },
-    /// Propagation latency: IAMAT at one server, WHATSAT at others until they show it.
+    /// Propagation latency: IAMAT at one server, pipelined WHATSATs at
+    /// others until they show it (the IAMAT round trip is reported alongside).
     Propagate {
         /// The server that receives the IAMAT.
         #[arg(long)]
@@ -89,6 +98,16 @@ enum Command {
         /// Seconds one update may take to reach every target.
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
+        /// WHATSAT polls kept in flight back to back at each target.
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
+        /// The radius the polls ask for, in kilometres as sent (small, so
+        /// that the places lookup costs little).
+        #[arg(long, default_value = "0.001")]
+        radius: String,
+        /// Milliseconds between one sample's end and the next (light load).
+        #[arg(long, default_value_t = 5.0)]
+        pause_ms: f64,
     },
     /// Probe latency while the server holds many idle connections.
     Conns {
@@ -103,6 +122,69 @@ enum Command {
         /// Seconds to keep holding them after the probe, before checking they are still open.
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
+        /// Idle connections opened from each loopback source address
+        /// (127.0.0.2, 127.0.0.3, ...), as from many clients; 0: all from one.
+        #[arg(long, default_value_t = 500)]
+        per_source: usize,
+        /// The server's PID, to report its memory and open files from /proc.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Report many distinct clients (one IAMAT each) as fast as the server
+    /// takes them; then the server's memory (with --pid).
+    Fill {
+        #[arg(long)]
+        addr: String,
+        /// Distinct client ids to report.
+        #[arg(long, default_value_t = 1_000_000)]
+        clients: u64,
+        #[arg(long, default_value_t = 8)]
+        conns: usize,
+        /// IAMATs sent together per connection before reading their replies.
+        #[arg(long, default_value_t = 256)]
+        depth: usize,
+        /// The server's PID, to report its memory from /proc.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Seconds to wait after the last reply before reading the memory again.
+        #[arg(long, default_value_t = 1.0)]
+        settle: f64,
+    },
+    /// Start-up time: launch a server command again and again; time until
+    /// its client port accepts, until it answers an IAMAT, and its exit
+    /// after SIGTERM.
+    Startup {
+        /// The client address the launched server listens on.
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 10)]
+        launches: usize,
+        /// Microseconds between connection attempts.
+        #[arg(long, default_value_t = 200)]
+        poll_us: u64,
+        /// Seconds one launch may take to accept, to answer, or to exit.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// Milliseconds between one launch's exit and the next launch.
+        #[arg(long, default_value_t = 100.0)]
+        pause_ms: f64,
+        /// The server command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Helper of `conns`: holds idle connections until standard input ends.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        per_source: usize,
+        #[arg(long, default_value_t = 5.0)]
+        connect_timeout: f64,
     },
     /// A trivial IAMAT line server: the loopback limit to compare against.
     #[command(hide = true)]
@@ -123,11 +205,12 @@ struct LoadArgs {
     /// Connections, each with its own client id.
     #[arg(long, default_value_t = 16)]
     conns: usize,
-    /// Requests in flight per connection (closed loop).
+    /// Requests in flight per connection (closed loop; ignored with --rate).
     #[arg(long, default_value_t = 1)]
     depth: usize,
-    /// Open loop: requests per second across all connections, latency
-    /// counted from each request's intended send time.
+    /// Open loop: requests per second across all connections, sent on
+    /// schedule whatever the replies do; latency is counted from each
+    /// request's intended send time (no coordinated omission).
     #[arg(long)]
     rate: Option<f64>,
     /// Seconds measured.
@@ -214,6 +297,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             samples,
             warmup,
             timeout,
+            depth,
+            radius,
+            pause_ms,
         } => {
             let config = propagate::PropagateConfig {
                 from: resolve(&from)?,
@@ -225,6 +311,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 warmup,
                 timeout: seconds(timeout, "--timeout")?,
                 connect_timeout: CONNECT_TIMEOUT,
+                depth,
+                radius_km: radius,
+                pause: seconds(pause_ms / 1000.0, "--pause-ms")?,
             };
             let report = propagate::run(config).await?;
             (report.ok(), report.to_json(), report.to_table())
@@ -234,6 +323,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             idle,
             samples,
             hold,
+            per_source,
+            pid,
         } => {
             let config = conns::ConnsConfig {
                 addr: resolve(&addr)?,
@@ -242,9 +333,71 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 hold: seconds(hold, "--hold")?,
                 timeout: Duration::from_secs(10),
                 connect_timeout: CONNECT_TIMEOUT,
+                per_source,
+                pid,
             };
             let report = conns::run(config).await?;
             (report.ok(), report.to_json(), report.to_table())
+        }
+        Command::Fill {
+            addr,
+            clients,
+            conns,
+            depth,
+            pid,
+            settle,
+        } => {
+            let config = fill::FillConfig {
+                addr: resolve(&addr)?,
+                clients,
+                conns,
+                depth,
+                pid,
+                settle: seconds(settle, "--settle")?,
+                timeout: Duration::from_secs(30),
+                connect_timeout: CONNECT_TIMEOUT,
+            };
+            let report = fill::run(config).await?;
+            (report.ok(), report.to_json(), report.to_table())
+        }
+        Command::Startup {
+            addr,
+            launches,
+            poll_us,
+            timeout,
+            pause_ms,
+            command,
+        } => {
+            let config = startup::StartupConfig {
+                addr: resolve(&addr)?,
+                launches,
+                command,
+                poll: Duration::from_micros(poll_us),
+                timeout: seconds(timeout, "--timeout")?,
+                pause: seconds(pause_ms / 1000.0, "--pause-ms")?,
+            };
+            // Blocking on purpose: nothing else runs meanwhile, and plain
+            // threads sleep more precisely than the runtime's timer.
+            let report = startup::run(config)?;
+            (report.ok(), report.to_json(), report.to_table())
+        }
+        Command::Hold {
+            addr,
+            first,
+            count,
+            per_source,
+            connect_timeout,
+        } => {
+            conns::hold(
+                resolve(&addr)?,
+                first,
+                count,
+                per_source,
+                seconds(connect_timeout, "--connect-timeout")?,
+                Duration::from_secs(3600),
+            )
+            .await?;
+            return Ok(true);
         }
         Command::EchoServer { addr, max_run } => {
             resolve(&addr)?;

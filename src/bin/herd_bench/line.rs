@@ -2,12 +2,13 @@
 //! the idle-connection probe), and the address and clock helpers the
 //! subcommands share.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::reply::{Kind, reply_end};
 
@@ -41,12 +42,48 @@ pub fn run_id() -> String {
 
 /// Connects with a timeout and turns Nagle off (requests are small).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    connect_from(addr, None, timeout).await
+}
+
+/// Connects from a given local address (`None`: the system picks), with a
+/// timeout, and turns Nagle off.
+pub async fn connect_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> anyhow::Result<TcpStream> {
+    let connecting = async {
+        match source {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = match addr {
+                    SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => TcpSocket::new_v6()?,
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+        }
+    };
+    let stream = tokio::time::timeout(timeout, connecting)
         .await
         .with_context(|| format!("connecting to {addr}: timed out"))?
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// The local address to open connection `index` from when connections are
+/// spread `per_source` to an address over the loopback range (127.0.0.2,
+/// 127.0.0.3, ...), so that a server's per-address connection limit sees
+/// many clients, as it would in the field. `None`: no spreading.
+pub fn spread_source(addr: SocketAddr, index: usize, per_source: usize) -> Option<IpAddr> {
+    if per_source == 0 || !addr.ip().is_loopback() || !addr.is_ipv4() {
+        return None;
+    }
+    // 127.0.0.2 upwards, wrapping within 127.0.0.0/8 far beyond any real need.
+    let host = u32::try_from(index / per_source).unwrap_or(u32::MAX) % 0x00ff_fff0 + 2;
+    Some(IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | host)))
 }
 
 /// A connection that sends one request and reads its whole reply.
@@ -85,6 +122,28 @@ impl LineConn {
             }
         };
         tokio::time::timeout(timeout, exchange)
+            .await
+            .context("no reply in time")?
+    }
+
+    /// Writes `requests` whole (pipelined: replies are read with `reply`).
+    pub async fn send(&mut self, requests: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(requests).await.context("writing")
+    }
+
+    /// The next whole reply, terminator included, waiting until `deadline`.
+    pub async fn reply(&mut self, kind: Kind, deadline: Instant) -> anyhow::Result<Vec<u8>> {
+        let reading = async {
+            loop {
+                if let Some(len) = reply_end(&self.buf, kind, &mut self.scanned) {
+                    return Ok(self.buf.drain(..len).collect());
+                }
+                if self.stream.read_buf(&mut self.buf).await? == 0 {
+                    bail!("the server closed the connection before replying");
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, reading)
             .await
             .context("no reply in time")?
     }

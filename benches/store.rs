@@ -1,0 +1,165 @@
+//! What the store costs per report: keeping a new or newer location,
+//! turning away one that is not newer, looking a client up for WHATSAT, and
+//! reading batches of the sequence for a neighbour (`Store::since`).
+//!
+//! Run with `cargo bench --bench store`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use herd::protocol::Location;
+use herd::store::{Report, Source, Store};
+use herd::time::Timestamp;
+
+/// Clients in the stores that updates, lookups and scans run against.
+const CLIENTS: usize = 100_000;
+/// Reports per `since` call, as the flood asks for them.
+const BATCH: usize = 256;
+
+fn client_id(i: usize) -> String {
+    format!("client-{i}.example.org")
+}
+
+/// The report of client `i` at client time `secs` (as a server that got it
+/// from a client would store it).
+fn report(i: usize, secs: u64) -> Report {
+    let lat = 34.0 + (i % 1000) as f64 / 1000.0;
+    let lng = -118.0 - (i / 1000 % 1000) as f64 / 1000.0;
+    let at_line = format!(
+        "AT Hill +0.000412507 {} {lat:+.6}{lng:+.6} {secs}.959498503",
+        client_id(i)
+    );
+    Report::new(
+        Bytes::from(at_line),
+        Timestamp::new(secs, 959_498_503).expect("nanos below a second"),
+        Location { lat, lng },
+    )
+}
+
+/// A store holding `CLIENTS` clients, every other one from neighbour 0.
+fn filled() -> Store {
+    let store = Store::new();
+    for i in 0..CLIENTS {
+        let source = if i % 2 == 0 {
+            Source::Client
+        } else {
+            Source::Neighbour(0)
+        };
+        assert!(store.update(report(i, 1_000), source).is_some());
+    }
+    assert_eq!(store.len(), CLIENTS);
+    store
+}
+
+/// Times `store.update` over `reports`, which are built beforehand so that
+/// only the store's work is counted.
+fn time_updates(store: &Store, reports: Vec<Report>, expect_newer: bool) -> Duration {
+    let start = Instant::now();
+    for report in reports {
+        let newer = store.update(black_box(report), Source::Client).is_some();
+        debug_assert_eq!(newer, expect_newer);
+    }
+    start.elapsed()
+}
+
+fn update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("Store::update");
+
+    // New clients into a store that starts empty for each sample and grows
+    // to the sample's size, as a server filling up from nothing does.
+    group.bench_function("new client", |b| {
+        b.iter_custom(|iters| {
+            let store = Store::new();
+            let reports = (0..iters as usize).map(|i| report(i, 1_000)).collect();
+            time_updates(&store, reports, true)
+        })
+    });
+
+    let store = filled();
+    // Each round moves every client's time one second on, so each report is
+    // newer than the one held, whichever sample it falls in.
+    let mut next = 0usize;
+    group.bench_function(format!("existing client, newer ({CLIENTS} clients)"), |b| {
+        b.iter_custom(|iters| {
+            let reports = (0..iters as usize)
+                .map(|k| {
+                    let n = next + k;
+                    report(n % CLIENTS, 1_001 + (n / CLIENTS) as u64)
+                })
+                .collect();
+            next += iters as usize;
+            time_updates(&store, reports, true)
+        })
+    });
+
+    // The report every server gets back from its other neighbours during a
+    // flood: equal time, not newer, changes nothing.
+    let stale: Vec<Report> = (0..CLIENTS).map(|i| report(i, 1_000)).collect();
+    group.bench_function(format!("existing client, not newer ({CLIENTS} clients)"), |b| {
+        b.iter_custom(|iters| {
+            let reports = (0..iters as usize)
+                .map(|k| stale[k % CLIENTS].clone())
+                .collect();
+            time_updates(&store, reports, false)
+        })
+    });
+    group.finish();
+}
+
+fn get(c: &mut Criterion) {
+    let mut group = c.benchmark_group("Store::get");
+    let store = filled();
+    let ids: Vec<Vec<u8>> = (0..CLIENTS)
+        // A stride that visits the clients out of insertion order.
+        .map(|k| client_id(k * 7919 % CLIENTS).into_bytes())
+        .collect();
+    let mut k = 0;
+    group.bench_function(format!("known client ({CLIENTS} clients)"), |b| {
+        b.iter(|| {
+            k = (k + 1) % CLIENTS;
+            store.get(black_box(&ids[k])).expect("every id is stored")
+        })
+    });
+    group.bench_function(format!("unknown client ({CLIENTS} clients)"), |b| {
+        b.iter(|| store.get(black_box(b"nobody.example.org")))
+    });
+    group.finish();
+}
+
+fn since(c: &mut Criterion) {
+    let mut group = c.benchmark_group("Store::since");
+    let store = filled();
+    let head = store.head();
+    let mut out = Vec::with_capacity(BATCH);
+    // Catch-up of a neighbour that has nothing: the first batch.
+    group.bench_function(format!("first batch of {BATCH} from {CLIENTS}"), |b| {
+        b.iter(|| {
+            out.clear();
+            store.since(black_box(0), None, BATCH, &mut out);
+            assert_eq!(out.len(), BATCH);
+        })
+    });
+    // Live flooding: a neighbour a few reports behind the head.
+    group.bench_function("last 16 reports", |b| {
+        b.iter(|| {
+            out.clear();
+            let reached = store.since(black_box(head - 16), None, BATCH, &mut out);
+            assert_eq!((out.len(), reached), (16, head));
+        })
+    });
+    // Streaming to neighbour 0, which sent every other report: those are
+    // left out, so a batch scans twice as many entries.
+    group.bench_function(format!("batch of {BATCH} leaving out a neighbour's half"), |b| {
+        b.iter(|| {
+            out.clear();
+            store.since(black_box(head / 2), Some((0, 0)), BATCH, &mut out);
+            assert_eq!(out.len(), BATCH);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, update, get, since);
+criterion_main!(benches);

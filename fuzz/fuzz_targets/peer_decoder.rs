@@ -1,0 +1,157 @@
+//! Fuzz target: the peer protocol decoders (SPEC §6, `herd::flood`).
+//!
+//! The input is treated as a frame payload as `receive_frames` treats it:
+//! split at `\n`, empty lines skipped, each line a payload line
+//! (`U <seq> <AT line>` or `C <seq>`). Each line also goes through the
+//! handshake parser (`HERD-HELLO ...`) and the AT-line checker on its own.
+//! Besides "never panics", it checks that whatever is accepted is
+//! well-formed and means what its text says. See `fuzz/README.md`.
+
+#![no_main]
+
+use bytes::Bytes;
+use herd::flood::{PayloadLine, parse_hello, parse_payload_line};
+use herd::protocol::{Request, is_separator, parse_at_line, parse_request};
+use herd::server::report_from_at_line;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        check_payload_line(line);
+        check_at_line(line);
+        match std::str::from_utf8(line) {
+            Ok(text) => check_hello(text),
+            Err(_) => check_hello(&String::from_utf8_lossy(line)),
+        }
+    }
+    // The whole input as one line too (it may hold `\n`s, which a payload
+    // line never does: they must be refused, never stored).
+    check_at_line(data);
+    let _ = parse_payload_line(data);
+});
+
+fn is_sub_slice(whole: &[u8], part: &[u8]) -> bool {
+    let start = whole.as_ptr() as usize;
+    let p = part.as_ptr() as usize;
+    p >= start && p + part.len() <= start + whole.len()
+}
+
+fn check_payload_line(line: &[u8]) {
+    let Some(parsed) = parse_payload_line(line) else {
+        return;
+    };
+    let (kind, rest) = line.split_at(2);
+    let space = rest.iter().position(|&b| b == b' ');
+    let seq_text = &rest[..space.unwrap_or(rest.len())];
+    let seq_value: Option<u64> = std::str::from_utf8(seq_text)
+        .ok()
+        .and_then(|s| s.parse().ok());
+    match parsed {
+        PayloadLine::Complete { seq } => {
+            assert_eq!(kind, b"C ");
+            // Nothing after the number. (herd also takes one trailing
+            // space, `C 12 `, which its sender never writes: harmless.)
+            assert!(
+                space.is_none_or(|i| i + 1 == rest.len()),
+                "C line with more than a number"
+            );
+            assert_eq!(seq_value, Some(seq));
+            // What the sender writes parses back the same.
+            let again = format!("C {seq}");
+            assert_eq!(
+                parse_payload_line(again.as_bytes()),
+                Some(PayloadLine::Complete { seq })
+            );
+        }
+        PayloadLine::Update { seq, at_line } => {
+            assert_eq!(kind, b"U ");
+            assert_eq!(seq_value, Some(seq));
+            // The AT line is the rest of the input, kept as is.
+            assert!(is_sub_slice(line, at_line));
+            assert_eq!(at_line, &rest[space.expect("U line has an AT line") + 1..]);
+            assert!(parse_at_line(at_line).is_some());
+            let mut again = format!("U {seq} ").into_bytes();
+            again.extend_from_slice(at_line);
+            assert_eq!(
+                parse_payload_line(&again),
+                Some(PayloadLine::Update { seq, at_line })
+            );
+            // And the server can build a report from it.
+            let report = report_from_at_line(Bytes::copy_from_slice(at_line))
+                .expect("an accepted update makes a report");
+            assert_eq!(&report.at_line[..], at_line);
+        }
+    }
+}
+
+/// An AT line accepted from a neighbour is one that a client's valid IAMAT
+/// could have produced: same client id, location and time.
+fn check_at_line(line: &[u8]) {
+    let Some(at) = parse_at_line(line) else {
+        return;
+    };
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    assert_eq!(parts.len(), 6);
+    assert_eq!(parts[0], b"AT");
+    assert!(is_sub_slice(line, at.server) && at.server == parts[1]);
+    assert!(is_sub_slice(line, at.client_id) && at.client_id == parts[3]);
+    for field in [at.server, at.client_id] {
+        assert!(!field.is_empty());
+        assert!(!field.iter().any(|&b| is_separator(b) || b == b'\n'));
+    }
+    assert!(
+        !line.contains(&b'\n'),
+        "an AT line holding a newline was accepted"
+    );
+    assert!((-90.0..=90.0).contains(&at.location.lat));
+    assert!((-180.0..=180.0).contains(&at.location.lng));
+
+    let mut iamat = b"IAMAT ".to_vec();
+    iamat.extend_from_slice(parts[3]);
+    iamat.push(b' ');
+    iamat.extend_from_slice(parts[4]);
+    iamat.push(b' ');
+    iamat.extend_from_slice(parts[5]);
+    let Ok(Request::Iamat(client)) = parse_request(&iamat) else {
+        panic!("an AT line no IAMAT could produce was accepted: {line:?}");
+    };
+    assert_eq!(client.client_id, at.client_id);
+    assert_eq!(client.location, at.location);
+    assert_eq!(client.client_time, at.client_time);
+}
+
+fn check_hello(line: &str) {
+    let Some(hello) = parse_hello(line) else {
+        return;
+    };
+    let parts: Vec<&str> = line.split(' ').collect();
+    assert_eq!(parts.len(), 6);
+    assert_eq!(parts[0], "HERD-HELLO");
+    assert_eq!(
+        (hello.from, hello.to, hello.run_text),
+        (parts[1], parts[2], parts[3])
+    );
+    assert_eq!(hello.run_text.parse::<u64>().ok(), Some(hello.run));
+    assert_eq!(hello.nonce.len(), 16);
+    assert_eq!(hello.tag.len(), 32);
+    // What the dialler writes (lowercase hex, run id in decimal) parses back
+    // to the same hello.
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let again = format!(
+        "HERD-HELLO {} {} {} {} {}",
+        hello.from,
+        hello.to,
+        hello.run,
+        hex(&hello.nonce),
+        hex(&hello.tag)
+    );
+    let back = parse_hello(&again).expect("a re-encoded hello parses");
+    assert_eq!(
+        (back.from, back.to, back.run),
+        (hello.from, hello.to, hello.run)
+    );
+    assert_eq!(
+        (back.nonce, back.tag),
+        (hello.nonce.clone(), hello.tag.clone())
+    );
+}
