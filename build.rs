@@ -27,6 +27,9 @@
 //! `mid = lo + (hi - lo) / 2`, with `lo..mid` on or below its coordinate
 //! along its axis and `mid + 1..hi` on or above it.
 
+#[path = "src/places/kdtree_build.rs"]
+mod kdtree_build;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -56,6 +59,7 @@ fn main() {
     let csv_path = Path::new(&manifest_dir).join(CSV_PATH);
     println!("cargo::rerun-if-changed={CSV_PATH}");
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=src/places/kdtree_build.rs");
 
     let text = std::fs::read_to_string(&csv_path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", csv_path.display()));
@@ -196,7 +200,7 @@ fn build_blob(rows: &[Row]) -> Vec<u8> {
         .collect();
     let mut order: Vec<usize> = (0..rows.len()).collect();
     let mut axes = vec![0u8; rows.len()];
-    build_tree(&mut order, 0, &points, &mut axes);
+    kdtree_build::build_tree(&mut order, &points, &mut axes);
 
     // Occurrence numbers for rows that repeat an earlier row's identity, so
     // that every place gets its own place_id. Counted in CSV order, so the
@@ -264,37 +268,3 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).expect("the places data is far below 4 GiB")
 }
 
-/// Arranges `items` (row indices) in place as an implicit k-d tree and
-/// records each node's axis at its position in `axes`.
-///
-/// Each node splits on the axis along which its points spread widest: cities
-/// lie on a curved surface in clusters, so cycling x, y, z would waste levels
-/// on an axis that barely varies locally. Ties in a coordinate are broken by
-/// row index, a total order, so the layout depends only on the data, and
-/// places at the same point keep their CSV order (the query's tie-break).
-fn build_tree(items: &mut [usize], offset: usize, points: &[[f64; 3]], axes: &mut [u8]) {
-    if items.is_empty() {
-        return;
-    }
-    let spreads = [0, 1, 2].map(|axis| spread(items, points, axis));
-    let axis = (0..3)
-        .max_by(|&a, &b| spreads[a].total_cmp(&spreads[b]))
-        .expect("three axes to choose from");
-    let mid = items.len() / 2;
-    items.select_nth_unstable_by(mid, |&a, &b| {
-        points[a][axis].total_cmp(&points[b][axis]).then(a.cmp(&b))
-    });
-    axes[offset + mid] = u8::try_from(axis).expect("axis < 3");
-    let (left, rest) = items.split_at_mut(mid);
-    build_tree(left, offset, points, axes);
-    build_tree(&mut rest[1..], offset + mid + 1, points, axes);
-}
-
-fn spread(items: &[usize], points: &[[f64; 3]], axis: usize) -> f64 {
-    let (min, max) = items
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(min, max), &i| {
-            (min.min(points[i][axis]), max.max(points[i][axis]))
-        });
-    max - min
-}

@@ -85,7 +85,7 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5eed_0f_c4a0_5eed)
+        Rng(seed ^ 0x005e_ed0f_c4a0_5eed)
     }
 
     fn next(&mut self) -> u64 {

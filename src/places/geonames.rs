@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::sphere::{self, Hit, TreePoints, unit_vector_deg};
+use super::sphere::{self, Hit, TreePoints, i32_at, to_usize, u32_at, unit_vector_deg};
 use super::{NearbyQuery, Places, PlacesError};
 
 /// Written by `build.rs`.
@@ -309,17 +309,6 @@ fn base64url(bytes: &[u8]) -> String {
     out
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
-}
-
-fn i32_at(bytes: &[u8], at: usize) -> i32 {
-    i32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
-}
-
-fn to_usize(n: u32) -> usize {
-    usize::try_from(n).expect("usize is at least 32 bits on every supported target")
-}
 
 #[cfg(test)]
 mod tests {

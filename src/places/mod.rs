@@ -23,6 +23,7 @@ pub mod geonames;
 pub mod google;
 pub mod google_new;
 pub mod json;
+mod kdtree_build;
 pub mod osm;
 pub mod osm_import;
 pub mod remote;

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use super::sphere::{self, TreePoints, unit_vector_deg};
+use super::sphere::{self, TreePoints, i32_at, to_usize, u32_at, unit_vector_deg};
 use super::{NearbyQuery, Places, PlacesError};
 
 /// Identifies the format and its version.
@@ -480,17 +480,6 @@ pub fn e7_to_degrees(e7: i32) -> f64 {
     f64::from(e7) / 1e7
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
-}
-
-fn i32_at(bytes: &[u8], at: usize) -> i32 {
-    i32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
-}
-
-fn to_usize(n: u32) -> usize {
-    usize::try_from(n).expect("usize is at least 32 bits on every supported target")
-}
 
 #[cfg(test)]
 mod tests {

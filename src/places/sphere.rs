@@ -5,8 +5,8 @@
 //! A tree is a sequence of points in which the node of the index range
 //! `lo..hi` is `mid = lo + (hi - lo) / 2`, with `lo..mid` on or below its
 //! coordinate along its axis and `mid + 1..hi` on or above it. `build.rs`
-//! lays out the embedded GeoNames tree; [`build_tree`] does the same at run
-//! time for `herd places import`. Distances are great-circle distances; the
+//! lays out the embedded GeoNames tree and `herd places import` an
+//! OpenStreetMap one, both with `kdtree_build::build_tree`. Distances are great-circle distances; the
 //! tree prunes with chord lengths, which grow with the great-circle angle, so
 //! poles and the antimeridian are not special cases.
 
@@ -143,45 +143,7 @@ pub(crate) fn nearest<T: TreePoints + ?Sized>(
     best.into_sorted_vec()
 }
 
-/// Arranges `items` (indices into `points`) in place as an implicit k-d tree
-/// and records each node's axis at its position in `axes` (which is as long
-/// as `items`).
-///
-/// Each node splits on the axis along which its points spread widest: places
-/// lie on a curved surface in clusters, so cycling x, y, z would waste levels
-/// on an axis that barely varies locally. Ties in a coordinate are broken by
-/// index, a total order, so the layout depends only on the data. `build.rs`
-/// builds the GeoNames tree the same way.
-pub(crate) fn build_tree(items: &mut [usize], points: &[[f64; 3]], axes: &mut [u8]) {
-    build_subtree(items, 0, points, axes);
-}
-
-fn build_subtree(items: &mut [usize], offset: usize, points: &[[f64; 3]], axes: &mut [u8]) {
-    if items.is_empty() {
-        return;
-    }
-    let spreads = [0, 1, 2].map(|axis| spread(items, points, axis));
-    let axis = (0..3)
-        .max_by(|&a, &b| spreads[a].total_cmp(&spreads[b]))
-        .expect("three axes to choose from");
-    let mid = items.len() / 2;
-    items.select_nth_unstable_by(mid, |&a, &b| {
-        points[a][axis].total_cmp(&points[b][axis]).then(a.cmp(&b))
-    });
-    axes[offset + mid] = u8::try_from(axis).expect("axis < 3");
-    let (left, rest) = items.split_at_mut(mid);
-    build_subtree(left, offset, points, axes);
-    build_subtree(&mut rest[1..], offset + mid + 1, points, axes);
-}
-
-fn spread(items: &[usize], points: &[[f64; 3]], axis: usize) -> f64 {
-    let (min, max) = items
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(min, max), &i| {
-            (min.min(points[i][axis]), max.max(points[i][axis]))
-        });
-    max - min
-}
+pub(crate) use super::kdtree_build::build_tree;
 
 /// The chord, on the unit sphere, that a point within `radius_m` can be from
 /// the query point, plus the slack that absorbs rounding.
@@ -323,4 +285,18 @@ mod tests {
             assert!((lat - lat2).abs() < 1e-9 && (lng - lng2).abs() < 1e-9);
         }
     }
+}
+
+/// The little-endian `u32` at `at` (the caller has checked the length).
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
+}
+
+/// The little-endian `i32` at `at` (the caller has checked the length).
+pub(crate) fn i32_at(bytes: &[u8], at: usize) -> i32 {
+    i32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
+}
+
+pub(crate) fn to_usize(n: u32) -> usize {
+    usize::try_from(n).expect("usize is at least 32 bits on every supported target")
 }
