@@ -190,6 +190,20 @@ pub fn degrees_of(vector: [f64; 3]) -> (f64, f64) {
     (lat, lng)
 }
 
+/// The little-endian `u32` at `at` (the caller has checked the length).
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
+}
+
+/// The little-endian `i32` at `at` (the caller has checked the length).
+pub(crate) fn i32_at(bytes: &[u8], at: usize) -> i32 {
+    i32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
+}
+
+pub(crate) fn to_usize(n: u32) -> usize {
+    usize::try_from(n).expect("usize is at least 32 bits on every supported target")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,16 +301,3 @@ mod tests {
     }
 }
 
-/// The little-endian `u32` at `at` (the caller has checked the length).
-pub(crate) fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
-}
-
-/// The little-endian `i32` at `at` (the caller has checked the length).
-pub(crate) fn i32_at(bytes: &[u8], at: usize) -> i32 {
-    i32::from_le_bytes(bytes[at..at + 4].try_into().expect("a 4-byte slice"))
-}
-
-pub(crate) fn to_usize(n: u32) -> usize {
-    usize::try_from(n).expect("usize is at least 32 bits on every supported target")
-}
