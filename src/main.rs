@@ -35,6 +35,10 @@ enum Command {
         name: String,
         #[command(flatten)]
         herd: HerdArgs,
+        /// Worker threads; 0 means one per CPU. Several servers sharing a
+        /// machine do best with 1 each (no wake-ups across threads).
+        #[arg(long, default_value_t = 0, env = "HERD_THREADS")]
+        threads: usize,
     },
     /// Run every server of the herd on this machine, one process each, until
     /// Ctrl-C. Makes up a shared secret unless one is configured.
@@ -112,7 +116,11 @@ impl HerdArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { name, herd } => serve(&name, &herd),
+        Command::Serve {
+            name,
+            herd,
+            threads,
+        } => serve(&name, &herd, threads),
         Command::Up { herd } => up(&herd),
         Command::Send {
             address,
@@ -138,13 +146,28 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    server_runtime(0)
+}
+
+/// A runtime with `threads` workers (one per CPU for 0); a single worker
+/// runs everything on the calling thread.
+fn server_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")
 }
 
-fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
+fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Result<()> {
     let config = args.load()?;
     let server_config = config.server(name).map_err(anyhow::Error::msg)?.clone();
     let Some(secret) = config.secret_or_env() else {
@@ -157,7 +180,7 @@ fn serve(name: &str, args: &HerdArgs) -> anyhow::Result<()> {
     let places = herd::places::from_config(&config, name)?;
     let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)
         .map_err(anyhow::Error::msg)?;
-    runtime()?.block_on(async {
+    server_runtime(threads)?.block_on(async {
         let client = listen(&server_config.client)
             .await
             .with_context(|| {
