@@ -310,6 +310,10 @@ fn up(args: &HerdArgs) -> anyhow::Result<()> {
             command
                 .arg("serve")
                 .arg(&server.name)
+                // All the servers share this machine: one thread each keeps
+                // their tasks from waking each other across CPUs.
+                .arg("--threads")
+                .arg("1")
                 .env(SECRET_ENV, &secret);
             if let Some(path) = &args.config {
                 command.arg("--config").arg(path);
