@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chaos::LinkProxies;
-use common::{DEFAULT_TOPOLOGY, Herd, now_text};
+use common::{DEFAULT_TOPOLOGY, Herd, eventually, now_text};
 use nix::sys::signal::Signal;
 
 /// How long the herd may take to agree once everything is healed.
@@ -922,7 +922,8 @@ fn the_herd_survives_a_seeded_fault_campaign() {
     let stats = campaign.proxies.stats();
     let summary = format!(
         "campaign seed={} duration={}s faults={} (kill {}, pause {}, herd-kill {}, cut {}) \
-         acknowledged={} unanswered={} lost={} disagreements={} crashes={} convergence={}",
+         clients={} acknowledged={} unanswered={} lost={} disagreements={} crashes={} \
+         convergence={}",
         settings.seed,
         settings.duration.as_secs(),
         faults.total(),
@@ -930,6 +931,7 @@ fn the_herd_survives_a_seeded_fault_campaign() {
         faults.pause,
         faults.herd_kill,
         faults.cut,
+        clients.len(),
         outcome.acknowledged,
         outcome.unanswered,
         verdict.lost.len(),
@@ -978,6 +980,45 @@ fn the_herd_survives_a_seeded_fault_campaign() {
         println!("{report}");
     }
     assert!(!failed, "{summary}\n{report}");
+}
+
+/// The proxies themselves: a cut link carries nothing (updates go around
+/// it), and a healed one comes back.
+#[test]
+fn a_cut_link_carries_nothing_until_healed() {
+    let campaign = Campaign::start();
+    let (herd, proxies) = (&campaign.herd, &campaign.proxies);
+    let all: Vec<&str> = campaign.names.iter().map(String::as_str).collect();
+    let at = herd.client("Jaquez").iamat("before", "+1+1");
+    herd.await_everywhere(&all, "before", &at);
+    // Both directions of all six links, each through a proxy.
+    eventually("every link to come up", || proxies.stats().relayed >= 12);
+
+    proxies.cut("Hill", "Jaquez");
+    eventually(
+        "Hill to lose both directions of its link with Jaquez",
+        || {
+            let log = herd.log("Hill");
+            log.contains("link down: receiving from Jaquez")
+                && log.contains("link down: sending to Jaquez")
+        },
+    );
+    assert!(proxies.stats().severed >= 2, "{:?}", proxies.stats());
+    let mark = herd.log("Hill").len();
+    let around = herd.client("Jaquez").iamat("around", "+2+2");
+    herd.await_everywhere(&["Hill"], "around", &around);
+    eventually("Hill to log where it came from", || {
+        herd.log("Hill")[mark..].contains(&format!("received from Smith: {around}"))
+    });
+    let since = herd.log("Hill")[mark..].to_owned();
+    assert!(!since.contains("received from Jaquez"), "{since}");
+
+    proxies.heal("Hill", "Jaquez");
+    eventually("the link to come back", || {
+        herd.log("Hill")[mark..].contains("link up: sending to Jaquez")
+    });
+    let after = herd.client("Hill").iamat("after", "+3+3");
+    herd.await_everywhere(&all, "after", &after);
 }
 
 #[test]
