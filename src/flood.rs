@@ -611,9 +611,13 @@ pub enum PayloadLine<'a> {
 /// Parses one payload line (without its `\n`); `None` if it is malformed,
 /// including an AT line that does not parse.
 pub fn parse_payload_line(line: &[u8]) -> Option<PayloadLine<'_>> {
+    // Exactly as the sender writes them: single spaces, none at the end.
+    if line.last() == Some(&b' ') {
+        return None;
+    }
     let (kind, rest) = split_word(line)?;
     let (seq, rest) = split_word(rest)?;
-    let seq: u64 = std::str::from_utf8(seq).ok()?.parse().ok()?;
+    let seq = crate::time::parse_digits_u64(seq)?;
     match kind {
         b"C" if rest.is_empty() => Some(PayloadLine::Complete { seq }),
         b"U" if parse_at_line(rest).is_some() => Some(PayloadLine::Update { seq, at_line: rest }),
@@ -642,7 +646,7 @@ pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
         from,
         to,
         run_text,
-        run: run_text.parse().ok()?,
+        run: crate::time::parse_digits_u64(run_text.as_bytes())?,
         nonce: decode_hex(nonce).filter(|n| n.len() == 16)?,
         tag: decode_hex(tag).filter(|t| t.len() == 32)?,
     })
@@ -698,7 +702,8 @@ fn encode_hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // `from_str_radix` alone would take "+a" as a digit pair.
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -719,6 +724,7 @@ mod tests {
         assert_eq!(decode_hex("0g"), None);
         assert_eq!(decode_hex("abc"), None);
         assert_eq!(decode_hex("é1"), None);
+        assert_eq!(decode_hex("+a"), None);
     }
 
     #[test]
@@ -737,7 +743,7 @@ mod tests {
             parse_payload_line(b"U 3 AT Hill +0.000000001 k +1+1 5"),
             Some(PayloadLine::Update { seq: 3, at_line: b"AT Hill +0.000000001 k +1+1 5" })
         );
-        for bad in [&b"C"[..], b"C x", b"C 1 2", b"U 3", b"U 3 AT Hill", b"X 1", b"", b"U -1 AT Hill +0.000000001 k +1+1 5"] {
+        for bad in [&b"C"[..], b"C x", b"C 1 2", b"U 3", b"U 3 AT Hill", b"X 1", b"", b"U -1 AT Hill +0.000000001 k +1+1 5", b"C +12", b"C 12 "] {
             assert_eq!(parse_payload_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

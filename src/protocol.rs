@@ -107,13 +107,52 @@ impl Radius {
         {
             return None;
         }
+        // Micrometres are finer than any provider looks; keeping at most six
+        // decimals bounds the text (and so cache keys and URLs) whatever the
+        // client sent, and rounding up keeps a tiny radius above zero.
         let metres_text = kilometres_to_metres_text(whole_value, fraction);
+        let metres_text = limit_decimals(&metres_text, 6);
         let metres = metres_text.parse().ok()?;
         Some(Self {
             metres_text,
             metres,
         })
     }
+}
+
+/// `text` (digits, maybe a point and more digits) with at most `places`
+/// decimals, rounded up, without trailing zeros.
+fn limit_decimals(text: &str, places: usize) -> String {
+    let Some((whole, fraction)) = text.split_once('.') else {
+        return text.to_owned();
+    };
+    if fraction.len() <= places {
+        return text.to_owned();
+    }
+    let kept = &fraction[..places];
+    let dropped_nonzero = fraction[places..].bytes().any(|b| b != b'0');
+    let mut digits: Vec<u8> = format!("{whole}{kept}").into_bytes();
+    if dropped_nonzero {
+        // Add one unit in the last kept place, carrying.
+        let mut i = digits.len();
+        loop {
+            if i == 0 {
+                digits.insert(0, b'1');
+                break;
+            }
+            i -= 1;
+            if digits[i] == b'9' {
+                digits[i] = b'0';
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+    }
+    let split = digits.len() - places;
+    let whole = std::str::from_utf8(&digits[..split]).expect("ASCII digits");
+    let fraction = std::str::from_utf8(&digits[split..]).expect("ASCII digits").trim_end_matches('0');
+    if fraction.is_empty() { whole.to_owned() } else { format!("{whole}.{fraction}") }
 }
 
 /// Shifts the decimal point three places: `1.2345` km is `1234.5` m.
@@ -274,7 +313,9 @@ pub fn parse_at_line(line: &[u8]) -> Option<AtLine<'_>> {
     };
     let no_separators =
         |field: &[u8]| !field.is_empty() && !field.iter().any(|&b| is_separator(b) || b == b'\n');
-    if !(no_separators(server) && no_separators(client_id) && is_skew(skew)) {
+    // Server names are printable ASCII (the config checks it).
+    let server_name = !server.is_empty() && server.iter().all(u8::is_ascii_graphic);
+    if !(server_name && no_separators(client_id) && is_skew(skew)) {
         return None;
     }
     Some(AtLine {
@@ -286,14 +327,20 @@ pub fn parse_at_line(line: &[u8]) -> Option<AtLine<'_>> {
 }
 
 /// `[+-]digits.ddddddddd`, the skew field's shape.
+/// `[+-]digits.ddddddddd`, the skew field's shape, in the one way
+/// `format_skew` writes it: no leading zeros, and zero is `+`.
 fn is_skew(text: &[u8]) -> bool {
-    match text.split_first() {
-        Some((b'+' | b'-', rest)) => matches!(
-            split_decimal(rest),
-            Some((_, Some(fraction))) if fraction.len() == 9
-        ),
-        _ => false,
-    }
+    let Some((&sign, rest)) = text.split_first() else {
+        return false;
+    };
+    let Some((whole, Some(fraction))) = split_decimal(rest) else {
+        return false;
+    };
+    let zero = whole == b"0" && fraction.iter().all(|&b| b == b'0');
+    matches!(sign, b'+' | b'-')
+        && fraction.len() == 9
+        && (whole == b"0" || whole[0] != b'0')
+        && !(sign == b'-' && zero)
 }
 
 /// The reply to an invalid line: `? ` and the line exactly as received.
@@ -422,6 +469,12 @@ mod tests {
         assert_eq!(metres("1.2345"), "1234.5");
         assert_eq!(metres("0.0001"), "0.1");
         assert_eq!(metres("050.000000"), "50000");
+        // At most six decimals of a metre, rounded up so nothing becomes 0.
+        assert_eq!(metres("0.0000000001"), "0.000001");
+        assert_eq!(metres("1.0000000001"), "1000.000001");
+        assert_eq!(metres("0.9999999999"), "1000");
+        assert_eq!(metres(&format!("1.{}", "0".repeat(5000))), "1000");
+        assert!(Radius::parse(format!("0.{}1", "0".repeat(400)).as_bytes()).unwrap().metres > 0.0);
         assert_eq!(Radius::parse(b"12.5").unwrap().metres, 12500.0);
     }
 
@@ -464,6 +517,9 @@ mod tests {
             "AT  Hill +0.263873386 kiwi +34-118 1",
             "XX Hill +0.263873386 kiwi +34-118 1",
             "AT Hill +0.263873386 ki\twi +34-118 1",
+            "AT Hill -0.000000000 kiwi +34-118 1",
+            "AT Hill +00.000000001 kiwi +34-118 1",
+            "AT Hi\x7fll +0.000000001 kiwi +34-118 1",
         ] {
             assert!(parse_at_line(bad.as_bytes()).is_none(), "{bad:?}");
         }
