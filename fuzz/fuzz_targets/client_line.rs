@@ -286,7 +286,8 @@ fn ref_time(text: &[u8]) -> Option<(u64, u32)> {
 
 /// SPEC §4 radius: unsigned decimal km, `0 < r <= 50`; the answer is the
 /// radius in metres as canonical decimal text, found by moving the point
-/// three places in the text.
+/// three places in the text, with at most six decimals (micrometres),
+/// rounded up so that a tiny radius stays above zero.
 fn ref_radius_ok(text: &[u8]) -> Option<String> {
     let (whole, fraction) = ref_decimal(text)?;
     if ref_cmp(whole, fraction, "50") == std::cmp::Ordering::Greater
@@ -304,10 +305,18 @@ fn ref_radius_ok(text: &[u8]) -> Option<String> {
     let int = std::str::from_utf8(int).unwrap().trim_start_matches('0');
     let frac = std::str::from_utf8(frac).unwrap().trim_end_matches('0');
     let int = if int.is_empty() { "0" } else { int };
-    Some(if frac.is_empty() {
-        int.to_owned()
+    // In micrometres, as an integer: at most 5e10, so u128 is plenty.
+    let whole_um: u128 = int.parse::<u128>().unwrap() * 1_000_000;
+    let kept: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+    let rest_nonzero = frac.len() > 6 && frac[6..].bytes().any(|b| b != b'0');
+    let micrometres = whole_um + kept.parse::<u128>().unwrap() + u128::from(rest_nonzero);
+    let (metres, fraction) = (micrometres / 1_000_000, micrometres % 1_000_000);
+    let fraction = format!("{fraction:06}");
+    let fraction = fraction.trim_end_matches('0');
+    Some(if fraction.is_empty() {
+        metres.to_string()
     } else {
-        format!("{int}.{frac}")
+        format!("{metres}.{fraction}")
     })
 }
 
