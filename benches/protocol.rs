@@ -12,7 +12,8 @@ use herd::protocol::{Request, format_at, invalid_reply, parse_at_line, parse_req
 /// The SPEC's reference IAMAT.
 const IAMAT: &[u8] = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503";
 /// The AT line Hill answers it with.
-const AT: &[u8] = b"AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503";
+const AT: &[u8] =
+    b"AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503";
 /// A receipt time 0.263873386 s after the client time of `IAMAT`.
 const RECEIVED_NANOS: i128 = 1_621_464_828_223_371_889;
 
@@ -22,7 +23,10 @@ fn parse(c: &mut Criterion) {
         ("IAMAT", IAMAT),
         ("IAMAT, short fields", b"IAMAT k +34-118 1621464827"),
         ("WHATSAT", b"WHATSAT kiwi.cs.ucla.edu 10 5"),
-        ("WHATSAT, fractional radius", b"WHATSAT kiwi.cs.ucla.edu 0.001 1"),
+        (
+            "WHATSAT, fractional radius",
+            b"WHATSAT kiwi.cs.ucla.edu 0.001 1",
+        ),
         ("invalid: unknown verb", b"HELLO kiwi.cs.ucla.edu 10 5"),
         (
             "invalid: latitude out of range",
@@ -47,7 +51,13 @@ fn format(c: &mut Criterion) {
     };
     assert_eq!(format_at("Hill", RECEIVED_NANOS, &iamat), AT);
     c.bench_function("format_at", |b| {
-        b.iter(|| format_at(black_box("Hill"), black_box(RECEIVED_NANOS), black_box(&iamat)))
+        b.iter(|| {
+            format_at(
+                black_box("Hill"),
+                black_box(RECEIVED_NANOS),
+                black_box(&iamat),
+            )
+        })
     });
     c.bench_function("invalid_reply", |b| {
         let mut out = Vec::with_capacity(256);
@@ -67,7 +77,8 @@ fn pipelined(count: usize) -> Vec<u8> {
     let mut buffer = Vec::new();
     for i in 0..count {
         buffer.extend_from_slice(
-            format!("IAMAT client-{i}.example.org +34.068930-118.445127 1621464827.{i:09}").as_bytes(),
+            format!("IAMAT client-{i}.example.org +34.068930-118.445127 1621464827.{i:09}")
+                .as_bytes(),
         );
         buffer.extend_from_slice(if i % 4 == 0 { b"\r\n" } else { b"\n" });
     }
@@ -79,30 +90,36 @@ fn framing(c: &mut Criterion) {
     for count in [1, 64, 1000] {
         let bytes = pipelined(count);
         group.throughput(Throughput::Elements(count as u64));
-        group.bench_function(format!("{count} pipelined IAMAT lines ({} bytes)", bytes.len()), |b| {
-            // One framer for the whole run, as a connection keeps one.
-            let mut framer = LineFramer::new(1 << 20);
-            b.iter(|| {
-                framer.buffer().extend_from_slice(black_box(&bytes));
-                let mut lines = 0;
-                while let Some(frame) = framer.next_frame() {
-                    assert!(matches!(frame, Frame::Line(_)));
-                    lines += 1;
-                }
-                assert_eq!(lines, count);
-            })
-        });
+        group.bench_function(
+            format!("{count} pipelined IAMAT lines ({} bytes)", bytes.len()),
+            |b| {
+                // One framer for the whole run, as a connection keeps one.
+                let mut framer = LineFramer::new(1 << 20);
+                b.iter(|| {
+                    framer.buffer().extend_from_slice(black_box(&bytes));
+                    let mut lines = 0;
+                    while let Some(frame) = framer.next_frame() {
+                        assert!(matches!(frame, Frame::Line(_)));
+                        lines += 1;
+                    }
+                    assert_eq!(lines, count);
+                })
+            },
+        );
         // Framing and parsing together: the server's per-line work before
         // it touches the store.
-        group.bench_function(format!("{count} pipelined IAMAT lines, framed and parsed"), |b| {
-            let mut framer = LineFramer::new(1 << 20);
-            b.iter(|| {
-                framer.buffer().extend_from_slice(black_box(&bytes));
-                while let Some(Frame::Line(line)) = framer.next_frame() {
-                    assert!(parse_request(&line).is_ok());
-                }
-            })
-        });
+        group.bench_function(
+            format!("{count} pipelined IAMAT lines, framed and parsed"),
+            |b| {
+                let mut framer = LineFramer::new(1 << 20);
+                b.iter(|| {
+                    framer.buffer().extend_from_slice(black_box(&bytes));
+                    while let Some(Frame::Line(line)) = framer.next_frame() {
+                        assert!(parse_request(&line).is_ok());
+                    }
+                })
+            },
+        );
     }
     // One burst arriving in 1 KiB reads, so lines straddle reads and the
     // framer resumes its scan.

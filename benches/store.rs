@@ -22,6 +22,13 @@ fn client_id(i: usize) -> String {
     format!("client-{i}.example.org")
 }
 
+/// The `k`th client to visit: a stride through all of them, so that
+/// updates and lookups land all over the store, as real clients' do, and
+/// each round visits every client once.
+fn scattered(k: usize) -> usize {
+    k * 7919 % CLIENTS
+}
+
 /// The report of client `i` at client time `secs` (as a server that got it
 /// from a client would store it).
 fn report(i: usize, secs: u64) -> Report {
@@ -86,7 +93,7 @@ fn update(c: &mut Criterion) {
             let reports = (0..iters as usize)
                 .map(|k| {
                     let n = next + k;
-                    report(n % CLIENTS, 1_001 + (n / CLIENTS) as u64)
+                    report(scattered(n % CLIENTS), 1_001 + (n / CLIENTS) as u64)
                 })
                 .collect();
             next += iters as usize;
@@ -97,14 +104,17 @@ fn update(c: &mut Criterion) {
     // The report every server gets back from its other neighbours during a
     // flood: equal time, not newer, changes nothing.
     let stale: Vec<Report> = (0..CLIENTS).map(|i| report(i, 1_000)).collect();
-    group.bench_function(format!("existing client, not newer ({CLIENTS} clients)"), |b| {
-        b.iter_custom(|iters| {
-            let reports = (0..iters as usize)
-                .map(|k| stale[k % CLIENTS].clone())
-                .collect();
-            time_updates(&store, reports, false)
-        })
-    });
+    group.bench_function(
+        format!("existing client, not newer ({CLIENTS} clients)"),
+        |b| {
+            b.iter_custom(|iters| {
+                let reports = (0..iters as usize)
+                    .map(|k| stale[scattered(k % CLIENTS)].clone())
+                    .collect();
+                time_updates(&store, reports, false)
+            })
+        },
+    );
     group.finish();
 }
 
@@ -112,8 +122,7 @@ fn get(c: &mut Criterion) {
     let mut group = c.benchmark_group("Store::get");
     let store = filled();
     let ids: Vec<Vec<u8>> = (0..CLIENTS)
-        // A stride that visits the clients out of insertion order.
-        .map(|k| client_id(k * 7919 % CLIENTS).into_bytes())
+        .map(|k| client_id(scattered(k)).into_bytes())
         .collect();
     let mut k = 0;
     group.bench_function(format!("known client ({CLIENTS} clients)"), |b| {
@@ -151,13 +160,16 @@ fn since(c: &mut Criterion) {
     });
     // Streaming to neighbour 0, which sent every other report: those are
     // left out, so a batch scans twice as many entries.
-    group.bench_function(format!("batch of {BATCH} leaving out a neighbour's half"), |b| {
-        b.iter(|| {
-            out.clear();
-            store.since(black_box(head / 2), Some((0, 0)), BATCH, &mut out);
-            assert_eq!(out.len(), BATCH);
-        })
-    });
+    group.bench_function(
+        format!("batch of {BATCH} leaving out a neighbour's half"),
+        |b| {
+            b.iter(|| {
+                out.clear();
+                store.since(black_box(head / 2), Some((0, 0)), BATCH, &mut out);
+                assert_eq!(out.len(), BATCH);
+            })
+        },
+    );
     group.finish();
 }
 

@@ -18,7 +18,8 @@
 //!
 //! Every run stops by itself; `--json` prints one JSON object instead of a
 //! table; the exit status is non-zero when any reply was invalid, missing,
-//! or a connection failed.
+//! or a connection failed. A server's memory and open files (`--pid`) are
+//! read from `/proc`, so those figures need the server on this machine.
 
 #[path = "herd_bench/conns.rs"]
 mod conns;
@@ -98,8 +99,9 @@ enum Command {
         /// Seconds one update may take to reach every target.
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
-        /// WHATSAT polls kept in flight back to back at each target.
-        #[arg(long, default_value_t = 4)]
+        /// WHATSAT polls kept in flight back to back at each target (2: one
+        /// waits at the server while the other is answered).
+        #[arg(long, default_value_t = 2)]
         depth: usize,
         /// The radius the polls ask for, in kilometres as sent (small, so
         /// that the places lookup costs little).
@@ -109,7 +111,7 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         pause_ms: f64,
     },
-    /// Probe latency while the server holds many idle connections.
+    /// Probe latency and server memory while it holds many idle connections.
     Conns {
         #[arg(long)]
         addr: String,

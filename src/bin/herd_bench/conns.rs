@@ -229,12 +229,9 @@ async fn start_helper(config: &ConnsConfig, first: usize, count: usize) -> anyho
 
 async fn read_status(helper: &mut Helper) -> anyhow::Result<HoldStatus> {
     let mut line = String::new();
-    let read = tokio::time::timeout(
-        Duration::from_secs(600),
-        helper.stdout.read_line(&mut line),
-    )
-    .await
-    .context("no status in time")??;
+    let read = tokio::time::timeout(Duration::from_secs(600), helper.stdout.read_line(&mut line))
+        .await
+        .context("no status in time")??;
     if read == 0 {
         bail!("the helper exited without a status");
     }

@@ -50,7 +50,10 @@ pub struct FillReport {
 
 /// The client of number `n` in this run (distinct id, varied location).
 fn client(run: &str, n: u64) -> Client {
-    Client::new(run, usize::try_from(n).expect("client numbers fit in usize"))
+    Client::new(
+        run,
+        usize::try_from(n).expect("client numbers fit in usize"),
+    )
 }
 
 pub async fn run(config: FillConfig) -> anyhow::Result<FillReport> {
@@ -121,9 +124,7 @@ pub async fn run(config: FillConfig) -> anyhow::Result<FillReport> {
             match time {
                 Some(time) => match reply::check_whatsat_answer(&answer, &client, time, 1) {
                     Ok(_) => verified += 1,
-                    Err(why) => {
-                        verify_failures.push(format!("{why}: {}", reply::sample(&answer)))
-                    }
+                    Err(why) => verify_failures.push(format!("{why}: {}", reply::sample(&answer))),
                 },
                 None => verify_failures.push(format!("{} was not sent", client.id)),
             }
@@ -306,7 +307,10 @@ impl FillReport {
                 show(self.memory_verified)
             ));
         }
-        out.push_str(&format!("  verified {} of 3 clients by WHATSAT\n", self.verified));
+        out.push_str(&format!(
+            "  verified {} of 3 clients by WHATSAT\n",
+            self.verified
+        ));
         for failure in &self.verify_failures {
             out.push_str(&format!("  verify failed: {failure}\n"));
         }

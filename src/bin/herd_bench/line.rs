@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
 
 use crate::reply::{Kind, reply_end};
 
@@ -154,5 +154,26 @@ impl LineConn {
             bail!("the server sent more than one reply to one request");
         }
         Ok(self.stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_spread_over_loopback_sources() {
+        let local: SocketAddr = "127.0.0.1:12000".parse().unwrap();
+        let source = |index| spread_source(local, index, 500);
+        assert_eq!(source(0), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+        assert_eq!(source(499), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+        assert_eq!(source(500), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))));
+        assert_eq!(
+            source(500 * 300),
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 46)))
+        );
+        assert_eq!(spread_source(local, 7, 0), None);
+        let remote: SocketAddr = "192.0.2.1:12000".parse().unwrap();
+        assert_eq!(spread_source(remote, 7, 500), None);
     }
 }

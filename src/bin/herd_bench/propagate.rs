@@ -299,7 +299,9 @@ async fn poll(
                 Some(seen) if seen == time_text.as_bytes() => {
                     polled.outcome = Outcome::Seen(now - start);
                     if let Err(why) = reply::check_whatsat_answer(&answer, client, time, 1) {
-                        polled.bad.push(format!("{why}: {}", reply::sample(&answer)));
+                        polled
+                            .bad
+                            .push(format!("{why}: {}", reply::sample(&answer)));
                     }
                     break;
                 }
