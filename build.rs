@@ -267,4 +267,3 @@ fn build_blob(rows: &[Row]) -> Vec<u8> {
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).expect("the places data is far below 4 GiB")
 }
-

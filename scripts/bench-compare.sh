@@ -282,7 +282,10 @@ server_command() {
     case "$1" in
         asyncio) CMD=(python3 "$BASELINES/asyncio_herd.py" "$2" --config "$DIR/herd.json") ;;
         node) CMD=(node "$BASELINES/node_herd.js" "$2" --config "$DIR/herd.json") ;;
-        herd) CMD=("$HERD_BIN" serve "$2" --config "$DIR/herd.toml") ;;
+        # One thread per server, as `herd up` runs them: the contenders all
+        # share this machine, where cross-thread wake-ups cost more than a
+        # second worker gains (see BENCHMARKS.md).
+        herd) CMD=("$HERD_BIN" serve "$2" --config "$DIR/herd.toml" --threads 1) ;;
     esac
 }
 

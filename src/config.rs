@@ -357,7 +357,10 @@ impl HerdConfig {
             return Err(error_at(None, "limits must be greater than zero".into()));
         }
         if raw.storage.sync_interval_ms == 0 {
-            return Err(error_at(None, "storage.sync_interval_ms must be greater than zero".into()));
+            return Err(error_at(
+                None,
+                "storage.sync_interval_ms must be greater than zero".into(),
+            ));
         }
 
         let mut index: HashMap<&str, usize> = HashMap::new();
@@ -590,7 +593,10 @@ mod tests {
         assert_eq!(again.servers, config.servers);
         assert_eq!(again.limits, config.limits);
         assert_eq!(again.storage.durability, config.storage.durability);
-        assert_eq!(again.storage.sync_interval_ms, config.storage.sync_interval_ms);
+        assert_eq!(
+            again.storage.sync_interval_ms,
+            config.storage.sync_interval_ms
+        );
         // Relative folders are relative to the file they are read from.
         assert_eq!(again.storage.data_dir, Path::new("/./data"));
     }

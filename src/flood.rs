@@ -114,7 +114,11 @@ impl Flood {
         let count = neighbours.len();
         let cursors = neighbours
             .iter()
-            .map(|n| cursors.get(&n.name).map_or(Cursor::default(), |&(run, seq)| Cursor { run, seq }))
+            .map(|n| {
+                cursors
+                    .get(&n.name)
+                    .map_or(Cursor::default(), |&(run, seq)| Cursor { run, seq })
+            })
             .collect();
         Self {
             me: me.to_owned(),
@@ -639,7 +643,8 @@ pub struct Hello<'a> {
 
 /// Parses a `HERD-HELLO` line; `None` if it is malformed.
 pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
-    let ["HERD-HELLO", from, to, run_text, nonce, tag] = line.split(' ').collect::<Vec<_>>()[..] else {
+    let ["HERD-HELLO", from, to, run_text, nonce, tag] = line.split(' ').collect::<Vec<_>>()[..]
+    else {
         return None;
     };
     Some(Hello {
@@ -738,13 +743,35 @@ mod tests {
 
     #[test]
     fn payload_lines() {
-        assert_eq!(parse_payload_line(b"C 12"), Some(PayloadLine::Complete { seq: 12 }));
+        assert_eq!(
+            parse_payload_line(b"C 12"),
+            Some(PayloadLine::Complete { seq: 12 })
+        );
         assert_eq!(
             parse_payload_line(b"U 3 AT Hill +0.000000001 k +1+1 5"),
-            Some(PayloadLine::Update { seq: 3, at_line: b"AT Hill +0.000000001 k +1+1 5" })
+            Some(PayloadLine::Update {
+                seq: 3,
+                at_line: b"AT Hill +0.000000001 k +1+1 5"
+            })
         );
-        for bad in [&b"C"[..], b"C x", b"C 1 2", b"U 3", b"U 3 AT Hill", b"X 1", b"", b"U -1 AT Hill +0.000000001 k +1+1 5", b"C +12", b"C 12 "] {
-            assert_eq!(parse_payload_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"C"[..],
+            b"C x",
+            b"C 1 2",
+            b"U 3",
+            b"U 3 AT Hill",
+            b"X 1",
+            b"",
+            b"U -1 AT Hill +0.000000001 k +1+1 5",
+            b"C +12",
+            b"C 12 ",
+        ] {
+            assert_eq!(
+                parse_payload_line(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

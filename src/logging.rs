@@ -220,11 +220,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -240,7 +245,10 @@ mod tests {
         assert_eq!(out, "1970-01-01T00:00:00.000000Z");
         out.clear();
         // 2024-02-29T23:59:59.123456Z, a leap day.
-        write_timestamp(&mut out, UNIX_EPOCH + Duration::new(1_709_251_199, 123_456_789));
+        write_timestamp(
+            &mut out,
+            UNIX_EPOCH + Duration::new(1_709_251_199, 123_456_789),
+        );
         assert_eq!(out, "2024-02-29T23:59:59.123456Z");
         out.clear();
         write_timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(1_621_464_827));
@@ -272,7 +280,11 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1001);
-        assert!(lines[0].ends_with("  INFO neighbour=Smith sent 0"), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with("  INFO neighbour=Smith sent 0"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[999].ends_with(" sent 999"));
         assert!(lines[1000].ends_with("  WARN last"));
         assert!(lines[0].starts_with("20") && lines[0].as_bytes()[10] == b'T');

@@ -181,22 +181,18 @@ fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Result<()> {
     let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)
         .map_err(anyhow::Error::msg)?;
     server_runtime(threads)?.block_on(async {
-        let client = listen(&server_config.client)
-            .await
-            .with_context(|| {
-                format!(
-                    "{name}: cannot listen for clients on {}",
-                    server_config.client
-                )
-            })?;
-        let peer = listen(&server_config.peer)
-            .await
-            .with_context(|| {
-                format!(
-                    "{name}: cannot listen for neighbours on {}",
-                    server_config.peer
-                )
-            })?;
+        let client = listen(&server_config.client).await.with_context(|| {
+            format!(
+                "{name}: cannot listen for clients on {}",
+                server_config.client
+            )
+        })?;
+        let peer = listen(&server_config.peer).await.with_context(|| {
+            format!(
+                "{name}: cannot listen for neighbours on {}",
+                server_config.peer
+            )
+        })?;
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         server::run(setup, client, peer, shutdown).await
@@ -268,9 +264,12 @@ fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<herd::logging::Flu
         .open(&path)
         .with_context(|| format!("opening log file {}", path.display()))?;
     let (layer, guard) = herd::logging::FileLayer::new(file);
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG")
-        .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::registry().with(filter).with(layer).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .init();
     Ok(guard)
 }
 

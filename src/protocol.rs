@@ -151,8 +151,14 @@ fn limit_decimals(text: &str, places: usize) -> String {
     }
     let split = digits.len() - places;
     let whole = std::str::from_utf8(&digits[..split]).expect("ASCII digits");
-    let fraction = std::str::from_utf8(&digits[split..]).expect("ASCII digits").trim_end_matches('0');
-    if fraction.is_empty() { whole.to_owned() } else { format!("{whole}.{fraction}") }
+    let fraction = std::str::from_utf8(&digits[split..])
+        .expect("ASCII digits")
+        .trim_end_matches('0');
+    if fraction.is_empty() {
+        whole.to_owned()
+    } else {
+        format!("{whole}.{fraction}")
+    }
 }
 
 /// Shifts the decimal point three places: `1.2345` km is `1234.5` m.
@@ -474,7 +480,12 @@ mod tests {
         assert_eq!(metres("1.0000000001"), "1000.000001");
         assert_eq!(metres("0.9999999999"), "1000");
         assert_eq!(metres(&format!("1.{}", "0".repeat(5000))), "1000");
-        assert!(Radius::parse(format!("0.{}1", "0".repeat(400)).as_bytes()).unwrap().metres > 0.0);
+        assert!(
+            Radius::parse(format!("0.{}1", "0".repeat(400)).as_bytes())
+                .unwrap()
+                .metres
+                > 0.0
+        );
         assert_eq!(Radius::parse(b"12.5").unwrap().metres, 12500.0);
     }
 

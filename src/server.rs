@@ -127,7 +127,11 @@ pub async fn run(
     let (storage, run, cursors) = match setup.storage {
         Some(storage_setup) => {
             let (storage, recovered) = tokio::task::spawn_blocking(move || {
-                Storage::open(&storage_setup.dir, storage_setup.durability, storage_setup.sync_interval)
+                Storage::open(
+                    &storage_setup.dir,
+                    storage_setup.durability,
+                    storage_setup.sync_interval,
+                )
             })
             .await??;
             for (seq, at_line) in recovered.reports {
@@ -185,7 +189,9 @@ async fn compact_now_and_then(server: Arc<Server>, shutdown: CancellationToken) 
             _ = every.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let Some(storage) = server.storage.clone() else { return };
+        let Some(storage) = server.storage.clone() else {
+            return;
+        };
         if !storage.wants_compaction(server.store.len()) {
             continue;
         }
@@ -252,7 +258,8 @@ async fn accept_clients(
             },
             () = shutdown.cancelled() => return,
         };
-        let Some(slot) = PerIp::claim(&per_ip, address.ip(), server.limits.max_connections_per_ip) else {
+        let Some(slot) = PerIp::claim(&per_ip, address.ip(), server.limits.max_connections_per_ip)
+        else {
             debug!(%address, "too many connections from this address; closed");
             continue;
         };
@@ -296,7 +303,11 @@ impl PerIp {
 
 impl Drop for PerIpSlot {
     fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().expect("per-IP lock is never poisoned");
+        let mut counts = self
+            .table
+            .counts
+            .lock()
+            .expect("per-IP lock is never poisoned");
         if let Some(count) = counts.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -378,7 +389,9 @@ async fn reply(
     }
     tokio::time::timeout(patience, stream.write_all(out))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")
+        })??;
     out.clear();
     Ok(())
 }
@@ -537,7 +550,10 @@ impl std::fmt::Display for Show<'_> {
             // newlines, say) are escaped one by one. Control characters are
             // all ASCII or C1 (U+0080..U+009F), whose UTF-8 starts with 0xC2.
             let mut rest = chunk.valid();
-            while let Some(at) = rest.bytes().position(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+            while let Some(at) = rest
+                .bytes()
+                .position(|b| b < 0x20 || b == 0x7f || b == 0xc2)
+            {
                 f.write_str(&rest[..at])?;
                 let c = rest[at..].chars().next().expect("a character starts here");
                 if c.is_control() {
@@ -564,15 +580,24 @@ mod tests {
     fn show_escapes_only_what_a_log_line_cannot_hold() {
         let show = |bytes: &[u8]| Show(bytes).to_string();
         assert_eq!(show(b"IAMAT kiwi +1+1 1"), "IAMAT kiwi +1+1 1");
-        assert_eq!(show(b"AT x\n{\n   \"a\" : 1\n}\n\n"), "AT x\\n{\\n   \"a\" : 1\\n}\\n\\n");
-        assert_eq!(show(b"caf\xc3\xa9 \xff\xfe\t\x7f"), "café \\xff\\xfe\\t\\u{7f}");
+        assert_eq!(
+            show(b"AT x\n{\n   \"a\" : 1\n}\n\n"),
+            "AT x\\n{\\n   \"a\" : 1\\n}\\n\\n"
+        );
+        assert_eq!(
+            show(b"caf\xc3\xa9 \xff\xfe\t\x7f"),
+            "café \\xff\\xfe\\t\\u{7f}"
+        );
         assert_eq!(show("a\u{85}b\u{a9}".as_bytes()), "a\\u{85}b\u{a9}");
     }
 
     #[test]
     fn failed_providers_give_an_empty_answer_with_their_status() {
         let answer = places_answer(Err(PlacesError::Status("OVER_QUERY_LIMIT".into())), 5);
-        assert_eq!(answer, json!({"html_attributions": [], "results": [], "status": "OVER_QUERY_LIMIT"}));
+        assert_eq!(
+            answer,
+            json!({"html_attributions": [], "results": [], "status": "OVER_QUERY_LIMIT"})
+        );
         let answer = places_answer(Err(PlacesError::Unavailable("timed out".into())), 5);
         assert_eq!(answer["status"], "UNKNOWN_ERROR");
         let many = json!({"html_attributions": [], "results": [1, 2, 3, 4], "status": "OK"});

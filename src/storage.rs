@@ -120,7 +120,11 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
 impl Storage {
     /// Opens (creating if needed) the data folder `dir`, replays it, and
     /// starts a fresh segment. A new folder gets a new random run id.
-    pub fn open(dir: &Path, durability: Durability, interval: Duration) -> Result<(Arc<Storage>, Recovered), StorageError> {
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        interval: Duration,
+    ) -> Result<(Arc<Storage>, Recovered), StorageError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let (snapshot, segments) = list(dir)?;
         let mut recovered = Recovered::default();
@@ -137,7 +141,8 @@ impl Storage {
         if recovered.run == 0 {
             recovered.run = rand::random::<u64>() | 1;
         }
-        recovered.next_seq = reserved.max(recovered.reports.iter().map(|r| r.0).max().unwrap_or(0)) + 1;
+        recovered.next_seq =
+            reserved.max(recovered.reports.iter().map(|r| r.0).max().unwrap_or(0)) + 1;
         let segment = segments.last().copied().unwrap_or(0).max(first_segment) + 1;
         let path = dir.join(segment_name(segment));
         let file = create_segment(&path)?;
@@ -165,7 +170,9 @@ impl Storage {
             synced_watch,
         });
         // Reserve numbering before any is handed out, durably.
-        storage.reserve(recovered.next_seq + RESERVE_STEP).map_err(io_error(dir))?;
+        storage
+            .reserve(recovered.next_seq + RESERVE_STEP)
+            .map_err(io_error(dir))?;
         info!(
             dir = %dir.display(),
             reports = recovered.reports.len(),
@@ -246,7 +253,10 @@ impl Storage {
         payload.extend_from_slice(&run.to_le_bytes());
         payload.extend_from_slice(&seq.to_le_bytes());
         payload.extend_from_slice(name.as_bytes());
-        encode(&mut self.inner.lock().expect("storage lock").buffer, &payload);
+        encode(
+            &mut self.inner.lock().expect("storage lock").buffer,
+            &payload,
+        );
     }
 
     /// Makes what was appended so far as durable as the setting promises,
@@ -305,7 +315,8 @@ impl Storage {
             (inner.file.try_clone()?, inner.written)
         };
         file.sync_data()?;
-        self.synced_watch.send_modify(|synced| *synced = (*synced).max(position));
+        self.synced_watch
+            .send_modify(|synced| *synced = (*synced).max(position));
         Ok(())
     }
 
@@ -418,11 +429,15 @@ impl Storage {
         if let Some(error) = failed {
             return Err(io_error(&temporary)(error));
         }
-        let file = writer.into_inner().map_err(|e| io_error(&temporary)(e.into_error()))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| io_error(&temporary)(e.into_error()))?;
         file.sync_all().map_err(io_error(&temporary))?;
         let path = self.dir.join(snapshot_name(segment));
         std::fs::rename(&temporary, &path).map_err(io_error(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_error(&self.dir))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(&self.dir))?;
         Ok(())
     }
 }
@@ -476,7 +491,9 @@ fn create_segment(path: &Path) -> Result<File, StorageError> {
     file.write_all(MAGIC).map_err(io_error(path))?;
     if let Some(dir) = path.parent() {
         // The new name must survive a crash too.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(dir))?;
     }
     Ok(file)
 }
@@ -514,7 +531,12 @@ fn list_all(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), StorageError> {
 /// Replays one file into `recovered`. A bad record ends the replay of this
 /// file: if `repair`, the file is cut there and the rest kept aside as
 /// `NAME.corrupt` for a person to look at.
-fn replay(path: &Path, recovered: &mut Recovered, reserved: &mut u64, repair: bool) -> Result<(), StorageError> {
+fn replay(
+    path: &Path,
+    recovered: &mut Recovered,
+    reserved: &mut u64,
+    repair: bool,
+) -> Result<(), StorageError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -524,10 +546,14 @@ fn replay(path: &Path, recovered: &mut Recovered, reserved: &mut u64, repair: bo
         if repair && MAGIC.starts_with(&bytes) {
             return Ok(());
         }
-        return Err(StorageError::Foreign { path: path.to_owned() });
+        return Err(StorageError::Foreign {
+            path: path.to_owned(),
+        });
     }
     if &bytes[..MAGIC.len()] != MAGIC {
-        return Err(StorageError::Foreign { path: path.to_owned() });
+        return Err(StorageError::Foreign {
+            path: path.to_owned(),
+        });
     }
     let mut offset = MAGIC.len();
     while offset < bytes.len() {
@@ -541,7 +567,10 @@ fn replay(path: &Path, recovered: &mut Recovered, reserved: &mut u64, repair: bo
             if repair {
                 let aside = path.with_extension("corrupt");
                 std::fs::write(&aside, &bytes[offset..]).map_err(io_error(&aside))?;
-                let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_error(path))?;
                 file.set_len(offset as u64).map_err(io_error(path))?;
                 file.sync_all().map_err(io_error(path))?;
             }
@@ -566,7 +595,11 @@ fn decode(bytes: &[u8]) -> Option<&[u8]> {
 }
 
 fn apply(payload: &[u8], recovered: &mut Recovered, reserved: &mut u64) {
-    let number = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(payload.get(at..at + 8)?.try_into().ok()?)) };
+    let number = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            payload.get(at..at + 8)?.try_into().ok()?,
+        ))
+    };
     match payload.first() {
         Some(b'R') => {
             if let Some(seq) = number(1) {
@@ -631,7 +664,12 @@ mod tests {
         let segment = dir.path().join(segment_name(1));
         let length = std::fs::metadata(&segment).unwrap().len();
         // Cut the last record in half, as a crash mid-write would.
-        OpenOptions::new().write(true).open(&segment).unwrap().set_len(length - 5).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(length - 5)
+            .unwrap();
         let (storage, recovered) = open(dir.path());
         assert_eq!(recovered.reports.len(), 1);
         assert!(segment.with_extension("corrupt").exists());
@@ -664,19 +702,25 @@ mod tests {
     fn a_foreign_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(segment_name(1)), b"hello, I am a text file").unwrap();
-        let error = Storage::open(dir.path(), Durability::None, Duration::from_millis(10)).err().unwrap();
+        let error = Storage::open(dir.path(), Durability::None, Duration::from_millis(10))
+            .err()
+            .unwrap();
         assert!(error.to_string().contains("not a herd log"), "{error}");
     }
 
     #[tokio::test]
     async fn always_waits_for_an_fsync() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, _) = Storage::open(dir.path(), Durability::Always, Duration::from_secs(60)).unwrap();
+        let (storage, _) =
+            Storage::open(dir.path(), Durability::Always, Duration::from_secs(60)).unwrap();
         storage.start_syncer();
         storage.append_report(1, b"AT Hill +0.1 a +1+1 1");
         // With a 60 s interval, only the group-commit request can make this
         // return promptly.
-        tokio::time::timeout(Duration::from_secs(10), storage.commit()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), storage.commit())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(*storage.synced_watch.borrow() > 0);
         storage.close();
     }
@@ -686,11 +730,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (storage, recovered) = open(dir.path());
         for seq in 1..=100 {
-            storage.append_report(seq, format!("AT Hill +0.1 c{} +1+1 {seq}", seq % 10).as_bytes());
+            storage.append_report(
+                seq,
+                format!("AT Hill +0.1 c{} +1+1 {seq}", seq % 10).as_bytes(),
+            );
         }
         storage.commit().await.unwrap();
         let live: Vec<(u64, Vec<u8>)> = (91..=100)
-            .map(|seq| (seq, format!("AT Hill +0.1 c{} +1+1 {seq}", seq % 10).into_bytes()))
+            .map(|seq| {
+                (
+                    seq,
+                    format!("AT Hill +0.1 c{} +1+1 {seq}", seq % 10).into_bytes(),
+                )
+            })
             .collect();
         storage
             .compact(

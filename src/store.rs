@@ -154,8 +154,15 @@ impl Inner {
                 });
                 self.by_seq.insert(seq, i);
                 let hash = self.hasher.hash_one(&report.client_id[..]);
-                let Inner { index, entries, hasher, .. } = self;
-                index.insert_unique(hash, i, |&j| hasher.hash_one(entries[j as usize].client_id()));
+                let Inner {
+                    index,
+                    entries,
+                    hasher,
+                    ..
+                } = self;
+                index.insert_unique(hash, i, |&j| {
+                    hasher.hash_one(entries[j as usize].client_id())
+                });
             }
         }
         true
@@ -221,7 +228,9 @@ impl Store {
     /// The newest report of a client.
     pub fn get(&self, client_id: &[u8]) -> Option<Report> {
         let inner = self.lock();
-        inner.find(client_id).map(|i| inner.entries[i as usize].report())
+        inner
+            .find(client_id)
+            .map(|i| inner.entries[i as usize].report())
     }
 
     /// The highest sequence number given out so far (0 when empty).
@@ -352,7 +361,10 @@ mod tests {
         store.restore(report("a", "2"), 7);
         store.restore(report("a", "1"), 9);
         store.restore(report("b", "1"), 3);
-        assert_eq!(store.get(b"a").unwrap().client_time, report("a", "2").client_time);
+        assert_eq!(
+            store.get(b"a").unwrap().client_time,
+            report("a", "2").client_time
+        );
         assert_eq!(seqs(&store, 0, 0, 100), (vec![3, 7], 9));
         store.continue_from(100);
         assert_eq!(store.update(report("c", "1"), Source::Client), Some(100));

@@ -56,9 +56,18 @@ fn bad_configs_are_clear_errors_naming_the_line() {
     )
     .unwrap();
     let path = path.to_str().unwrap();
-    fails_with(&["serve", "A", "--config", path], "bad.toml:5: unknown neighbour \"Nobody\"");
-    fails_with(&["serve", "A", "--config", "/no/such/herd.toml"], "cannot read");
-    fails_with(&["serve", "Nobody"], "no server \"Nobody\" in the herd; it has Hill, Jaquez");
+    fails_with(
+        &["serve", "A", "--config", path],
+        "bad.toml:5: unknown neighbour \"Nobody\"",
+    );
+    fails_with(
+        &["serve", "A", "--config", "/no/such/herd.toml"],
+        "cannot read",
+    );
+    fails_with(
+        &["serve", "Nobody"],
+        "no server \"Nobody\" in the herd; it has Hill, Jaquez",
+    );
     fails_with(&["serve", "Hill"], "no herd secret");
 }
 
@@ -78,13 +87,30 @@ fn send_prints_the_answers() {
     let herd_processes = Herd::start(&[("Solo", &[])]);
     let address = herd_processes.server("Solo").client.to_string();
     let time = now_text();
-    let output = herd(&["send", &address, &format!("IAMAT sent +1-2 {time}"), "WHATSAT sent 5 1", "bogus"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = herd(&[
+        "send",
+        &address,
+        &format!("IAMAT sent +1-2 {time}"),
+        "WHATSAT sent 5 1",
+        "bogus",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8(output.stdout).unwrap();
     let mut lines = text.lines();
     let at = lines.next().unwrap();
-    assert!(at.starts_with("AT Solo ") && at.ends_with(&format!(" sent +1-2 {time}")), "{text}");
-    assert_eq!(lines.next(), Some(at), "WHATSAT repeats the AT line: {text}");
+    assert!(
+        at.starts_with("AT Solo ") && at.ends_with(&format!(" sent +1-2 {time}")),
+        "{text}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some(at),
+        "WHATSAT repeats the AT line: {text}"
+    );
     assert!(text.ends_with("? bogus\n"), "{text}");
     fails_with(&["send", "127.0.0.1:1", "x"], "connecting to 127.0.0.1:1");
 }
@@ -103,11 +129,17 @@ fn up_runs_the_whole_herd_and_stops_it_on_sigterm() {
     let mut printed = String::new();
     while !printed.contains("is up") {
         let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "herd up ended early: {printed}");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "herd up ended early: {printed}"
+        );
         printed.push_str(&line);
     }
     for server in &herd_config.servers {
-        assert!(printed.contains(&server.name) && printed.contains(&server.client.to_string()), "{printed}");
+        assert!(
+            printed.contains(&server.name) && printed.contains(&server.client.to_string()),
+            "{printed}"
+        );
     }
     // The servers it started share the secret it made: a report floods.
     let mut hill = common::LineClient::connect(herd_config.server("Hill").client);
@@ -123,6 +155,8 @@ fn up_runs_the_whole_herd_and_stops_it_on_sigterm() {
     assert!(started.elapsed() < Duration::from_secs(5));
     // Every server is gone: its client port is free again.
     for server in &herd_config.servers {
-        common::eventually("the port to be free", || TcpListener::bind(server.client).is_ok());
+        common::eventually("the port to be free", || {
+            TcpListener::bind(server.client).is_ok()
+        });
     }
 }

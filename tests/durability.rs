@@ -23,7 +23,13 @@ fn a_full_herd_sigkill_loses_nothing_acknowledged() {
     }
     for i in 0..40 {
         let id = format!("d{i}");
-        let newest = acknowledged.iter().rev().find(|(c, _)| *c == id).unwrap().1.clone();
+        let newest = acknowledged
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == id)
+            .unwrap()
+            .1
+            .clone();
         herd.await_everywhere(ALL, &id, &newest);
     }
 }
@@ -34,7 +40,10 @@ fn a_lone_server_keeps_its_store_across_sigkill() {
     let at = herd.client("Solo").iamat("kept", "+1+1");
     herd.kill("Solo");
     herd.restart("Solo");
-    assert_eq!(herd.client("Solo").at_line_of("kept").as_deref(), Some(at.as_str()));
+    assert_eq!(
+        herd.client("Solo").at_line_of("kept").as_deref(),
+        Some(at.as_str())
+    );
 }
 
 #[test]
@@ -70,7 +79,10 @@ fn catching_up_after_a_restart_sends_only_what_was_missed() {
     // three updates it missed, not the 300 it had.
     let smith = sent(&herd, "Smith") - smith_before;
     let singleton = sent(&herd, "Singleton") - singleton_before;
-    assert!(smith + singleton <= 6, "Smith sent {smith}, Singleton {singleton}");
+    assert!(
+        smith + singleton <= 6,
+        "Smith sent {smith}, Singleton {singleton}"
+    );
     assert!(herd.client("Campbell").at_line_of("bulk7").is_some());
 }
 
@@ -106,7 +118,9 @@ fn a_truncated_log_is_recovered_and_the_rest_caught_up() {
     for (i, at) in ats.iter().enumerate() {
         herd.await_everywhere(&["Campbell"], &format!("t{i}"), at);
     }
-    eventually("the damage to be logged", || herd.log("Campbell").contains("torn or corrupt record"));
+    eventually("the damage to be logged", || {
+        herd.log("Campbell").contains("torn or corrupt record")
+    });
 }
 
 #[test]
@@ -143,5 +157,8 @@ fn a_foreign_file_in_the_data_folder_is_a_clear_error() {
     let output = herd.command("Solo").output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("log-999999.herd is not a herd log"), "{stderr}");
+    assert!(
+        stderr.contains("log-999999.herd is not a herd log"),
+        "{stderr}"
+    );
 }

@@ -17,7 +17,9 @@ const SOLO: &[(&str, &[&str])] = &[("Solo", &[])];
 /// the attacker is) do not apply to it.
 fn honest_client(server: SocketAddr) -> LineClient {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.connect(&server.into()).unwrap();
     let stream: TcpStream = socket.into();
     LineClient::from_stream(stream)
@@ -91,14 +93,18 @@ fn a_client_that_never_reads_cannot_grow_memory() {
     honest.iamat("target", "+34.068930-118.445127");
     let before = resident_kb(&herd);
     let mut greedy = TcpStream::connect(address).unwrap();
-    greedy.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    greedy
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     // Thousands of WHATSATs with big answers, never reading one.
     let request = "WHATSAT target 50 20\n".repeat(1000);
     let mut sent = 0;
     for _ in 0..50 {
         match greedy.write_all(request.as_bytes()) {
             Ok(()) => sent += 1000,
-            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break;
+            }
             Err(error) => panic!("{error}"),
         }
     }
@@ -113,14 +119,25 @@ fn a_client_that_never_reads_cannot_grow_memory() {
     let gave_up = loop {
         std::thread::sleep(Duration::from_millis(100)); // the client's pace
         match greedy.write_all(b"WHATSAT target 50 20\n") {
-            Err(error) if matches!(error.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+                ) =>
+            {
                 break started.elapsed();
             }
-            _ => assert!(started.elapsed() < Duration::from_secs(60), "the server never gave up"),
+            _ => assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the server never gave up"
+            ),
         }
         honest.iamat("honest", "+1+1");
     };
-    assert!(gave_up >= Duration::from_secs(1), "gave up after {gave_up:?}");
+    assert!(
+        gave_up >= Duration::from_secs(1),
+        "gave up after {gave_up:?}"
+    );
     assert!(resident_kb(&herd).saturating_sub(before) < 32 * 1024);
     assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
 }
@@ -170,10 +187,18 @@ fn random_bytes_get_answers_and_do_no_harm() {
     noise.write_all(&bytes).unwrap();
     noise.shutdown(std::net::Shutdown::Write).unwrap();
     let mut replies = Vec::new();
-    noise.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    noise
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     noise.read_to_end(&mut replies).unwrap();
     // One `?` reply per line, plus the unterminated tail.
-    let answered = replies.split(|&b| b == b'\n').filter(|l| l.starts_with(b"? ")).count();
-    assert!(answered == lines || answered == lines + 1, "{answered} for {lines} lines");
+    let answered = replies
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"? "))
+        .count();
+    assert!(
+        answered == lines || answered == lines + 1,
+        "{answered} for {lines} lines"
+    );
     assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
 }

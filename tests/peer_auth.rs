@@ -39,7 +39,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// A connection to a peer port, speaking as `from`, recording what it sends.
@@ -55,15 +58,31 @@ impl FakeNeighbour {
     /// Connects and completes the handshake; `None` if refused.
     fn join(peer: SocketAddr, secret: &[u8], from: &str, to: &str) -> Option<FakeNeighbour> {
         let stream = TcpStream::connect(peer).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut challenge = String::new();
         reader.read_line(&mut challenge).unwrap();
         let nonce_b = unhex(challenge.trim().rsplit(' ').next().unwrap());
         let nonce_a = [7u8; 16];
         let run = "4242";
-        let tag = mac(secret, &[b"hello", from.as_bytes(), to.as_bytes(), run.as_bytes(), &nonce_b, &nonce_a]);
-        let hello = format!("HERD-HELLO {from} {to} {run} {} {}\n", hex(&nonce_a), hex(&tag));
+        let tag = mac(
+            secret,
+            &[
+                b"hello",
+                from.as_bytes(),
+                to.as_bytes(),
+                run.as_bytes(),
+                &nonce_b,
+                &nonce_a,
+            ],
+        );
+        let hello = format!(
+            "HERD-HELLO {from} {to} {run} {} {}\n",
+            hex(&nonce_a),
+            hex(&tag)
+        );
         let mut neighbour = FakeNeighbour {
             stream,
             reader,
@@ -97,7 +116,9 @@ impl FakeNeighbour {
 
     /// Whether the server has closed this connection.
     fn is_closed(&mut self) -> bool {
-        self.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut rest = Vec::new();
         // Acks may come first; a refused link ends in EOF or a reset.
         loop {
@@ -121,12 +142,15 @@ fn at_line(client: &str) -> String {
 fn a_neighbour_with_the_secret_is_believed() {
     let herd = hill_alone();
     let peer = herd.server("Hill").peer;
-    let mut smith = FakeNeighbour::join(peer, herd.secret().as_bytes(), "Smith", "Hill").expect("welcomed");
+    let mut smith =
+        FakeNeighbour::join(peer, herd.secret().as_bytes(), "Smith", "Hill").expect("welcomed");
     let line = at_line("genuine");
     let frame = smith.frame(1, &line);
     smith.send(&frame);
     let mut hill = herd.client("Hill");
-    common::eventually("Hill to store the update", || hill.at_line_of("genuine").as_deref() == Some(line.as_str()));
+    common::eventually("Hill to store the update", || {
+        hill.at_line_of("genuine").as_deref() == Some(line.as_str())
+    });
 }
 
 #[test]
@@ -139,7 +163,9 @@ fn a_recorded_session_replayed_is_refused() {
     let frame = smith.frame(1, &first);
     smith.send(&frame);
     let mut hill = herd.client("Hill");
-    common::eventually("the recorded update to arrive", || hill.at_line_of("recorded").is_some());
+    common::eventually("the recorded update to arrive", || {
+        hill.at_line_of("recorded").is_some()
+    });
     let recording = smith.sent.clone();
     drop(smith);
 
@@ -147,13 +173,20 @@ fn a_recorded_session_replayed_is_refused() {
     let newer = hill.iamat("recorded", "+5+5");
     // ...and an eavesdropper replays the old session byte for byte.
     let mut replay = TcpStream::connect(peer).unwrap();
-    replay.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    replay
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let _ = replay.write_all(&recording);
     let mut answer = Vec::new();
     let _ = replay.read_to_end(&mut answer);
-    assert!(!String::from_utf8_lossy(&answer).contains("HERD-WELCOME"), "replayed hello welcomed");
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HERD-WELCOME"),
+        "replayed hello welcomed"
+    );
     assert_eq!(hill.at_line_of("recorded").as_deref(), Some(newer.as_str()));
-    common::eventually("Hill to log the refusal", || herd.log("Hill").contains("failed authentication"));
+    common::eventually("Hill to log the refusal", || {
+        herd.log("Hill").contains("failed authentication")
+    });
 }
 
 #[test]
@@ -186,7 +219,11 @@ fn an_altered_or_repeated_frame_ends_the_link_and_is_not_applied() {
 
 #[test]
 fn a_server_not_configured_as_a_neighbour_is_refused_even_with_the_secret() {
-    let herd = Herd::start(&[("Hill", &["Smith"]), ("Smith", &["Hill"]), ("Campbell", &[])]);
+    let herd = Herd::start(&[
+        ("Hill", &["Smith"]),
+        ("Smith", &["Hill"]),
+        ("Campbell", &[]),
+    ]);
     let peer = herd.server("Hill").peer;
     assert!(FakeNeighbour::join(peer, herd.secret().as_bytes(), "Campbell", "Hill").is_none());
     assert!(FakeNeighbour::join(peer, herd.secret().as_bytes(), "Smith", "Jaquez").is_none());

@@ -309,7 +309,6 @@ fn base64url(bytes: &[u8]) -> String {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -480,7 +480,6 @@ pub fn e7_to_degrees(e7: i32) -> f64 {
     f64::from(e7) / 1e7
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
