@@ -181,6 +181,8 @@ fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Result<()> {
     let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)
         .map_err(anyhow::Error::msg)?;
     server_runtime(threads)?.block_on(async {
+        let shutdown = CancellationToken::new();
+        let on_signal = cancel_on_signal(shutdown.clone()).context("handling signals")?;
         let client = listen(&server_config.client).await.with_context(|| {
             format!(
                 "{name}: cannot listen for clients on {}",
@@ -193,8 +195,7 @@ fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Result<()> {
                 server_config.peer
             )
         })?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(on_signal);
         server::run(setup, client, peer, shutdown).await
     })
 }
@@ -233,20 +234,20 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-async fn cancel_on_signal(token: CancellationToken) {
+/// Takes over SIGTERM and SIGINT at once (so that one arriving a moment
+/// later no longer kills the process outright), and returns the task that
+/// cancels `token` when one arrives. Call it inside the runtime.
+fn cancel_on_signal(token: CancellationToken) -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    token.cancel();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        token.cancel();
+    })
 }
 
 /// Sends every event to `LOG_DIR/NAME.log` through a background writer, so
@@ -303,6 +304,10 @@ fn up(args: &HerdArgs) -> anyhow::Result<()> {
     });
     let exe = std::env::current_exe().context("finding the herd binary")?;
     runtime()?.block_on(async {
+        // Before any child exists, so that Ctrl-C or SIGTERM always stops
+        // them rather than killing this process alone.
+        let stop = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(stop.clone()).context("handling signals")?);
         let mut children = Vec::new();
         for server in &config.servers {
             let mut command = tokio::process::Command::new(&exe);
@@ -360,8 +365,6 @@ fn up(args: &HerdArgs) -> anyhow::Result<()> {
         if ready {
             println!("herd of {} servers is up; Ctrl-C stops it", children.len());
             let _ = std::io::stdout().flush();
-            let stop = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(stop.clone()));
             let mut watch = tokio::time::interval(Duration::from_millis(200));
             let mut exited = vec![false; children.len()];
             loop {

@@ -48,9 +48,23 @@ pub fn herd_binary() -> &'static str {
 
 /// A free TCP port on 127.0.0.1, as far as the OS knows right now.
 pub fn free_address() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding port 0 on loopback")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    // Tests of one binary run in parallel: never hand the same port to two
+    // of them, even if the OS offers it again once released.
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let address = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("binding port 0 on loopback");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given
+            .get_or_insert_with(HashSet::new)
+            .insert(address.port())
+        {
+            return address;
+        }
+    }
 }
 
 /// A client time a little after now, unique per call within this process.
