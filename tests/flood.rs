@@ -220,7 +220,10 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
     for name in ALL {
         assert_eq!(herd.client(name).at_line_of("victim"), None, "{name}");
     }
-    assert!(herd.log("Hill").contains("peer refused"));
+    // The log is written in the background: wait for the line.
+    eventually("Hill to log the refusal", || {
+        herd.log("Hill").contains("peer refused")
+    });
 }
 
 #[test]

@@ -616,11 +616,10 @@ fn updates_flood_between_hosts_over_real_addresses() {
 
     // The client reached Hill from the client host's address ...
     let client_ip = &lab.host(CLIENT).ip;
-    assert!(
-        lab.log("Hill").contains(&format!("address={client_ip}:")),
-        "{}",
-        lab.log("Hill")
-    );
+    // The log is written in the background: wait for the line.
+    common::eventually("Hill's log to show the client host", || {
+        lab.log("Hill").contains(&format!("address={client_ip}:"))
+    });
     // ... and Hill's peer links run to its neighbours' hosts, and only
     // theirs, on the peer port.
     let sockets = run(
