@@ -73,8 +73,15 @@ fn bad_configs_are_clear_errors_naming_the_line() {
 
 #[test]
 fn a_taken_port_is_a_clear_error() {
-    let herd_config = Herd::configure(&[("Solo", &[])], "");
-    let taken = TcpListener::bind(herd_config.server("Solo").client).unwrap();
+    // Take the port ourselves. A free port may meanwhile serve as the local
+    // end of some other test's outgoing connection; then pick another.
+    let (herd_config, taken) = (0..10)
+        .find_map(|_| {
+            let herd_config = Herd::configure(&[("Solo", &[])], "");
+            let taken = TcpListener::bind(herd_config.server("Solo").client).ok()?;
+            Some((herd_config, taken))
+        })
+        .expect("a free port to take");
     let output = herd_config.command("Solo").output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
