@@ -53,10 +53,21 @@ pub fn free_address() -> SocketAddr {
     // Tests of one binary run in parallel: never hand the same port to two
     // of them, even if the OS offers it again once released.
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    // Below the kernel's ephemeral range (32768 and up by default), so that
+    // no outgoing connection takes the port while a server is restarting;
+    // any port found bindable will do, else one the OS picks.
+    let mut tries = 0;
     loop {
-        let address = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("binding port 0 on loopback");
+        tries += 1;
+        let wanted = if tries < 100 {
+            rand::random_range(15_000..32_000u16)
+        } else {
+            0
+        };
+        let Ok(address) = TcpListener::bind(("127.0.0.1", wanted)).and_then(|l| l.local_addr())
+        else {
+            continue;
+        };
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
         if given
             .get_or_insert_with(HashSet::new)
