@@ -334,6 +334,23 @@ impl Herd {
         }
     }
 
+    /// Waits until every listed server holds, for every client in
+    /// `acknowledged` (client id, AT reply, in the order they were made),
+    /// the last AT reply made for it.
+    #[track_caller]
+    pub fn await_newest(&self, names: &[&str], acknowledged: &[(String, String)]) {
+        let mut newest: Vec<(&str, &str)> = Vec::new();
+        for (client, at) in acknowledged {
+            match newest.iter_mut().find(|(c, _)| c == client) {
+                Some(entry) => entry.1 = at,
+                None => newest.push((client, at)),
+            }
+        }
+        for (client, at) in newest {
+            self.await_everywhere(names, client, at);
+        }
+    }
+
     pub fn stop_all(&mut self) {
         let names: Vec<String> = self.servers.iter().map(|s| s.name.clone()).collect();
         for name in names {
