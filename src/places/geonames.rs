@@ -251,16 +251,7 @@ impl Places for GeoNames {
 
 /// The whole Nearby Search answer for `places`.
 fn answer(places: &[Place]) -> Value {
-    let status = if places.is_empty() {
-        "ZERO_RESULTS"
-    } else {
-        "OK"
-    };
-    json!({
-        "html_attributions": [ATTRIBUTION],
-        "results": places.iter().map(Place::to_json).collect::<Vec<_>>(),
-        "status": status,
-    })
+    super::offline_answer(ATTRIBUTION, places.iter().map(Place::to_json).collect())
 }
 
 /// The point on the unit sphere for a stored place. `build.rs` has the same

@@ -62,6 +62,21 @@ pub enum PlacesError {
     Unavailable(String),
 }
 
+/// A Nearby Search answer in Google's shape for offline `results`:
+/// `ZERO_RESULTS` when there are none, else `OK`.
+pub fn offline_answer(attribution: &str, results: Vec<serde_json::Value>) -> serde_json::Value {
+    let status = if results.is_empty() {
+        "ZERO_RESULTS"
+    } else {
+        "OK"
+    };
+    serde_json::json!({
+        "html_attributions": [attribution],
+        "results": results,
+        "status": status,
+    })
+}
+
 /// A source of places.
 #[async_trait]
 pub trait Places: Send + Sync {

@@ -315,16 +315,7 @@ impl OsmDatabase {
     /// The whole Nearby Search answer for a query.
     pub fn answer(&self, query: &NearbyQuery) -> Value {
         let places = self.search(query.lat, query.lng, query.radius_m, query.limit);
-        let status = if places.is_empty() {
-            "ZERO_RESULTS"
-        } else {
-            "OK"
-        };
-        json!({
-            "html_attributions": [ATTRIBUTION],
-            "results": places.iter().map(OsmPlace::to_json).collect::<Vec<_>>(),
-            "status": status,
-        })
+        super::offline_answer(ATTRIBUTION, places.iter().map(OsmPlace::to_json).collect())
     }
 
     fn place(&self, index: usize, distance_m: f64) -> OsmPlace<'_> {
