@@ -4,7 +4,7 @@
 //! any non-whitespace byte, valid UTF-8 or not, and are echoed exactly.
 //! Framing (bytes into lines) lives in `framing`.
 
-use crate::time::{Timestamp, format_skew, parse_digits_u64};
+use crate::time::{Timestamp, parse_digits_u64, write_skew};
 
 /// The field separators of SPEC §2: space, tab, `\r`, `\f` and `\v`.
 ///
@@ -266,28 +266,19 @@ fn parse_bound(text: &[u8]) -> Option<usize> {
 /// The AT line for an accepted report, without a line ending:
 /// `AT <server> <skew> <client id> <location> <client time>`.
 pub fn format_at(server: &str, received_nanos: i128, iamat: &Iamat<'_>) -> Vec<u8> {
-    let skew = format_skew(received_nanos, iamat.client_time);
+    // One allocation, sized for the longest skew of the usual case.
     let mut line = Vec::with_capacity(
-        8 + server.len()
-            + skew.len()
+        32 + server.len()
             + iamat.client_id.len()
             + iamat.location_text.len()
             + iamat.time_text.len(),
     );
-    for (i, part) in [
-        b"AT".as_slice(),
-        server.as_bytes(),
-        skew.as_bytes(),
-        iamat.client_id,
-        iamat.location_text,
-        iamat.time_text,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if i > 0 {
-            line.push(b' ');
-        }
+    line.extend_from_slice(b"AT ");
+    line.extend_from_slice(server.as_bytes());
+    line.push(b' ');
+    write_skew(&mut line, received_nanos, iamat.client_time);
+    for part in [iamat.client_id, iamat.location_text, iamat.time_text] {
+        line.push(b' ');
         line.extend_from_slice(part);
     }
     line

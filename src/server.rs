@@ -326,6 +326,8 @@ async fn serve_client(
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     debug!(%address, "client connected");
+    // Formatted once: every message in and out is logged with it.
+    let address_text = address.to_string();
     let limits = &server.limits;
     let idle = Duration::from_secs(limits.idle_timeout_secs);
     let mut framer = LineFramer::new(limits.max_line_bytes);
@@ -334,7 +336,7 @@ async fn serve_client(
     loop {
         while let Some(frame) = framer.next_frame() {
             deadline = Instant::now() + idle;
-            answer(server, frame, address, &mut out).await;
+            answer(server, frame, &address_text, &mut out).await;
             // A client that does not read its replies stops being read.
             if out.len() >= limits.max_unsent_bytes {
                 reply(server, &mut stream, &mut out, idle).await?;
@@ -362,7 +364,7 @@ async fn serve_client(
             Ok(0) => {
                 // EOF: answer what is left, then close.
                 if let Some(frame) = framer.finish() {
-                    answer(server, frame, address, &mut out).await;
+                    answer(server, frame, &address_text, &mut out).await;
                     reply(server, &mut stream, &mut out, idle).await?;
                 }
                 break;
@@ -397,14 +399,14 @@ async fn reply(
 }
 
 /// Appends the reply to one framed line to `out`, and logs both.
-async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Vec<u8>) {
+async fn answer(server: &Server, frame: Frame, address: &str, out: &mut Vec<u8>) {
     let start = out.len();
     // WHATSAT answers are logged from their pre-escaped JSON; other replies
     // are one line.
     let mut answered_with = None;
     match &frame {
         Frame::Line(line) => {
-            info!(%address, "received: {}", Show(line));
+            info!(address, "received: {}", Show(line));
             match protocol::parse_request(line) {
                 Ok(Request::Iamat(iamat)) => {
                     let at_line =
@@ -432,23 +434,31 @@ async fn answer(server: &Server, frame: Frame, address: SocketAddr, out: &mut Ve
                     None => protocol::invalid_reply(line, out),
                 },
                 Err(reason) => {
-                    debug!(%address, %reason, "invalid line");
+                    debug!(address, %reason, "invalid line");
                     protocol::invalid_reply(line, out);
                 }
             }
         }
         Frame::TooLong(head) => {
-            info!(%address, "received an over-long line starting: {}", Show(&head[..head.len().min(80)]));
+            info!(
+                address,
+                "received an over-long line starting: {}",
+                Show(&head[..head.len().min(80)])
+            );
             protocol::invalid_reply(head, out);
         }
     }
     match answered_with {
         Some((at_line, rendered)) => {
-            info!(%address, "sent: {}\\n{}\\n", Show(&at_line), rendered.logged);
+            info!(address, "sent: {}\\n{}\\n", Show(&at_line), rendered.logged);
         }
         None => {
             let reply = &out[start..];
-            info!(%address, "sent: {}", Show(reply.strip_suffix(b"\n").unwrap_or(reply)));
+            info!(
+                address,
+                "sent: {}",
+                Show(reply.strip_suffix(b"\n").unwrap_or(reply))
+            );
         }
     }
 }
@@ -545,6 +555,10 @@ pub struct Show<'a>(pub &'a [u8]);
 
 impl std::fmt::Display for Show<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Nearly every line logged is printable ASCII: one check, one write.
+        if self.0.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+            return f.write_str(std::str::from_utf8(self.0).expect("ASCII is UTF-8"));
+        }
         for chunk in self.0.utf8_chunks() {
             // Printable runs go out whole; control bytes (a WHATSAT answer's
             // newlines, say) are escaped one by one. Control characters are
