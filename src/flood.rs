@@ -30,6 +30,7 @@
 //! `C <seq>` for "complete up to".
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -226,11 +227,16 @@ async fn dial_loop(server: Arc<Server>, index: usize, shutdown: CancellationToke
         };
         match attempt {
             Ok(Ok(link)) => {
-                info!(neighbour = %neighbour.name, "link up: sending to {}", neighbour.name);
+                info!("link up: sending to {}", neighbour.name);
                 backoff = BACKOFF_FIRST;
                 let outcome = send_updates(&server, index, link, &shutdown).await;
-                info!(neighbour = %neighbour.name, "link down: sending to {}: {}", neighbour.name,
-                    outcome.err().map_or("shutting down".to_owned(), |e| e.to_string()));
+                info!(
+                    "link down: sending to {}: {}",
+                    neighbour.name,
+                    outcome
+                        .err()
+                        .map_or("shutting down".to_owned(), |e| e.to_string())
+                );
             }
             Ok(Err(error)) => debug!(neighbour = %neighbour.name, %error, "cannot link"),
             Err(_) => debug!(neighbour = %neighbour.name, "handshake timed out"),
@@ -353,6 +359,7 @@ async fn send_updates(
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut last_heard = Instant::now();
     let mut pending = Vec::with_capacity(BATCH);
+    let mut frame = Vec::new();
     let mut ack = [0u8; 256];
     loop {
         // Mark the signal seen before looking, so an update accepted in
@@ -363,15 +370,18 @@ async fn send_updates(
             .store
             .since(next, Some((index, link_up_at)), BATCH, &mut pending);
         if reached > next {
-            let mut payload = Vec::with_capacity(pending.len() * 96 + 24);
+            frame.clear();
+            frame.extend_from_slice(&[0; 4]);
             for Pending { seq, at_line } in &pending {
-                info!(neighbour = %name, "sent to {name}: {}", Show(at_line));
-                payload.extend_from_slice(format!("U {seq} ").as_bytes());
-                payload.extend_from_slice(at_line);
-                payload.push(b'\n');
+                // The message names the neighbour: no field repeating it on
+                // the busiest lines of the log.
+                info!("sent to {name}: {}", Show(at_line));
+                let _ = write!(frame, "U {seq} ");
+                frame.extend_from_slice(at_line);
+                frame.push(b'\n');
             }
-            payload.extend_from_slice(format!("C {reached}\n").as_bytes());
-            write_frame(&mut writer, &key, &mut counter, &payload).await?;
+            let _ = writeln!(frame, "C {reached}");
+            write_frame(&mut writer, &key, &mut counter, &mut frame).await?;
             next = reached;
             continue;
         }
@@ -387,27 +397,32 @@ async fn send_updates(
                 if last_heard.elapsed() > SILENCE {
                     anyhow::bail!("{name} silent for {SILENCE:?}");
                 }
-                write_frame(&mut writer, &key, &mut counter, b"").await?;
+                frame.clear();
+                frame.extend_from_slice(&[0; 4]);
+                write_frame(&mut writer, &key, &mut counter, &mut frame).await?;
             }
             () = shutdown.cancelled() => return Ok(()),
         }
     }
 }
 
+/// Seals and writes one frame. `frame` holds four bytes of room for the
+/// length, then the payload; the length and the tag are filled in here, so
+/// that a link builds each frame in one buffer that it keeps.
 async fn write_frame(
     writer: &mut OwnedWriteHalf,
     key: &[u8],
     counter: &mut u64,
-    payload: &[u8],
+    frame: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
+    let payload = &frame[4..];
     let length = u32::try_from(payload.len()).expect("frames are small");
-    let mut frame = Vec::with_capacity(payload.len() + 36);
-    frame.extend_from_slice(&length.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame.extend_from_slice(&frame_tag(key, *counter, payload));
+    let tag = frame_tag(key, *counter, payload);
+    frame[..4].copy_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(&tag);
     *counter += 1;
     // A stopped neighbour must not hold this link forever.
-    timeout(SILENCE, writer.write_all(&frame))
+    timeout(SILENCE, writer.write_all(frame))
         .await
         .map_err(|_| anyhow::anyhow!("write timed out"))??;
     Ok(())
@@ -527,13 +542,18 @@ async fn receive(
     {
         old.cancel();
     }
-    info!(neighbour = %name, "link up: receiving from {name}");
+    info!("link up: receiving from {name}");
     let outcome = tokio::select! {
         outcome = receive_frames(server, index, run, &key, &mut reader, &mut writer) => outcome,
         () = session.cancelled() => Ok(()),
     };
-    info!(neighbour = %name, "link down: receiving from {name}: {}",
-        outcome.as_ref().err().map_or("replaced or shutting down".to_owned(), |e| e.to_string()));
+    info!(
+        "link down: receiving from {name}: {}",
+        outcome
+            .as_ref()
+            .err()
+            .map_or("replaced or shutting down".to_owned(), |e| e.to_string())
+    );
     outcome
 }
 
@@ -665,7 +685,7 @@ fn apply_line(server: &Server, index: usize, line: &[u8]) -> Option<u64> {
         PayloadLine::Complete { seq } => Some(seq),
         PayloadLine::Update { seq, at_line } => {
             let report = report_from_at_line(Bytes::copy_from_slice(at_line))?;
-            info!(neighbour = %name, "received from {name}: {}", Show(at_line));
+            info!("received from {name}: {}", Show(at_line));
             if !server.accept(report, Source::Neighbour(index)) {
                 debug!(neighbour = %name, "not newer, dropped");
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -360,7 +360,15 @@ async fn serve_client(
         // most `max_line_bytes` of memory.
         let room = framer.room();
         let mut buffer = framer.buffer().limit(room);
-        match stream.try_read_buf(&mut buffer) {
+        // Tokio's own read notices a short read and forgets the readiness,
+        // which saves the WouldBlock read the next turn would make; polled
+        // once, since the socket was just reported readable.
+        let read = tokio::select! {
+            biased;
+            read = stream.read_buf(&mut buffer) => read,
+            () = std::future::ready(()) => continue,
+        };
+        match read {
             Ok(0) => {
                 // EOF: answer what is left, then close.
                 if let Some(frame) = framer.finish() {

@@ -105,14 +105,26 @@ fn a_truncated_log_is_recovered_and_the_rest_caught_up() {
         .collect();
     herd.await_everywhere(ALL, "t19", &ats[19]);
     herd.kill("Campbell");
-    // Cut Campbell's newest log in the middle of a record.
+    // Cut Campbell's newest log in the middle of the record two thirds of
+    // the way in (records: u32 length, u32 CRC, payload, after a 9-byte
+    // header), so that the damage is a torn record wherever the records
+    // happen to fall.
     let newest = segments(&herd, "Campbell").pop().unwrap();
-    let length = std::fs::metadata(&newest).unwrap().len();
+    let bytes = std::fs::read(&newest).unwrap();
+    let mut start = 9;
+    loop {
+        let length = u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap()) as usize;
+        let end = start + 8 + length;
+        if end >= bytes.len() * 2 / 3 {
+            break;
+        }
+        start = end;
+    }
     std::fs::OpenOptions::new()
         .write(true)
         .open(&newest)
         .unwrap()
-        .set_len(length * 2 / 3)
+        .set_len(start as u64 + 6)
         .unwrap();
     herd.restart("Campbell");
     for (i, at) in ats.iter().enumerate() {
