@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,6 +93,8 @@ pub struct Server {
     pub storage: Option<Arc<Storage>>,
     /// Rendered WHATSAT JSON by query, for providers whose answers are fixed.
     pub answers: Mutex<HashMap<AnswerKey, Arc<RenderedPlaces>>>,
+    /// How many answers have entered the answer cache (their log numbers).
+    pub answers_numbered: AtomicU64,
 }
 
 impl Server {
@@ -154,6 +157,7 @@ pub async fn run(
         limits: setup.limits,
         storage,
         answers: Mutex::default(),
+        answers_numbered: AtomicU64::new(0),
     });
     info!(
         server = %server.name,
@@ -457,6 +461,28 @@ async fn answer(server: &Server, frame: Frame, address: &str, out: &mut Vec<u8>)
         }
     }
     match answered_with {
+        // An answer from the cache is written out in full the first time
+        // only, numbered; later sends of the same answer refer to it. For a
+        // server answering many WHATSATs about the same places, this keeps
+        // the log (and the disk writes behind it) to a few lines per answer.
+        Some((at_line, rendered)) if rendered.number != 0 && rendered.logged_before() => {
+            info!(
+                address,
+                places = rendered.number,
+                "sent: {}\\n(places answer {} as first sent)\\n",
+                Show(&at_line),
+                rendered.number
+            );
+        }
+        Some((at_line, rendered)) if rendered.number != 0 => {
+            info!(
+                address,
+                places = rendered.number,
+                "sent: {}\\n{}\\n",
+                Show(&at_line),
+                rendered.logged
+            );
+        }
         Some((at_line, rendered)) => {
             info!(address, "sent: {}\\n{}\\n", Show(&at_line), rendered.logged);
         }
@@ -477,17 +503,32 @@ pub struct RenderedPlaces {
     pub json: String,
     /// The same, escaped for a one-line log entry.
     pub logged: String,
+    /// For an answer kept in the answer cache, its number in this run's log
+    /// (from 1); 0 for an answer used once.
+    pub number: u64,
+    /// Whether the answer has been written to the log in full.
+    logged_once: AtomicBool,
 }
 
 impl RenderedPlaces {
-    fn new(value: &Value) -> Self {
+    fn new(value: &Value, number: u64) -> Self {
         let mut json = to_styled_string(value);
         while json.contains("\n\n") {
             json = json.replace("\n\n", "\n");
         }
         json.truncate(json.trim_end_matches('\n').len());
         let logged = Show(json.as_bytes()).to_string();
-        Self { json, logged }
+        Self {
+            json,
+            logged,
+            number,
+            logged_once: AtomicBool::new(false),
+        }
+    }
+
+    /// True if the answer was logged in full before; marks it logged.
+    fn logged_before(&self) -> bool {
+        self.logged_once.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -505,7 +546,15 @@ async fn places_json(server: &Server, query: &NearbyQuery) -> Arc<RenderedPlaces
         return json.clone();
     }
     let places = server.places.nearby(query).await;
-    let json = Arc::new(RenderedPlaces::new(&places_answer(places, query.limit)));
+    let number = if cacheable {
+        server.answers_numbered.fetch_add(1, Ordering::Relaxed) + 1
+    } else {
+        0
+    };
+    let json = Arc::new(RenderedPlaces::new(
+        &places_answer(places, query.limit),
+        number,
+    ));
     if cacheable {
         let mut answers = server.answers.lock().expect("answer cache lock");
         // Bounded: start over when full rather than track recency.

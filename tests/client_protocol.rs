@@ -334,6 +334,53 @@ fn every_message_is_logged_with_a_timestamp() {
 }
 
 #[test]
+fn a_repeated_places_answer_is_logged_in_full_once_then_by_number() {
+    let herd = solo();
+    let mut client = herd.client("Solo");
+    let at = client.iamat("repeat", "+34.068930-118.445127");
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        client.send_line("WHATSAT repeat 10 2");
+        answers.push(client.read_answer());
+    }
+    assert!(answers.iter().all(|answer| *answer == answers[0]));
+    assert_eq!(answers[0].0, at);
+    let first_name = serde_json::from_str::<serde_json::Value>(&answers[0].1).unwrap()["results"]
+        [0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually("the three answers to be logged", || {
+        herd.log("Solo")
+            .lines()
+            .filter(|l| l.contains(&format!("sent: {at}\\n")))
+            .count()
+            == 3
+    });
+    let log = herd.log("Solo");
+    let sent: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("sent: {at}\\n")))
+        .collect();
+    // The first carries the whole JSON, escaped onto one line, and a number;
+    // the others carry the same number and refer to it.
+    assert!(sent[0].contains("places=1 "), "{}", sent[0]);
+    assert!(sent[0].contains(&first_name), "{}", sent[0]);
+    assert!(
+        sent[0].contains(r#"\n   "status" : "OK"\n}\n"#),
+        "{}",
+        sent[0]
+    );
+    for line in &sent[1..] {
+        assert!(
+            line.contains("places=1 ") && line.ends_with(r"\n(places answer 1 as first sent)\n"),
+            "{line}"
+        );
+        assert!(!line.contains(&first_name), "{line}");
+    }
+}
+
+#[test]
 fn a_write_of_everything_at_once_gets_every_reply() {
     let herd = solo();
     let mut stream = std::net::TcpStream::connect(herd.server("Solo").client).unwrap();
