@@ -360,6 +360,8 @@ struct Connection {
     clock: Clock,
     /// The client time the location was seeded with (WHATSAT).
     seeded: Option<ClientTime>,
+    /// The last places JSON checked on this connection, and its status.
+    checked: reply::CheckedJson,
 }
 
 /// Opens all connections, a few hundred at a time, and for WHATSAT seeds
@@ -427,6 +429,7 @@ async fn open_one(
         client,
         clock,
         seeded,
+        checked: reply::CheckedJson::default(),
     })
 }
 
@@ -610,11 +613,16 @@ async fn drive_inner(
                     let seeded = connection
                         .seeded
                         .expect("WHATSAT connections are seeded when opened");
-                    reply::check_whatsat_answer(reply, &connection.client, seeded, *bound).map(
-                        |status| {
-                            *stats.statuses.entry(status).or_default() += 1;
-                        },
+                    reply::check_whatsat_answer_with(
+                        reply,
+                        &connection.client,
+                        seeded,
+                        *bound,
+                        &mut connection.checked,
                     )
+                    .map(|status| {
+                        *stats.statuses.entry(status).or_default() += 1;
+                    })
                 }
             };
             if let Err(why) = checked {
