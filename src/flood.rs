@@ -618,7 +618,7 @@ async fn receive_frames(
             }
         }
         if let Some(storage) = &server.storage {
-            storage.flush_soon()?;
+            storage.flush_soon().await?;
         }
         // Acknowledge now and then so the sender knows the link lives.
         if last_ack.elapsed() >= HEARTBEAT {

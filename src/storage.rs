@@ -297,11 +297,16 @@ impl Storage {
     }
 
     /// For updates no reply waits on (those from neighbours): hand them to
-    /// the OS now unless the setting leaves that to the interval.
-    pub fn flush_soon(&self) -> io::Result<()> {
+    /// the OS now unless the setting leaves that to the interval. It yields
+    /// first, so that the links flooding these updates onwards (and other
+    /// ready tasks) go before the write, which then covers their records too.
+    pub async fn flush_soon(&self) -> io::Result<()> {
         match self.durability {
             Durability::None => Ok(()),
-            Durability::Batched | Durability::Always => self.write_out().map(|_| ()),
+            Durability::Batched | Durability::Always => {
+                tokio::task::yield_now().await;
+                self.write_out().map(|_| ())
+            }
         }
     }
 
