@@ -338,8 +338,9 @@ async fn serve_client(
     let mut out = Vec::new();
     let mut deadline = Instant::now() + idle;
     loop {
+        let mut answered = false;
         while let Some(frame) = framer.next_frame() {
-            deadline = Instant::now() + idle;
+            answered = true;
             answer(server, frame, &address_text, &mut out).await;
             // A client that does not read its replies stops being read.
             if out.len() >= limits.max_unsent_bytes {
@@ -348,6 +349,11 @@ async fn serve_client(
         }
         if !out.is_empty() {
             reply(server, &mut stream, &mut out, idle).await?;
+        }
+        // Idle means no complete line (bytes alone do not count: a slowloris
+        // client is cut off too); one clock reading per batch of lines.
+        if answered {
+            deadline = Instant::now() + idle;
         }
         // Wait for bytes before giving the connection a buffer, so that idle
         // connections cost no buffer memory.
