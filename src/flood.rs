@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::logging::MessageLines;
 use crate::protocol::parse_at_line;
 use crate::server::{Server, Show, report_from_at_line};
 use crate::store::{Pending, Source};
@@ -373,15 +374,17 @@ async fn send_updates(
         if reached > next {
             frame.clear();
             frame.extend_from_slice(&[0; 4]);
+            // One log line per update, written together (the busiest lines
+            // of the log: one clock reading and one lock per frame).
+            let mut log = MessageLines::start();
             for Pending { seq, at_line } in &pending {
-                // The message names the neighbour: no field repeating it on
-                // the busiest lines of the log.
-                info!("sent to {name}: {}", Show(at_line));
+                log.line(&["sent to ", name, ": "], at_line);
                 let _ = write!(frame, "U {seq} ");
                 frame.extend_from_slice(at_line);
                 frame.push(b'\n');
             }
             let _ = writeln!(frame, "C {reached}");
+            drop(log);
             write_frame(&mut writer, &key, &mut counter, &mut frame).await?;
             next = reached;
             continue;
@@ -596,12 +599,14 @@ async fn receive_frames(
         }
         counter += 1;
         let mut complete = None;
+        let mut log = MessageLines::start();
         for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            match apply_line(server, index, line) {
+            match apply_line(server, index, line, &mut log) {
                 Some(seq) => complete = Some(seq),
                 None => warn!(neighbour = %name, "ignored a malformed line: {}", Show(line)),
             }
         }
+        drop(log);
         if let Some(seq) = complete {
             let advanced = {
                 let mut cursors = flood.cursors.lock().expect("cursor lock is never poisoned");
@@ -687,13 +692,13 @@ pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
 
 /// Applies one payload line; returns its sequence number, or `None` if the
 /// line is malformed.
-fn apply_line(server: &Server, index: usize, line: &[u8]) -> Option<u64> {
+fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines) -> Option<u64> {
     let name = &server.flood.neighbours[index].name;
     match parse_payload_line(line)? {
         PayloadLine::Complete { seq } => Some(seq),
         PayloadLine::Update { seq, at_line } => {
             let report = report_from_at_line(Bytes::copy_from_slice(at_line))?;
-            info!("received from {name}: {}", Show(at_line));
+            log.line(&["received from ", name, ": "], at_line);
             if !server.accept(report, Source::Neighbour(index)) {
                 debug!(neighbour = %name, "not newer, dropped");
             }

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -40,6 +40,10 @@ struct Pending {
 pub struct FileLayer {
     shared: Arc<Shared>,
 }
+
+/// The log that `MessageLines` write to, once a layer is installed as the
+/// process's log (`FileLayer::take_message_lines`).
+static MESSAGE_LOG: OnceLock<Arc<Shared>> = OnceLock::new();
 
 /// Flushes and stops the writer thread when dropped.
 pub struct FlushGuard {
@@ -70,6 +74,89 @@ impl FileLayer {
                 writer: Some(writer),
             },
         )
+    }
+}
+
+impl FileLayer {
+    /// Makes this layer's file the destination of `MessageLines` too. The
+    /// process's log calls this once; a later call changes nothing.
+    pub fn take_message_lines(&self) {
+        let _ = MESSAGE_LOG.set(self.shared.clone());
+    }
+}
+
+impl Shared {
+    /// Appends formatted lines, waiting if the writer is far behind.
+    fn append(&self, lines: &[u8]) {
+        let mut pending = self.pending.lock().expect("log lock");
+        while pending.bytes.len() > MAX_PENDING && !pending.closing {
+            pending = self.changed.wait(pending).expect("log lock");
+        }
+        pending.bytes.extend_from_slice(lines);
+    }
+}
+
+thread_local! {
+    /// The buffer `MessageLines` fill, kept between batches.
+    static MESSAGE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Log lines for the messages of one batch (the updates of one peer frame),
+/// written at INFO level in the same format as `tracing` events, with one
+/// clock reading and one lock for the whole batch instead of one each per
+/// line. The lines reach the log when this is dropped.
+pub struct MessageLines {
+    buffer: Vec<u8>,
+    stamp: String,
+    log: Option<&'static Shared>,
+}
+
+impl MessageLines {
+    /// Starts a batch; its lines go nowhere if no log takes message lines
+    /// or INFO is filtered out.
+    pub fn start() -> Self {
+        let log = MESSAGE_LOG
+            .get()
+            .filter(|_| tracing::enabled!(Level::INFO))
+            .map(|shared| &**shared);
+        let mut stamp = String::new();
+        if log.is_some() {
+            write_timestamp(&mut stamp, SystemTime::now());
+            stamp.push_str(level_name(Level::INFO));
+            stamp.push(' ');
+        }
+        Self {
+            buffer: MESSAGE_BUFFER.with(|buffer| std::mem::take(&mut *buffer.borrow_mut())),
+            stamp,
+            log,
+        }
+    }
+
+    /// Adds the line `<head...><message>`, the message's bytes shown as
+    /// every logged message is (control bytes escaped, non-UTF-8 as `\xNN`).
+    pub fn line(&mut self, head: &[&str], message: &[u8]) {
+        if self.log.is_none() {
+            return;
+        }
+        self.buffer.extend_from_slice(self.stamp.as_bytes());
+        for part in head {
+            self.buffer.extend_from_slice(part.as_bytes());
+        }
+        let _ = write!(self.buffer, "{}", crate::server::Show(message));
+        self.buffer.push(b'\n');
+    }
+}
+
+impl Drop for MessageLines {
+    fn drop(&mut self) {
+        if let Some(log) = self.log
+            && !self.buffer.is_empty()
+        {
+            log.append(&self.buffer);
+        }
+        self.buffer.clear();
+        let buffer = std::mem::take(&mut self.buffer);
+        MESSAGE_BUFFER.with(|kept| *kept.borrow_mut() = buffer);
     }
 }
 
@@ -180,11 +267,7 @@ impl<S: Subscriber> Layer<S> for FileLayer {
             line.push(' ');
             line.push_str(message);
             line.push('\n');
-            let mut pending = self.shared.pending.lock().expect("log lock");
-            while pending.bytes.len() > MAX_PENDING && !pending.closing {
-                pending = self.shared.changed.wait(pending).expect("log lock");
-            }
-            pending.bytes.extend_from_slice(line.as_bytes());
+            self.shared.append(line.as_bytes());
         });
     }
 }
@@ -307,6 +390,52 @@ mod tests {
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(20_779), (2026, 11, 22));
+    }
+
+    #[test]
+    fn message_lines_look_like_events_and_arrive_together() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.log");
+        let (layer, guard) = FileLayer::new(File::create(&path).unwrap());
+        layer.take_message_lines();
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("before");
+            let mut lines = MessageLines::start();
+            lines.line(&["sent to ", "Smith", ": "], b"AT Hill +0.1 a +1+1 1");
+            lines.line(&["sent to ", "Smith", ": "], b"odd\n\xff");
+            drop(lines);
+            tracing::info!("sent to Smith: AT Hill +0.1 b +1+1 1");
+        });
+        // With INFO filtered out, nothing is written.
+        let quiet =
+            tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::WARN);
+        tracing::subscriber::with_default(quiet, || {
+            MessageLines::start().line(&["sent to ", "Smith", ": "], b"filtered");
+        });
+        drop(guard);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].ends_with("  INFO before"));
+        assert!(
+            lines[1].ends_with("  INFO sent to Smith: AT Hill +0.1 a +1+1 1"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].ends_with(r"  INFO sent to Smith: odd\n\xff"),
+            "{}",
+            lines[2]
+        );
+        // The same layout as an event's line: timestamp, two spaces, level.
+        assert_eq!(
+            lines[1].len() - lines[1].find("  INFO").unwrap(),
+            "  INFO sent to Smith: AT Hill +0.1 a +1+1 1".len()
+        );
+        assert_eq!(lines[1].find("  INFO"), lines[3].find("  INFO"));
+        assert!(lines[1].starts_with("20") && lines[1].as_bytes()[10] == b'T');
     }
 
     #[test]

@@ -265,6 +265,7 @@ fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<herd::logging::Flu
         .open(&path)
         .with_context(|| format!("opening log file {}", path.display()))?;
     let (layer, guard) = herd::logging::FileLayer::new(file);
+    layer.take_message_lines();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::registry()
