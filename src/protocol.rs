@@ -4,7 +4,7 @@
 //! any non-whitespace byte, valid UTF-8 or not, and are echoed exactly.
 //! Framing (bytes into lines) lives in `framing`.
 
-use crate::time::{Timestamp, parse_digits_u64, write_skew};
+use crate::time::{SkewText, Timestamp, parse_digits_u64};
 
 /// The field separators of SPEC §2: space, tab, `\r`, `\f` and `\v`.
 ///
@@ -266,9 +266,11 @@ fn parse_bound(text: &[u8]) -> Option<usize> {
 /// The AT line for an accepted report, without a line ending:
 /// `AT <server> <skew> <client id> <location> <client time>`.
 pub fn format_at(server: &str, received_nanos: i128, iamat: &Iamat<'_>) -> Vec<u8> {
-    // One allocation, sized for the longest skew of the usual case.
+    // One allocation of exactly the line's length: the line is stored.
+    let skew = SkewText::new(received_nanos, iamat.client_time);
     let mut line = Vec::with_capacity(
-        32 + server.len()
+        7 + server.len()
+            + skew.as_bytes().len()
             + iamat.client_id.len()
             + iamat.location_text.len()
             + iamat.time_text.len(),
@@ -276,7 +278,7 @@ pub fn format_at(server: &str, received_nanos: i128, iamat: &Iamat<'_>) -> Vec<u
     line.extend_from_slice(b"AT ");
     line.extend_from_slice(server.as_bytes());
     line.push(b' ');
-    write_skew(&mut line, received_nanos, iamat.client_time);
+    line.extend_from_slice(skew.as_bytes());
     for part in [iamat.client_id, iamat.location_text, iamat.time_text] {
         line.push(b' ');
         line.extend_from_slice(part);
@@ -583,6 +585,8 @@ mod tests {
                 return Err(TestCaseError::fail(format!("valid: {line}")));
             };
             let at = format_at("Hill", 0, &iamat);
+            // Allocated at its exact length: the store keeps it as it is.
+            prop_assert_eq!(at.capacity(), at.len());
             let back = parse_at_line(&at).expect("our own AT line parses");
             prop_assert_eq!(back.client_id, client.as_bytes());
             prop_assert_eq!(back.client_time, iamat.client_time);

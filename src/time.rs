@@ -86,53 +86,70 @@ pub(crate) fn parse_digits_u64(digits: &[u8]) -> Option<u64> {
 /// field: an explicit sign (`+` for zero), the whole seconds without leading
 /// zeros, a point and exactly nine digits.
 pub fn format_skew(received_nanos: i128, sent: Timestamp) -> String {
-    let mut out = Vec::with_capacity(24);
-    write_skew(&mut out, received_nanos, sent);
-    String::from_utf8(out).expect("the skew is ASCII")
+    String::from_utf8(SkewText::new(received_nanos, sent).as_bytes().to_vec())
+        .expect("the skew is ASCII")
 }
 
-/// Appends the skew as `format_skew` formats it. Every accepted IAMAT goes
-/// through here, so the usual case (a skew under 584 years) uses 64-bit
-/// arithmetic and no formatting machinery.
-pub fn write_skew(out: &mut Vec<u8>, received_nanos: i128, sent: Timestamp) {
-    let diff = received_nanos - sent.as_nanos();
-    out.push(if diff < 0 { b'-' } else { b'+' });
-    let magnitude = diff.unsigned_abs();
-    match u64::try_from(magnitude) {
-        Ok(magnitude) => {
-            let per_sec = u64::from(NANOS_PER_SEC);
-            write_decimal(out, magnitude / per_sec);
-            out.push(b'.');
-            let nanos = magnitude % per_sec;
-            let mut digits = [b'0'; 9];
-            let mut rest = nanos;
-            for digit in digits.iter_mut().rev() {
-                *digit = b'0' + (rest % 10) as u8;
-                rest /= 10;
+/// The skew field's text, built on the stack: every accepted IAMAT formats
+/// one, and its AT line is then allocated at its exact length (a million
+/// stored lines would otherwise carry a million spare tails). The usual
+/// case (a skew under 584 years) uses 64-bit arithmetic and no formatting
+/// machinery.
+pub struct SkewText {
+    /// Sign, at most 30 digits (any `i128` difference), point, 9 digits.
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl SkewText {
+    pub fn new(received_nanos: i128, sent: Timestamp) -> Self {
+        let mut text = SkewText {
+            bytes: [0; 48],
+            len: 0,
+        };
+        let diff = received_nanos - sent.as_nanos();
+        text.push(&[if diff < 0 { b'-' } else { b'+' }]);
+        let magnitude = diff.unsigned_abs();
+        match u64::try_from(magnitude) {
+            Ok(magnitude) => {
+                let per_sec = u64::from(NANOS_PER_SEC);
+                let mut secs = magnitude / per_sec;
+                let mut digits = [0u8; 20];
+                let mut start = digits.len();
+                loop {
+                    start -= 1;
+                    digits[start] = b'0' + (secs % 10) as u8;
+                    secs /= 10;
+                    if secs == 0 {
+                        break;
+                    }
+                }
+                text.push(&digits[start..]);
+                let mut fraction = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'0', b'0', b'0'];
+                let mut rest = magnitude % per_sec;
+                for digit in fraction[1..].iter_mut().rev() {
+                    *digit = b'0' + (rest % 10) as u8;
+                    rest /= 10;
+                }
+                text.push(&fraction);
             }
-            out.extend_from_slice(&digits);
+            Err(_) => {
+                let per_sec = u128::from(NANOS_PER_SEC);
+                let long = format!("{}.{:09}", magnitude / per_sec, magnitude % per_sec);
+                text.push(long.as_bytes());
+            }
         }
-        Err(_) => {
-            let per_sec = u128::from(NANOS_PER_SEC);
-            let text = format!("{}.{:09}", magnitude / per_sec, magnitude % per_sec);
-            out.extend_from_slice(text.as_bytes());
-        }
+        text
     }
-}
 
-/// Appends `value` in decimal, without leading zeros.
-fn write_decimal(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
-    out.extend_from_slice(&digits[start..]);
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
 }
 
 #[cfg(test)]
