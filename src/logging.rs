@@ -135,6 +135,12 @@ impl MessageLines {
     /// Adds the line `<head...><message>`, the message's bytes shown as
     /// every logged message is (control bytes escaped, non-UTF-8 as `\xNN`).
     pub fn line(&mut self, head: &[&str], message: &[u8]) {
+        self.line_with_tail(head, message, &[]);
+    }
+
+    /// Adds the line `<head...><message><tail...>`; the tail is written as
+    /// it is (text already escaped for the log).
+    pub fn line_with_tail(&mut self, head: &[&str], message: &[u8], tail: &[&str]) {
         if self.log.is_none() {
             return;
         }
@@ -143,7 +149,25 @@ impl MessageLines {
             self.buffer.extend_from_slice(part.as_bytes());
         }
         let _ = write!(self.buffer, "{}", crate::server::Show(message));
+        for part in tail {
+            self.buffer.extend_from_slice(part.as_bytes());
+        }
         self.buffer.push(b'\n');
+    }
+
+    /// Writes the lines so far to the log and stamps later ones with the
+    /// time now: for a batch that waited (on a remote places provider).
+    pub fn restamp(&mut self) {
+        if let Some(log) = self.log {
+            if !self.buffer.is_empty() {
+                log.append(&self.buffer);
+                self.buffer.clear();
+            }
+            self.stamp.clear();
+            write_timestamp(&mut self.stamp, SystemTime::now());
+            self.stamp.push_str(level_name(Level::INFO));
+            self.stamp.push(' ');
+        }
     }
 }
 

@@ -64,10 +64,28 @@ fn coordinate(text: &[u8], limit: u64) -> Option<f64> {
     if whole_value > limit || (whole_value == limit && !fraction_is_zero) {
         return None;
     }
-    // Validated ASCII digits with a sign: a plain float parse of the text is
-    // exact enough for geometry; comparisons above were done on the text.
-    std::str::from_utf8(text).ok()?.parse().ok()
+    // Validated ASCII digits with a sign: the nearest f64 to the text (the
+    // comparisons above were done on the text, exactly).
+    let value = match fraction {
+        // Clinger's fast path, for the usual few digits: both the digits as
+        // an integer (below 2^53) and the power of ten (at most 10^22) are
+        // exact doubles, so one IEEE division gives the correctly rounded
+        // value, as the standard parser would, at a fraction of its cost.
+        Some(fraction) if whole.len() + fraction.len() <= 15 => {
+            let digits = parse_digits_u64(whole)? * 10u64.pow(fraction.len() as u32)
+                + parse_digits_u64(fraction)?;
+            digits as f64 / POWERS_OF_TEN[fraction.len()]
+        }
+        None if whole.len() <= 15 => whole_value as f64,
+        _ => return std::str::from_utf8(text).ok()?.parse().ok(),
+    };
+    Some(if text[0] == b'-' { -value } else { value })
 }
+
+/// 10^0 ..= 10^15, each exact as an f64.
+const POWERS_OF_TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
 
 /// Splits `digits[.digits]` into its whole and fraction parts, checking that
 /// both are non-empty runs of ASCII digits.
@@ -575,6 +593,23 @@ mod tests {
             let location = Location::parse(text.as_bytes()).expect("in range");
             prop_assert!((location.lat - lat as f64 / 1e6).abs() < 1e-9);
             prop_assert!((location.lng - lng as f64 / 1e6).abs() < 1e-9);
+        }
+
+        #[test]
+        fn coordinates_are_the_nearest_double(whole in 0u64..=90, fraction in "[0-9]{0,20}", negative: bool) {
+            let sign = if negative { '-' } else { '+' };
+            let text = if fraction.is_empty() {
+                format!("{sign}{whole}")
+            } else {
+                format!("{sign}{whole}.{fraction}")
+            };
+            let expected: f64 = text.parse().unwrap();
+            let parsed = coordinate(text.as_bytes(), 90);
+            if whole == 90 && fraction.bytes().any(|b| b != b'0') {
+                prop_assert_eq!(parsed, None);
+            } else {
+                prop_assert_eq!(parsed.map(f64::to_bits), Some(expected.to_bits()), "{}", text);
+            }
         }
 
         #[test]

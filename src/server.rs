@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::config::{HerdConfig, Limits};
 use crate::flood::{Flood, Neighbour};
 use crate::framing::{Frame, LineFramer};
+use crate::logging::MessageLines;
 use crate::places::{NearbyQuery, Places, PlacesError, json::to_styled_string};
 use crate::protocol::{self, Request};
 use crate::storage::{Durability, Storage};
@@ -339,14 +340,18 @@ async fn serve_client(
     let mut deadline = Instant::now() + idle;
     loop {
         let mut answered = false;
+        // The lines of one read, logged together (see `MessageLines`).
+        let mut log = MessageLines::start();
         while let Some(frame) = framer.next_frame() {
             answered = true;
-            answer(server, frame, &address_text, &mut out).await;
+            answer(server, frame, &address_text, &mut out, &mut log).await;
             // A client that does not read its replies stops being read.
             if out.len() >= limits.max_unsent_bytes {
+                log.restamp();
                 reply(server, &mut stream, &mut out, idle).await?;
             }
         }
+        drop(log);
         if !out.is_empty() {
             reply(server, &mut stream, &mut out, idle).await?;
         }
@@ -382,7 +387,9 @@ async fn serve_client(
             Ok(0) => {
                 // EOF: answer what is left, then close.
                 if let Some(frame) = framer.finish() {
-                    answer(server, frame, &address_text, &mut out).await;
+                    let mut log = MessageLines::start();
+                    answer(server, frame, &address_text, &mut out, &mut log).await;
+                    drop(log);
                     reply(server, &mut stream, &mut out, idle).await?;
                 }
                 break;
@@ -417,14 +424,20 @@ async fn reply(
 }
 
 /// Appends the reply to one framed line to `out`, and logs both.
-async fn answer(server: &Server, frame: Frame, address: &str, out: &mut Vec<u8>) {
+async fn answer(
+    server: &Server,
+    frame: Frame,
+    address: &str,
+    out: &mut Vec<u8>,
+    log: &mut MessageLines,
+) {
     let start = out.len();
     // WHATSAT answers are logged from their pre-escaped JSON; other replies
     // are one line.
     let mut answered_with = None;
     match &frame {
         Frame::Line(line) => {
-            info!(address, "received: {}", Show(line));
+            log.line(&["address=", address, " received: "], line);
             match protocol::parse_request(line) {
                 Ok(Request::Iamat(iamat)) => {
                     let at_line =
@@ -446,6 +459,10 @@ async fn answer(server: &Server, frame: Frame, address: &str, out: &mut Vec<u8>)
                             limit: whatsat.bound,
                         };
                         let rendered = places_json(server, &query).await;
+                        if rendered.number == 0 {
+                            // A remote provider's answer, maybe seconds later.
+                            log.restamp();
+                        }
                         protocol::whatsat_reply(&report.at_line, &rendered.json, out);
                         answered_with = Some((report.at_line, rendered));
                     }
@@ -458,10 +475,13 @@ async fn answer(server: &Server, frame: Frame, address: &str, out: &mut Vec<u8>)
             }
         }
         Frame::TooLong(head) => {
-            info!(
-                address,
-                "received an over-long line starting: {}",
-                Show(&head[..head.len().min(80)])
+            log.line(
+                &[
+                    "address=",
+                    address,
+                    " received an over-long line starting: ",
+                ],
+                &head[..head.len().min(80)],
             );
             protocol::invalid_reply(head, out);
         }
@@ -471,33 +491,31 @@ async fn answer(server: &Server, frame: Frame, address: &str, out: &mut Vec<u8>)
         // only, numbered; later sends of the same answer refer to it. For a
         // server answering many WHATSATs about the same places, this keeps
         // the log (and the disk writes behind it) to a few lines per answer.
-        Some((at_line, rendered)) if rendered.number != 0 && rendered.logged_before() => {
-            info!(
-                address,
-                places = rendered.number,
-                "sent: {}\\n(places answer {} as first sent)\\n",
-                Show(&at_line),
-                rendered.number
-            );
-        }
         Some((at_line, rendered)) if rendered.number != 0 => {
-            info!(
-                address,
-                places = rendered.number,
-                "sent: {}\\n{}\\n",
-                Show(&at_line),
-                rendered.logged
-            );
+            let number = rendered.number.to_string();
+            let head = ["address=", address, " places=", &number, " sent: "];
+            if rendered.logged_before() {
+                log.line_with_tail(
+                    &head,
+                    &at_line,
+                    &["\\n(places answer ", &number, " as first sent)\\n"],
+                );
+            } else {
+                log.line_with_tail(&head, &at_line, &["\\n", &rendered.logged, "\\n"]);
+            }
         }
         Some((at_line, rendered)) => {
-            info!(address, "sent: {}\\n{}\\n", Show(&at_line), rendered.logged);
+            log.line_with_tail(
+                &["address=", address, " sent: "],
+                &at_line,
+                &["\\n", &rendered.logged, "\\n"],
+            );
         }
         None => {
             let reply = &out[start..];
-            info!(
-                address,
-                "sent: {}",
-                Show(reply.strip_suffix(b"\n").unwrap_or(reply))
+            log.line(
+                &["address=", address, " sent: "],
+                reply.strip_suffix(b"\n").unwrap_or(reply),
             );
         }
     }
