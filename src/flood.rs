@@ -46,9 +46,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::logging::MessageLines;
+use crate::logging::{MessageLines, Show};
 use crate::protocol::parse_at_line;
-use crate::server::{Server, Show, report_from_at_line};
+use crate::server::{Server, report_from_at_line};
 use crate::store::{Pending, Source};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -166,6 +166,58 @@ impl Flood {
         }
         mac
     }
+
+    /// The tag of a hello from `from` to `to`, over the dialler's run and
+    /// both nonces (the listener's challenge first).
+    fn hello_mac(
+        &self,
+        from: &str,
+        to: &str,
+        run: &str,
+        nonce_b: &[u8],
+        nonce_a: &[u8],
+    ) -> HmacSha256 {
+        self.mac(&[
+            b"hello",
+            from.as_bytes(),
+            to.as_bytes(),
+            run.as_bytes(),
+            nonce_b,
+            nonce_a,
+        ])
+    }
+
+    /// The tag of the listener's welcome: the cursor it holds for the
+    /// dialler, over both nonces.
+    fn welcome_mac(
+        &self,
+        from: &str,
+        to: &str,
+        cursor: (&str, &str),
+        nonce_a: &[u8],
+        nonce_b: &[u8],
+    ) -> HmacSha256 {
+        self.mac(&[
+            b"welcome",
+            from.as_bytes(),
+            to.as_bytes(),
+            cursor.0.as_bytes(),
+            cursor.1.as_bytes(),
+            nonce_a,
+            nonce_b,
+        ])
+    }
+
+    /// The link's frame HMAC, keyed with a session key derived from both
+    /// nonces; set up once per link, a frame's tag starts from a copy of it.
+    fn session_key(&self, nonce_a: &[u8], nonce_b: &[u8]) -> HmacSha256 {
+        frame_key(
+            &self
+                .mac(&[b"session", nonce_a, nonce_b])
+                .finalize()
+                .into_bytes(),
+        )
+    }
 }
 
 /// Starts the peer listener and one dialler per neighbour.
@@ -255,7 +307,7 @@ async fn dial_loop(server: Arc<Server>, index: usize, shutdown: CancellationToke
 struct OutgoingLink {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
-    key: Vec<u8>,
+    key: HmacSha256,
     /// Where the receiver's cursor says to start.
     start: u64,
 }
@@ -278,14 +330,7 @@ async fn dial_handshake(
     };
     let nonce_a: [u8; 16] = rand::random();
     let run = flood.run.to_string();
-    let mac = flood.mac(&[
-        b"hello",
-        flood.me.as_bytes(),
-        neighbour.name.as_bytes(),
-        run.as_bytes(),
-        &nonce_b,
-        &nonce_a,
-    ]);
+    let mac = flood.hello_mac(&flood.me, &neighbour.name, &run, &nonce_b, &nonce_a);
     let hello = format!(
         "HERD-HELLO {} {} {} {} {}\n",
         flood.me,
@@ -302,24 +347,18 @@ async fn dial_handshake(
     };
     let tag = decode_hex(tag).ok_or_else(|| anyhow::anyhow!("bad welcome"))?;
     flood
-        .mac(&[
-            b"welcome",
-            flood.me.as_bytes(),
-            neighbour.name.as_bytes(),
-            cursor_run.as_bytes(),
-            cursor_seq.as_bytes(),
+        .welcome_mac(
+            &flood.me,
+            &neighbour.name,
+            (cursor_run, cursor_seq),
             &nonce_a,
             &nonce_b,
-        ])
+        )
         .verify_slice(&tag)
         .map_err(|_| anyhow::anyhow!("{} does not know the herd secret", neighbour.name))?;
     let cursor_run: u64 = cursor_run.parse()?;
     let cursor_seq: u64 = cursor_seq.parse()?;
-    let key = flood
-        .mac(&[b"session", &nonce_a, &nonce_b])
-        .finalize()
-        .into_bytes()
-        .to_vec();
+    let key = flood.session_key(&nonce_a, &nonce_b);
     Ok(OutgoingLink {
         reader,
         writer,
@@ -351,7 +390,6 @@ async fn send_updates(
         key,
         start,
     } = link;
-    let key = frame_key(&key);
     let mut next = start;
     // What the neighbour sent us before this link came up may be what it
     // lost in a restart: send it back too. Later ones it surely has.
@@ -372,8 +410,7 @@ async fn send_updates(
             .store
             .since(next, Some((index, link_up_at)), BATCH, &mut pending);
         if reached > next {
-            frame.clear();
-            frame.extend_from_slice(&[0; 4]);
+            start_frame(&mut frame);
             // One log line per update, written together (the busiest lines
             // of the log: one clock reading and one lock per frame).
             let mut log = MessageLines::start();
@@ -401,13 +438,18 @@ async fn send_updates(
                 if last_heard.elapsed() > SILENCE {
                     anyhow::bail!("{name} silent for {SILENCE:?}");
                 }
-                frame.clear();
-                frame.extend_from_slice(&[0; 4]);
+                start_frame(&mut frame);
                 write_frame(&mut writer, &key, &mut counter, &mut frame).await?;
             }
             () = shutdown.cancelled() => return Ok(()),
         }
     }
+}
+
+/// Empties a link's frame buffer, leaving room for the length.
+fn start_frame(frame: &mut Vec<u8>) {
+    frame.clear();
+    frame.extend_from_slice(&[0; 4]);
 }
 
 /// Seals and writes one frame. `frame` holds four bytes of room for the
@@ -432,8 +474,7 @@ async fn write_frame(
     Ok(())
 }
 
-/// The HMAC keyed with a link's session key, set up once per link: a frame's
-/// tag starts from a copy of it, which saves hashing the key per frame.
+/// The HMAC keyed with a link's session key.
 fn frame_key(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
 }
@@ -479,14 +520,7 @@ async fn receive(
             .filter(|_| to == flood.me)
             .ok_or_else(|| anyhow::anyhow!("{from} is not a neighbour of {}", flood.me))?;
         if flood
-            .mac(&[
-                b"hello",
-                from.as_bytes(),
-                to.as_bytes(),
-                run.as_bytes(),
-                &nonce_b,
-                &nonce_a,
-            ])
+            .hello_mac(from, to, run, &nonce_b, &nonce_a)
             .verify_slice(&tag)
             .is_err()
         {
@@ -503,15 +537,7 @@ async fn receive(
             cursors[index]
         };
         let (cursor_run, cursor_seq) = (cursor.run.to_string(), cursor.seq.to_string());
-        let mac = flood.mac(&[
-            b"welcome",
-            from.as_bytes(),
-            to.as_bytes(),
-            cursor_run.as_bytes(),
-            cursor_seq.as_bytes(),
-            &nonce_a,
-            &nonce_b,
-        ]);
+        let mac = flood.welcome_mac(from, to, (&cursor_run, &cursor_seq), &nonce_a, &nonce_b);
         writer
             .write_all(
                 format!(
@@ -521,11 +547,7 @@ async fn receive(
                 .as_bytes(),
             )
             .await?;
-        let key = flood
-            .mac(&[b"session", &nonce_a, &nonce_b])
-            .finalize()
-            .into_bytes()
-            .to_vec();
+        let key = flood.session_key(&nonce_a, &nonce_b);
         Ok((index, run_id, key))
     })
     .await
@@ -571,11 +593,10 @@ async fn receive_frames(
     server: &Server,
     index: usize,
     run: u64,
-    key: &[u8],
+    key: &HmacSha256,
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
 ) -> anyhow::Result<()> {
-    let key = &frame_key(key);
     let flood = &server.flood;
     let name = &flood.neighbours[index].name;
     let mut counter: u64 = 0;

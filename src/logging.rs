@@ -101,12 +101,14 @@ thread_local! {
     static MESSAGE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Log lines for the messages of one batch (the updates of one peer frame),
-/// written at INFO level in the same format as `tracing` events, with one
-/// clock reading and one lock for the whole batch instead of one each per
-/// line. The lines reach the log when this is dropped.
+/// Log lines for the messages of one batch (the lines of one read from a
+/// client, the updates of one peer frame), written at INFO level in the
+/// same format as `tracing` events, with one clock reading and one lock for
+/// the whole batch instead of one each per line. The clock is read at the
+/// first line; the lines reach the log when this is dropped.
 pub struct MessageLines {
     buffer: Vec<u8>,
+    /// Timestamp and level for the batch's lines; empty until the first.
     stamp: String,
     log: Option<&'static Shared>,
 }
@@ -119,15 +121,9 @@ impl MessageLines {
             .get()
             .filter(|_| tracing::enabled!(Level::INFO))
             .map(|shared| &**shared);
-        let mut stamp = String::new();
-        if log.is_some() {
-            write_timestamp(&mut stamp, SystemTime::now());
-            stamp.push_str(level_name(Level::INFO));
-            stamp.push(' ');
-        }
         Self {
             buffer: MESSAGE_BUFFER.with(|buffer| std::mem::take(&mut *buffer.borrow_mut())),
-            stamp,
+            stamp: String::new(),
             log,
         }
     }
@@ -144,41 +140,38 @@ impl MessageLines {
         if self.log.is_none() {
             return;
         }
+        if self.stamp.is_empty() {
+            write_timestamp(&mut self.stamp, SystemTime::now());
+            self.stamp.push_str(level_name(Level::INFO));
+            self.stamp.push(' ');
+        }
         self.buffer.extend_from_slice(self.stamp.as_bytes());
         for part in head {
             self.buffer.extend_from_slice(part.as_bytes());
         }
-        let _ = write!(self.buffer, "{}", crate::server::Show(message));
+        let _ = write!(self.buffer, "{}", Show(message));
         for part in tail {
             self.buffer.extend_from_slice(part.as_bytes());
         }
         self.buffer.push(b'\n');
     }
 
-    /// Writes the lines so far to the log and stamps later ones with the
-    /// time now: for a batch that waited (on a remote places provider).
+    /// Writes the lines so far to the log; later lines take the time anew.
+    /// For a batch that waited (on a remote places provider, on a client).
     pub fn restamp(&mut self) {
-        if let Some(log) = self.log {
-            if !self.buffer.is_empty() {
-                log.append(&self.buffer);
-                self.buffer.clear();
-            }
-            self.stamp.clear();
-            write_timestamp(&mut self.stamp, SystemTime::now());
-            self.stamp.push_str(level_name(Level::INFO));
-            self.stamp.push(' ');
-        }
-    }
-}
-
-impl Drop for MessageLines {
-    fn drop(&mut self) {
         if let Some(log) = self.log
             && !self.buffer.is_empty()
         {
             log.append(&self.buffer);
         }
         self.buffer.clear();
+        self.stamp.clear();
+    }
+}
+
+impl Drop for MessageLines {
+    fn drop(&mut self) {
+        self.restamp();
         let buffer = std::mem::take(&mut self.buffer);
         MESSAGE_BUFFER.with(|kept| *kept.borrow_mut() = buffer);
     }
@@ -330,6 +323,47 @@ impl Visit for LineVisitor<'_> {
     }
 }
 
+/// Bytes for a log line: UTF-8 as is, anything else as `\xNN`.
+pub struct Show<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Show<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Nearly every line logged is printable ASCII: one check, one write.
+        // (A fold without an early exit, so that it runs a vector at a time.)
+        let unusual = self
+            .0
+            .iter()
+            .fold(false, |seen, &b| seen | !(0x20..0x7f).contains(&b));
+        if !unusual {
+            return f.write_str(std::str::from_utf8(self.0).expect("ASCII is UTF-8"));
+        }
+        for chunk in self.0.utf8_chunks() {
+            // Printable runs go out whole; control bytes (a WHATSAT answer's
+            // newlines, say) are escaped one by one. Control characters are
+            // all ASCII or C1 (U+0080..U+009F), whose UTF-8 starts with 0xC2.
+            let mut rest = chunk.valid();
+            while let Some(at) = rest
+                .bytes()
+                .position(|b| b < 0x20 || b == 0x7f || b == 0xc2)
+            {
+                f.write_str(&rest[..at])?;
+                let c = rest[at..].chars().next().expect("a character starts here");
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    f.write_char(c)?;
+                }
+                rest = &rest[at + c.len_utf8()..];
+            }
+            f.write_str(rest)?;
+            for byte in chunk.invalid() {
+                write!(f, "\\x{byte:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `2026-11-22T00:31:02.114528Z`: RFC 3339 in UTC with microseconds.
 ///
 /// The part up to the seconds is formatted once per second per thread.
@@ -390,6 +424,21 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn show_escapes_only_what_a_log_line_cannot_hold() {
+        let show = |bytes: &[u8]| Show(bytes).to_string();
+        assert_eq!(show(b"IAMAT kiwi +1+1 1"), "IAMAT kiwi +1+1 1");
+        assert_eq!(
+            show(b"AT x\n{\n   \"a\" : 1\n}\n\n"),
+            "AT x\\n{\\n   \"a\" : 1\\n}\\n\\n"
+        );
+        assert_eq!(
+            show(b"caf\xc3\xa9 \xff\xfe\t\x7f"),
+            "café \\xff\\xfe\\t\\u{7f}"
+        );
+        assert_eq!(show("a\u{85}b\u{a9}".as_bytes()), "a\\u{85}b\u{a9}");
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

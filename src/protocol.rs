@@ -72,8 +72,8 @@ fn coordinate(text: &[u8], limit: u64) -> Option<f64> {
         // exact doubles, so one IEEE division gives the correctly rounded
         // value, as the standard parser would, at a fraction of its cost.
         Some(fraction) if whole.len() + fraction.len() <= 15 => {
-            let digits = parse_digits_u64(whole)? * 10u64.pow(fraction.len() as u32)
-                + parse_digits_u64(fraction)?;
+            let digits =
+                whole_value * 10u64.pow(fraction.len() as u32) + parse_digits_u64(fraction)?;
             digits as f64 / POWERS_OF_TEN[fraction.len()]
         }
         None if whole.len() <= 15 => whole_value as f64,

@@ -2,7 +2,6 @@
 //! connection, and shutdown. Flooding to neighbours is `flood`'s.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::config::{HerdConfig, Limits};
 use crate::flood::{Flood, Neighbour};
 use crate::framing::{Frame, LineFramer};
-use crate::logging::MessageLines;
+use crate::logging::{MessageLines, Show};
 use crate::places::{NearbyQuery, Places, PlacesError, json::to_styled_string};
 use crate::protocol::{self, Request};
 use crate::storage::{Durability, Storage};
@@ -631,65 +630,9 @@ fn now_nanos() -> i128 {
     }
 }
 
-/// Bytes for a log line: UTF-8 as is, anything else as `\xNN`.
-pub struct Show<'a>(pub &'a [u8]);
-
-impl std::fmt::Display for Show<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Nearly every line logged is printable ASCII: one check, one write.
-        // (A fold without an early exit, so that it runs a vector at a time.)
-        let unusual = self
-            .0
-            .iter()
-            .fold(false, |seen, &b| seen | !(0x20..0x7f).contains(&b));
-        if !unusual {
-            return f.write_str(std::str::from_utf8(self.0).expect("ASCII is UTF-8"));
-        }
-        for chunk in self.0.utf8_chunks() {
-            // Printable runs go out whole; control bytes (a WHATSAT answer's
-            // newlines, say) are escaped one by one. Control characters are
-            // all ASCII or C1 (U+0080..U+009F), whose UTF-8 starts with 0xC2.
-            let mut rest = chunk.valid();
-            while let Some(at) = rest
-                .bytes()
-                .position(|b| b < 0x20 || b == 0x7f || b == 0xc2)
-            {
-                f.write_str(&rest[..at])?;
-                let c = rest[at..].chars().next().expect("a character starts here");
-                if c.is_control() {
-                    write!(f, "{}", c.escape_default())?;
-                } else {
-                    f.write_char(c)?;
-                }
-                rest = &rest[at + c.len_utf8()..];
-            }
-            f.write_str(rest)?;
-            for byte in chunk.invalid() {
-                write!(f, "\\x{byte:02x}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn show_escapes_only_what_a_log_line_cannot_hold() {
-        let show = |bytes: &[u8]| Show(bytes).to_string();
-        assert_eq!(show(b"IAMAT kiwi +1+1 1"), "IAMAT kiwi +1+1 1");
-        assert_eq!(
-            show(b"AT x\n{\n   \"a\" : 1\n}\n\n"),
-            "AT x\\n{\\n   \"a\" : 1\\n}\\n\\n"
-        );
-        assert_eq!(
-            show(b"caf\xc3\xa9 \xff\xfe\t\x7f"),
-            "café \\xff\\xfe\\t\\u{7f}"
-        );
-        assert_eq!(show("a\u{85}b\u{a9}".as_bytes()), "a\\u{85}b\u{a9}");
-    }
 
     #[test]
     fn failed_providers_give_an_empty_answer_with_their_status() {
