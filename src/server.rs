@@ -394,7 +394,6 @@ async fn serve_client(
                 break;
             }
             Ok(_) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(error) => return Err(error),
         }
     }
