@@ -47,9 +47,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::logging::{MessageLines, Show};
-use crate::protocol::parse_at_line;
-use crate::server::{Server, report_from_at_line};
-use crate::store::{Pending, Source};
+use crate::protocol::{Location, parse_at_line};
+use crate::server::Server;
+use crate::store::{Pending, Report, Source};
+use crate::time::Timestamp;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -64,6 +65,10 @@ pub struct Neighbour {
 /// The most updates in one frame: big enough to batch a busy link, small
 /// enough that catch-up never starves live updates for long.
 const BATCH: usize = 256;
+/// A frame of at least this many updates marks a busy link, which then
+/// waits `LINGER` after it before sending the next (see `send_updates`).
+const BUSY_FRAME: usize = 16;
+const LINGER: Duration = Duration::from_millis(1);
 /// The largest frame payload a receiver accepts.
 const MAX_FRAME: usize = 4 * 1024 * 1024;
 /// Time to establish a TCP connection to a neighbour.
@@ -401,7 +406,14 @@ async fn send_updates(
     let mut pending = Vec::with_capacity(BATCH);
     let mut frame = Vec::new();
     let mut ack = [0u8; 256];
+    let mut linger_until = None;
     loop {
+        if let Some(until) = linger_until.take() {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
         // Mark the signal seen before looking, so an update accepted in
         // between still wakes us below.
         accepted.borrow_and_update();
@@ -423,6 +435,14 @@ async fn send_updates(
             let _ = writeln!(frame, "C {reached}");
             drop(log);
             write_frame(&mut writer, &key, &mut counter, &mut frame).await?;
+            // A busy link waits a moment before its next frame, so that
+            // under load frames grow instead of multiplying (each costs
+            // every hop a write, a read, a tag and a log flush), and so
+            // that what the neighbour sends us meanwhile need not be sent
+            // back (see `Store::since`). A quiet link never waits.
+            if pending.len() >= BUSY_FRAME {
+                linger_until = Some(Instant::now() + LINGER);
+            }
             next = reached;
             continue;
         }
@@ -658,10 +678,16 @@ async fn receive_frames(
 }
 
 /// One line of a frame's payload.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum PayloadLine<'a> {
-    /// `U <seq> <AT line>`: a report, numbered in the sender's sequence.
-    Update { seq: u64, at_line: &'a [u8] },
+    /// `U <seq> <AT line>`: a report, numbered in the sender's sequence,
+    /// with the time and location read from its AT line (parsed once).
+    Update {
+        seq: u64,
+        at_line: &'a [u8],
+        client_time: Timestamp,
+        location: Location,
+    },
     /// `C <seq>`: the sender has sent everything up to `seq`.
     Complete { seq: u64 },
 }
@@ -678,7 +704,15 @@ pub fn parse_payload_line(line: &[u8]) -> Option<PayloadLine<'_>> {
     let seq = crate::time::parse_digits_u64(seq)?;
     match kind {
         b"C" if rest.is_empty() => Some(PayloadLine::Complete { seq }),
-        b"U" if parse_at_line(rest).is_some() => Some(PayloadLine::Update { seq, at_line: rest }),
+        b"U" => {
+            let at = parse_at_line(rest)?;
+            Some(PayloadLine::Update {
+                seq,
+                at_line: rest,
+                client_time: at.client_time,
+                location: at.location,
+            })
+        }
         _ => None,
     }
 }
@@ -717,8 +751,13 @@ fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines
     let name = &server.flood.neighbours[index].name;
     match parse_payload_line(line)? {
         PayloadLine::Complete { seq } => Some(seq),
-        PayloadLine::Update { seq, at_line } => {
-            let report = report_from_at_line(Bytes::copy_from_slice(at_line))?;
+        PayloadLine::Update {
+            seq,
+            at_line,
+            client_time,
+            location,
+        } => {
+            let report = Report::new(Bytes::copy_from_slice(at_line), client_time, location);
             log.line(&["received from ", name, ": "], at_line);
             if !server.accept(report, Source::Neighbour(index)) {
                 debug!(neighbour = %name, "not newer, dropped");
@@ -806,7 +845,9 @@ mod tests {
             parse_payload_line(b"U 3 AT Hill +0.000000001 k +1+1 5"),
             Some(PayloadLine::Update {
                 seq: 3,
-                at_line: b"AT Hill +0.000000001 k +1+1 5"
+                at_line: b"AT Hill +0.000000001 k +1+1 5",
+                client_time: Timestamp::parse(b"5").unwrap(),
+                location: Location { lat: 1.0, lng: 1.0 },
             })
         );
         for bad in [

@@ -149,7 +149,11 @@ impl MessageLines {
         for part in head {
             self.buffer.extend_from_slice(part.as_bytes());
         }
-        let _ = write!(self.buffer, "{}", Show(message));
+        if plain(message) {
+            self.buffer.extend_from_slice(message);
+        } else {
+            let _ = write!(self.buffer, "{}", Show(message));
+        }
         for part in tail {
             self.buffer.extend_from_slice(part.as_bytes());
         }
@@ -323,18 +327,21 @@ impl Visit for LineVisitor<'_> {
     }
 }
 
+/// Whether `bytes` are all printable ASCII, which a log shows as they are.
+/// Nearly every message logged is.
+fn plain(bytes: &[u8]) -> bool {
+    // A fold without an early exit, so that it runs a vector at a time.
+    !bytes
+        .iter()
+        .fold(false, |seen, &b| seen | !(0x20..0x7f).contains(&b))
+}
+
 /// Bytes for a log line: UTF-8 as is, anything else as `\xNN`.
 pub struct Show<'a>(pub &'a [u8]);
 
 impl std::fmt::Display for Show<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Nearly every line logged is printable ASCII: one check, one write.
-        // (A fold without an early exit, so that it runs a vector at a time.)
-        let unusual = self
-            .0
-            .iter()
-            .fold(false, |seen, &b| seen | !(0x20..0x7f).contains(&b));
-        if !unusual {
+        if plain(self.0) {
             return f.write_str(std::str::from_utf8(self.0).expect("ASCII is UTF-8"));
         }
         for chunk in self.0.utf8_chunks() {

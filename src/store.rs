@@ -62,6 +62,14 @@ struct Entry {
     seq: u64,
     /// `CLIENT`, or the index of the neighbour it came from.
     source: u32,
+    /// Where the client id lies in `at_line`, found once: lookups compare
+    /// ids for every probe.
+    id_start: u32,
+    id_end: u32,
+    /// Neighbours (bit `k` for neighbour `k` < 32) that sent us this same
+    /// report again after we had it: like the source, they need not be
+    /// sent it (see [`Store::since`]).
+    also_from: u32,
 }
 
 const CLIENT: u32 = u32::MAX;
@@ -70,6 +78,15 @@ fn source_code(source: Source) -> u32 {
     match source {
         Source::Client => CLIENT,
         Source::Neighbour(index) => u32::try_from(index).expect("fewer than 4 billion neighbours"),
+    }
+}
+
+/// The `also_from` bit of a neighbour; none for clients and for
+/// neighbours past the 32nd (who are then sent everything but their own).
+fn neighbour_bit(source: Source) -> u32 {
+    match source {
+        Source::Neighbour(index) if index < 32 => 1 << index,
+        _ => 0,
     }
 }
 
@@ -83,13 +100,32 @@ fn client_id_range(at_line: &[u8]) -> std::ops::Range<usize> {
 }
 
 impl Entry {
+    fn new(report: Report, seq: u64, source: Source) -> Self {
+        let ids = client_id_range(&report.at_line);
+        let offset = |at| u32::try_from(at).expect("lines are shorter than 4 GiB");
+        Entry {
+            id_start: offset(ids.start),
+            id_end: offset(ids.end),
+            at_line: report.at_line,
+            client_time: report.client_time,
+            location: report.location,
+            seq,
+            source: source_code(source),
+            also_from: 0,
+        }
+    }
+
+    fn client_id_range(&self) -> std::ops::Range<usize> {
+        self.id_start as usize..self.id_end as usize
+    }
+
     fn client_id(&self) -> &[u8] {
-        &self.at_line[client_id_range(&self.at_line)]
+        &self.at_line[self.client_id_range()]
     }
 
     fn report(&self) -> Report {
         Report {
-            client_id: self.at_line.slice(client_id_range(&self.at_line)),
+            client_id: self.at_line.slice(self.client_id_range()),
             client_time: self.client_time,
             location: self.location,
             at_line: self.at_line.clone(),
@@ -122,35 +158,29 @@ impl Inner {
     fn put(&mut self, report: Report, seq: impl FnOnce(&mut Self) -> u64, source: Source) -> bool {
         match self.find(&report.client_id) {
             Some(i) => {
-                let known = &self.entries[i as usize];
+                let known = &mut self.entries[i as usize];
                 // Equal times are not newer: this is what ends a flood.
                 if known.client_time >= report.client_time {
+                    // The sender holds what we hold (or one it would never
+                    // replace it with, being no newer): sending it back would
+                    // change nothing there.
+                    if known.client_time == report.client_time {
+                        known.also_from |= neighbour_bit(source);
+                    }
                     return false;
                 }
                 let old_seq = known.seq;
                 self.by_seq.remove(&old_seq);
                 let seq = seq(self);
                 self.by_seq.insert(seq, i);
-                self.entries[i as usize] = Entry {
-                    at_line: report.at_line,
-                    client_time: report.client_time,
-                    location: report.location,
-                    seq,
-                    source: source_code(source),
-                };
+                self.entries[i as usize] = Entry::new(report, seq, source);
             }
             None => {
                 let i = u32::try_from(self.entries.len()).expect("fewer than 4 billion clients");
                 let seq = seq(self);
-                self.entries.push(Entry {
-                    at_line: report.at_line,
-                    client_time: report.client_time,
-                    location: report.location,
-                    seq,
-                    source: source_code(source),
-                });
-                self.by_seq.insert(seq, i);
                 let hash = self.hasher.hash_one(&report.client_id[..]);
+                self.entries.push(Entry::new(report, seq, source));
+                self.by_seq.insert(seq, i);
                 let Inner {
                     index,
                     entries,
@@ -248,8 +278,9 @@ impl Store {
     /// `max` of them.
     ///
     /// `leave_out: Some((neighbour, above))` leaves out the reports that came
-    /// from that neighbour and are numbered above `above`: never send an
-    /// update back to its sender while the link that brought it is up. Those
+    /// from that neighbour, or that it sent us again after we had them, and
+    /// are numbered above `above`: never send an update back to a neighbour
+    /// that sent it while the link to it is up. Those
     /// numbered lower are sent anyway, since the neighbour may have lost
     /// them in a restart since.
     ///
@@ -264,7 +295,10 @@ impl Store {
         out: &mut Vec<Pending>,
     ) -> u64 {
         let inner = self.lock();
-        let leave_out = leave_out.map(|(to, above)| (source_code(Source::Neighbour(to)), above));
+        let leave_out = leave_out.map(|(to, above)| {
+            let to = Source::Neighbour(to);
+            (source_code(to), neighbour_bit(to), above)
+        });
         let mut reached = after;
         let mut exhausted = true;
         for (scanned, (&seq, &i)) in inner.by_seq.range(after + 1..).enumerate() {
@@ -275,7 +309,9 @@ impl Store {
             }
             reached = seq;
             let entry = &inner.entries[i as usize];
-            let sent_it = leave_out.is_some_and(|(to, above)| seq > above && entry.source == to);
+            let sent_it = leave_out.is_some_and(|(to, bit, above)| {
+                seq > above && (entry.source == to || entry.also_from & bit != 0)
+            });
             if !sent_it {
                 out.push(Pending {
                     seq,
@@ -350,6 +386,47 @@ mod tests {
         // Only skipped entries left: the scan still moves on to the head.
         store.update(report("d", "1"), Source::Neighbour(0));
         assert_eq!(seqs(&store, 3, 0, 100), (vec![], 4));
+    }
+
+    #[test]
+    fn since_skips_what_the_neighbour_asking_sent_again() {
+        let store = Store::new();
+        store.update(report("a", "1"), Source::Neighbour(0));
+        store.update(report("b", "1"), Source::Client);
+        store.update(report("c", "1"), Source::Neighbour(0));
+        // Neighbour 1 sends the same `a` again, an older `b`, and a `c` no
+        // newer though it is another line: none is stored...
+        assert_eq!(store.update(report("a", "1"), Source::Neighbour(1)), None);
+        assert_eq!(store.update(report("b", "0"), Source::Neighbour(1)), None);
+        let other_c = Report::new(
+            Bytes::from_static(b"AT Smith +0.000000000 c +2+2 1"),
+            Timestamp::parse(b"1").unwrap(),
+            Location { lat: 2.0, lng: 2.0 },
+        );
+        assert_eq!(store.update(other_c, Source::Neighbour(1)), None);
+        // ...and neighbour 1 is not sent the `a` and `c` it holds, but is
+        // sent the newer `b` it lacks.
+        assert_eq!(seqs(&store, 0, 1, 100), (vec![2], 3));
+        // Neighbour 0 still gets all but its own.
+        assert_eq!(seqs(&store, 0, 0, 100), (vec![2], 3));
+        // Before the link came up, a neighbour may have lost what it sent.
+        let mut out = Vec::new();
+        store.since(0, Some((1, 3)), 100, &mut out);
+        assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        // A newer report starts afresh: everyone but its source gets it.
+        store.update(report("a", "2"), Source::Neighbour(0));
+        assert_eq!(seqs(&store, 3, 1, 100), (vec![4], 4));
+        assert_eq!(seqs(&store, 3, 0, 100), (vec![], 4));
+    }
+
+    #[test]
+    fn neighbours_past_the_32nd_are_sent_all_but_their_own() {
+        let store = Store::new();
+        store.update(report("a", "1"), Source::Neighbour(0));
+        assert_eq!(store.update(report("a", "1"), Source::Neighbour(40)), None);
+        assert_eq!(seqs(&store, 0, 40, 100), (vec![1], 1));
+        store.update(report("b", "1"), Source::Neighbour(40));
+        assert_eq!(seqs(&store, 1, 40, 100), (vec![], 2));
     }
 
     #[test]

@@ -260,3 +260,84 @@ fn a_server_with_another_secret_is_refused() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn bursts_crossing_the_herd_leave_every_newest_report_everywhere() {
+    // Pipelined bursts from both ends make every link busy, so frames grow
+    // and a link waits a moment between them (flood.rs), and the same
+    // reports reach a server from two sides, so that it hears some from
+    // the very neighbour it was about to send them to (store.rs).
+    let herd = Herd::start_default();
+    let ends = [("Hill", "h"), ("Campbell", "c")];
+    let mut connections: Vec<_> = ends.iter().map(|(name, _)| herd.client(name)).collect();
+    let mut acknowledged = Vec::new();
+    for round in 0..4 {
+        let mut sent = Vec::new();
+        for ((_, prefix), client) in ends.iter().zip(&mut connections) {
+            let mut burst = String::new();
+            let mut ids = Vec::new();
+            for i in 0..300 {
+                let id = format!("{prefix}{i}");
+                burst.push_str(&format!("IAMAT {id} +{round}+{} {}\n", i % 100, now_text()));
+                ids.push(id);
+            }
+            client.send(burst.as_bytes());
+            sent.push(ids);
+        }
+        for (ids, client) in sent.into_iter().zip(&mut connections) {
+            for id in ids {
+                let at = client.read_line();
+                assert!(at.starts_with("AT ") && at.contains(&id), "{at}");
+                acknowledged.push((id, at));
+            }
+        }
+    }
+    herd.await_newest(ALL, &acknowledged);
+}
+
+#[test]
+fn the_load_tool_waits_for_the_herd_to_hold_its_reports() {
+    let herd = Herd::start_default();
+    let address = |name: &str| herd.server(name).client.to_string();
+    let bench = |extra: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd-bench"))
+            .args(["--json", "iamat", "--addr", &address("Hill")])
+            .args(["--conns", "2", "--depth", "4", "--clients", "20"])
+            .args(["--warmup", "0", "--duration", "0.5"])
+            .args(extra)
+            .output()
+            .expect("running herd-bench");
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("herd-bench prints JSON");
+        (output.status.success(), report)
+    };
+    let (ok, report) = bench(&[
+        "--flooded-to",
+        &address("Campbell"),
+        "--flooded-to",
+        &address("Singleton"),
+    ]);
+    assert!(ok, "{report}");
+    assert_eq!(report["clients_per_conn"], 20);
+    let after = report["flooded_after_load_s"].as_f64().expect("a time");
+    assert!((0.0..10.0).contains(&after), "{report}");
+    let flooded = report["flooded_throughput_rps"].as_f64().expect("a rate");
+    let replies = report["replies"].as_f64().expect("a count");
+    assert!(flooded > 0.0 && flooded <= replies / 0.5, "{report}");
+    // A server outside the herd never holds them: the run fails, and says so.
+    let mut lone = Herd::start(&[("Lone", &[])]);
+    let (ok, report) = bench(&[
+        "--flooded-to",
+        &lone.server("Lone").client.to_string(),
+        "--flood-timeout",
+        "0.5",
+    ]);
+    assert!(!ok, "{report}");
+    assert!(
+        report["flood_error"]
+            .as_str()
+            .is_some_and(|error| error.contains(&lone.server("Lone").client.to_string())),
+        "{report}"
+    );
+    lone.stop_all();
+}

@@ -63,18 +63,30 @@ fn check_payload_line(line: &[u8]) {
                 Some(PayloadLine::Complete { seq })
             );
         }
-        PayloadLine::Update { seq, at_line } => {
+        PayloadLine::Update {
+            seq,
+            at_line,
+            client_time,
+            location,
+        } => {
             assert_eq!(kind, b"U ");
             assert_eq!(seq_value, Some(seq));
             // The AT line is the rest of the input, kept as is.
             assert!(is_sub_slice(line, at_line));
             assert_eq!(at_line, &rest[space.expect("U line has an AT line") + 1..]);
-            assert!(parse_at_line(at_line).is_some());
+            // Time and location are the AT line's own.
+            let at = parse_at_line(at_line).expect("an update's AT line parses");
+            assert_eq!((at.client_time, at.location), (client_time, location));
             let mut again = format!("U {seq} ").into_bytes();
             again.extend_from_slice(at_line);
             assert_eq!(
                 parse_payload_line(&again),
-                Some(PayloadLine::Update { seq, at_line })
+                Some(PayloadLine::Update {
+                    seq,
+                    at_line,
+                    client_time,
+                    location
+                })
             );
             // And the server can build a report from it.
             let report = report_from_at_line(Bytes::copy_from_slice(at_line))

@@ -69,7 +69,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// IAMAT throughput and latency over many pipelined connections.
-    Iamat(LoadArgs),
+    Iamat {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Distinct clients each connection reports, in turn. With 1, every
+        /// IAMAT of a connection supersedes its previous one, which a herd
+        /// may then never need to flood; many clients per connection make
+        /// every IAMAT a location the herd must spread, as with real phones.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        clients: u64,
+        /// After the load, ask this server (repeatable) until it holds
+        /// every connection's last report, and report the throughput the
+        /// herd kept up with: all replies over the time until then.
+        #[arg(long)]
+        flooded_to: Vec<String>,
+        /// Seconds to wait for --flooded-to.
+        #[arg(long, default_value_t = 60.0)]
+        flood_timeout: f64,
+    },
     /// WHATSAT throughput and latency (client locations seeded with IAMAT first).
     Whatsat {
         #[command(flatten)]
@@ -275,8 +292,20 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         cli.threads
     };
     let (ok, json, table) = match cli.command {
-        Command::Iamat(args) => {
-            let config = load_config(&args, load::Request::Iamat, threads, &resolve)?;
+        Command::Iamat {
+            load: args,
+            clients,
+            flooded_to,
+            flood_timeout,
+        } => {
+            let clients = usize::try_from(clients).context("--clients")?;
+            let request = load::Request::Iamat { clients };
+            let mut config = load_config(&args, request, threads, &resolve)?;
+            config.flooded_to = flooded_to
+                .iter()
+                .map(|addr| resolve(addr).context("--flooded-to"))
+                .collect::<Result<_, _>>()?;
+            config.flood_timeout = seconds(flood_timeout, "--flood-timeout")?;
             let report = load::run(config).await?;
             (report.ok(), report.to_json(), report.to_table())
         }
@@ -435,5 +464,7 @@ fn load_config(
         connect_timeout: CONNECT_TIMEOUT,
         request,
         threads,
+        flooded_to: Vec::new(),
+        flood_timeout: Duration::ZERO,
     })
 }

@@ -29,14 +29,21 @@ use crate::stats::{Batch, Shards, Summary};
 /// What each connection asks.
 #[derive(Clone, Debug)]
 pub enum Request {
-    Iamat,
-    Whatsat { radius_km: String, bound: u32 },
+    /// IAMAT, each connection reporting `clients` distinct client ids in
+    /// turn (1: one client per connection).
+    Iamat {
+        clients: usize,
+    },
+    Whatsat {
+        radius_km: String,
+        bound: u32,
+    },
 }
 
 impl Request {
     fn kind(&self) -> Kind {
         match self {
-            Request::Iamat => Kind::Iamat,
+            Request::Iamat { .. } => Kind::Iamat,
             Request::Whatsat { .. } => Kind::Whatsat,
         }
     }
@@ -57,6 +64,11 @@ pub struct LoadConfig {
     pub connect_timeout: Duration,
     pub request: Request,
     pub threads: usize,
+    /// IAMAT: servers to ask, after the load, until they hold every
+    /// connection's last acknowledged report (the herd has flooded it).
+    pub flooded_to: Vec<SocketAddr>,
+    /// How long to wait for that.
+    pub flood_timeout: Duration,
 }
 
 /// Times and limits every connection task shares.
@@ -94,6 +106,8 @@ struct ConnStats {
     unanswered: u64,
     not_sent: u64,
     statuses: BTreeMap<String, u64>,
+    /// Each connection's last acknowledged IAMAT: client id and time.
+    last_acked: Vec<(String, ClientTime)>,
 }
 
 impl ConnStats {
@@ -125,6 +139,7 @@ impl ConnStats {
         for (status, count) in other.statuses {
             *self.statuses.entry(status).or_default() += count;
         }
+        self.last_acked.extend(other.last_acked);
     }
 }
 
@@ -137,18 +152,37 @@ pub struct LoadReport {
     throughput: f64,
     latency: Summary,
     service: Option<Summary>,
+    flood: Option<FloodReport>,
+}
+
+/// How long the herd took to spread the load (IAMAT with `flooded_to`).
+#[derive(Debug)]
+struct FloodReport {
+    /// From the last reply until every server asked held every
+    /// connection's last report.
+    after_load: Option<Duration>,
+    /// Every reply of the run over the time from the first request until
+    /// then: what the herd as a whole kept up with.
+    throughput: Option<f64>,
+    error: Option<String>,
 }
 
 impl LoadReport {
     /// Whether every request got a valid reply and no connection failed.
     pub fn ok(&self) -> bool {
-        self.stats.invalid == 0 && self.error_count == 0 && self.stats.unanswered == 0
+        self.stats.invalid == 0
+            && self.error_count == 0
+            && self.stats.unanswered == 0
+            && self
+                .flood
+                .as_ref()
+                .is_none_or(|flood| flood.error.is_none())
     }
 
     pub fn to_json(&self) -> Value {
         let config = &self.config;
         let (command, radius, bound) = match &config.request {
-            Request::Iamat => ("iamat", None, None),
+            Request::Iamat { .. } => ("iamat", None, None),
             Request::Whatsat { radius_km, bound } => {
                 ("whatsat", Some(radius_km.clone()), Some(*bound))
             }
@@ -159,6 +193,10 @@ impl LoadReport {
             "conns": config.conns,
             "depth": if config.rate.is_some() { None } else { Some(config.depth) },
             "rate": config.rate,
+            "clients_per_conn": match config.request {
+                Request::Iamat { clients } => Some(clients),
+                Request::Whatsat { .. } => None,
+            },
             "radius_km": radius,
             "bound": bound,
             "threads": config.threads,
@@ -177,6 +215,10 @@ impl LoadReport {
             "unanswered": self.stats.unanswered,
             "not_sent": self.stats.not_sent,
             "statuses": self.stats.statuses,
+            "flooded_to": config.flooded_to.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "flooded_after_load_s": self.flood.as_ref().and_then(|f| f.after_load).map(|d| d.as_secs_f64()),
+            "flooded_throughput_rps": self.flood.as_ref().and_then(|f| f.throughput).map(|t| (t * 10.0).round() / 10.0),
+            "flood_error": self.flood.as_ref().and_then(|f| f.error.clone()),
             "ok": self.ok(),
         })
     }
@@ -185,7 +227,8 @@ impl LoadReport {
         let config = &self.config;
         let mut out = String::new();
         let what = match &config.request {
-            Request::Iamat => "IAMAT".to_string(),
+            Request::Iamat { clients: 1 } => "IAMAT".to_string(),
+            Request::Iamat { clients } => format!("IAMAT from {clients} clients per connection"),
             Request::Whatsat { radius_km, bound } => {
                 format!("WHATSAT radius {radius_km} km, bound {bound}")
             }
@@ -227,6 +270,17 @@ impl LoadReport {
                 .map(|(status, count)| format!("{status} {count}"))
                 .collect();
             out.push_str(&format!("  statuses     {}\n", statuses.join(", ")));
+        }
+        if let Some(flood) = &self.flood {
+            match (&flood.error, flood.after_load, flood.throughput) {
+                (Some(error), _, _) => out.push_str(&format!("  flooded      not seen: {error}\n")),
+                (None, Some(after), Some(throughput)) => out.push_str(&format!(
+                    "  flooded      {throughput:.0} reports/s (held by all {} servers asked {:.3} s after the last reply)\n",
+                    config.flooded_to.len(),
+                    after.as_secs_f64()
+                )),
+                _ => {}
+            }
         }
         out.push_str(&format!(
             "  invalid {}  errors {}  unanswered {}",
@@ -307,6 +361,26 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
     if let Some(pacer) = pacer {
         pacer.join().ok().context("the pacer thread panicked")?;
     }
+    let load_done = Instant::now();
+    let flood = if config.flooded_to.is_empty() {
+        None
+    } else {
+        Some(match await_flooded(&config, &stats.last_acked).await {
+            Ok(()) => {
+                let flooded = Instant::now();
+                FloodReport {
+                    after_load: Some(flooded - load_done),
+                    throughput: Some(stats.replies as f64 / (flooded - begin).as_secs_f64()),
+                    error: None,
+                }
+            }
+            Err(error) => FloodReport {
+                after_load: None,
+                throughput: None,
+                error: Some(format!("{error:#}")),
+            },
+        })
+    };
     let latency = Summary::of(&plan.latency.merged());
     let service = config.rate.map(|_| Summary::of(&plan.service.merged()));
     Ok(LoadReport {
@@ -316,7 +390,59 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         error_count,
         latency,
         service,
+        flood,
     })
+}
+
+/// Waits until every server of `flooded_to` holds each of `last`: asks
+/// them all with pipelined WHATSATs (tiny radius, bound 1), again every
+/// millisecond for those still missing. A herd floods a link's updates in
+/// the order it accepted them, so the last report of every connection
+/// stands for the ones before it.
+async fn await_flooded(config: &LoadConfig, last: &[(String, ClientTime)]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + config.flood_timeout;
+    let mut targets = JoinSet::new();
+    for &addr in &config.flooded_to {
+        let mut waiting: Vec<(String, String)> = last
+            .iter()
+            .map(|(id, time)| (id.clone(), time.text()))
+            .collect();
+        let connect_timeout = config.connect_timeout;
+        targets.spawn(async move {
+            let mut conn = LineConn::connect(addr, connect_timeout)
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+            while !waiting.is_empty() {
+                let mut asks = String::new();
+                for (id, _) in &waiting {
+                    asks.push_str(&format!("WHATSAT {id} 0.001 1\n"));
+                }
+                conn.send(asks.as_bytes()).await?;
+                let mut still = Vec::new();
+                for (id, time) in waiting {
+                    let answer = conn
+                        .reply(Kind::Whatsat, deadline)
+                        .await
+                        .with_context(|| format!("{addr} never held {id} at {time}"))?;
+                    if reply::answer_time(&answer, id.as_bytes()) != Some(time.as_bytes()) {
+                        still.push((id, time));
+                    }
+                }
+                waiting = still;
+                if !waiting.is_empty() {
+                    if Instant::now() >= deadline {
+                        bail!("{addr} lacks {} of the last reports", waiting.len());
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = targets.join_next().await {
+        done.context("a flood watcher panicked")??;
+    }
+    Ok(())
 }
 
 /// Wakes each connection when its next open-loop request is due.
@@ -357,11 +483,28 @@ struct Connection {
     index: usize,
     stream: TcpStream,
     client: Client,
+    /// The clients this connection reports in turn (IAMAT with
+    /// `--clients`); `client` is the first of them.
+    others: Vec<Client>,
+    /// Which of `client` and `others` reports next.
+    turn: usize,
+    /// The last IAMAT acknowledged: which client, and its time.
+    last_acked: Option<(usize, ClientTime)>,
     clock: Clock,
     /// The client time the location was seeded with (WHATSAT).
     seeded: Option<ClientTime>,
     /// The last places JSON checked on this connection, and its status.
     checked: reply::CheckedJson,
+}
+
+impl Connection {
+    /// The `k`th of the clients this connection reports.
+    fn reporting(&self, k: usize) -> &Client {
+        match k {
+            0 => &self.client,
+            k => &self.others[k - 1],
+        }
+    }
 }
 
 /// Opens all connections, a few hundred at a time, and for WHATSAT seeds
@@ -374,9 +517,14 @@ async fn open_all(config: &LoadConfig, run: &str) -> anyhow::Result<Vec<Connecti
     while connections.len() < config.conns {
         while next < config.conns && tasks.len() < AT_ONCE {
             let client = Client::new(run, next);
+            let clients = match config.request {
+                Request::Iamat { clients } => clients,
+                Request::Whatsat { .. } => 1,
+            };
             tasks.spawn(open_one(
                 next,
                 client,
+                clients,
                 config.addr,
                 config.connect_timeout,
                 matches!(config.request, Request::Whatsat { .. }),
@@ -396,6 +544,7 @@ async fn open_all(config: &LoadConfig, run: &str) -> anyhow::Result<Vec<Connecti
 async fn open_one(
     index: usize,
     client: Client,
+    clients: usize,
     addr: SocketAddr,
     timeout: Duration,
     seed: bool,
@@ -423,10 +572,14 @@ async fn open_one(
         }
         seeded = Some(time);
     }
+    let others = (1..clients).map(|k| client.another(k)).collect();
     Ok(Connection {
         index,
         stream: line.into_stream()?,
         client,
+        others,
+        turn: 0,
+        last_acked: None,
         clock,
         seeded,
         checked: reply::CheckedJson::default(),
@@ -441,6 +594,8 @@ struct Pending {
     /// When it was put in the send buffer.
     queued: Instant,
     time: ClientTime,
+    /// Which of the connection's clients it reported (IAMAT).
+    client: usize,
 }
 
 /// Appends the next request to `out` and remembers it as pending.
@@ -453,8 +608,12 @@ fn queue(
     now: Instant,
 ) {
     let time = connection.clock.next(unix_nanos());
+    let client = connection.turn;
     match request {
-        Request::Iamat => connection.client.write_iamat(time, out),
+        Request::Iamat { .. } => {
+            connection.turn = (client + 1) % (connection.others.len() + 1);
+            connection.reporting(client).write_iamat(time, out);
+        }
         Request::Whatsat { radius_km, bound } => {
             connection.client.write_whatsat(radius_km, *bound, out)
         }
@@ -463,6 +622,7 @@ fn queue(
         intended,
         queued: now,
         time,
+        client,
     });
 }
 
@@ -474,6 +634,10 @@ async fn drive(mut connection: Connection, plan: Arc<Plan>) -> ConnStats {
         stats
             .errors
             .push(format!("connection {}: {error:#}", connection.index));
+    }
+    if let Some((client, time)) = connection.last_acked {
+        let id = connection.reporting(client).id.clone();
+        stats.last_acked.push((id, time));
     }
     stats
 }
@@ -605,9 +769,17 @@ async fn drive_inner(
                 continue;
             };
             let checked = match &plan.request {
-                Request::Iamat => {
+                Request::Iamat { .. } => {
                     let line = &reply[..reply.len() - 1];
-                    reply::check_iamat_reply(line, &connection.client, sent.time)
+                    let checked = reply::check_iamat_reply(
+                        line,
+                        connection.reporting(sent.client),
+                        sent.time,
+                    );
+                    if checked.is_ok() {
+                        connection.last_acked = Some((sent.client, sent.time));
+                    }
+                    checked
                 }
                 Request::Whatsat { bound, .. } => {
                     let seeded = connection

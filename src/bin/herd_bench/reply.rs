@@ -125,6 +125,15 @@ impl Client {
         }
     }
 
+    /// The `k`th further client of the same connection: its own id, the
+    /// same location.
+    pub fn another(&self, k: usize) -> Self {
+        Client {
+            id: format!("{}-{k}", self.id),
+            location: self.location.clone(),
+        }
+    }
+
     /// Appends `IAMAT <id> <location> <time>\n`.
     pub fn write_iamat(&self, time: ClientTime, out: &mut String) {
         out.push_str("IAMAT ");
@@ -477,5 +486,12 @@ mod tests {
         assert_eq!(a.location, "+34.000068-118.000445");
         assert_eq!(b.location, "+34.999068-118.001445");
         assert_ne!(a.id, b.id);
+        // Further clients of a connection: ids of their own, same place.
+        let (a1, a2) = (a.another(1), a.another(2));
+        assert_eq!(
+            (a1.location.as_str(), a2.location.as_str()),
+            (a.location.as_str(), a.location.as_str())
+        );
+        assert!(a1.id != a.id && a2.id != a1.id && a1.id != b.id);
     }
 }
