@@ -23,10 +23,11 @@
 # --update-doc F  replace the part of F between the lines
 #                 "<!-- bench-compare:begin -->" and "<!-- bench-compare:end -->"
 #                 with the report (how BENCHMARKS.md is refreshed)
-# --loads LIST    a subset of: iamat-herd, iamat-rate, iamat-single,
+# --loads LIST    a subset of: iamat-herd, iamat-herd-spread, iamat-rate, iamat-single,
 #                 propagate, whatsat-geonames, whatsat-geonames-rate,
 #                 whatsat-google, whatsat-google-nocache, startup, fill, idle
 # --whatsat-rate  open-loop WHATSAT rate of whatsat-geonames-rate (50000)
+# --spread-clients N  clients per connection of iamat-herd-spread (1000)
 # --fill-clients  distinct clients of the memory load (1000000)
 # --fill-baselines  run the memory load on the baselines too (slow)
 # --idle N        idle connections of the idle load (20000; fewer if the
@@ -36,10 +37,10 @@
 # built with cargo); BENCH_THREADS sets herd-bench --threads (default 1).
 set -uo pipefail
 
-usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 COMMAND_LINE="scripts/bench-compare.sh $*"
-ALL_LOADS="iamat-herd,iamat-rate,iamat-single,propagate,whatsat-geonames,whatsat-geonames-rate,whatsat-google,whatsat-google-nocache,startup,fill,idle"
+ALL_LOADS="iamat-herd,iamat-herd-spread,iamat-rate,iamat-single,propagate,whatsat-geonames,whatsat-geonames-rate,whatsat-google,whatsat-google-nocache,startup,fill,idle"
 BASELINES=""
 RUNS=3
 DURATION=10
@@ -51,6 +52,7 @@ WHATSAT_RATE=50000
 SAMPLES=200
 LAUNCHES=10
 FILL_CLIENTS=1000000
+SPREAD_CLIENTS=1000
 FILL_BASELINES=0
 IDLE=20000
 OUT=""
@@ -72,6 +74,7 @@ while (($#)); do
         --samples) SAMPLES="$2"; shift 2 ;;
         --launches) LAUNCHES="$2"; shift 2 ;;
         --fill-clients) FILL_CLIENTS="$2"; shift 2 ;;
+        --spread-clients) SPREAD_CLIENTS="$2"; shift 2 ;;
         --fill-baselines) FILL_BASELINES=1; shift ;;
         --idle) IDLE="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
@@ -371,6 +374,9 @@ if kind == "load":
     figures = [("throughput (req/s)", d["throughput_rps"]),
                ("p50 latency (ms)", ms(d["latency_us"], "p50")),
                ("p99 latency (ms)", ms(d["latency_us"], "p99"))]
+    if d.get("flooded_throughput_rps") is not None:
+        figures += [("throughput until held by all (req/s)", d["flooded_throughput_rps"]),
+                    ("held by all, after the last reply (s)", d["flooded_after_load_s"])]
 elif kind == "rate":
     figures = [("p50 latency (ms)", ms(d["latency_us"], "p50")),
                ("p99 latency (ms)", ms(d["latency_us"], "p99"))]
@@ -454,7 +460,11 @@ measure_fill() {
 
 LOAD=(--conns "$CONNS" --depth "$DEPTH" --duration "$DURATION" --warmup "$WARMUP")
 OPEN=(--conns "$CONNS" --duration "$DURATION" --warmup "$WARMUP")
-ROW_HERD="IAMAT, five-server herd, load on Hill (${CONNS} conns x depth ${DEPTH})"
+ROW_HERD="IAMAT, five-server herd, load on Hill (${CONNS} conns x depth ${DEPTH}, a client each)"
+ROW_HERD_SPREAD="IAMAT, five-server herd, load on Hill (${CONNS} conns x depth ${DEPTH}, ${SPREAD_CLIENTS} clients each)"
+# Both herd rows ask the other four servers, after the load, until they hold
+# every connection's last report: "until held by all" counts the flooding.
+FLOODED=(--flooded-to @Jaquez --flooded-to @Smith --flooded-to @Campbell --flooded-to @Singleton)
 ROW_SINGLE="IAMAT, one server (${CONNS} conns x depth ${DEPTH})"
 ROW_RATE="IAMAT at ${RATE}/s open loop, five-server herd, on Hill"
 ROW_PROP="propagation Hill -> Campbell, light load (${SAMPLES} samples)"
@@ -486,7 +496,10 @@ run_load() {
         fill:asyncio | fill:node) ((FILL_BASELINES)) && measure_fill "$ROW_FILL" "$contender" ;;
         fill:herd) measure_fill "$ROW_FILL" herd ;;
         startup:*) measure_startup "$ROW_STARTUP" "$contender" ;;
-        iamat-herd:*) measure "$ROW_HERD" "$contender" herd geonames load iamat --addr @Hill "${LOAD[@]}" ;;
+        iamat-herd-spread:echo) ;;
+        iamat-herd:*) measure "$ROW_HERD" "$contender" herd geonames load iamat --addr @Hill "${LOAD[@]}" "${FLOODED[@]}" ;;
+        iamat-herd-spread:*) measure "$ROW_HERD_SPREAD" "$contender" herd geonames load \
+            iamat --addr @Hill "${LOAD[@]}" --clients "$SPREAD_CLIENTS" "${FLOODED[@]}" ;;
         # The echo server has no herd: its rate row is one server.
         iamat-rate:echo) measure "$ROW_RATE" echo single geonames rate iamat --addr @Hill "${OPEN[@]}" --rate "$RATE" ;;
         iamat-rate:*) measure "$ROW_RATE" "$contender" herd geonames rate iamat --addr @Hill "${OPEN[@]}" --rate "$RATE" ;;
@@ -530,12 +543,12 @@ fi
 
 REPORT="$WORK/report.md"
 python3 - "$RESULTS" "$RUNS" "$WHATSAT_RATE" "$FILL_CLIENTS" "$IDLE" "$IDLE_HELD" \
-    "$ROW_HERD" "$ROW_RATE" "$ROW_SINGLE" "$ROW_PROP" "$ROW_WGEO" "$ROW_WGEO_RATE" \
+    "$ROW_HERD" "$ROW_HERD_SPREAD" "$ROW_RATE" "$ROW_SINGLE" "$ROW_PROP" "$ROW_WGEO" "$ROW_WGEO_RATE" \
     "$ROW_WGOOGLE" "$ROW_WGOOGLE_NOCACHE" "$ROW_STARTUP" "$ROW_FILL" "$ROW_STARTUP_FULL" \
     "$ROW_IDLE" >"$REPORT.table" <<'EOF'
 import statistics, sys
 results, runs, whatsat_rate, fill_clients, idle_wanted, idle_held, *rows = sys.argv[1:]
-(ROW_HERD, ROW_RATE, ROW_SINGLE, ROW_PROP, ROW_WGEO, ROW_WGEO_RATE, ROW_WGOOGLE,
+(ROW_HERD, ROW_HERD_SPREAD, ROW_RATE, ROW_SINGLE, ROW_PROP, ROW_WGEO, ROW_WGEO_RATE, ROW_WGOOGLE,
  ROW_WGOOGLE_NOCACHE, ROW_STARTUP, ROW_FILL, ROW_STARTUP_FULL, ROW_IDLE) = rows
 runs = int(runs)
 values = {}
@@ -615,6 +628,11 @@ print("for 0.001 km, bound 1, kept in flight back to back: herd's through its em
 print("the baselines' through fake Google places); it includes about one small round trip (the")
 print("IAMAT round trip, shown) and up to one poll interval (shown). The loopback limit is")
 print("herd-bench's own echo server (one thread, no state, no flooding, no log).")
+print("\"Until held by all\" divides every reply of a run by the time from its first request until")
+print("the other four servers all held every connection's last report (asked with WHATSATs")
+print("after the load). With a client per connection each IAMAT replaces its connection's last")
+print("one, which a herd may then flood only once; with many clients per connection every")
+print("report is a location the herd must spread, as with many phones.")
 
 # Targets: (what, measured text, met?) with None when not measured.
 targets = []
@@ -625,11 +643,13 @@ def target(what, value_text, met, full=True):
     targets.append((what, value_text, verdict))
 
 tput = "throughput (req/s)"
-h, a, n = (med(ROW_HERD, tput, c) for c in ("herd", "asyncio", "node"))
-target("IAMAT throughput, five-server herd, vs asyncio ≥ 40×",
-       ratio(h, a), None if None in (h, a) else h / a >= 40)
-target("IAMAT throughput, five-server herd, vs node ≥ 15×",
-       ratio(h, n), None if None in (h, n) else h / n >= 15)
+held = "throughput until held by all (req/s)"
+for row, label in ((ROW_HERD_SPREAD, "every report flooded"), (ROW_HERD, "a client per connection")):
+    h, a, n = (med(row, held, c) for c in ("herd", "asyncio", "node"))
+    target("IAMAT throughput until held by all, five-server herd (%s), vs asyncio ≥ 40×" % label,
+           ratio(h, a), None if None in (h, a) else h / a >= 40)
+    target("IAMAT throughput until held by all, five-server herd (%s), vs node ≥ 15×" % label,
+           ratio(h, n), None if None in (h, n) else h / n >= 15)
 h, e = med(ROW_SINGLE, tput), med(ROW_SINGLE, tput, "echo")
 target("IAMAT throughput, one server, ≥ 60 % of the echo server",
        "—" if None in (h, e) else "%.0f %% (%s vs %s req/s)" % (100 * h / e, show(h), show(e)),
