@@ -141,6 +141,11 @@ impl Flood {
 
     /// Tells every link that the store has something new.
     pub fn announce(&self) {
+        // No link listening (none up, or no neighbours at all): a link
+        // that comes up scans the store from its cursor anyway.
+        if self.accepted.receiver_count() == 0 {
+            return;
+        }
         self.accepted
             .send_modify(|count| *count = count.wrapping_add(1));
     }
