@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -214,6 +215,21 @@ pub struct Limits {
     /// Replies held for a connection before the server stops reading its
     /// requests until the client reads (one reply is always allowed).
     pub max_unsent_bytes: usize,
+    /// A link to a neighbour that has been silent this long is dropped and
+    /// dialled again; each direction says it is alive six times as often.
+    pub link_silence_ms: u64,
+}
+
+impl Limits {
+    /// How long a silent link is kept.
+    pub fn link_silence(&self) -> Duration {
+        Duration::from_millis(self.link_silence_ms)
+    }
+
+    /// How often an idle link says it is alive, each way.
+    pub fn link_heartbeat(&self) -> Duration {
+        self.link_silence() / 6
+    }
 }
 
 impl Default for Limits {
@@ -224,6 +240,7 @@ impl Default for Limits {
             max_connections_per_ip: 1_000,
             idle_timeout_secs: 300,
             max_unsent_bytes: 64 * 1024,
+            link_silence_ms: 3_000,
         }
     }
 }
@@ -353,6 +370,7 @@ impl HerdConfig {
         ]
         .contains(&0)
             || limits.idle_timeout_secs == 0
+            || limits.link_silence_ms == 0
         {
             return Err(error_at(None, "limits must be greater than zero".into()));
         }
@@ -493,12 +511,13 @@ impl HerdConfig {
         text.push_str(&self.places.to_toml());
         let limits = &self.limits;
         text.push_str(&format!(
-            "\n[limits]\nmax_line_bytes = {}\nmax_connections = {}\nmax_connections_per_ip = {}\nidle_timeout_secs = {}\nmax_unsent_bytes = {}\n",
+            "\n[limits]\nmax_line_bytes = {}\nmax_connections = {}\nmax_connections_per_ip = {}\nidle_timeout_secs = {}\nmax_unsent_bytes = {}\nlink_silence_ms = {}\n",
             limits.max_line_bytes,
             limits.max_connections,
             limits.max_connections_per_ip,
             limits.idle_timeout_secs,
-            limits.max_unsent_bytes
+            limits.max_unsent_bytes,
+            limits.link_silence_ms
         ));
         let durability = match self.storage.durability {
             Durability::Always => "always",
@@ -665,6 +684,22 @@ mod tests {
             "max_line_bytes",
         );
         fails("this is not toml", 1, "");
+    }
+
+    #[test]
+    fn zero_limits_are_refused_and_link_timing_follows_its_setting() {
+        for key in ["max_connections", "idle_timeout_secs", "link_silence_ms"] {
+            let error = parse(&format!("{TWO}\n[limits]\n{key} = 0\n")).unwrap_err();
+            assert!(
+                error.to_string().contains("greater than zero"),
+                "{key}: {error}"
+            );
+        }
+        let herd = parse(&format!("{TWO}\n[limits]\nlink_silence_ms = 600\n")).unwrap();
+        assert_eq!(herd.limits.link_silence(), Duration::from_millis(600));
+        assert_eq!(herd.limits.link_heartbeat(), Duration::from_millis(100));
+        let default = parse(TWO).unwrap();
+        assert_eq!(default.limits.link_silence(), Duration::from_secs(3));
     }
 
     #[test]

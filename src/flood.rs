@@ -75,10 +75,6 @@ const MAX_FRAME: usize = 4 * 1024 * 1024;
 const CONNECT_TIME: Duration = Duration::from_millis(500);
 /// Time for a peer to complete its handshake.
 const HANDSHAKE_TIME: Duration = Duration::from_secs(2);
-/// How often an idle link says it is alive, each way.
-const HEARTBEAT: Duration = Duration::from_millis(500);
-/// A link that has been silent this long is dropped and dialled again.
-const SILENCE: Duration = Duration::from_secs(3);
 /// Reconnection backoff: first retry, and the most between retries. A
 /// neighbour that comes back dials us, which wakes our dialler at once.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
@@ -406,7 +402,8 @@ async fn send_updates(
     let link_up_at = server.store.head();
     let mut counter: u64 = 0;
     let mut accepted = flood.accepted.subscribe();
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let silence = server.limits.link_silence();
+    let mut heartbeat = tokio::time::interval(server.limits.link_heartbeat());
     let mut last_heard = Instant::now();
     let mut pending = Vec::with_capacity(BATCH);
     let mut frame = Vec::new();
@@ -439,7 +436,7 @@ async fn send_updates(
             }
             let _ = writeln!(frame, "C {reached}");
             drop(log);
-            write_frame(&mut writer, &key, &mut counter, &mut frame).await?;
+            write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
             // A busy link waits a moment before its next frame, so that
             // under load frames grow instead of multiplying (each costs
             // every hop a write, a read, a tag and a log flush), and so
@@ -449,9 +446,27 @@ async fn send_updates(
                 linger_until = Some(Instant::now() + LINGER);
             }
             next = reached;
+            // A busy link does not get to the wait below, where the
+            // neighbour's acknowledgements are read: take those that came,
+            // or a link busy for longer than its silence limit would be
+            // taken for dead.
+            take_acks(&reader, &mut ack, &mut last_heard, name)?;
             continue;
         }
+        // In a fixed order, liveness first: the check reads what came back
+        // before it judges.
         tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            _ = heartbeat.tick() => {
+                // Acknowledgements waiting to be read are not silence.
+                take_acks(&reader, &mut ack, &mut last_heard, name)?;
+                if last_heard.elapsed() > silence {
+                    anyhow::bail!("{name} silent for {silence:?}");
+                }
+                start_frame(&mut frame);
+                write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
+            }
             changed = accepted.changed() => changed?,
             read = reader.read(&mut ack) => {
                 if read? == 0 {
@@ -459,14 +474,24 @@ async fn send_updates(
                 }
                 last_heard = Instant::now();
             }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > SILENCE {
-                    anyhow::bail!("{name} silent for {SILENCE:?}");
-                }
-                start_frame(&mut frame);
-                write_frame(&mut writer, &key, &mut counter, &mut frame).await?;
-            }
-            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Reads whatever the neighbour has sent back on a link (acknowledgements,
+/// whose content does not matter) without waiting, noting when it was heard.
+fn take_acks(
+    reader: &BufReader<OwnedReadHalf>,
+    ack: &mut [u8],
+    last_heard: &mut Instant,
+    name: &str,
+) -> anyhow::Result<()> {
+    loop {
+        match reader.get_ref().try_read(ack) {
+            Ok(0) => anyhow::bail!("closed by {name}"),
+            Ok(_) => *last_heard = Instant::now(),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(error) => return Err(error.into()),
         }
     }
 }
@@ -485,6 +510,7 @@ async fn write_frame(
     key: &HmacSha256,
     counter: &mut u64,
     frame: &mut Vec<u8>,
+    silence: Duration,
 ) -> anyhow::Result<()> {
     let payload = &frame[4..];
     let length = u32::try_from(payload.len()).expect("frames are small");
@@ -493,7 +519,7 @@ async fn write_frame(
     frame.extend_from_slice(&tag);
     *counter += 1;
     // A stopped neighbour must not hold this link forever.
-    timeout(SILENCE, writer.write_all(frame))
+    timeout(silence, writer.write_all(frame))
         .await
         .map_err(|_| anyhow::anyhow!("write timed out"))??;
     Ok(())
@@ -627,11 +653,12 @@ async fn receive_frames(
     let mut counter: u64 = 0;
     let mut payload = Vec::new();
     let mut last_ack = Instant::now();
+    let (silence, heartbeat) = (server.limits.link_silence(), server.limits.link_heartbeat());
     loop {
         let mut length = [0u8; 4];
-        match timeout(SILENCE, reader.read_exact(&mut length)).await {
+        match timeout(silence, reader.read_exact(&mut length)).await {
             Ok(read) => read?,
-            Err(_) => anyhow::bail!("{name} silent for {SILENCE:?}"),
+            Err(_) => anyhow::bail!("{name} silent for {silence:?}"),
         };
         let length = u32::from_be_bytes(length) as usize;
         if length > MAX_FRAME {
@@ -672,9 +699,9 @@ async fn receive_frames(
             storage.flush_soon().await?;
         }
         // Acknowledge now and then so the sender knows the link lives.
-        if last_ack.elapsed() >= HEARTBEAT {
+        if last_ack.elapsed() >= heartbeat {
             let seq = complete.unwrap_or(0);
-            timeout(SILENCE, writer.write_all(format!("ACK {seq}\n").as_bytes()))
+            timeout(silence, writer.write_all(format!("ACK {seq}\n").as_bytes()))
                 .await
                 .map_err(|_| anyhow::anyhow!("ack timed out"))??;
             last_ack = Instant::now();

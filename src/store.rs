@@ -92,7 +92,6 @@ fn neighbour_bit(source: Source) -> u32 {
 
 /// Where the client id lies in an AT line: its fourth field.
 fn client_id_range(at_line: &[u8]) -> std::ops::Range<usize> {
-    // Every lookup of a stored client goes through here.
     let mut spaces = memchr::memchr_iter(b' ', at_line);
     let start = spaces.nth(2).map_or(0, |i| i + 1);
     let end = spaces.next().unwrap_or(at_line.len());

@@ -341,3 +341,42 @@ fn the_load_tool_waits_for_the_herd_to_hold_its_reports() {
     );
     lone.stop_all();
 }
+
+#[test]
+fn a_link_busy_for_longer_than_its_silence_limit_stays_up() {
+    // A link with a next frame always ready never waits where it reads its
+    // neighbour's acknowledgements; it must still count them, or a healthy
+    // link busy for longer than its silence limit would be dropped as
+    // silent. Catch-up keeps a link that busy: B comes up to find A holding
+    // many reports it lacks, which A sends in frames of 256 back to back
+    // (each followed by a busy link's 1 ms wait: 400 ms at least).
+    let mut herd = Herd::configure(
+        &[("A", &["B"]), ("B", &[])],
+        "[limits]\nlink_silence_ms = 300\n",
+    );
+    assert!(herd.launch("A"));
+    let mut client = herd.client("A");
+    let mut last = String::new();
+    for chunk in 0..200 {
+        let mut lines = String::new();
+        for i in 0..500 {
+            lines.push_str(&format!("IAMAT busy{chunk}-{i} +1+1 {}\n", now_text()));
+        }
+        client.send(lines.as_bytes());
+        for _ in 0..500 {
+            last = client.read_line();
+        }
+    }
+    assert!(herd.launch("B"));
+    herd.await_everywhere(&["B"], "busy199-499", &last);
+    // One more report, flooded at once, shows the link stayed up after.
+    let after = herd.client("A").iamat("after", "+2+2");
+    herd.await_everywhere(&["B"], "after", &after);
+    let log = herd.log("A");
+    let downs: Vec<&str> = log.lines().filter(|l| l.contains("link down")).collect();
+    assert!(
+        downs.is_empty(),
+        "A dropped its link to B:\n{}",
+        downs.join("\n")
+    );
+}
