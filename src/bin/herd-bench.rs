@@ -10,6 +10,8 @@
 //!
 //!     herd-bench iamat --addr 127.0.0.1:12000 --conns 32 --depth 8 --duration 10
 //!     herd-bench iamat --addr 127.0.0.1:12000 --conns 32 --rate 5000 --duration 10
+//!     herd-bench iamat --addr 127.0.0.1:12000 --depth 4 --clients 1000 \
+//!         --flooded-to 127.0.0.1:12001 --flooded-to 127.0.0.1:12003
 //!     herd-bench whatsat --addr 127.0.0.1:12000 --radius 10 --bound 5 --duration 10
 //!     herd-bench propagate --from 127.0.0.1:12000 --to 127.0.0.1:12003 --samples 200
 //!     herd-bench conns --addr 127.0.0.1:12000 --idle 20000 --pid "$SERVER_PID"
@@ -221,7 +223,7 @@ struct LoadArgs {
     /// The server's client address, HOST:PORT.
     #[arg(long)]
     addr: String,
-    /// Connections, each with its own client id.
+    /// Connections, each with client ids of its own (see `iamat --clients`).
     #[arg(long, default_value_t = 16)]
     conns: usize,
     /// Requests in flight per connection (closed loop; ignored with --rate).
