@@ -405,8 +405,6 @@ async fn send_updates(
     let silence = server.limits.link_silence();
     let mut heartbeat = tokio::time::interval(server.limits.link_heartbeat());
     let mut last_heard = Instant::now();
-    // When a busy link last read its acknowledgements (see below).
-    let mut acks_taken = Instant::now();
     let mut pending = Vec::with_capacity(BATCH);
     let mut frame = Vec::new();
     let mut ack = [0u8; 256];
@@ -448,18 +446,11 @@ async fn send_updates(
                 linger_until = Some(Instant::now() + LINGER);
             }
             next = reached;
-            // A busy link does not get to the wait below, where the
-            // neighbour's acknowledgements are read: take those that came
-            // (every half heartbeat at most, not a read per frame), so that
-            // a link busy for longer than its silence limit is known alive.
-            if acks_taken.elapsed() >= server.limits.link_heartbeat() / 2 {
-                take_acks(&reader, &mut ack, &mut last_heard, name)?;
-                acks_taken = Instant::now();
-            }
             continue;
         }
-        // In a fixed order, liveness first: the check reads what came back
-        // before it judges.
+        // A busy link never waits here, so its neighbour's acknowledgements
+        // pile up unread meanwhile: liveness is judged only after reading
+        // what came back (in a fixed order, liveness first).
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),

@@ -100,7 +100,16 @@ fn client_id_range(at_line: &[u8]) -> std::ops::Range<usize> {
 
 impl Entry {
     fn new(report: Report, seq: u64, source: Source) -> Self {
-        let ids = client_id_range(&report.at_line);
+        // `Report::new` found the id already: it is a slice of the line.
+        let ids = match (report.client_id.as_ptr() as usize)
+            .checked_sub(report.at_line.as_ptr() as usize)
+        {
+            Some(start) if start + report.client_id.len() <= report.at_line.len() => {
+                start..start + report.client_id.len()
+            }
+            _ => client_id_range(&report.at_line),
+        };
+        debug_assert_eq!(report.at_line[ids.clone()], report.client_id[..]);
         let offset = |at| u32::try_from(at).expect("lines are shorter than 4 GiB");
         Entry {
             id_start: offset(ids.start),
@@ -147,7 +156,10 @@ struct Inner {
 
 impl Inner {
     fn find(&self, client_id: &[u8]) -> Option<u32> {
-        let hash = self.hasher.hash_one(client_id);
+        self.find_hashed(self.hasher.hash_one(client_id), client_id)
+    }
+
+    fn find_hashed(&self, hash: u64, client_id: &[u8]) -> Option<u32> {
         self.index
             .find(hash, |&i| self.entries[i as usize].client_id() == client_id)
             .copied()
@@ -155,7 +167,8 @@ impl Inner {
 
     /// Stores `report` under `seq` if it is newer; returns whether it was.
     fn put(&mut self, report: Report, seq: impl FnOnce(&mut Self) -> u64, source: Source) -> bool {
-        match self.find(&report.client_id) {
+        let hash = self.hasher.hash_one(&report.client_id[..]);
+        match self.find_hashed(hash, &report.client_id) {
             Some(i) => {
                 let known = &mut self.entries[i as usize];
                 // Equal times are not newer: this is what ends a flood.
@@ -177,7 +190,6 @@ impl Inner {
             None => {
                 let i = u32::try_from(self.entries.len()).expect("fewer than 4 billion clients");
                 let seq = seq(self);
-                let hash = self.hasher.hash_one(&report.client_id[..]);
                 self.entries.push(Entry::new(report, seq, source));
                 self.by_seq.insert(seq, i);
                 let Inner {

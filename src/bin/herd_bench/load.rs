@@ -152,19 +152,19 @@ pub struct LoadReport {
     throughput: f64,
     latency: Summary,
     service: Option<Summary>,
-    flood: Option<FloodReport>,
+    /// IAMAT with `flooded_to`: how long the herd took to spread the
+    /// load, or why the servers asked never held it all.
+    flood: Option<Result<Flooded, String>>,
 }
 
-/// How long the herd took to spread the load (IAMAT with `flooded_to`).
 #[derive(Debug)]
-struct FloodReport {
+struct Flooded {
     /// From the last reply until every server asked held every
     /// connection's last report.
-    after_load: Option<Duration>,
+    after_load: Duration,
     /// Every reply of the run over the time from the first request until
     /// then: what the herd as a whole kept up with.
-    throughput: Option<f64>,
-    error: Option<String>,
+    throughput: f64,
 }
 
 impl LoadReport {
@@ -173,14 +173,12 @@ impl LoadReport {
         self.stats.invalid == 0
             && self.error_count == 0
             && self.stats.unanswered == 0
-            && self
-                .flood
-                .as_ref()
-                .is_none_or(|flood| flood.error.is_none())
+            && self.flood.as_ref().is_none_or(Result::is_ok)
     }
 
     pub fn to_json(&self) -> Value {
         let config = &self.config;
+        let flooded = self.flood.as_ref().and_then(|f| f.as_ref().ok());
         let (command, radius, bound) = match &config.request {
             Request::Iamat { .. } => ("iamat", None, None),
             Request::Whatsat { radius_km, bound } => {
@@ -216,9 +214,9 @@ impl LoadReport {
             "not_sent": self.stats.not_sent,
             "statuses": self.stats.statuses,
             "flooded_to": config.flooded_to.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "flooded_after_load_s": self.flood.as_ref().and_then(|f| f.after_load).map(|d| d.as_secs_f64()),
-            "flooded_throughput_rps": self.flood.as_ref().and_then(|f| f.throughput).map(|t| (t * 10.0).round() / 10.0),
-            "flood_error": self.flood.as_ref().and_then(|f| f.error.clone()),
+            "flooded_after_load_s": flooded.map(|f| f.after_load.as_secs_f64()),
+            "flooded_throughput_rps": flooded.map(|f| (f.throughput * 10.0).round() / 10.0),
+            "flood_error": self.flood.as_ref().and_then(|f| f.as_ref().err()),
             "ok": self.ok(),
         })
     }
@@ -271,16 +269,15 @@ impl LoadReport {
                 .collect();
             out.push_str(&format!("  statuses     {}\n", statuses.join(", ")));
         }
-        if let Some(flood) = &self.flood {
-            match (&flood.error, flood.after_load, flood.throughput) {
-                (Some(error), _, _) => out.push_str(&format!("  flooded      not seen: {error}\n")),
-                (None, Some(after), Some(throughput)) => out.push_str(&format!(
-                    "  flooded      {throughput:.0} reports/s (held by all {} servers asked {:.3} s after the last reply)\n",
-                    config.flooded_to.len(),
-                    after.as_secs_f64()
-                )),
-                _ => {}
-            }
+        match &self.flood {
+            Some(Ok(flooded)) => out.push_str(&format!(
+                "  flooded      {:.0} reports/s (held by all {} servers asked {:.3} s after the last reply)\n",
+                flooded.throughput,
+                config.flooded_to.len(),
+                flooded.after_load.as_secs_f64()
+            )),
+            Some(Err(error)) => out.push_str(&format!("  flooded      not seen: {error}\n")),
+            None => {}
         }
         out.push_str(&format!(
             "  invalid {}  errors {}  unanswered {}",
@@ -365,21 +362,16 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
     let flood = if config.flooded_to.is_empty() {
         None
     } else {
-        Some(match await_flooded(&config, &stats.last_acked).await {
-            Ok(()) => {
-                let flooded = Instant::now();
-                FloodReport {
-                    after_load: Some(flooded - load_done),
-                    throughput: Some(stats.replies as f64 / (flooded - begin).as_secs_f64()),
-                    error: None,
-                }
-            }
-            Err(error) => FloodReport {
-                after_load: None,
-                throughput: None,
-                error: Some(format!("{error:#}")),
-            },
-        })
+        let flooded = await_flooded(&config, &stats.last_acked).await;
+        let at = Instant::now();
+        Some(
+            flooded
+                .map(|()| Flooded {
+                    after_load: at - load_done,
+                    throughput: stats.replies as f64 / (at - begin).as_secs_f64(),
+                })
+                .map_err(|error| format!("{error:#}")),
+        )
     };
     let latency = Summary::of(&plan.latency.merged());
     let service = config.rate.map(|_| Summary::of(&plan.service.merged()));
