@@ -7,10 +7,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use herd::protocol::Location;
-use herd::store::{Report, Source, Store};
+use herd::store::{Batch, Source, Store};
 use herd::time::Timestamp;
 
 /// Clients in the stores that updates, lookups and scans run against.
@@ -29,6 +27,12 @@ fn scattered(k: usize) -> usize {
     k * 7919 % CLIENTS
 }
 
+/// A report as the store takes it: an AT line and its client time.
+struct Report {
+    at_line: Vec<u8>,
+    client_time: Timestamp,
+}
+
 /// The report of client `i` at client time `secs` (as a server that got it
 /// from a client would store it).
 fn report(i: usize, secs: u64) -> Report {
@@ -38,11 +42,10 @@ fn report(i: usize, secs: u64) -> Report {
         "AT Hill +0.000412507 {} {lat:+.6}{lng:+.6} {secs}.959498503",
         client_id(i)
     );
-    Report::new(
-        Bytes::from(at_line),
-        Timestamp::new(secs, 959_498_503).expect("nanos below a second"),
-        Location { lat, lng },
-    )
+    Report {
+        at_line: at_line.into_bytes(),
+        client_time: Timestamp::new(secs, 959_498_503).expect("nanos below a second"),
+    }
 }
 
 /// A store holding `CLIENTS` clients, every other one from neighbour 0.
@@ -54,7 +57,12 @@ fn filled() -> Store {
         } else {
             Source::Neighbour(0)
         };
-        assert!(store.update(report(i, 1_000), source).is_some());
+        let report = report(i, 1_000);
+        assert!(
+            store
+                .update(&report.at_line, report.client_time, source)
+                .is_some()
+        );
     }
     assert_eq!(store.len(), CLIENTS);
     store
@@ -62,10 +70,16 @@ fn filled() -> Store {
 
 /// Times `store.update` over `reports`, which are built beforehand so that
 /// only the store's work is counted.
-fn time_updates(store: &Store, reports: Vec<Report>, expect_newer: bool) -> Duration {
+fn time_updates(store: &Store, reports: &[&Report], expect_newer: bool) -> Duration {
     let start = Instant::now();
     for report in reports {
-        let newer = store.update(black_box(report), Source::Client).is_some();
+        let newer = store
+            .update(
+                black_box(&report.at_line),
+                report.client_time,
+                Source::Client,
+            )
+            .is_some();
         debug_assert_eq!(newer, expect_newer);
     }
     start.elapsed()
@@ -79,8 +93,8 @@ fn update(c: &mut Criterion) {
     group.bench_function("new client", |b| {
         b.iter_custom(|iters| {
             let store = Store::new();
-            let reports = (0..iters as usize).map(|i| report(i, 1_000)).collect();
-            time_updates(&store, reports, true)
+            let reports: Vec<Report> = (0..iters as usize).map(|i| report(i, 1_000)).collect();
+            time_updates(&store, &reports.iter().collect::<Vec<_>>(), true)
         })
     });
 
@@ -90,14 +104,14 @@ fn update(c: &mut Criterion) {
     let mut next = 0usize;
     group.bench_function(format!("existing client, newer ({CLIENTS} clients)"), |b| {
         b.iter_custom(|iters| {
-            let reports = (0..iters as usize)
+            let reports: Vec<Report> = (0..iters as usize)
                 .map(|k| {
                     let n = next + k;
                     report(scattered(n % CLIENTS), 1_001 + (n / CLIENTS) as u64)
                 })
                 .collect();
             next += iters as usize;
-            time_updates(&store, reports, true)
+            time_updates(&store, &reports.iter().collect::<Vec<_>>(), true)
         })
     });
 
@@ -108,10 +122,10 @@ fn update(c: &mut Criterion) {
         format!("existing client, not newer ({CLIENTS} clients)"),
         |b| {
             b.iter_custom(|iters| {
-                let reports = (0..iters as usize)
-                    .map(|k| stale[scattered(k % CLIENTS)].clone())
+                let reports: Vec<&Report> = (0..iters as usize)
+                    .map(|k| &stale[scattered(k % CLIENTS)])
                     .collect();
-                time_updates(&store, reports, false)
+                time_updates(&store, &reports, false)
             })
         },
     );
@@ -141,7 +155,7 @@ fn since(c: &mut Criterion) {
     let mut group = c.benchmark_group("Store::since");
     let store = filled();
     let head = store.head();
-    let mut out = Vec::with_capacity(BATCH);
+    let mut out = Batch::new();
     // Catch-up of a neighbour that has nothing: the first batch.
     group.bench_function(format!("first batch of {BATCH} from {CLIENTS}"), |b| {
         b.iter(|| {

@@ -34,7 +34,6 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -49,7 +48,7 @@ use tracing::{debug, info, warn};
 use crate::logging::{MessageLines, Show};
 use crate::protocol::{Location, parse_at_line};
 use crate::server::Server;
-use crate::store::{Pending, Report, Source};
+use crate::store::{Batch, Source};
 use crate::time::Timestamp;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -405,7 +404,7 @@ async fn send_updates(
     let silence = server.limits.link_silence();
     let mut heartbeat = tokio::time::interval(server.limits.link_heartbeat());
     let mut last_heard = Instant::now();
-    let mut pending = Vec::with_capacity(BATCH);
+    let mut pending = Batch::new();
     let mut frame = Vec::new();
     let mut ack = [0u8; 256];
     let mut linger_until = None;
@@ -428,7 +427,7 @@ async fn send_updates(
             // One log line per update, written together (the busiest lines
             // of the log: one clock reading and one lock per frame).
             let mut log = MessageLines::start();
-            for Pending { seq, at_line } in &pending {
+            for (seq, at_line) in pending.iter() {
                 log.line(&["sent to ", name, ": "], at_line);
                 let _ = write!(frame, "U {seq} ");
                 frame.extend_from_slice(at_line);
@@ -783,11 +782,10 @@ fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines
             seq,
             at_line,
             client_time,
-            location,
+            ..
         } => {
-            let report = Report::new(Bytes::copy_from_slice(at_line), client_time, location);
             log.line(&["received from ", name, ": "], at_line);
-            if !server.accept(report, Source::Neighbour(index)) {
+            if !server.accept(at_line, client_time, Source::Neighbour(index)) {
                 debug!(neighbour = %name, "not newer, dropped");
             }
             Some(seq)

@@ -284,24 +284,37 @@ fn parse_bound(text: &[u8]) -> Option<usize> {
 /// The AT line for an accepted report, without a line ending:
 /// `AT <server> <skew> <client id> <location> <client time>`.
 pub fn format_at(server: &str, received_nanos: i128, iamat: &Iamat<'_>) -> Vec<u8> {
-    // One allocation of exactly the line's length: the line is stored.
+    let mut line = Vec::new();
+    write_at(server, received_nanos, iamat, &mut line);
+    line
+}
+
+/// Appends the AT line of [`format_at`] to `out` (the reply being built),
+/// growing it at most once, and returns where in `out` the line lies.
+pub fn write_at(
+    server: &str,
+    received_nanos: i128,
+    iamat: &Iamat<'_>,
+    out: &mut Vec<u8>,
+) -> std::ops::Range<usize> {
     let skew = SkewText::new(received_nanos, iamat.client_time);
-    let mut line = Vec::with_capacity(
+    let start = out.len();
+    out.reserve(
         7 + server.len()
             + skew.as_bytes().len()
             + iamat.client_id.len()
             + iamat.location_text.len()
             + iamat.time_text.len(),
     );
-    line.extend_from_slice(b"AT ");
-    line.extend_from_slice(server.as_bytes());
-    line.push(b' ');
-    line.extend_from_slice(skew.as_bytes());
+    out.extend_from_slice(b"AT ");
+    out.extend_from_slice(server.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(skew.as_bytes());
     for part in [iamat.client_id, iamat.location_text, iamat.time_text] {
-        line.push(b' ');
-        line.extend_from_slice(part);
+        out.push(b' ');
+        out.extend_from_slice(part);
     }
-    line
+    start..out.len()
 }
 
 /// A stored AT line, as flooded between servers, taken apart again.
@@ -620,8 +633,12 @@ mod tests {
                 return Err(TestCaseError::fail(format!("valid: {line}")));
             };
             let at = format_at("Hill", 0, &iamat);
-            // Allocated at its exact length: the store keeps it as it is.
-            prop_assert_eq!(at.capacity(), at.len());
+            // Written after a reply already in the buffer, the same line,
+            // where it says, and nothing else touched.
+            let mut out = b"AT earlier\n".to_vec();
+            let range = write_at("Hill", 0, &iamat, &mut out);
+            prop_assert_eq!(&out[range.clone()], &at[..]);
+            prop_assert_eq!((&out[..range.start], range.end), (&b"AT earlier\n"[..], out.len()));
             let back = parse_at_line(&at).expect("our own AT line parses");
             prop_assert_eq!(back.client_id, client.as_bytes());
             prop_assert_eq!(back.client_time, iamat.client_time);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, Bytes};
+use bytes::BufMut;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +25,8 @@ use crate::logging::{MessageLines, Show};
 use crate::places::{NearbyQuery, Places, PlacesError, json::to_styled_string};
 use crate::protocol::{self, Request};
 use crate::storage::{Durability, Storage};
-use crate::store::{Report, Source, Store};
+use crate::store::{Batch, Source, Store};
+use crate::time::Timestamp;
 
 /// Everything a server needs to start, apart from its sockets.
 pub struct ServerSetup {
@@ -98,15 +99,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Stores `report` if it is newer, logs it to disk and hands it to the
+    /// Stores the report of `at_line` (an AT line whose client time is
+    /// `client_time`) if it is newer, logs it to disk and hands it to the
     /// links. Returns whether it was newer.
-    pub fn accept(&self, report: Report, source: Source) -> bool {
-        let at_line = report.at_line.clone();
-        let Some(seq) = self.store.update(report, source) else {
+    pub fn accept(&self, at_line: &[u8], client_time: Timestamp, source: Source) -> bool {
+        let Some(seq) = self.store.update(at_line, client_time, source) else {
             return false;
         };
         if let Some(storage) = &self.storage {
-            storage.append_report(seq, &at_line);
+            storage.append_report(seq, at_line);
         }
         self.flood.announce();
         true
@@ -138,8 +139,8 @@ pub async fn run(
             })
             .await??;
             for (seq, at_line) in recovered.reports {
-                match report_from_at_line(Bytes::from(at_line)) {
-                    Some(report) => store.restore(report, seq),
+                match protocol::parse_at_line(&at_line) {
+                    Some(at) => store.restore(&at_line, at.client_time, seq),
                     None => warn!("skipped an unreadable report in the store log"),
                 }
             }
@@ -205,12 +206,12 @@ async fn compact_now_and_then(server: Arc<Server>, shutdown: CancellationToken) 
                 || server.flood.cursor_list(),
                 |put| {
                     let mut next = 0;
-                    let mut batch = Vec::new();
+                    let mut batch = Batch::new();
                     loop {
                         batch.clear();
                         let reached = server.store.since(next, None, 4096, &mut batch);
-                        for pending in &batch {
-                            put(pending.seq, &pending.at_line);
+                        for (seq, at_line) in batch.iter() {
+                            put(seq, at_line);
                         }
                         if reached == next {
                             break;
@@ -225,15 +226,6 @@ async fn compact_now_and_then(server: Arc<Server>, shutdown: CancellationToken) 
             warn!(%error, "compacting the store log failed");
         }
     }
-}
-
-/// A report rebuilt from its stored AT line.
-pub fn report_from_at_line(at_line: Bytes) -> Option<Report> {
-    let (client_time, location) = {
-        let at = protocol::parse_at_line(&at_line)?;
-        (at.client_time, at.location)
-    };
-    Some(Report::new(at_line, client_time, location))
 }
 
 async fn accept_clients(
@@ -438,14 +430,11 @@ async fn answer(
             log.line(&["address=", address, " received: "], line);
             match protocol::parse_request(line) {
                 Ok(Request::Iamat(iamat)) => {
-                    let at_line =
-                        Bytes::from(protocol::format_at(&server.name, now_nanos(), &iamat));
-                    out.extend_from_slice(&at_line);
-                    out.push(b'\n');
-                    let report = Report::new(at_line, iamat.client_time, iamat.location);
+                    let at_line = protocol::write_at(&server.name, now_nanos(), &iamat, out);
                     // Stored, and so handed to every neighbour link, before
                     // the reply is written (SPEC §3).
-                    server.accept(report, Source::Client);
+                    server.accept(&out[at_line], iamat.client_time, Source::Client);
+                    out.push(b'\n');
                 }
                 Ok(Request::Whatsat(whatsat)) => match server.store.get(whatsat.client_id) {
                     Some(report) => {

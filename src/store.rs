@@ -7,16 +7,23 @@
 //! missed, never the size of the store. That one ordered index is both the
 //! flood's outbox for every neighbour and the catch-up log (see `flood`).
 //!
+//! Entries are laid out for the memory, not the arithmetic: under load, a
+//! lookup's cost is the cache lines it touches (a server of the herd looks
+//! up every report it receives, duplicates included), so a client's AT
+//! line, and with it its id, is kept in its entry, which is two cache lines
+//! long, rather than in an allocation of its own.
+//!
 //! Plain synchronous code: no IO, no clock, no tasks.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 
-use crate::protocol::Location;
+use crate::protocol::{self, Location};
 use crate::time::Timestamp;
 
 /// Where a report came from: a client of this server, or a neighbour
@@ -27,49 +34,117 @@ pub enum Source {
     Neighbour(usize),
 }
 
-/// A client's reported location, as the herd stores and floods it.
+/// A client's stored report, as WHATSAT answers from it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
-    pub client_id: Bytes,
-    pub client_time: Timestamp,
-    pub location: Location,
     /// The AT line the receiving server answered with, without a line
     /// ending; WHATSAT answers repeat it exactly.
     pub at_line: Bytes,
+    pub client_time: Timestamp,
+    pub location: Location,
 }
 
 impl Report {
-    /// A report for an AT line (as `protocol::format_at` makes it, or as
-    /// `protocol::parse_at_line` accepted it); the client id is the line's
-    /// fourth field, shared rather than copied.
-    pub fn new(at_line: Bytes, client_time: Timestamp, location: Location) -> Self {
-        Self {
-            client_id: at_line.slice(client_id_range(&at_line)),
+    /// The report an AT line (as `protocol::format_at` makes it, or as
+    /// `protocol::parse_at_line` accepts it) stands for; `None` if it is
+    /// not a valid AT line.
+    pub fn from_at_line(at_line: Bytes) -> Option<Self> {
+        let at = protocol::parse_at_line(&at_line)?;
+        let (client_time, location) = (at.client_time, at.location);
+        Some(Self {
+            at_line,
             client_time,
             location,
-            at_line,
+        })
+    }
+}
+
+/// Lines up to this long (nearly all: `AT Hill +0.263873386
+/// kiwi.cs.ucla.edu +34.068930-118.445127 1621464827.959498503` is 83
+/// bytes) live in their entry; longer ones in an allocation of their own.
+const INLINE: usize = 92;
+
+/// A stored AT line and where its client id lies in it.
+enum Line {
+    Inline {
+        len: u8,
+        id_start: u8,
+        id_end: u8,
+        bytes: [u8; INLINE],
+    },
+    Heap {
+        id_start: u32,
+        id_end: u32,
+        bytes: Box<[u8]>,
+    },
+}
+
+impl Line {
+    fn new(line: &[u8], id: Range<usize>) -> Self {
+        if line.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..line.len()].copy_from_slice(line);
+            let small = |at: usize| u8::try_from(at).expect("within an inline line");
+            Line::Inline {
+                len: small(line.len()),
+                id_start: small(id.start),
+                id_end: small(id.end),
+                bytes,
+            }
+        } else {
+            let large = |at: usize| u32::try_from(at).expect("lines are shorter than 4 GiB");
+            Line::Heap {
+                id_start: large(id.start),
+                id_end: large(id.end),
+                bytes: line.into(),
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Line::Inline { len, bytes, .. } => &bytes[..usize::from(*len)],
+            Line::Heap { bytes, .. } => bytes,
+        }
+    }
+
+    fn client_id(&self) -> &[u8] {
+        match self {
+            Line::Inline {
+                id_start,
+                id_end,
+                bytes,
+                ..
+            } => &bytes[usize::from(*id_start)..usize::from(*id_end)],
+            Line::Heap {
+                id_start,
+                id_end,
+                bytes,
+            } => &bytes[*id_start as usize..*id_end as usize],
         }
     }
 }
 
-/// A stored report, kept compact: one store may hold millions. The client
-/// id is not stored apart: it is the fourth field of the AT line.
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// A stored report: one store may hold millions, and a lookup reads one
+/// entry (two cache lines, fetched together) and nothing else.
 #[derive(Debug)]
+#[repr(align(64))]
 struct Entry {
-    at_line: Bytes,
-    client_time: Timestamp,
-    location: Location,
     seq: u64,
+    client_time: Timestamp,
     /// `CLIENT`, or the index of the neighbour it came from.
     source: u32,
-    /// Where the client id lies in `at_line`, found once: lookups compare
-    /// ids for every probe.
-    id_start: u32,
-    id_end: u32,
     /// Neighbours (bit `k` for neighbour `k` < 32) that sent us this same
     /// report again after we had it: like the source, they need not be
     /// sent it (see [`Store::since`]).
     also_from: u32,
+    line: Line,
 }
 
 const CLIENT: u32 = u32::MAX;
@@ -91,7 +166,7 @@ fn neighbour_bit(source: Source) -> u32 {
 }
 
 /// Where the client id lies in an AT line: its fourth field.
-fn client_id_range(at_line: &[u8]) -> std::ops::Range<usize> {
+fn client_id_range(at_line: &[u8]) -> Range<usize> {
     let mut spaces = memchr::memchr_iter(b' ', at_line);
     let start = spaces.nth(2).map_or(0, |i| i + 1);
     let end = spaces.next().unwrap_or(at_line.len());
@@ -99,44 +174,19 @@ fn client_id_range(at_line: &[u8]) -> std::ops::Range<usize> {
 }
 
 impl Entry {
-    fn new(report: Report, seq: u64, source: Source) -> Self {
-        // `Report::new` found the id already: it is a slice of the line.
-        let ids = match (report.client_id.as_ptr() as usize)
-            .checked_sub(report.at_line.as_ptr() as usize)
-        {
-            Some(start) if start + report.client_id.len() <= report.at_line.len() => {
-                start..start + report.client_id.len()
-            }
-            _ => client_id_range(&report.at_line),
-        };
-        debug_assert_eq!(report.at_line[ids.clone()], report.client_id[..]);
-        let offset = |at| u32::try_from(at).expect("lines are shorter than 4 GiB");
+    fn new(
+        at_line: &[u8],
+        id: Range<usize>,
+        client_time: Timestamp,
+        seq: u64,
+        source: Source,
+    ) -> Self {
         Entry {
-            id_start: offset(ids.start),
-            id_end: offset(ids.end),
-            at_line: report.at_line,
-            client_time: report.client_time,
-            location: report.location,
             seq,
+            client_time,
             source: source_code(source),
             also_from: 0,
-        }
-    }
-
-    fn client_id_range(&self) -> std::ops::Range<usize> {
-        self.id_start as usize..self.id_end as usize
-    }
-
-    fn client_id(&self) -> &[u8] {
-        &self.at_line[self.client_id_range()]
-    }
-
-    fn report(&self) -> Report {
-        Report {
-            client_id: self.at_line.slice(self.client_id_range()),
-            client_time: self.client_time,
-            location: self.location,
-            at_line: self.at_line.clone(),
+            line: Line::new(at_line, id),
         }
     }
 }
@@ -161,22 +211,33 @@ impl Inner {
 
     fn find_hashed(&self, hash: u64, client_id: &[u8]) -> Option<u32> {
         self.index
-            .find(hash, |&i| self.entries[i as usize].client_id() == client_id)
+            .find(hash, |&i| {
+                self.entries[i as usize].line.client_id() == client_id
+            })
             .copied()
     }
 
-    /// Stores `report` under `seq` if it is newer; returns whether it was.
-    fn put(&mut self, report: Report, seq: impl FnOnce(&mut Self) -> u64, source: Source) -> bool {
-        let hash = self.hasher.hash_one(&report.client_id[..]);
-        match self.find_hashed(hash, &report.client_id) {
+    /// Stores the report of `at_line` under `seq` if it is newer; returns
+    /// whether it was.
+    fn put(
+        &mut self,
+        at_line: &[u8],
+        client_time: Timestamp,
+        seq: impl FnOnce(&mut Self) -> u64,
+        source: Source,
+    ) -> bool {
+        let id = client_id_range(at_line);
+        let client_id = &at_line[id.clone()];
+        let hash = self.hasher.hash_one(client_id);
+        match self.find_hashed(hash, client_id) {
             Some(i) => {
                 let known = &mut self.entries[i as usize];
                 // Equal times are not newer: this is what ends a flood.
-                if known.client_time >= report.client_time {
+                if known.client_time >= client_time {
                     // The sender holds what we hold (or one it would never
                     // replace it with, being no newer): sending it back would
                     // change nothing there.
-                    if known.client_time == report.client_time {
+                    if known.client_time == client_time {
                         known.also_from |= neighbour_bit(source);
                     }
                     return false;
@@ -185,12 +246,13 @@ impl Inner {
                 self.by_seq.remove(&old_seq);
                 let seq = seq(self);
                 self.by_seq.insert(seq, i);
-                self.entries[i as usize] = Entry::new(report, seq, source);
+                self.entries[i as usize] = Entry::new(at_line, id, client_time, seq, source);
             }
             None => {
                 let i = u32::try_from(self.entries.len()).expect("fewer than 4 billion clients");
                 let seq = seq(self);
-                self.entries.push(Entry::new(report, seq, source));
+                self.entries
+                    .push(Entry::new(at_line, id, client_time, seq, source));
                 self.by_seq.insert(seq, i);
                 let Inner {
                     index,
@@ -199,7 +261,7 @@ impl Inner {
                     ..
                 } = self;
                 index.insert_unique(hash, i, |&j| {
-                    hasher.hash_one(entries[j as usize].client_id())
+                    hasher.hash_one(entries[j as usize].line.client_id())
                 });
             }
         }
@@ -207,11 +269,48 @@ impl Inner {
     }
 }
 
-/// One report picked for a neighbour by [`Store::since`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pending {
-    pub seq: u64,
-    pub at_line: Bytes,
+/// The reports [`Store::since`] picked, oldest first: their sequence
+/// numbers and AT lines, the lines copied out together into one buffer
+/// (reused from call to call) rather than shared one by one.
+#[derive(Debug, Default)]
+pub struct Batch {
+    lines: Vec<u8>,
+    /// Sequence number and where its line ends in `lines`.
+    items: Vec<(u64, usize)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn clear(&mut self) {
+        self.lines.clear();
+        self.items.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn push(&mut self, seq: u64, line: &[u8]) {
+        self.lines.extend_from_slice(line);
+        self.items.push((seq, self.lines.len()));
+    }
+
+    /// Each report's sequence number and AT line, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let mut start = 0;
+        self.items.iter().map(move |&(seq, end)| {
+            let line = &self.lines[start..end];
+            start = end;
+            (seq, line)
+        })
+    }
 }
 
 /// The latest report of every client.
@@ -229,15 +328,17 @@ impl Store {
         self.inner.lock().expect("store lock is never poisoned")
     }
 
-    /// Keeps `report` if it is newer than what we have, and returns its new
-    /// sequence number; `None` means it was not newer and changed nothing.
-    ///
-    /// `report.client_id` must be the client id field of `report.at_line`.
-    pub fn update(&self, report: Report, source: Source) -> Option<u64> {
+    /// Keeps the report of `at_line` (an AT line, as `protocol::format_at`
+    /// makes it or `protocol::parse_at_line` accepts it, whose client time
+    /// is `client_time`) if it is newer than what we have, and returns its
+    /// new sequence number; `None` means it was not newer and changed
+    /// nothing.
+    pub fn update(&self, at_line: &[u8], client_time: Timestamp, source: Source) -> Option<u64> {
         let mut inner = self.lock();
         let mut given = 0;
         let newer = inner.put(
-            report,
+            at_line,
+            client_time,
             |inner| {
                 inner.head += 1;
                 given = inner.head;
@@ -251,10 +352,10 @@ impl Store {
     /// Puts back a report replayed from disk under its old sequence number,
     /// if it is newer than what is there. Numbers only ever grow: the head
     /// moves past `seq`.
-    pub fn restore(&self, report: Report, seq: u64) {
+    pub fn restore(&self, at_line: &[u8], client_time: Timestamp, seq: u64) {
         let mut inner = self.lock();
         inner.head = inner.head.max(seq);
-        inner.put(report, |_| seq, Source::Client);
+        inner.put(at_line, client_time, |_| seq, Source::Client);
     }
 
     /// Makes the next sequence number at least `next`.
@@ -265,10 +366,17 @@ impl Store {
 
     /// The newest report of a client.
     pub fn get(&self, client_id: &[u8]) -> Option<Report> {
-        let inner = self.lock();
-        inner
-            .find(client_id)
-            .map(|i| inner.entries[i as usize].report())
+        let at_line = {
+            let inner = self.lock();
+            let i = inner.find(client_id)?;
+            Bytes::copy_from_slice(inner.entries[i as usize].line.as_bytes())
+        };
+        // Every stored line was made or checked as an AT line, so this
+        // finds it again (the location is not kept apart: it is read back
+        // here, for WHATSAT only, rather than stored for every client).
+        let report = Report::from_at_line(at_line);
+        debug_assert!(report.is_some(), "a stored line is an AT line");
+        report
     }
 
     /// The highest sequence number given out so far (0 when empty).
@@ -285,8 +393,8 @@ impl Store {
         self.len() == 0
     }
 
-    /// The reports accepted after sequence `after`, oldest first, at most
-    /// `max` of them.
+    /// Adds to `out` the reports accepted after sequence `after`, oldest
+    /// first, until `out` holds `max` of them.
     ///
     /// `leave_out: Some((neighbour, above))` leaves out the reports that came
     /// from that neighbour, or that it sent us again after we had them, and
@@ -303,7 +411,7 @@ impl Store {
         after: u64,
         leave_out: Option<(usize, u64)>,
         max: usize,
-        out: &mut Vec<Pending>,
+        out: &mut Batch,
     ) -> u64 {
         let inner = self.lock();
         let leave_out = leave_out.map(|(to, above)| {
@@ -324,10 +432,7 @@ impl Store {
                 seq > above && (entry.source == to || entry.also_from & bit != 0)
             });
             if !sent_it {
-                out.push(Pending {
-                    seq,
-                    at_line: entry.at_line.clone(),
-                });
+                out.push(seq, entry.line.as_bytes());
             }
         }
         // Everything up to the head was seen: no sequence number in between
@@ -340,92 +445,134 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn report(client: &str, time: &str) -> Report {
-        let at_line = format!("AT Hill +0.000000000 {client} +1+1 {time}");
-        let report = Report::new(
-            Bytes::from(at_line),
+    fn at_line(client: &str, time: &str) -> String {
+        format!("AT Hill +0.000000000 {client} +1+1 {time}")
+    }
+
+    fn update(store: &Store, client: &str, time: &str, source: Source) -> Option<u64> {
+        let line = at_line(client, time);
+        store.update(
+            line.as_bytes(),
             Timestamp::parse(time.as_bytes()).unwrap(),
-            Location { lat: 1.0, lng: 1.0 },
-        );
-        assert_eq!(report.client_id, client.as_bytes());
-        report
+            source,
+        )
     }
 
     fn seqs(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, u64) {
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         let reached = store.since(after, Some((to, 0)), max, &mut out);
-        (out.iter().map(|p| p.seq).collect(), reached)
+        (out.iter().map(|(seq, _)| seq).collect(), reached)
+    }
+
+    #[test]
+    fn entries_are_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Entry>(), 128);
     }
 
     #[test]
     fn only_newer_reports_are_kept() {
         let store = Store::new();
-        assert_eq!(store.update(report("kiwi", "1.5"), Source::Client), Some(1));
-        assert_eq!(
-            store.update(report("kiwi", "1.500000000"), Source::Client),
-            None
-        );
-        assert_eq!(store.update(report("kiwi", "1.10"), Source::Client), None);
-        assert_eq!(store.update(report("kiwi", "1.9"), Source::Client), Some(2));
-        assert_eq!(
-            store.get(b"kiwi").unwrap().at_line,
-            report("kiwi", "1.9").at_line
-        );
+        assert_eq!(update(&store, "kiwi", "1.5", Source::Client), Some(1));
+        assert_eq!(update(&store, "kiwi", "1.500000000", Source::Client), None);
+        assert_eq!(update(&store, "kiwi", "1.10", Source::Client), None);
+        assert_eq!(update(&store, "kiwi", "1.9", Source::Client), Some(2));
+        let kept = store.get(b"kiwi").unwrap();
+        assert_eq!(kept.at_line, at_line("kiwi", "1.9"));
+        assert_eq!(kept.client_time, Timestamp::parse(b"1.9").unwrap());
+        assert_eq!(kept.location, Location { lat: 1.0, lng: 1.0 });
         assert_eq!(store.len(), 1);
         assert!(store.get(b"nobody").is_none());
     }
 
     #[test]
+    fn lines_too_long_for_an_entry_are_kept_whole() {
+        let store = Store::new();
+        let long_id = "x".repeat(300);
+        let short_id = "y".repeat(INLINE - at_line("", "7").len());
+        for id in [&long_id, &short_id] {
+            assert!(update(&store, id, "7", Source::Client).is_some());
+            let kept = store.get(id.as_bytes()).unwrap();
+            assert_eq!(kept.at_line, at_line(id, "7"));
+            assert_eq!(update(&store, id, "7", Source::Client), None);
+            assert!(update(&store, id, "8", Source::Client).is_some());
+            assert_eq!(store.get(id.as_bytes()).unwrap().at_line, at_line(id, "8"));
+        }
+        assert_eq!(at_line(&short_id, "7").len(), INLINE);
+        // Ids that share a long prefix are still told apart.
+        assert!(store.get(&long_id.as_bytes()[..299]).is_none());
+        let mut out = Batch::new();
+        store.since(0, None, 10, &mut out);
+        let lines: Vec<_> = out.iter().map(|(_, line)| line.to_vec()).collect();
+        assert_eq!(
+            lines,
+            [
+                at_line(&long_id, "8").into_bytes(),
+                at_line(&short_id, "8").into_bytes()
+            ]
+        );
+    }
+
+    #[test]
     fn since_lists_each_client_once_at_its_newest_report() {
         let store = Store::new();
-        store.update(report("a", "1"), Source::Client);
-        store.update(report("b", "1"), Source::Client);
-        store.update(report("a", "2"), Source::Client);
+        update(&store, "a", "1", Source::Client);
+        update(&store, "b", "1", Source::Client);
+        update(&store, "a", "2", Source::Client);
         assert_eq!(seqs(&store, 0, 0, 100), (vec![2, 3], 3));
         assert_eq!(seqs(&store, 2, 0, 100), (vec![3], 3));
         assert_eq!(seqs(&store, 3, 0, 100), (vec![], 3));
+        let mut out = Batch::new();
+        store.since(0, None, 100, &mut out);
+        let lines: Vec<_> = out.iter().map(|(seq, line)| (seq, line.to_vec())).collect();
+        assert_eq!(
+            lines,
+            [
+                (2, at_line("b", "1").into_bytes()),
+                (3, at_line("a", "2").into_bytes())
+            ]
+        );
     }
 
     #[test]
     fn since_skips_what_came_from_the_neighbour_asking() {
         let store = Store::new();
-        store.update(report("a", "1"), Source::Neighbour(0));
-        store.update(report("b", "1"), Source::Neighbour(1));
-        store.update(report("c", "1"), Source::Client);
+        update(&store, "a", "1", Source::Neighbour(0));
+        update(&store, "b", "1", Source::Neighbour(1));
+        update(&store, "c", "1", Source::Client);
         assert_eq!(seqs(&store, 0, 0, 100), (vec![2, 3], 3));
         assert_eq!(seqs(&store, 0, 1, 100), (vec![1, 3], 3));
         // Only skipped entries left: the scan still moves on to the head.
-        store.update(report("d", "1"), Source::Neighbour(0));
+        update(&store, "d", "1", Source::Neighbour(0));
         assert_eq!(seqs(&store, 3, 0, 100), (vec![], 4));
     }
 
     #[test]
     fn since_skips_what_the_neighbour_asking_sent_again() {
         let store = Store::new();
-        store.update(report("a", "1"), Source::Neighbour(0));
-        store.update(report("b", "1"), Source::Client);
-        store.update(report("c", "1"), Source::Neighbour(0));
+        update(&store, "a", "1", Source::Neighbour(0));
+        update(&store, "b", "1", Source::Client);
+        update(&store, "c", "1", Source::Neighbour(0));
         // Neighbour 1 sends the same `a` again, an older `b`, and a `c` no
         // newer though it is another line: none is stored...
-        assert_eq!(store.update(report("a", "1"), Source::Neighbour(1)), None);
-        assert_eq!(store.update(report("b", "0"), Source::Neighbour(1)), None);
-        let other_c = Report::new(
-            Bytes::from_static(b"AT Smith +0.000000000 c +2+2 1"),
-            Timestamp::parse(b"1").unwrap(),
-            Location { lat: 2.0, lng: 2.0 },
-        );
-        assert_eq!(store.update(other_c, Source::Neighbour(1)), None);
+        assert_eq!(update(&store, "a", "1", Source::Neighbour(1)), None);
+        assert_eq!(update(&store, "b", "0", Source::Neighbour(1)), None);
+        let other_c = b"AT Smith +0.000000000 c +2+2 1";
+        let one = Timestamp::parse(b"1").unwrap();
+        assert_eq!(store.update(other_c, one, Source::Neighbour(1)), None);
         // ...and neighbour 1 is not sent the `a` and `c` it holds, but is
         // sent the newer `b` it lacks.
         assert_eq!(seqs(&store, 0, 1, 100), (vec![2], 3));
         // Neighbour 0 still gets all but its own.
         assert_eq!(seqs(&store, 0, 0, 100), (vec![2], 3));
         // Before the link came up, a neighbour may have lost what it sent.
-        let mut out = Vec::new();
+        let mut out = Batch::new();
         store.since(0, Some((1, 3)), 100, &mut out);
-        assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            out.iter().map(|(seq, _)| seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         // A newer report starts afresh: everyone but its source gets it.
-        store.update(report("a", "2"), Source::Neighbour(0));
+        update(&store, "a", "2", Source::Neighbour(0));
         assert_eq!(seqs(&store, 3, 1, 100), (vec![4], 4));
         assert_eq!(seqs(&store, 3, 0, 100), (vec![], 4));
     }
@@ -433,36 +580,44 @@ mod tests {
     #[test]
     fn neighbours_past_the_32nd_are_sent_all_but_their_own() {
         let store = Store::new();
-        store.update(report("a", "1"), Source::Neighbour(0));
-        assert_eq!(store.update(report("a", "1"), Source::Neighbour(40)), None);
+        update(&store, "a", "1", Source::Neighbour(0));
+        assert_eq!(update(&store, "a", "1", Source::Neighbour(40)), None);
         assert_eq!(seqs(&store, 0, 40, 100), (vec![1], 1));
-        store.update(report("b", "1"), Source::Neighbour(40));
+        update(&store, "b", "1", Source::Neighbour(40));
         assert_eq!(seqs(&store, 1, 40, 100), (vec![], 2));
     }
 
     #[test]
     fn restored_reports_keep_their_numbers_and_newest_wins() {
         let store = Store::new();
-        store.restore(report("a", "2"), 7);
-        store.restore(report("a", "1"), 9);
-        store.restore(report("b", "1"), 3);
+        let restore = |client: &str, time: &str, seq| {
+            let line = at_line(client, time);
+            store.restore(
+                line.as_bytes(),
+                Timestamp::parse(time.as_bytes()).unwrap(),
+                seq,
+            );
+        };
+        restore("a", "2", 7);
+        restore("a", "1", 9);
+        restore("b", "1", 3);
         assert_eq!(
             store.get(b"a").unwrap().client_time,
-            report("a", "2").client_time
+            Timestamp::parse(b"2").unwrap()
         );
         assert_eq!(seqs(&store, 0, 0, 100), (vec![3, 7], 9));
         store.continue_from(100);
-        assert_eq!(store.update(report("c", "1"), Source::Client), Some(100));
+        assert_eq!(update(&store, "c", "1", Source::Client), Some(100));
     }
 
     #[test]
     fn reports_from_before_the_link_came_up_are_sent_back() {
         let store = Store::new();
-        store.update(report("a", "1"), Source::Neighbour(0));
-        store.update(report("b", "1"), Source::Neighbour(0));
-        let mut out = Vec::new();
+        update(&store, "a", "1", Source::Neighbour(0));
+        update(&store, "b", "1", Source::Neighbour(0));
+        let mut out = Batch::new();
         store.since(0, Some((0, 1)), 100, &mut out);
-        assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
+        assert_eq!(out.iter().map(|(seq, _)| seq).collect::<Vec<_>>(), [1]);
         out.clear();
         store.since(0, None, 100, &mut out);
         assert_eq!(out.len(), 2);
@@ -472,7 +627,7 @@ mod tests {
     fn since_stops_at_max_and_resumes() {
         let store = Store::new();
         for i in 0..10 {
-            store.update(report(&format!("c{i}"), "1"), Source::Client);
+            update(&store, &format!("c{i}"), "1", Source::Client);
         }
         let (first, reached) = seqs(&store, 0, 0, 4);
         assert_eq!((first, reached), (vec![1, 2, 3, 4], 4));
