@@ -31,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,8 +93,11 @@ pub struct Flood {
     run: u64,
     secret: Vec<u8>,
     neighbours: Vec<Neighbour>,
-    /// Bumped after every accepted update; link senders wait on it.
+    /// Bumped after accepted updates; link senders wait on it.
     accepted: watch::Sender<u64>,
+    /// Updates were accepted since the links were last told (see
+    /// [`Flood::updated`]).
+    unannounced: AtomicBool,
     cursors: Mutex<Vec<Cursor>>,
     /// Wakes the dialler to a neighbour that just showed up.
     wake: Vec<Notify>,
@@ -128,14 +132,27 @@ impl Flood {
             secret,
             neighbours,
             accepted: watch::Sender::new(0),
+            unannounced: AtomicBool::new(false),
             cursors: Mutex::new(cursors),
             wake: (0..count).map(|_| Notify::new()).collect(),
             sessions: Mutex::new(vec![None; count]),
         }
     }
 
-    /// Tells every link that the store has something new.
+    /// Notes that the store has something new, for the next
+    /// [`Flood::announce`]: a batch of updates (a client's lines read
+    /// together, a neighbour's frame) wakes the links once, not once per
+    /// update (each wake-up locks every waiter list of the channel).
+    pub fn updated(&self) {
+        self.unannounced.store(true, Ordering::Release);
+    }
+
+    /// Tells every link that the store has something new, if it has since
+    /// the last time.
     pub fn announce(&self) {
+        if !self.unannounced.swap(false, Ordering::AcqRel) {
+            return;
+        }
         // No link listening (none up, or no neighbours at all): a link
         // that comes up scans the store from its cursor anyway.
         if self.accepted.receiver_count() == 0 {
@@ -675,6 +692,7 @@ async fn receive_frames(
             }
         }
         drop(log);
+        flood.announce();
         if let Some(seq) = complete {
             let advanced = {
                 let mut cursors = flood.cursors.lock().expect("cursor lock is never poisoned");

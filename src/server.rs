@@ -109,7 +109,9 @@ impl Server {
         if let Some(storage) = &self.storage {
             storage.append_report(seq, at_line);
         }
-        self.flood.announce();
+        // The links are woken once the batch this report came in is done
+        // (`Flood::announce`).
+        self.flood.updated();
         true
     }
 }
@@ -401,6 +403,9 @@ async fn reply(
     out: &mut Vec<u8>,
     patience: Duration,
 ) -> std::io::Result<()> {
+    // Handed to every neighbour link before the replies are written
+    // (SPEC §3).
+    server.flood.announce();
     if let Some(storage) = &server.storage {
         storage.commit().await?;
     }
@@ -431,13 +436,16 @@ async fn answer(
             match protocol::parse_request(line) {
                 Ok(Request::Iamat(iamat)) => {
                     let at_line = protocol::write_at(&server.name, now_nanos(), &iamat, out);
-                    // Stored, and so handed to every neighbour link, before
-                    // the reply is written (SPEC §3).
+                    // Stored, and handed to every neighbour link before the
+                    // reply is written (SPEC §3; see `reply`).
                     server.accept(&out[at_line], iamat.client_time, Source::Client);
                     out.push(b'\n');
                 }
                 Ok(Request::Whatsat(whatsat)) => match server.store.get(whatsat.client_id) {
                     Some(report) => {
+                        // The places may take a while: earlier reports of
+                        // this batch are not held back meanwhile.
+                        server.flood.announce();
                         let query = NearbyQuery {
                             lat: report.location.lat,
                             lng: report.location.lng,
