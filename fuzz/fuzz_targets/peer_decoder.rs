@@ -9,10 +9,9 @@
 
 #![no_main]
 
-use bytes::Bytes;
 use herd::flood::{PayloadLine, parse_hello, parse_payload_line};
 use herd::protocol::{Request, is_separator, parse_at_line, parse_request};
-use herd::server::report_from_at_line;
+use herd::store::{Source, Store};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -88,10 +87,19 @@ fn check_payload_line(line: &[u8]) {
                     location
                 })
             );
-            // And the server can build a report from it.
-            let report = report_from_at_line(Bytes::copy_from_slice(at_line))
-                .expect("an accepted update makes a report");
+            // And the store keeps it, and gives it back whole, with the
+            // same time and location, under its client id.
+            let store = Store::new();
+            assert_eq!(
+                store.update(at_line, client_time, Source::Neighbour(0)),
+                Some(1)
+            );
+            let report = store.get(at.client_id).expect("a stored update is found");
             assert_eq!(&report.at_line[..], at_line);
+            assert_eq!(
+                (report.client_time, report.location),
+                (client_time, location)
+            );
         }
     }
 }
