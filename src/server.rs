@@ -140,12 +140,15 @@ pub async fn run(
                 )
             })
             .await??;
-            for (seq, at_line) in recovered.reports {
-                match protocol::parse_at_line(&at_line) {
-                    Some(at) => store.restore(&at_line, at.client_time, seq),
+            // At most this many clients (a client may appear more than once).
+            store.reserve(recovered.reports.len());
+            for (seq, at_line) in recovered.reports.iter() {
+                match protocol::parse_at_line(at_line) {
+                    Some(at) => store.restore(at_line, at.client_time, seq),
                     None => warn!("skipped an unreadable report in the store log"),
                 }
             }
+            store.fit();
             store.continue_from(recovered.next_seq);
             storage.start_syncer();
             (Some(storage), recovered.run, recovered.cursors)

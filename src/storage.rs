@@ -27,6 +27,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use crate::store::Batch;
+
 const MAGIC: &[u8; 9] = b"HERDLOG1\n";
 /// The largest record accepted on replay; AT lines are bounded by the
 /// client line limit, well below this.
@@ -62,8 +64,8 @@ pub struct Recovered {
     pub run: u64,
     /// Where our numbering continues: above every number handed out before.
     pub next_seq: u64,
-    /// Accepted reports: (sequence number, AT line).
-    pub reports: Vec<(u64, Vec<u8>)>,
+    /// Accepted reports: (sequence number, AT line), in the order logged.
+    pub reports: Batch,
     /// Per neighbour name: (its run id, how far we hold its stream).
     pub cursors: HashMap<String, (u64, u64)>,
 }
@@ -141,8 +143,14 @@ impl Storage {
         if recovered.run == 0 {
             recovered.run = rand::random::<u64>() | 1;
         }
-        recovered.next_seq =
-            reserved.max(recovered.reports.iter().map(|r| r.0).max().unwrap_or(0)) + 1;
+        recovered.next_seq = reserved.max(
+            recovered
+                .reports
+                .iter()
+                .map(|(seq, _)| seq)
+                .max()
+                .unwrap_or(0),
+        ) + 1;
         let segment = segments.last().copied().unwrap_or(0).max(first_segment) + 1;
         let path = dir.join(segment_name(segment));
         let file = create_segment(&path)?;
@@ -618,7 +626,7 @@ fn apply(payload: &[u8], recovered: &mut Recovered, reserved: &mut u64) {
     match payload.first() {
         Some(b'R') => {
             if let Some(seq) = number(1) {
-                recovered.reports.push((seq, payload[9..].to_vec()));
+                recovered.reports.push(seq, &payload[9..]);
             }
         }
         Some(b'C') => {
@@ -661,7 +669,10 @@ mod tests {
         let (storage, second) = open(dir.path());
         assert_eq!(second.run, first.run);
         assert_eq!(second.reports.len(), 2);
-        assert_eq!(second.reports[1], (2, b"AT Hill +0.1 b +1+1 1".to_vec()));
+        assert_eq!(
+            second.reports.iter().nth(1),
+            Some((2, &b"AT Hill +0.1 b +1+1 1"[..]))
+        );
         assert_eq!(second.cursors["Smith"], (77, 12));
         // Numbering continues above everything reserved before.
         assert!(second.next_seq > RESERVE_STEP, "{}", second.next_seq);

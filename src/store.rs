@@ -269,9 +269,10 @@ impl Inner {
     }
 }
 
-/// The reports [`Store::since`] picked, oldest first: their sequence
-/// numbers and AT lines, the lines copied out together into one buffer
-/// (reused from call to call) rather than shared one by one.
+/// Reports by sequence number and AT line, in the order added, the lines
+/// together in one buffer rather than one allocation each: what
+/// [`Store::since`] picked (the buffer reused from call to call), or a
+/// store log read back from disk.
 #[derive(Debug, Default)]
 pub struct Batch {
     lines: Vec<u8>,
@@ -297,12 +298,12 @@ impl Batch {
         self.items.is_empty()
     }
 
-    fn push(&mut self, seq: u64, line: &[u8]) {
+    pub fn push(&mut self, seq: u64, line: &[u8]) {
         self.lines.extend_from_slice(line);
         self.items.push((seq, self.lines.len()));
     }
 
-    /// Each report's sequence number and AT line, oldest first.
+    /// Each report's sequence number and AT line, in the order added.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
         let mut start = 0;
         self.items.iter().map(move |&(seq, end)| {
@@ -356,6 +357,44 @@ impl Store {
         let mut inner = self.lock();
         inner.head = inner.head.max(seq);
         inner.put(at_line, client_time, |_| seq, Source::Client);
+    }
+
+    /// Makes room for up to `additional` more clients at once (before
+    /// replaying a store from disk), rather than growing step by step: each
+    /// step of the hash index re-hashes every client, reading every entry
+    /// again (15 % of a replay), and each step of the entries copies them.
+    /// A replayed log may hold a client more than once: [`Store::fit`]
+    /// gives back what was not needed.
+    pub fn reserve(&self, additional: usize) {
+        let mut inner = self.lock();
+        let Inner {
+            entries,
+            index,
+            hasher,
+            ..
+        } = &mut *inner;
+        entries.reserve(additional);
+        index.reserve(additional, |&j| {
+            hasher.hash_one(entries[j as usize].line.client_id())
+        });
+    }
+
+    /// Gives back what [`Store::reserve`] set aside and was not used, if
+    /// that is more than growing step by step would have left spare.
+    pub fn fit(&self) {
+        let mut inner = self.lock();
+        let Inner {
+            entries,
+            index,
+            hasher,
+            ..
+        } = &mut *inner;
+        if entries.capacity() > 2 * entries.len() {
+            entries.shrink_to_fit();
+        }
+        index.shrink_to(entries.len(), |&j| {
+            hasher.hash_one(entries[j as usize].line.client_id())
+        });
     }
 
     /// Makes the next sequence number at least `next`.
@@ -510,6 +549,23 @@ mod tests {
                 at_line(&short_id, "8").into_bytes()
             ]
         );
+    }
+
+    #[test]
+    fn reserving_and_fitting_keep_every_client() {
+        let store = Store::new();
+        update(&store, "before", "1", Source::Client);
+        store.reserve(1000);
+        for i in 0..100 {
+            update(&store, &format!("c{i}"), "1", Source::Client);
+        }
+        store.fit();
+        assert_eq!(store.len(), 101);
+        for i in 0..100 {
+            assert!(store.get(format!("c{i}").as_bytes()).is_some());
+        }
+        assert!(store.get(b"before").is_some());
+        assert_eq!(update(&store, "c7", "1", Source::Client), None);
     }
 
     #[test]
