@@ -9,6 +9,7 @@ pub mod config;
 pub mod flood;
 pub mod framing;
 pub mod logging;
+mod page_cache;
 pub mod places;
 pub mod protocol;
 pub mod server;

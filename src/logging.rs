@@ -18,6 +18,8 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
+use crate::page_cache::PageCacheTrim;
+
 /// How far the writer may fall behind before events wait for it.
 const MAX_PENDING: usize = 32 * 1024 * 1024;
 /// How often the writer thread writes out what is pending.
@@ -183,7 +185,8 @@ impl Drop for MessageLines {
 
 fn write_loop(shared: &Shared, mut file: File) {
     let mut chunk = Vec::new();
-    let mut cache = PageCacheTrim::new(&file);
+    // Every chunk: the writer writes seldom, in large pieces.
+    let mut cache = PageCacheTrim::new(&file, 0);
     loop {
         let closing = {
             let mut pending = shared.pending.lock().expect("log lock");
@@ -214,50 +217,6 @@ fn write_loop(shared: &Shared, mut file: File) {
                 return;
             }
         }
-    }
-}
-
-/// Hands the log's pages back to the kernel once they are on disk.
-///
-/// A busy server writes its log at tens of megabytes a second, and nobody
-/// reads it back soon. Left in the page cache, every byte occupies a page
-/// taken from free memory, which costs more than the write itself (on a
-/// virtual machine whose free memory is returned to the host, each new
-/// page is a fault there). Dropping written pages as they reach the disk
-/// lets the kernel reuse the same few, still-warm pages for the next
-/// writes. `POSIX_FADV_DONTNEED` also starts the write-back of dirty pages,
-/// so a range asked about once is dropped the next time.
-struct PageCacheTrim {
-    /// Where the range not yet dropped starts, and the file's end.
-    from: u64,
-    end: u64,
-}
-
-impl PageCacheTrim {
-    fn new(file: &File) -> Self {
-        let end = file.metadata().map_or(0, |m| m.len());
-        Self { from: end, end }
-    }
-
-    fn written(&mut self, file: &File, length: u64) {
-        let start = self.end;
-        self.end += length;
-        let (Ok(offset), Ok(length)) = (
-            i64::try_from(self.from),
-            i64::try_from(self.end - self.from),
-        ) else {
-            return;
-        };
-        // Advice only: a file system that ignores it loses nothing.
-        let _ = nix::fcntl::posix_fadvise(
-            file,
-            offset,
-            length,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
-        // What was just written is likely still being written back; ask
-        // again about it next time.
-        self.from = start;
     }
 }
 

@@ -27,12 +27,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use tracing::{info, warn};
 
+use crate::page_cache::PageCacheTrim;
 use crate::store::Batch;
 
 const MAGIC: &[u8; 9] = b"HERDLOG1\n";
 /// The largest record accepted on replay; AT lines are bounded by the
 /// client line limit, well below this.
 const MAX_RECORD: usize = 64 * 1024 * 1024;
+/// How much of the store log is written between two requests to drop its
+/// written pages from the page cache.
+const TRIM_EVERY: u64 = 1 << 20;
 /// Sequence numbers reserved at a time (one fsync per this many updates).
 const RESERVE_STEP: u64 = 1 << 20;
 /// Rewrite the live state once the logs since the last snapshot exceed this
@@ -82,6 +86,9 @@ pub enum StorageError {
 struct Inner {
     /// The segment being appended to.
     file: File,
+    /// Its pages, dropped from the page cache once on disk: replay reads
+    /// them back, and nothing else does.
+    trim: PageCacheTrim,
     segment: u64,
     /// Records not yet written to the OS.
     buffer: Vec<u8>,
@@ -160,6 +167,7 @@ impl Storage {
             durability,
             interval,
             inner: Mutex::new(Inner {
+                trim: PageCacheTrim::new(&file, TRIM_EVERY),
                 file,
                 segment,
                 buffer: Vec::with_capacity(64 * 1024),
@@ -322,9 +330,12 @@ impl Storage {
     pub fn write_out(&self) -> io::Result<u64> {
         let mut inner = self.inner.lock().expect("storage lock");
         if !inner.buffer.is_empty() {
-            let Inner { file, buffer, .. } = &mut *inner;
+            let Inner {
+                file, buffer, trim, ..
+            } = &mut *inner;
             file.write_all(buffer)?;
             let length = buffer.len() as u64;
+            trim.written(file, length);
             buffer.clear();
             inner.written += length;
             inner.since_snapshot += length;
@@ -390,6 +401,7 @@ impl Storage {
             let segment = inner.segment + 1;
             let path = self.dir.join(segment_name(segment));
             inner.file = create_segment(&path)?;
+            inner.trim = PageCacheTrim::new(&inner.file, TRIM_EVERY);
             inner.segment = segment;
             inner.since_snapshot = 0;
             (segment, inner.run, inner.reserved)
