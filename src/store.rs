@@ -191,6 +191,11 @@ impl Entry {
     }
 }
 
+/// How the hash index finds an entry's hash again when it grows or shrinks.
+fn hash_of<'a>(entries: &'a [Entry], hasher: &'a DefaultHashBuilder) -> impl Fn(&u32) -> u64 + 'a {
+    move |&i| hasher.hash_one(entries[i as usize].line.client_id())
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// Every client's entry; clients are never removed, so indices last.
@@ -254,15 +259,8 @@ impl Inner {
                 self.entries
                     .push(Entry::new(at_line, id, client_time, seq, source));
                 self.by_seq.insert(seq, i);
-                let Inner {
-                    index,
-                    entries,
-                    hasher,
-                    ..
-                } = self;
-                index.insert_unique(hash, i, |&j| {
-                    hasher.hash_one(entries[j as usize].line.client_id())
-                });
+                self.index
+                    .insert_unique(hash, i, hash_of(&self.entries, &self.hasher));
             }
         }
         true
@@ -366,35 +364,26 @@ impl Store {
     /// A replayed log may hold a client more than once: [`Store::fit`]
     /// gives back what was not needed.
     pub fn reserve(&self, additional: usize) {
-        let mut inner = self.lock();
-        let Inner {
-            entries,
-            index,
-            hasher,
-            ..
-        } = &mut *inner;
-        entries.reserve(additional);
-        index.reserve(additional, |&j| {
-            hasher.hash_one(entries[j as usize].line.client_id())
-        });
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.entries.reserve(additional);
+        inner
+            .index
+            .reserve(additional, hash_of(&inner.entries, &inner.hasher));
     }
 
     /// Gives back what [`Store::reserve`] set aside and was not used, if
     /// that is more than growing step by step would have left spare.
     pub fn fit(&self) {
-        let mut inner = self.lock();
-        let Inner {
-            entries,
-            index,
-            hasher,
-            ..
-        } = &mut *inner;
-        if entries.capacity() > 2 * entries.len() {
-            entries.shrink_to_fit();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.entries.capacity() > 2 * inner.entries.len() {
+            inner.entries.shrink_to_fit();
         }
-        index.shrink_to(entries.len(), |&j| {
-            hasher.hash_one(entries[j as usize].line.client_id())
-        });
+        let clients = inner.entries.len();
+        inner
+            .index
+            .shrink_to(clients, hash_of(&inner.entries, &inner.hasher));
     }
 
     /// Makes the next sequence number at least `next`.
