@@ -800,7 +800,9 @@ fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines
             seq,
             at_line,
             client_time,
-            ..
+            // Checked by the parser; the store reads it back from the line
+            // when a WHATSAT needs it.
+            location: _,
         } => {
             log.line(&["received from ", name, ": "], at_line);
             if !server.accept(at_line, client_time, Source::Neighbour(index)) {
