@@ -16,7 +16,8 @@ use std::fs::File;
 /// written, and again with the next piece.
 pub struct PageCacheTrim {
     /// Advise after at least this many bytes (one system call per write
-    /// would double the calls of a writer of small pieces).
+    /// would double the calls of a writer of small pieces); 0: after
+    /// every write.
     every: u64,
     /// Where the range not yet dropped starts, where the last advice ended,
     /// and the file's end.
@@ -41,7 +42,7 @@ impl PageCacheTrim {
     /// Notes that `length` more bytes were appended to `file`.
     pub fn written(&mut self, file: &File, length: u64) {
         self.end += length;
-        if self.end - self.advised < self.every.max(1) {
+        if self.end - self.advised < self.every {
             return;
         }
         let (Ok(offset), Ok(length)) = (

@@ -64,7 +64,7 @@ impl Report {
 /// bytes) live in their entry; longer ones in an allocation of their own.
 const INLINE: usize = 92;
 
-/// A stored AT line and where its client id lies in it.
+/// A stored AT line, and where its client id lies in it when that is kept.
 enum Line {
     Inline {
         len: u8,
@@ -72,11 +72,8 @@ enum Line {
         id_end: u8,
         bytes: [u8; INLINE],
     },
-    Heap {
-        id_start: u32,
-        id_end: u32,
-        bytes: Box<[u8]>,
-    },
+    /// A long line, rare: its id is found again when asked for.
+    Heap(Box<[u8]>),
 }
 
 impl Line {
@@ -92,36 +89,25 @@ impl Line {
                 bytes,
             }
         } else {
-            let large = |at: usize| u32::try_from(at).expect("lines are shorter than 4 GiB");
-            Line::Heap {
-                id_start: large(id.start),
-                id_end: large(id.end),
-                bytes: line.into(),
-            }
+            Line::Heap(line.into())
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
         match self {
             Line::Inline { len, bytes, .. } => &bytes[..usize::from(*len)],
-            Line::Heap { bytes, .. } => bytes,
+            Line::Heap(bytes) => bytes,
         }
     }
 
     fn client_id(&self) -> &[u8] {
-        match self {
+        let id = match self {
             Line::Inline {
-                id_start,
-                id_end,
-                bytes,
-                ..
-            } => &bytes[usize::from(*id_start)..usize::from(*id_end)],
-            Line::Heap {
-                id_start,
-                id_end,
-                bytes,
-            } => &bytes[*id_start as usize..*id_end as usize],
-        }
+                id_start, id_end, ..
+            } => usize::from(*id_start)..usize::from(*id_end),
+            Line::Heap(bytes) => client_id_range(bytes),
+        };
+        &self.as_bytes()[id]
     }
 }
 
