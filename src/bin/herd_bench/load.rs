@@ -475,10 +475,12 @@ struct Connection {
     index: usize,
     stream: TcpStream,
     client: Client,
-    /// The clients this connection reports in turn (IAMAT with
-    /// `--clients`); `client` is the first of them.
-    others: Vec<Client>,
-    /// Which of `client` and `others` reports next.
+    /// How many clients this connection reports in turn (IAMAT with
+    /// `--clients`): `client` and the further ones named after it.
+    clients: usize,
+    /// The further client named last (see `reporting`).
+    named: Client,
+    /// Which of the clients reports next.
     turn: usize,
     /// The last IAMAT acknowledged: which client, and its time.
     last_acked: Option<(usize, ClientTime)>,
@@ -491,10 +493,13 @@ struct Connection {
 
 impl Connection {
     /// The `k`th of the clients this connection reports.
-    fn reporting(&self, k: usize) -> &Client {
+    fn reporting(&mut self, k: usize) -> &Client {
         match k {
             0 => &self.client,
-            k => &self.others[k - 1],
+            k => {
+                self.client.name_another(k, &mut self.named);
+                &self.named
+            }
         }
     }
 }
@@ -564,12 +569,12 @@ async fn open_one(
         }
         seeded = Some(time);
     }
-    let others = (1..clients).map(|k| client.another(k)).collect();
     Ok(Connection {
         index,
         stream: line.into_stream()?,
+        named: client.clone(),
         client,
-        others,
+        clients,
         turn: 0,
         last_acked: None,
         clock,
@@ -603,7 +608,7 @@ fn queue(
     let client = connection.turn;
     match request {
         Request::Iamat { .. } => {
-            connection.turn = (client + 1) % (connection.others.len() + 1);
+            connection.turn = (client + 1) % connection.clients;
             connection.reporting(client).write_iamat(time, out);
         }
         Request::Whatsat { radius_km, bound } => {

@@ -125,13 +125,15 @@ impl Client {
         }
     }
 
-    /// The `k`th further client of the same connection: its own id, the
-    /// same location.
-    pub fn another(&self, k: usize) -> Self {
-        Client {
-            id: format!("{}-{k}", self.id),
-            location: self.location.clone(),
-        }
+    /// Makes `into` the `k`th further client of the same connection (its
+    /// own id, the same location), reusing its buffers: a
+    /// connection may report a million clients in turn, and keeping them
+    /// all (or allocating each anew) would cost this tool more than the
+    /// server it measures.
+    pub fn name_another(&self, k: usize, into: &mut Client) {
+        into.id.clear();
+        write!(into.id, "{}-{k}", self.id).expect("writing to a String cannot fail");
+        into.location.clone_from(&self.location);
     }
 
     /// Appends `IAMAT <id> <location> <time>\n`.
@@ -487,7 +489,9 @@ mod tests {
         assert_eq!(b.location, "+34.999068-118.001445");
         assert_ne!(a.id, b.id);
         // Further clients of a connection: ids of their own, same place.
-        let (a1, a2) = (a.another(1), a.another(2));
+        let (mut a1, mut a2) = (b.clone(), b.clone());
+        a.name_another(1, &mut a1);
+        a.name_another(2, &mut a2);
         assert_eq!(
             (a1.location.as_str(), a2.location.as_str()),
             (a.location.as_str(), a.location.as_str())
