@@ -62,11 +62,13 @@ pub struct Neighbour {
     pub peer_address: String,
 }
 
-/// The most updates in one frame: big enough to batch a busy link, small
-/// enough that catch-up never starves live updates for long.
-const BATCH: usize = 256;
-/// A frame of at least this many updates marks a busy link, which then
-/// waits `LINGER` after it before sending the next (see `send_updates`).
+/// The most updates in one frame (about 130 KB): big enough that a link
+/// with a backlog drains it in few frames, small enough that a frame is
+/// never long in the writing.
+const BATCH: usize = 1024;
+/// A frame of at least this many updates, which left no backlog, marks a
+/// busy link, which then waits `LINGER` after it before sending the next
+/// (see `send_updates`).
 const BUSY_FRAME: usize = 16;
 const LINGER: Duration = Duration::from_millis(1);
 /// The largest frame payload a receiver accepts.
@@ -439,6 +441,8 @@ async fn send_updates(
         let reached = server
             .store
             .since(next, Some((index, link_up_at)), BATCH, &mut pending);
+        // The scan stopped short of the head: a backlog.
+        let behind = reached < server.store.head();
         if reached > next {
             start_frame(&mut frame);
             // One log line per update, written together (the busiest lines
@@ -453,15 +457,23 @@ async fn send_updates(
             let _ = writeln!(frame, "C {reached}");
             drop(log);
             write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
-            // A busy link waits a moment before its next frame, so that
-            // under load frames grow instead of multiplying (each costs
-            // every hop a write, a read, a tag and a log flush), and so
-            // that what the neighbour sends us meanwhile need not be sent
-            // back (see `Store::since`). A quiet link never waits.
-            if pending.len() >= BUSY_FRAME {
+            next = reached;
+            if behind {
+                // A backlog (catch-up, or more updates than the last
+                // frame held): the next frame goes at once, after letting
+                // the server's other tasks run. Waiting here would cap the
+                // link at a frame per wait, and a link that falls behind
+                // stays behind.
+                tokio::task::yield_now().await;
+            } else if pending.len() >= BUSY_FRAME {
+                // A busy link that is keeping up waits a moment before its
+                // next frame, so that frames grow instead of multiplying
+                // (each costs every hop a write, a read, a tag and a log
+                // flush), and so that what the neighbour sends us meanwhile
+                // need not be sent back (see `Store::since`). A quiet link
+                // never waits.
                 linger_until = Some(Instant::now() + LINGER);
             }
-            next = reached;
             continue;
         }
         // A busy link never waits here, so its neighbour's acknowledgements
