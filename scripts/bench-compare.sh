@@ -27,7 +27,7 @@
 #                 propagate, whatsat-geonames, whatsat-geonames-rate,
 #                 whatsat-google, whatsat-google-nocache, startup, fill, idle
 # --whatsat-rate  open-loop WHATSAT rate of whatsat-geonames-rate (50000)
-# --spread-clients N  clients per connection of iamat-herd-spread (1000)
+# --spread-clients N  clients per connection of iamat-herd-spread (1000000)
 # --fill-clients  distinct clients of the memory load (1000000)
 # --fill-baselines  run the memory load on the baselines too (slow)
 # --idle N        idle connections of the idle load (20000; fewer if the
@@ -52,7 +52,7 @@ WHATSAT_RATE=50000
 SAMPLES=200
 LAUNCHES=10
 FILL_CLIENTS=1000000
-SPREAD_CLIENTS=1000
+SPREAD_CLIENTS=1000000
 FILL_BASELINES=0
 IDLE=20000
 OUT=""
@@ -420,9 +420,29 @@ measure() {
         return 1
     fi
     say "$row | $contender | run $RUN/$RUNS"
-    bench "$kind" "$row" "$contender" "$@"
+    bench "$kind" "$row" "$contender" "$@" && [[ $topology == herd && $kind == load ]] &&
+        stop_started && count_flooded "$row" "$contender"
     stop_started
     rm -rf "$DIR"
+}
+
+# count_flooded ROW CONTENDER: after a herd load, from Hill's log (every
+# contender writes "sent to [peer ]NAME: AT ..." for each update it sends a
+# neighbour, and "received ...: IAMAT ..." for each report), the updates Hill
+# sent per IAMAT and neighbour: 1 when every report was flooded on every
+# link, less when reports superseded before a link sent them were not.
+count_flooded() {
+    local row="$1" contender="$2" log share links
+    # (Where each contender puts it under DIR differs.)
+    log="$(find "$DIR" -name Hill.log -size +0 | head -n 1)"
+    [[ -n $log ]] || return 0
+    links="$(grep -o '"' <<<"${NEIGHBOURS[Hill]}" | wc -l)"
+    share="$(LC_ALL=C awk -v links="$((links / 2))" '
+        / sent to (peer )?[A-Za-z]+: AT / { sent++ }
+        /received.*: IAMAT / { reports++ }
+        END { if (reports > 0) print sent / reports / links }' "$log")"
+    [[ -n $share ]] && printf '%s\t%s\t%s\t%s\n' "$row" \
+        "updates Hill sent per IAMAT and link" "$contender" "$share" >>"$RESULTS"
 }
 
 # measure_startup ROW CONTENDER: one run of herd-bench startup, launching
@@ -542,12 +562,12 @@ fi
 # ------------------------------------------------------------------- report
 
 REPORT="$WORK/report.md"
-python3 - "$RESULTS" "$RUNS" "$WHATSAT_RATE" "$FILL_CLIENTS" "$IDLE" "$IDLE_HELD" \
+python3 - "$RESULTS" "$RUNS" "$WHATSAT_RATE" "$FILL_CLIENTS" "$IDLE" "$IDLE_HELD" "$SPREAD_CLIENTS" \
     "$ROW_HERD" "$ROW_HERD_SPREAD" "$ROW_RATE" "$ROW_SINGLE" "$ROW_PROP" "$ROW_WGEO" "$ROW_WGEO_RATE" \
     "$ROW_WGOOGLE" "$ROW_WGOOGLE_NOCACHE" "$ROW_STARTUP" "$ROW_FILL" "$ROW_STARTUP_FULL" \
     "$ROW_IDLE" >"$REPORT.table" <<'EOF'
 import statistics, sys
-results, runs, whatsat_rate, fill_clients, idle_wanted, idle_held, *rows = sys.argv[1:]
+results, runs, whatsat_rate, fill_clients, idle_wanted, idle_held, spread_clients, *rows = sys.argv[1:]
 (ROW_HERD, ROW_HERD_SPREAD, ROW_RATE, ROW_SINGLE, ROW_PROP, ROW_WGEO, ROW_WGEO_RATE, ROW_WGOOGLE,
  ROW_WGOOGLE_NOCACHE, ROW_STARTUP, ROW_FILL, ROW_STARTUP_FULL, ROW_IDLE) = rows
 runs = int(runs)
@@ -588,6 +608,7 @@ def ratio(a, b):
     return "%.0f×" % r if r >= 100 else "%.1f×" % r if r >= 10 else "%.2f×" % r
 
 cols = ["herd", "asyncio", "node", "echo"]
+FLOODED_SHARE = "updates Hill sent per IAMAT and link"
 print("| load | metric | herd | asyncio | node | loopback limit | herd/asyncio | herd/node | herd/limit |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for row in rows:
@@ -602,8 +623,10 @@ for row in rows:
             if m[c] is not None and n < runs:
                 cell += " (%d/%d runs)" % (n, runs)
             cells.append(cell)
+        # A count, not a speed: no ratios.
+        r = ratio if metric != FLOODED_SHARE else (lambda a, b: "—")
         print("| %s | %s | %s | %s | %s | %s |" % (row, metric, " | ".join(cells),
-              ratio(m["herd"], m["asyncio"]), ratio(m["herd"], m["node"]), ratio(m["herd"], m["echo"])))
+              r(m["herd"], m["asyncio"]), r(m["herd"], m["node"]), r(m["herd"], m["echo"])))
 if runs > 1:
     print()
     print("<details><summary>every run</summary>")
@@ -631,8 +654,10 @@ print("herd-bench's own echo server (one thread, no state, no flooding, no log).
 print("\"Until held by all\" divides every reply of a run by the time from its first request until")
 print("the other four servers all held every connection's last report (asked with WHATSATs")
 print("after the load). With a client per connection each IAMAT replaces its connection's last")
-print("one, which a herd may then flood only once; with many clients per connection every")
-print("report is a location the herd must spread, as with many phones.")
+print("one, which a herd may then flood only once; with %s clients per connection no client" % "{:,}".format(int(spread_clients)))
+print("reports twice in a run, so every report is one the herd must spread. \"Updates Hill sent")
+print("per IAMAT and link\" counts, in Hill's log, the updates it sent its two neighbours: 1 when")
+print("every report went down every link, less when some were superseded before a link sent them.")
 
 # Targets: (what, measured text, met?) with None when not measured.
 targets = []
