@@ -20,7 +20,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 
 use crate::protocol::{self, Location};
@@ -225,24 +225,87 @@ impl std::ops::IndexMut<u32> for Entries {
     }
 }
 
-/// A slot of the hash index: an entry and 32 bits of its client id's hash.
-/// The index grows and shrinks from these alone, without reading a million
-/// entries again, and a lookup reads an entry only when they match.
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    entry: u32,
-    hash: u32,
+/// Client id -> entry number: open addressing with linear probing over
+/// 8-byte slots, each the entry number (plus one; 0 is empty) and 32 bits
+/// of the client id's hash. A lookup reads one cache line of slots, and an
+/// entry only when the hash bits match; clients are never removed, so
+/// there are no tombstones, and growing reads the slots alone.
+#[derive(Debug, Default)]
+struct Index {
+    slots: Vec<u64>,
+    len: usize,
 }
 
-/// The hash the index places a slot by, from the 32 bits it keeps: an odd
-/// multiplier keeps the low bits (the bucket) as uniform as the hash's and
-/// mixes every bit into the high ones (hashbrown's tag byte).
-fn spread(hash: u32) -> u64 {
-    u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
+impl Index {
+    /// Where a hash's probe starts in a table of `slots` (a power of two).
+    fn start(hash: u32, slots: usize) -> usize {
+        // Fibonacci hashing: the top bits of the product mix every bit.
+        (u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & (slots - 1)
+    }
 
-fn slot_hash(slot: &Slot) -> u64 {
-    spread(slot.hash)
+    fn find(&self, hash: u32, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = Self::start(hash, self.slots.len());
+        loop {
+            let slot = self.slots[at];
+            if slot == 0 {
+                return None;
+            }
+            let entry = (slot as u32).wrapping_sub(1);
+            if (slot >> 32) as u32 == hash && is(entry) {
+                return Some(entry);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Adds a client known not to be there.
+    fn insert(&mut self, hash: u32, entry: u32) {
+        // At most 3/4 full, so probes stay short.
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.resize(((self.len + 1) * 2).next_power_of_two().max(16));
+        }
+        Self::place(&mut self.slots, hash, entry);
+        self.len += 1;
+    }
+
+    fn place(slots: &mut [u64], hash: u32, entry: u32) {
+        let mask = slots.len() - 1;
+        let mut at = Self::start(hash, slots.len());
+        while slots[at] != 0 {
+            at = (at + 1) & mask;
+        }
+        slots[at] = u64::from(hash) << 32 | u64::from(entry + 1);
+    }
+
+    fn resize(&mut self, slots: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![0; slots]);
+        for slot in old.into_iter().filter(|&slot| slot != 0) {
+            Self::place(&mut self.slots, (slot >> 32) as u32, (slot as u32) - 1);
+        }
+    }
+
+    /// Room for `additional` more clients without growing.
+    fn reserve(&mut self, additional: usize) {
+        let wanted = ((self.len + additional) * 4)
+            .div_ceil(3)
+            .next_power_of_two();
+        if wanted > self.slots.len() {
+            self.resize(wanted);
+        }
+    }
+
+    /// Gives back room beyond what growing step by step would leave: the
+    /// fewest slots that hold the clients at most three quarters full.
+    fn fit(&mut self) {
+        let wanted = (self.len * 4).div_ceil(3).next_power_of_two().max(16);
+        if wanted < self.slots.len() {
+            self.resize(wanted);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -250,7 +313,7 @@ struct Inner {
     /// Every client's entry; clients are never removed, so indices last.
     entries: Entries,
     /// Client id -> index into `entries`.
-    index: HashTable<Slot>,
+    index: Index,
     hasher: DefaultHashBuilder,
     /// Sequence number -> index into `entries`, one per client, at its
     /// newest report.
@@ -269,11 +332,9 @@ impl Inner {
     }
 
     fn find_hashed(&self, hash: u32, client_id: &[u8]) -> Option<u32> {
-        self.index
-            .find(spread(hash), |slot| {
-                slot.hash == hash && self.entries[slot.entry].line.client_id() == client_id
-            })
-            .map(|slot| slot.entry)
+        self.index.find(hash, |entry| {
+            self.entries[entry].line.client_id() == client_id
+        })
     }
 
     /// Stores the report of `at_line` under `seq` if it is newer; returns
@@ -313,8 +374,7 @@ impl Inner {
                     .entries
                     .push(Entry::new(at_line, id, client_time, seq, source));
                 self.by_seq.insert(seq, entry);
-                self.index
-                    .insert_unique(spread(hash), Slot { entry, hash }, slot_hash);
+                self.index.insert(hash, entry);
             }
         }
         true
@@ -416,14 +476,12 @@ impl Store {
     /// step by step. A replayed log may hold a client more than once:
     /// [`Store::fit`] gives back what was not needed.
     pub fn reserve(&self, additional: usize) {
-        self.lock().index.reserve(additional, slot_hash);
+        self.lock().index.reserve(additional);
     }
 
     /// Gives back the room [`Store::reserve`] set aside and was not used.
     pub fn fit(&self) {
-        let mut inner = self.lock();
-        let clients = inner.entries.len();
-        inner.index.shrink_to(clients, slot_hash);
+        self.lock().index.fit();
     }
 
     /// Makes the next sequence number at least `next`.
@@ -595,6 +653,31 @@ mod tests {
         }
         assert!(store.get(b"before").is_some());
         assert_eq!(update(&store, "c7", "1", Source::Client), None);
+    }
+
+    #[test]
+    fn the_index_finds_every_entry_through_growth_and_equal_hashes() {
+        let mut index = Index::default();
+        assert_eq!(index.find(7, |_| true), None);
+        // Entry e has hash e / 3: runs of three equal hashes, told apart
+        // only by the comparison, as for two ids whose hashes collide.
+        for entry in 0..5000 {
+            index.insert(entry / 3, entry);
+        }
+        for entry in 0..5000 {
+            assert_eq!(index.find(entry / 3, |e| e == entry), Some(entry));
+        }
+        assert_eq!(index.find(5000, |_| true), None);
+        assert_eq!(index.find(4, |_| false), None);
+        let grown = index.slots.len();
+        assert!(index.len * 4 <= grown * 3, "at most three quarters full");
+        index.reserve(100_000);
+        assert!(index.slots.len() >= 105_000 * 4 / 3);
+        index.fit();
+        assert_eq!(index.slots.len(), grown);
+        for entry in (0..5000).step_by(7) {
+            assert_eq!(index.find(entry / 3, |e| e == entry), Some(entry));
+        }
     }
 
     #[test]
