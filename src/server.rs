@@ -129,31 +129,33 @@ pub async fn run(
     peer_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Store::new();
-    let (storage, run, cursors) = match setup.storage {
+    let (store, storage, run, cursors) = match setup.storage {
         Some(storage_setup) => {
-            let (storage, recovered) = tokio::task::spawn_blocking(move || {
-                Storage::open(
+            let (store, storage, recovered) = tokio::task::spawn_blocking(move || {
+                let store = Store::new();
+                // Each report goes into the store as it is read from disk.
+                let (storage, recovered) = Storage::open(
                     &storage_setup.dir,
                     storage_setup.durability,
                     storage_setup.sync_interval,
-                )
+                    &mut |seq, at_line| match protocol::parse_at_line(at_line) {
+                        Some(at) => store.restore(at_line, at.client_time, seq),
+                        None => warn!("skipped an unreadable report in the store log"),
+                    },
+                )?;
+                Ok::<_, crate::storage::StorageError>((store, storage, recovered))
             })
             .await??;
-            // At most this many clients (a client may appear more than once).
-            store.reserve(recovered.reports.len());
-            for (seq, at_line) in recovered.reports.iter() {
-                match protocol::parse_at_line(at_line) {
-                    Some(at) => store.restore(at_line, at.client_time, seq),
-                    None => warn!("skipped an unreadable report in the store log"),
-                }
-            }
-            store.fit();
             store.continue_from(recovered.next_seq);
             storage.start_syncer();
-            (Some(storage), recovered.run, recovered.cursors)
+            (store, Some(storage), recovered.run, recovered.cursors)
         }
-        None => (None, rand::random::<u64>() | 1, Default::default()),
+        None => (
+            Store::new(),
+            None,
+            rand::random::<u64>() | 1,
+            Default::default(),
+        ),
     };
     let server = Arc::new(Server {
         flood: Flood::new(&setup.name, setup.neighbours, setup.secret, run, &cursors),

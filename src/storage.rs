@@ -28,7 +28,6 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::page_cache::PageCacheTrim;
-use crate::store::Batch;
 
 const MAGIC: &[u8; 9] = b"HERDLOG1\n";
 /// The largest record accepted on replay; AT lines are bounded by the
@@ -68,8 +67,8 @@ pub struct Recovered {
     pub run: u64,
     /// Where our numbering continues: above every number handed out before.
     pub next_seq: u64,
-    /// Accepted reports: (sequence number, AT line), in the order logged.
-    pub reports: Batch,
+    /// How many report records were replayed (a client may have several).
+    pub reports: usize,
     /// Per neighbour name: (its run id, how far we hold its stream).
     pub cursors: HashMap<String, (u64, u64)>,
 }
@@ -129,35 +128,38 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
 impl Storage {
     /// Opens (creating if needed) the data folder `dir`, replays it, and
     /// starts a fresh segment. A new folder gets a new random run id.
+    ///
+    /// Each report record is handed to `restore` (its sequence number and
+    /// AT line, in the order logged) as it is read, so that a replay holds
+    /// one record at a time rather than the whole log.
     pub fn open(
         dir: &Path,
         durability: Durability,
         interval: Duration,
+        restore: &mut dyn FnMut(u64, &[u8]),
     ) -> Result<(Arc<Storage>, Recovered), StorageError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let (snapshot, segments) = list(dir)?;
-        let mut recovered = Recovered::default();
-        let mut reserved = 0;
+        let mut replayed = Replayed {
+            recovered: Recovered::default(),
+            reserved: 0,
+            highest: 0,
+            restore,
+        };
         let first_segment = snapshot.unwrap_or(0);
         if let Some(number) = snapshot {
             let path = dir.join(snapshot_name(number));
-            replay(&path, &mut recovered, &mut reserved, false)?;
+            replay(&path, &mut replayed, false)?;
         }
         for &number in segments.iter().filter(|&&n| n >= first_segment) {
             let path = dir.join(segment_name(number));
-            replay(&path, &mut recovered, &mut reserved, true)?;
+            replay(&path, &mut replayed, true)?;
         }
+        let mut recovered = replayed.recovered;
         if recovered.run == 0 {
             recovered.run = rand::random::<u64>() | 1;
         }
-        recovered.next_seq = reserved.max(
-            recovered
-                .reports
-                .iter()
-                .map(|(seq, _)| seq)
-                .max()
-                .unwrap_or(0),
-        ) + 1;
+        recovered.next_seq = replayed.reserved.max(replayed.highest) + 1;
         let segment = segments.last().copied().unwrap_or(0).max(first_segment) + 1;
         let path = dir.join(segment_name(segment));
         let file = create_segment(&path)?;
@@ -191,7 +193,7 @@ impl Storage {
             .map_err(io_error(dir))?;
         info!(
             dir = %dir.display(),
-            reports = recovered.reports.len(),
+            reports = recovered.reports,
             neighbours = recovered.cursors.len(),
             "store recovered"
         );
@@ -563,58 +565,93 @@ fn list_all(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), StorageError> {
     Ok((snapshots, segments))
 }
 
-/// Replays one file into `recovered`. A bad record ends the replay of this
-/// file: if `repair`, the file is cut there and the rest kept aside as
+/// A replay in progress.
+struct Replayed<'a> {
+    recovered: Recovered,
+    /// The highest sequence number reserved, and the highest seen.
+    reserved: u64,
+    highest: u64,
+    restore: &'a mut dyn FnMut(u64, &[u8]),
+}
+
+/// Replays one file, a record at a time. A bad record ends the replay of
+/// this file: if `repair`, the file is cut there and the rest kept aside as
 /// `NAME.corrupt` for a person to look at.
-fn replay(
-    path: &Path,
-    recovered: &mut Recovered,
-    reserved: &mut u64,
-    repair: bool,
-) -> Result<(), StorageError> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
+fn replay(path: &Path, replayed: &mut Replayed<'_>, repair: bool) -> Result<(), StorageError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let length = file.metadata().map_err(io_error(path))?.len();
+    let mut reader = io::BufReader::with_capacity(1 << 20, file);
+    let mut magic = Vec::with_capacity(MAGIC.len());
+    (&mut reader)
+        .take(MAGIC.len() as u64)
+        .read_to_end(&mut magic)
         .map_err(io_error(path))?;
-    if bytes.len() < MAGIC.len() {
+    if magic.len() < MAGIC.len() {
         // A segment created but cut before its header: nothing in it.
-        if repair && MAGIC.starts_with(&bytes) {
+        if repair && MAGIC.starts_with(&magic) {
             return Ok(());
         }
         return Err(StorageError::Foreign {
             path: path.to_owned(),
         });
     }
-    if &bytes[..MAGIC.len()] != MAGIC {
+    if magic != MAGIC {
         return Err(StorageError::Foreign {
             path: path.to_owned(),
         });
     }
-    let mut offset = MAGIC.len();
-    while offset < bytes.len() {
-        let Some(payload) = decode(&bytes[offset..]) else {
+    let mut offset = MAGIC.len() as u64;
+    let mut record = Vec::new();
+    while offset < length {
+        if !read_record(&mut reader, length - offset, &mut record).map_err(io_error(path))? {
             warn!(
                 file = %path.display(),
                 offset,
-                dropped = bytes.len() - offset,
+                dropped = length - offset,
                 "torn or corrupt record: replay stops here; the rest comes back from neighbours"
             );
             if repair {
-                let aside = path.with_extension("corrupt");
-                std::fs::write(&aside, &bytes[offset..]).map_err(io_error(&aside))?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_error(path))?;
-                file.set_len(offset as u64).map_err(io_error(path))?;
-                file.sync_all().map_err(io_error(path))?;
+                set_aside(path, offset).map_err(io_error(path))?;
             }
             break;
-        };
-        offset += 8 + payload.len();
-        apply(payload, recovered, reserved);
+        }
+        offset += record.len() as u64;
+        apply(&record[8..], replayed);
     }
     Ok(())
+}
+
+/// Reads the record at the reader's position (at most `left` bytes of the
+/// file remain) into `record`, header included; `false` if it is torn or
+/// its checksum does not match.
+fn read_record(reader: &mut impl Read, left: u64, record: &mut Vec<u8>) -> io::Result<bool> {
+    let mut header = [0u8; 8];
+    if left < 8 {
+        return Ok(false);
+    }
+    reader.read_exact(&mut header)?;
+    let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if length > MAX_RECORD || 8 + length as u64 > left {
+        return Ok(false);
+    }
+    record.clear();
+    record.extend_from_slice(&header);
+    record.resize(8 + length, 0);
+    reader.read_exact(&mut record[8..])?;
+    Ok(decode(record).is_some())
+}
+
+/// Cuts a log file at `offset`, keeping what followed as `NAME.corrupt`.
+fn set_aside(path: &Path, offset: u64) -> io::Result<()> {
+    let mut rest = File::open(path)?;
+    io::Seek::seek(&mut rest, io::SeekFrom::Start(offset))?;
+    io::copy(
+        &mut rest,
+        &mut File::create(path.with_extension("corrupt"))?,
+    )?;
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(offset)?;
+    file.sync_all()
 }
 
 /// The payload of the record at the start of `bytes`, if it is whole and
@@ -629,7 +666,8 @@ fn decode(bytes: &[u8]) -> Option<&[u8]> {
     (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
-fn apply(payload: &[u8], recovered: &mut Recovered, reserved: &mut u64) {
+fn apply(payload: &[u8], replayed: &mut Replayed<'_>) {
+    let (recovered, reserved) = (&mut replayed.recovered, &mut replayed.reserved);
     let number = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(
             payload.get(at..at + 8)?.try_into().ok()?,
@@ -638,7 +676,9 @@ fn apply(payload: &[u8], recovered: &mut Recovered, reserved: &mut u64) {
     match payload.first() {
         Some(b'R') => {
             if let Some(seq) = number(1) {
-                recovered.reports.push(seq, &payload[9..]);
+                recovered.reports += 1;
+                replayed.highest = replayed.highest.max(seq);
+                (replayed.restore)(seq, &payload[9..]);
             }
         }
         Some(b'C') => {
@@ -662,15 +702,29 @@ fn apply(payload: &[u8], recovered: &mut Recovered, reserved: &mut u64) {
 mod tests {
     use super::*;
 
-    fn open(dir: &Path) -> (Arc<Storage>, Recovered) {
-        Storage::open(dir, Durability::Batched, Duration::from_millis(10)).unwrap()
+    /// Report records as a replay hands them over: number and AT line.
+    type Records = Vec<(u64, Vec<u8>)>;
+
+    /// The storage of `dir`, what its replay recovered, and the report
+    /// records it handed over, in order.
+    fn open(dir: &Path) -> (Arc<Storage>, Recovered, Records) {
+        let mut reports = Vec::new();
+        let (storage, recovered) = Storage::open(
+            dir,
+            Durability::Batched,
+            Duration::from_millis(10),
+            &mut |seq, line| reports.push((seq, line.to_vec())),
+        )
+        .unwrap();
+        assert_eq!(recovered.reports, reports.len());
+        (storage, recovered, reports)
     }
 
     #[tokio::test]
     async fn reports_cursors_and_run_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, first) = open(dir.path());
-        assert!(first.reports.is_empty());
+        let (storage, first, reports) = open(dir.path());
+        assert!(reports.is_empty());
         assert_eq!(first.next_seq, 1);
         storage.append_report(1, b"AT Hill +0.1 a +1+1 1");
         storage.append_report(2, b"AT Hill +0.1 b +1+1 1");
@@ -678,13 +732,10 @@ mod tests {
         storage.commit().await.unwrap();
         drop(storage); // as a SIGKILL would: no close()
 
-        let (storage, second) = open(dir.path());
+        let (storage, second, reports) = open(dir.path());
         assert_eq!(second.run, first.run);
-        assert_eq!(second.reports.len(), 2);
-        assert_eq!(
-            second.reports.iter().nth(1),
-            Some((2, &b"AT Hill +0.1 b +1+1 1"[..]))
-        );
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[1], (2, b"AT Hill +0.1 b +1+1 1".to_vec()));
         assert_eq!(second.cursors["Smith"], (77, 12));
         // Numbering continues above everything reserved before.
         assert!(second.next_seq > RESERVE_STEP, "{}", second.next_seq);
@@ -694,7 +745,7 @@ mod tests {
     #[tokio::test]
     async fn a_torn_tail_is_cut_and_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, _) = open(dir.path());
+        let (storage, _, _) = open(dir.path());
         storage.append_report(1, b"AT Hill +0.1 a +1+1 1");
         storage.append_report(2, b"AT Hill +0.1 b +1+1 2");
         storage.commit().await.unwrap();
@@ -708,20 +759,20 @@ mod tests {
             .unwrap()
             .set_len(length - 5)
             .unwrap();
-        let (storage, recovered) = open(dir.path());
-        assert_eq!(recovered.reports.len(), 1);
+        let (storage, recovered, reports) = open(dir.path());
+        assert_eq!(reports.len(), 1);
         assert!(segment.with_extension("corrupt").exists());
         // And appending after the repair works.
         storage.append_report(recovered.next_seq, b"AT Hill +0.1 c +1+1 3");
         storage.commit().await.unwrap();
         drop(storage);
-        assert_eq!(open(dir.path()).1.reports.len(), 2);
+        assert_eq!(open(dir.path()).2.len(), 2);
     }
 
     #[tokio::test]
     async fn a_flipped_bit_stops_replay_at_that_record() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, _) = open(dir.path());
+        let (storage, _, _) = open(dir.path());
         for seq in 1..=3 {
             storage.append_report(seq, format!("AT Hill +0.1 c{seq} +1+1 1").as_bytes());
         }
@@ -732,25 +783,35 @@ mod tests {
         let second_record = bytes.len() - 2 * (8 + 9 + 21) + 20;
         bytes[second_record] ^= 0x40;
         std::fs::write(&segment, bytes).unwrap();
-        let (_, recovered) = open(dir.path());
-        assert_eq!(recovered.reports.len(), 1);
+        let (_, _, reports) = open(dir.path());
+        assert_eq!(reports.len(), 1);
     }
 
     #[test]
     fn a_foreign_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(segment_name(1)), b"hello, I am a text file").unwrap();
-        let error = Storage::open(dir.path(), Durability::None, Duration::from_millis(10))
-            .err()
-            .unwrap();
+        let error = Storage::open(
+            dir.path(),
+            Durability::None,
+            Duration::from_millis(10),
+            &mut |_, _| {},
+        )
+        .err()
+        .unwrap();
         assert!(error.to_string().contains("not a herd log"), "{error}");
     }
 
     #[tokio::test]
     async fn always_waits_for_an_fsync() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, _) =
-            Storage::open(dir.path(), Durability::Always, Duration::from_secs(60)).unwrap();
+        let (storage, _) = Storage::open(
+            dir.path(),
+            Durability::Always,
+            Duration::from_secs(60),
+            &mut |_, _| {},
+        )
+        .unwrap();
         storage.start_syncer();
         storage.append_report(1, b"AT Hill +0.1 a +1+1 1");
         // With a 60 s interval, only the group-commit request can make this
@@ -766,7 +827,7 @@ mod tests {
     #[tokio::test]
     async fn compaction_keeps_the_live_state_and_drops_old_files() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, recovered) = open(dir.path());
+        let (storage, recovered, _) = open(dir.path());
         for seq in 1..=100 {
             storage.append_report(
                 seq,
@@ -800,9 +861,9 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.contains(&segment_name(1)), "{names:?}");
-        let (_, again) = open(dir.path());
+        let (_, again, reports) = open(dir.path());
         assert_eq!(again.run, recovered.run);
-        assert_eq!(again.reports.len(), 11);
+        assert_eq!(reports.len(), 11);
         assert_eq!(again.cursors["Smith"], (5, 6));
     }
 }

@@ -290,25 +290,6 @@ impl Index {
             Self::place(&mut self.slots, (slot >> 32) as u32, (slot as u32) - 1);
         }
     }
-
-    /// Room for `additional` more clients without growing.
-    fn reserve(&mut self, additional: usize) {
-        let wanted = ((self.len + additional) * 4)
-            .div_ceil(3)
-            .next_power_of_two();
-        if wanted > self.slots.len() {
-            self.resize(wanted);
-        }
-    }
-
-    /// Gives back room beyond what growing step by step would leave: the
-    /// fewest slots that hold the clients at most three quarters full.
-    fn fit(&mut self) {
-        let wanted = (self.len * 4).div_ceil(3).next_power_of_two().max(16);
-        if wanted < self.slots.len() {
-            self.resize(wanted);
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -474,19 +455,6 @@ impl Store {
         inner.put(at_line, client_time, |_| seq, Source::Client);
     }
 
-    /// Makes room in the hash index for up to `additional` more clients
-    /// at once (before replaying a store from disk), rather than growing it
-    /// step by step. A replayed log may hold a client more than once:
-    /// [`Store::fit`] gives back what was not needed.
-    pub fn reserve(&self, additional: usize) {
-        self.lock().index.reserve(additional);
-    }
-
-    /// Gives back the room [`Store::reserve`] set aside and was not used.
-    pub fn fit(&self) {
-        self.lock().index.fit();
-    }
-
     /// Makes the next sequence number at least `next`.
     pub fn continue_from(&self, next: u64) {
         let mut inner = self.lock();
@@ -642,23 +610,6 @@ mod tests {
     }
 
     #[test]
-    fn reserving_and_fitting_keep_every_client() {
-        let store = Store::new();
-        update(&store, "before", "1", Source::Client);
-        store.reserve(1000);
-        for i in 0..100 {
-            update(&store, &format!("c{i}"), "1", Source::Client);
-        }
-        store.fit();
-        assert_eq!(store.len(), 101);
-        for i in 0..100 {
-            assert!(store.get(format!("c{i}").as_bytes()).is_some());
-        }
-        assert!(store.get(b"before").is_some());
-        assert_eq!(update(&store, "c7", "1", Source::Client), None);
-    }
-
-    #[test]
     fn the_index_finds_every_entry_through_growth_and_equal_hashes() {
         let mut index = Index::default();
         assert_eq!(index.find(7, |_| true), None);
@@ -672,15 +623,10 @@ mod tests {
         }
         assert_eq!(index.find(5000, |_| true), None);
         assert_eq!(index.find(4, |_| false), None);
-        let grown = index.slots.len();
-        assert!(index.len * 4 <= grown * 3, "at most three quarters full");
-        index.reserve(100_000);
-        assert!(index.slots.len() >= 105_000 * 4 / 3);
-        index.fit();
-        assert_eq!(index.slots.len(), grown);
-        for entry in (0..5000).step_by(7) {
-            assert_eq!(index.find(entry / 3, |e| e == entry), Some(entry));
-        }
+        assert!(
+            index.len * 4 <= index.slots.len() * 3,
+            "at most three quarters full"
+        );
     }
 
     #[test]
