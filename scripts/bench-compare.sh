@@ -420,9 +420,13 @@ measure() {
         return 1
     fi
     say "$row | $contender | run $RUN/$RUNS"
-    bench "$kind" "$row" "$contender" "$@" && [[ $topology == herd && $kind == load ]] &&
-        stop_started && count_flooded "$row" "$contender"
+    local counted=0
+    bench "$kind" "$row" "$contender" "$@" && counted=1
+    # Stopped first, so that its log is complete.
     stop_started
+    if ((counted)) && [[ $topology == herd && $kind == load ]]; then
+        count_flooded "$row" "$contender"
+    fi
     rm -rf "$DIR"
 }
 

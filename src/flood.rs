@@ -49,7 +49,7 @@ use tracing::{debug, info, warn};
 use crate::logging::{MessageLines, Show};
 use crate::protocol::{Location, parse_at_line};
 use crate::server::Server;
-use crate::store::{Batch, Source};
+use crate::store::{Batch, Scan, Source};
 use crate::time::Timestamp;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -438,11 +438,12 @@ async fn send_updates(
         // between still wakes us below.
         accepted.borrow_and_update();
         pending.clear();
-        let reached = server
+        let Scan {
+            reached,
+            more: behind,
+        } = server
             .store
             .since(next, Some((index, link_up_at)), BATCH, &mut pending);
-        // The scan stopped short of the head: a backlog.
-        let behind = reached < server.store.head();
         if reached > next {
             start_frame(&mut frame);
             // One log line per update, written together (the busiest lines

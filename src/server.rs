@@ -216,7 +216,7 @@ async fn compact_now_and_then(server: Arc<Server>, shutdown: CancellationToken) 
                     let mut batch = Batch::new();
                     loop {
                         batch.clear();
-                        let reached = server.store.since(next, None, 4096, &mut batch);
+                        let reached = server.store.since(next, None, 4096, &mut batch).reached;
                         for (seq, at_line) in batch.iter() {
                             put(seq, at_line);
                         }

@@ -601,9 +601,9 @@ fn replay(path: &Path, replayed: &mut Replayed<'_>, repair: bool) -> Result<(), 
         });
     }
     let mut offset = MAGIC.len() as u64;
-    let mut record = Vec::new();
+    let mut payload = Vec::new();
     while offset < length {
-        if !read_record(&mut reader, length - offset, &mut record).map_err(io_error(path))? {
+        if !read_record(&mut reader, length - offset, &mut payload).map_err(io_error(path))? {
             warn!(
                 file = %path.display(),
                 offset,
@@ -615,30 +615,31 @@ fn replay(path: &Path, replayed: &mut Replayed<'_>, repair: bool) -> Result<(), 
             }
             break;
         }
-        offset += record.len() as u64;
-        apply(&record[8..], replayed);
+        offset += 8 + payload.len() as u64;
+        apply(&payload, replayed);
     }
     Ok(())
 }
 
 /// Reads the record at the reader's position (at most `left` bytes of the
-/// file remain) into `record`, header included; `false` if it is torn or
-/// its checksum does not match.
-fn read_record(reader: &mut impl Read, left: u64, record: &mut Vec<u8>) -> io::Result<bool> {
-    let mut header = [0u8; 8];
+/// file remain: a `u32` length, a CRC-32 of the payload, the payload) and
+/// leaves its payload in `payload`; `false` if it is torn or its checksum
+/// does not match.
+fn read_record(reader: &mut impl Read, left: u64, payload: &mut Vec<u8>) -> io::Result<bool> {
     if left < 8 {
         return Ok(false);
     }
+    let mut header = [0u8; 8];
     reader.read_exact(&mut header)?;
-    let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let [length, crc] = [&header[..4], &header[4..]]
+        .map(|field| u32::from_le_bytes(field.try_into().expect("4 bytes")));
+    let length = length as usize;
     if length > MAX_RECORD || 8 + length as u64 > left {
         return Ok(false);
     }
-    record.clear();
-    record.extend_from_slice(&header);
-    record.resize(8 + length, 0);
-    reader.read_exact(&mut record[8..])?;
-    Ok(decode(record).is_some())
+    payload.resize(length, 0);
+    reader.read_exact(payload)?;
+    Ok(crc32fast::hash(payload) == crc)
 }
 
 /// Cuts a log file at `offset`, keeping what followed as `NAME.corrupt`.
@@ -652,18 +653,6 @@ fn set_aside(path: &Path, offset: u64) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     file.set_len(offset)?;
     file.sync_all()
-}
-
-/// The payload of the record at the start of `bytes`, if it is whole and
-/// its checksum matches.
-fn decode(bytes: &[u8]) -> Option<&[u8]> {
-    let length = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
-    if length > MAX_RECORD {
-        return None;
-    }
-    let payload = bytes.get(8..8 + length)?;
-    (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
 fn apply(payload: &[u8], replayed: &mut Replayed<'_>) {

@@ -367,8 +367,7 @@ impl Inner {
 
 /// Reports by sequence number and AT line, in the order added, the lines
 /// together in one buffer rather than one allocation each: what
-/// [`Store::since`] picked (the buffer reused from call to call), or a
-/// store log read back from disk.
+/// [`Store::since`] picked, the buffer reused from call to call.
 #[derive(Debug, Default)]
 pub struct Batch {
     lines: Vec<u8>,
@@ -408,6 +407,15 @@ impl Batch {
             (seq, line)
         })
     }
+}
+
+/// How far a [`Store::since`] scan got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// The sequence number it reached: everything up to it was looked at.
+    pub reached: u64,
+    /// It stopped at its bound before the head: there is more to send.
+    pub more: bool,
 }
 
 /// The latest report of every client.
@@ -500,16 +508,17 @@ impl Store {
     /// numbered lower are sent anyway, since the neighbour may have lost
     /// them in a restart since.
     ///
-    /// Returns the sequence number the scan reached; the caller continues
-    /// from there. Reports that were superseded are gone from the sequence,
-    /// so the scan visits each client once at most.
+    /// Returns how far the scan reached (the caller continues from there)
+    /// and whether it stopped short of the head. Reports that were
+    /// superseded are gone from the sequence, so the scan visits each client
+    /// once at most.
     pub fn since(
         &self,
         after: u64,
         leave_out: Option<(usize, u64)>,
         max: usize,
         out: &mut Batch,
-    ) -> u64 {
+    ) -> Scan {
         let inner = self.lock();
         let leave_out = leave_out.map(|(to, above)| {
             let to = Source::Neighbour(to);
@@ -534,7 +543,10 @@ impl Store {
         }
         // Everything up to the head was seen: no sequence number in between
         // is left (they were superseded), so the neighbour is complete up to it.
-        if exhausted { inner.head } else { reached }
+        Scan {
+            reached: if exhausted { inner.head } else { reached },
+            more: !exhausted,
+        }
     }
 }
 
@@ -557,7 +569,7 @@ mod tests {
 
     fn seqs(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, u64) {
         let mut out = Batch::new();
-        let reached = store.since(after, Some((to, 0)), max, &mut out);
+        let reached = store.since(after, Some((to, 0)), max, &mut out).reached;
         (out.iter().map(|(seq, _)| seq).collect(), reached)
     }
 
