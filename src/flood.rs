@@ -19,7 +19,7 @@
 //! B -> A  HERD-CHALLENGE 1 <nonce_b>
 //! A -> B  HERD-HELLO <A> <B> <run_a> <nonce_a> <mac>      mac over A, B, run_a, both nonces
 //! B -> A  HERD-WELCOME <run> <seq> <mac>                  B's cursor for A, mac over it and both nonces
-//! A -> B  frames: u32 length, payload, HMAC-SHA256 tag    tag over a frame counter and the payload
+//! A -> B  frames: u32 length, payload, keyed BLAKE3 tag   tag over a frame counter and the payload
 //! B -> A  "ACK <seq>" lines, so that A notices a dead link
 //! ```
 //!
@@ -232,14 +232,14 @@ impl Flood {
         ])
     }
 
-    /// The link's frame HMAC, keyed with a session key derived from both
-    /// nonces; set up once per link, a frame's tag starts from a copy of it.
-    fn session_key(&self, nonce_a: &[u8], nonce_b: &[u8]) -> HmacSha256 {
-        frame_key(
-            &self
-                .mac(&[b"session", nonce_a, nonce_b])
+    /// A link's frame key: derived from the herd secret and both nonces,
+    /// so every session has a key of its own.
+    fn session_key(&self, nonce_a: &[u8], nonce_b: &[u8]) -> FrameKey {
+        FrameKey(
+            self.mac(&[b"session", nonce_a, nonce_b])
                 .finalize()
-                .into_bytes(),
+                .into_bytes()
+                .into(),
         )
     }
 }
@@ -331,7 +331,7 @@ async fn dial_loop(server: Arc<Server>, index: usize, shutdown: CancellationToke
 struct OutgoingLink {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
-    key: HmacSha256,
+    key: FrameKey,
     /// Where the receiver's cursor says to start.
     start: u64,
 }
@@ -532,16 +532,16 @@ fn start_frame(frame: &mut Vec<u8>) {
 /// that a link builds each frame in one buffer that it keeps.
 async fn write_frame(
     writer: &mut OwnedWriteHalf,
-    key: &HmacSha256,
+    key: &FrameKey,
     counter: &mut u64,
     frame: &mut Vec<u8>,
     silence: Duration,
 ) -> anyhow::Result<()> {
     let payload = &frame[4..];
     let length = u32::try_from(payload.len()).expect("frames are small");
-    let tag = frame_tag(key, *counter, payload);
+    let tag = key.tag(*counter, payload);
     frame[..4].copy_from_slice(&length.to_be_bytes());
-    frame.extend_from_slice(&tag);
+    frame.extend_from_slice(tag.as_bytes());
     *counter += 1;
     // A stopped neighbour must not hold this link forever.
     timeout(silence, writer.write_all(frame))
@@ -550,16 +550,25 @@ async fn write_frame(
     Ok(())
 }
 
-/// The HMAC keyed with a link's session key.
-fn frame_key(key: &[u8]) -> HmacSha256 {
-    HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
-}
+/// The key that tags a link's frames.
+///
+/// Frames are tagged with keyed BLAKE3 (a MAC: a keyed pseudo-random
+/// function) rather than HMAC-SHA256, which the handshake keeps: every
+/// update crosses the herd several times, each crossing tagged by its
+/// sender and checked by its receiver, and with HMAC-SHA256 that was ~6 %
+/// of a five-server load's profile; BLAKE3 tags the same bytes in a third
+/// of the time or less.
+struct FrameKey([u8; 32]);
 
-fn frame_tag(key: &HmacSha256, counter: u64, payload: &[u8]) -> [u8; 32] {
-    let mut mac = key.clone();
-    mac.update(&counter.to_be_bytes());
-    mac.update(payload);
-    mac.finalize().into_bytes().into()
+impl FrameKey {
+    /// The tag of frame number `counter` (counted from 0 on each link, so
+    /// that frames cannot be dropped, reordered or replayed) with `payload`.
+    fn tag(&self, counter: u64, payload: &[u8]) -> blake3::Hash {
+        let mut mac = blake3::Hasher::new_keyed(&self.0);
+        mac.update(&counter.to_be_bytes());
+        mac.update(payload);
+        mac.finalize()
+    }
 }
 
 // --------------------------------------------------------------- receiving
@@ -669,7 +678,7 @@ async fn receive_frames(
     server: &Server,
     index: usize,
     run: u64,
-    key: &HmacSha256,
+    key: &FrameKey,
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
 ) -> anyhow::Result<()> {
@@ -692,11 +701,15 @@ async fn receive_frames(
         payload.resize(length + 32, 0);
         reader.read_exact(&mut payload).await?;
         let (body, tag) = payload.split_at(length);
-        if frame_tag(key, counter, body) != tag {
+        // blake3::Hash compares in constant time.
+        if key.tag(counter, body) != *tag {
             anyhow::bail!("frame from {name} failed authentication");
         }
         counter += 1;
         let mut complete = None;
+        server
+            .store
+            .warm(body.split(|&b| b == b'\n').filter_map(update_client_id));
         let mut log = MessageLines::start();
         for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             match apply_line(server, index, line, &mut log) {
@@ -826,6 +839,14 @@ fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines
     }
 }
 
+/// The client id of an update line (`U <seq> <AT line>`), found without
+/// checking the rest; `None` for other lines.
+fn update_client_id(line: &[u8]) -> Option<&[u8]> {
+    let at_line = line.strip_prefix(b"U ")?;
+    let at_line = &at_line[memchr::memchr(b' ', at_line)? + 1..];
+    at_line.get(crate::store::client_id_range(at_line))
+}
+
 fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {
     match line.iter().position(|&b| b == b' ') {
         Some(space) => Some((&line[..space], &line[space + 1..])),
@@ -886,12 +907,15 @@ mod tests {
 
     #[test]
     fn frame_tags_depend_on_key_counter_and_payload() {
-        let (k, x) = (frame_key(b"k"), frame_key(b"x"));
-        let tag = frame_tag(&k, 0, b"U 1 AT");
-        assert_eq!(tag, frame_tag(&k, 0, b"U 1 AT"));
-        assert_ne!(tag, frame_tag(&k, 1, b"U 1 AT"));
-        assert_ne!(tag, frame_tag(&x, 0, b"U 1 AT"));
-        assert_ne!(tag, frame_tag(&k, 0, b"U 2 AT"));
+        let (k, x) = (FrameKey([1; 32]), FrameKey([2; 32]));
+        let tag = k.tag(0, b"U 1 AT");
+        assert_eq!(tag, k.tag(0, b"U 1 AT"));
+        assert_ne!(tag, k.tag(1, b"U 1 AT"));
+        assert_ne!(tag, x.tag(0, b"U 1 AT"));
+        assert_ne!(tag, k.tag(0, b"U 2 AT"));
+        // The counter and the payload are not one string: moving bytes
+        // between them changes the tag.
+        assert_ne!(k.tag(0, b"\x01U"), k.tag(1, b"U"));
     }
 
     #[test]
@@ -928,6 +952,20 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn update_lines_name_their_client() {
+        assert_eq!(
+            update_client_id(b"U 3 AT Hill +0.000000001 kiwi +1+1 5"),
+            Some(&b"kiwi"[..])
+        );
+        // Only updates; a malformed one may name anything or nothing, as
+        // it is only warmed for, not believed.
+        assert_eq!(update_client_id(b"C 12"), None);
+        assert_eq!(update_client_id(b"U"), None);
+        assert_eq!(update_client_id(b"U 3"), None);
+        let _ = update_client_id(b"U 3 AT Hill");
     }
 
     #[test]

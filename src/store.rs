@@ -155,7 +155,7 @@ fn neighbour_bit(source: Source) -> u32 {
 }
 
 /// Where the client id lies in an AT line: its fourth field.
-fn client_id_range(at_line: &[u8]) -> Range<usize> {
+pub(crate) fn client_id_range(at_line: &[u8]) -> Range<usize> {
     let mut spaces = memchr::memchr_iter(b' ', at_line);
     let start = spaces.nth(2).map_or(0, |i| i + 1);
     let end = spaces.next().unwrap_or(at_line.len());
@@ -469,6 +469,46 @@ impl Store {
         inner.head = inner.head.max(next.saturating_sub(1));
     }
 
+    /// Reads into the cache what looking up these clients will read: their
+    /// index slots, then the entries those slots point to. A neighbour's
+    /// frame holds hundreds of reports for clients scattered over a store
+    /// far larger than the caches, and a lookup's cost is its cache misses
+    /// (the first slot read was ~80 % of the lookup in a profile); taken
+    /// one report at a time they come one after another, while here each
+    /// step issues a frame's loads independently of each other, so that
+    /// the processor overlaps their misses. Changes nothing.
+    pub fn warm<'a>(&self, client_ids: impl Iterator<Item = &'a [u8]>) {
+        let inner = self.lock();
+        if inner.index.slots.is_empty() {
+            return;
+        }
+        let mut wanted: Vec<(u32, usize)> = client_ids
+            .map(|id| {
+                let hash = inner.hash(id);
+                (hash, Index::start(hash, inner.index.slots.len()))
+            })
+            .collect();
+        // The slots: no load depends on another.
+        let mut touched = 0u64;
+        for (hash, at) in &mut wanted {
+            let slot = inner.index.slots[*at];
+            touched ^= slot;
+            // The entry to read next, if this slot holds this hash.
+            *at = if slot != 0 && (slot >> 32) as u32 == *hash {
+                (slot as u32) as usize
+            } else {
+                0
+            };
+        }
+        // The entries of the clients found (numbered from one; 0: none).
+        for &(_, entry) in &wanted {
+            if entry != 0 {
+                touched ^= inner.entries[(entry - 1) as u32].seq;
+            }
+        }
+        std::hint::black_box(touched);
+    }
+
     /// The newest report of a client.
     pub fn get(&self, client_id: &[u8]) -> Option<Report> {
         let at_line = {
@@ -639,6 +679,48 @@ mod tests {
             index.len * 4 <= index.slots.len() * 3,
             "at most three quarters full"
         );
+    }
+
+    #[test]
+    fn warming_reads_every_kind_of_lookup_and_changes_nothing() {
+        let store = Store::new();
+        // An empty store has no slots to read.
+        store.warm([&b"kiwi"[..]].into_iter());
+        assert!(store.is_empty());
+        // Past a chunk and through several resizes of the index, so the
+        // last entries and moved slots are read too.
+        let clients: Vec<String> = (0..CHUNK + 100).map(|i| format!("c{i}")).collect();
+        for client in &clients {
+            update(&store, client, "1", Source::Neighbour(0));
+        }
+        let listed = |store: &Store| {
+            let mut out = Batch::new();
+            store.since(0, None, 1 << 20, &mut out);
+            out.iter()
+                .map(|(seq, line)| (seq, line.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let before = listed(&store);
+        let unknown = ["nobody", "", "c99999999"];
+        store.warm(
+            clients
+                .iter()
+                .map(String::as_str)
+                .chain(unknown)
+                .map(str::as_bytes),
+        );
+        assert_eq!(listed(&store), before);
+        assert_eq!(store.len(), clients.len());
+        for client in [&clients[0], &clients[CHUNK], clients.last().unwrap()] {
+            assert_eq!(
+                store.get(client.as_bytes()).unwrap().at_line,
+                at_line(client, "1").as_bytes()
+            );
+        }
+        assert!(store.get(b"nobody").is_none());
+        // Still newest-wins, with the sender remembered.
+        assert_eq!(update(&store, "c1", "1", Source::Neighbour(1)), None);
+        assert!(update(&store, "c1", "2", Source::Client).is_some());
     }
 
     #[test]

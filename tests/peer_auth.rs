@@ -101,16 +101,18 @@ impl FakeNeighbour {
         let _ = self.stream.write_all(bytes);
     }
 
-    /// A frame carrying one update, authenticated with the session key.
+    /// A frame carrying one update, tagged with keyed BLAKE3 under the
+    /// session key, over the frame's counter and payload.
     fn frame(&mut self, seq: u64, at_line: &str) -> Vec<u8> {
         let payload = format!("U {seq} {at_line}\nC {seq}\n");
-        let mut tag = Hmac::<Sha256>::new_from_slice(&self.key).unwrap();
+        let key: [u8; 32] = self.key.as_slice().try_into().unwrap();
+        let mut tag = blake3::Hasher::new_keyed(&key);
         tag.update(&self.counter.to_be_bytes());
         tag.update(payload.as_bytes());
         self.counter += 1;
         let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(payload.as_bytes());
-        frame.extend_from_slice(&tag.finalize().into_bytes());
+        frame.extend_from_slice(tag.finalize().as_bytes());
         frame
     }
 
