@@ -29,7 +29,7 @@
 //! (the counter). Payload lines are `U <seq> <AT line>` for an update and
 //! `C <seq>` for "complete up to".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::logging::{MessageLines, Show};
 use crate::protocol::{Location, parse_at_line};
+use crate::routes::Routes;
 use crate::server::Server;
 use crate::store::{Batch, Scan, Source};
 use crate::time::Timestamp;
@@ -71,6 +72,12 @@ const BATCH: usize = 1024;
 /// (see `send_updates`).
 const BUSY_FRAME: usize = 16;
 const LINGER: Duration = Duration::from_millis(1);
+/// How long a report that need not go over a link at once waits (see
+/// `routes`): long enough for the copy from the link's other end, sent at
+/// once, to arrive first under load.
+const HOLD: Duration = Duration::from_millis(30);
+/// The most reports a link holds back; past that, it sends at once.
+const MAX_HELD: usize = 1 << 16;
 /// The largest frame payload a receiver accepts.
 const MAX_FRAME: usize = 4 * 1024 * 1024;
 /// Time to establish a TCP connection to a neighbour.
@@ -95,6 +102,8 @@ pub struct Flood {
     run: u64,
     secret: Vec<u8>,
     neighbours: Vec<Neighbour>,
+    /// Which neighbours get which reports at once (see `routes`).
+    routes: Routes,
     /// Bumped after accepted updates; link senders wait on it.
     accepted: watch::Sender<u64>,
     /// Updates were accepted since the links were last told (see
@@ -115,6 +124,7 @@ impl Flood {
     pub fn new(
         me: &str,
         neighbours: Vec<Neighbour>,
+        routes: Routes,
         secret: Vec<u8>,
         run: u64,
         cursors: &HashMap<String, (u64, u64)>,
@@ -133,6 +143,7 @@ impl Flood {
             run,
             secret,
             neighbours,
+            routes,
             accepted: watch::Sender::new(0),
             unannounced: AtomicBool::new(false),
             cursors: Mutex::new(cursors),
@@ -414,7 +425,10 @@ async fn send_updates(
         key,
         start,
     } = link;
+    // The next report to look at, and the number the neighbour last heard
+    // it is complete up to (`C`).
     let mut next = start;
+    let mut confirmed = start;
     // What the neighbour sent us before this link came up may be what it
     // lost in a restart: send it back too. Later ones it surely has.
     let link_up_at = server.store.head();
@@ -423,7 +437,12 @@ async fn send_updates(
     let silence = server.limits.link_silence();
     let mut heartbeat = tokio::time::interval(server.limits.link_heartbeat());
     let mut last_heard = Instant::now();
+    let mut scanned = Batch::new();
     let mut pending = Batch::new();
+    // Reports held back (see `routes`), oldest first, with when to look at
+    // them again; the neighbour is complete only up to below the first.
+    let mut held: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut last_frame = Instant::now();
     let mut frame = Vec::new();
     let mut ack = [0u8; 256];
     let mut linger_until = None;
@@ -438,13 +457,43 @@ async fn send_updates(
         // between still wakes us below.
         accepted.borrow_and_update();
         pending.clear();
-        let Scan {
-            reached,
-            more: behind,
-        } = server
-            .store
-            .since(next, Some((index, link_up_at)), BATCH, &mut pending);
-        if reached > next {
+        let now = Instant::now();
+        // Held reports whose wait is over go now, unless superseded or sent
+        // to us meanwhile (which is what the wait was for).
+        while pending.len() < BATCH / 2
+            && let Some(&(seq, _)) = held.front().filter(|(_, until)| *until <= now)
+        {
+            held.pop_front();
+            server
+                .store
+                .still_to_send(seq, (index, link_up_at), &mut pending);
+        }
+        let mut behind = held.front().is_some_and(|(_, until)| *until <= now);
+        scanned.clear();
+        let Scan { reached, more } = server.store.since(
+            next,
+            Some((index, link_up_at)),
+            BATCH - pending.len(),
+            &mut scanned,
+        );
+        behind |= more;
+        for (seq, at_line) in scanned.iter() {
+            // Catch-up (a backlog) is sent whole: holding it back would only
+            // make it longer.
+            if more || held.len() >= MAX_HELD || flood.routes.at_once(origin(at_line), index) {
+                pending.push(seq, at_line);
+            } else {
+                held.push_back((seq, now + HOLD));
+            }
+        }
+        next = next.max(reached);
+        let complete = held.front().map_or(next, |&(seq, _)| seq - 1);
+        // Held reports are looked at again a batch at a time, each moving
+        // `complete` on: a frame for that alone goes at most every
+        // `HOLD / 4` while some are still held (its cost is the
+        // neighbour's, a cursor record and a write), at once otherwise.
+        let tell = complete > confirmed && (held.is_empty() || last_frame.elapsed() >= HOLD / 4);
+        if !pending.is_empty() || tell {
             start_frame(&mut frame);
             // One log line per update, written together (the busiest lines
             // of the log: one clock reading and one lock per frame).
@@ -455,10 +504,11 @@ async fn send_updates(
                 frame.extend_from_slice(at_line);
                 frame.push(b'\n');
             }
-            let _ = writeln!(frame, "C {reached}");
+            let _ = writeln!(frame, "C {complete}");
             drop(log);
             write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
-            next = reached;
+            confirmed = complete;
+            last_frame = Instant::now();
             if behind {
                 // A backlog (catch-up, or more updates than the last
                 // frame held): the next frame goes at once, after letting
@@ -477,6 +527,7 @@ async fn send_updates(
             }
             continue;
         }
+        let wake_held = held.front().map(|&(_, until)| until);
         // A busy link never waits here, so its neighbour's acknowledgements
         // pile up unread meanwhile: liveness is judged only after reading
         // what came back (in a fixed order, liveness first).
@@ -493,6 +544,7 @@ async fn send_updates(
                 write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
             }
             changed = accepted.changed() => changed?,
+            () = sleep_until_some(wake_held) => {}
             read = reader.read(&mut ack) => {
                 if read? == 0 {
                     anyhow::bail!("closed by {name}");
@@ -501,6 +553,20 @@ async fn send_updates(
             }
         }
     }
+}
+
+/// Sleeps until `until`, or forever when there is none.
+async fn sleep_until_some(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The server an AT line names: where its report was made.
+fn origin(at_line: &[u8]) -> &[u8] {
+    let rest = at_line.get(3..).unwrap_or_default();
+    rest.split(|&b| b == b' ').next().unwrap_or_default()
 }
 
 /// Reads whatever the neighbour has sent back on a link (acknowledgements,
@@ -988,7 +1054,14 @@ mod tests {
 
     #[test]
     fn macs_are_length_prefixed() {
-        let flood = Flood::new("A", vec![], b"secret".to_vec(), 1, &HashMap::new());
+        let flood = Flood::new(
+            "A",
+            vec![],
+            Routes::default(),
+            b"secret".to_vec(),
+            1,
+            &HashMap::new(),
+        );
         let a = flood.mac(&[b"ab", b"c"]).finalize().into_bytes();
         let b = flood.mac(&[b"a", b"bc"]).finalize().into_bytes();
         assert_ne!(a, b);

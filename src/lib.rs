@@ -12,6 +12,7 @@ pub mod logging;
 mod page_cache;
 pub mod places;
 pub mod protocol;
+pub mod routes;
 pub mod server;
 pub mod storage;
 pub mod store;

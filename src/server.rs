@@ -24,6 +24,7 @@ use crate::framing::{Frame, LineFramer};
 use crate::logging::{MessageLines, Show};
 use crate::places::{NearbyQuery, Places, PlacesError, json::to_styled_string};
 use crate::protocol::{self, Request};
+use crate::routes::Routes;
 use crate::storage::{Durability, Storage};
 use crate::store::{Batch, Source, Store};
 use crate::time::Timestamp;
@@ -32,6 +33,9 @@ use crate::time::Timestamp;
 pub struct ServerSetup {
     pub name: String,
     pub neighbours: Vec<Neighbour>,
+    /// Every server of the herd with its neighbours' names: the trees
+    /// reports are sent down at once (see `routes`).
+    pub herd: Vec<(String, Vec<String>)>,
     /// The herd's shared secret, which peer links prove they know.
     pub secret: Vec<u8>,
     pub places: Arc<dyn Places>,
@@ -72,6 +76,11 @@ impl ServerSetup {
         Ok(Self {
             name: name.to_owned(),
             neighbours,
+            herd: config
+                .servers
+                .iter()
+                .map(|server| (server.name.clone(), server.neighbours.clone()))
+                .collect(),
             secret,
             places,
             limits: config.limits.clone(),
@@ -157,8 +166,24 @@ pub async fn run(
             Default::default(),
         ),
     };
+    let routes = {
+        let herd: Vec<(&str, Vec<&str>)> = setup
+            .herd
+            .iter()
+            .map(|(name, theirs)| (name.as_str(), theirs.iter().map(String::as_str).collect()))
+            .collect();
+        let neighbours: Vec<&str> = setup.neighbours.iter().map(|n| n.name.as_str()).collect();
+        Routes::new(&setup.name, &neighbours, &herd)
+    };
     let server = Arc::new(Server {
-        flood: Flood::new(&setup.name, setup.neighbours, setup.secret, run, &cursors),
+        flood: Flood::new(
+            &setup.name,
+            setup.neighbours,
+            routes,
+            setup.secret,
+            run,
+            &cursors,
+        ),
         name: setup.name,
         store,
         places: setup.places,

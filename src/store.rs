@@ -418,6 +418,30 @@ pub struct Scan {
     pub more: bool,
 }
 
+/// [`Store::since`]'s `leave_out` rule, ready to test entries with.
+#[derive(Clone, Copy)]
+struct LeaveOut {
+    source: u32,
+    bit: u32,
+    above: u64,
+}
+
+impl LeaveOut {
+    fn new((to, above): (usize, u64)) -> Self {
+        let to = Source::Neighbour(to);
+        Self {
+            source: source_code(to),
+            bit: neighbour_bit(to),
+            above,
+        }
+    }
+
+    /// The neighbour sent us the report numbered `seq` while its link was up.
+    fn leaves_out(self, seq: u64, entry: &Entry) -> bool {
+        seq > self.above && (entry.source == self.source || entry.also_from & self.bit != 0)
+    }
+}
+
 /// The latest report of every client.
 #[derive(Debug, Default)]
 pub struct Store {
@@ -560,10 +584,7 @@ impl Store {
         out: &mut Batch,
     ) -> Scan {
         let inner = self.lock();
-        let leave_out = leave_out.map(|(to, above)| {
-            let to = Source::Neighbour(to);
-            (source_code(to), neighbour_bit(to), above)
-        });
+        let leave_out = leave_out.map(LeaveOut::new);
         let mut reached = after;
         let mut exhausted = true;
         for (scanned, (&seq, &i)) in inner.by_seq.range(after + 1..).enumerate() {
@@ -574,10 +595,7 @@ impl Store {
             }
             reached = seq;
             let entry = &inner.entries[i];
-            let sent_it = leave_out.is_some_and(|(to, bit, above)| {
-                seq > above && (entry.source == to || entry.also_from & bit != 0)
-            });
-            if !sent_it {
+            if !leave_out.is_some_and(|rule| rule.leaves_out(seq, entry)) {
                 out.push(seq, entry.line.as_bytes());
             }
         }
@@ -587,6 +605,24 @@ impl Store {
             reached: if exhausted { inner.head } else { reached },
             more: !exhausted,
         }
+    }
+
+    /// Adds to `out` the report numbered `seq` if it is still a client's
+    /// newest and `leave_out` (as for [`Store::since`]) does not leave it
+    /// out; returns whether it did. For a report a link held back: by now
+    /// it may have been superseded (the newer one has a number of its own)
+    /// or the neighbour may have sent it to us.
+    pub fn still_to_send(&self, seq: u64, leave_out: (usize, u64), out: &mut Batch) -> bool {
+        let inner = self.lock();
+        let Some(&i) = inner.by_seq.get(&seq) else {
+            return false;
+        };
+        let entry = &inner.entries[i];
+        if LeaveOut::new(leave_out).leaves_out(seq, entry) {
+            return false;
+        }
+        out.push(seq, entry.line.as_bytes());
+        true
     }
 }
 
@@ -721,6 +757,31 @@ mod tests {
         // Still newest-wins, with the sender remembered.
         assert_eq!(update(&store, "c1", "1", Source::Neighbour(1)), None);
         assert!(update(&store, "c1", "2", Source::Client).is_some());
+    }
+
+    #[test]
+    fn a_held_report_is_still_sent_unless_superseded_or_sent_to_us() {
+        let store = Store::new();
+        let mut out = Batch::new();
+        let first = update(&store, "kiwi", "1", Source::Client).unwrap();
+        let other = update(&store, "emu", "1", Source::Client).unwrap();
+        assert!(store.still_to_send(first, (0, 0), &mut out));
+        // Superseded: the newer report has a number of its own.
+        let newer = update(&store, "kiwi", "2", Source::Client).unwrap();
+        assert!(!store.still_to_send(first, (0, 0), &mut out));
+        assert!(store.still_to_send(newer, (0, 0), &mut out));
+        // Neighbour 1 sent us the same report meanwhile: not to it, but
+        // still to others, and still to it if numbered before its link
+        // came up (it may have lost it since).
+        assert_eq!(update(&store, "emu", "1", Source::Neighbour(1)), None);
+        assert!(!store.still_to_send(other, (1, 0), &mut out));
+        assert!(store.still_to_send(other, (0, 0), &mut out));
+        assert!(store.still_to_send(other, (1, other), &mut out));
+        // Numbers never given out, or past the head.
+        assert!(!store.still_to_send(0, (0, 0), &mut out));
+        assert!(!store.still_to_send(99, (0, 0), &mut out));
+        let sent: Vec<_> = out.iter().map(|(seq, _)| seq).collect();
+        assert_eq!(sent, [first, newer, other, other]);
     }
 
     #[test]

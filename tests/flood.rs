@@ -77,6 +77,27 @@ fn a_killed_server_catches_up_when_restarted() {
 }
 
 #[test]
+fn with_a_tree_edge_down_reports_take_the_held_links_around_it() {
+    // Reports go down their origin's tree at once and over the other links
+    // only after a wait (see src/routes.rs). Hill's tree reaches Campbell
+    // through Smith, and Campbell's reaches Hill through Smith: without
+    // Smith, both go around by the links that wait.
+    let mut herd = Herd::start_default();
+    herd.kill("Smith");
+    let around = ["Hill", "Jaquez", "Campbell", "Singleton"];
+    let from_hill = herd.client("Hill").iamat("west", "+1+1");
+    herd.await_everywhere(&around, "west", &from_hill);
+    let from_campbell = herd.client("Campbell").iamat("east", "+2+2");
+    herd.await_everywhere(&around, "east", &from_campbell);
+    // Smith back: it catches up, and the trees are whole again.
+    herd.restart("Smith");
+    herd.await_everywhere(&["Smith"], "west", &from_hill);
+    herd.await_everywhere(&["Smith"], "east", &from_campbell);
+    let again = herd.client("Hill").iamat("west", "+3+3");
+    herd.await_everywhere(ALL, "west", &again);
+}
+
+#[test]
 fn a_restarted_server_is_back_in_the_flood_within_half_a_second() {
     let mut herd = Herd::start_default();
     herd.kill("Hill");

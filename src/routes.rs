@@ -1,0 +1,232 @@
+//! Which neighbours a server sends a report to at once, and which it makes
+//! wait (see `flood`).
+//!
+//! Flooding over a herd with cycles sends each report over every link, in
+//! one direction or both, although a spanning tree rooted at the report's
+//! origin (the server named in its AT line) would reach every server with
+//! one message per server. Nothing may be left out on that ground alone: a
+//! tree edge can fail, and only a neighbour that sent us a report is known
+//! to hold it. So every link still sends every report its rules do not
+//! leave out, but not all at once:
+//!
+//! - to a neighbour that is our child in the origin's tree, at once;
+//! - over a link outside the tree, at once from its end with the lower
+//!   name, after a wait from the other end: the first copy reaches the
+//!   waiting end, which holds the report already (from the tree), and marks
+//!   that the neighbour sent it, so the held copy is then left out (the
+//!   store's "sent it to us" rule); one message on that link instead of two;
+//! - back towards our own parent in the tree, after the wait (usually left
+//!   out anyway: the parent is where it came from).
+//!
+//! A failed tree edge costs the servers below it the wait, not the report.
+//! The trees are breadth-first from each origin over the configured links,
+//! a server's parent being its neighbour nearest the origin (the lowest
+//! name among equals), so every server of a herd computes the same trees
+//! from the same config. Plain synchronous code, computed once at start.
+
+use std::collections::{HashMap, VecDeque};
+
+/// For each origin, whether each neighbour gets its reports at once.
+#[derive(Debug, Default)]
+pub struct Routes {
+    at_once: HashMap<Vec<u8>, Vec<bool>>,
+}
+
+impl Routes {
+    /// The routes of server `me`, whose neighbours are `neighbours` (in the
+    /// order links number them), in a herd of `herd`: each server's name
+    /// and the names of its neighbours.
+    pub fn new(me: &str, neighbours: &[&str], herd: &[(&str, Vec<&str>)]) -> Self {
+        let index: HashMap<&str, usize> = herd
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (*name, i))
+            .collect();
+        // Links are both ways; a link named by either end counts.
+        let mut adjacent = vec![Vec::new(); herd.len()];
+        for (i, (_, theirs)) in herd.iter().enumerate() {
+            for j in theirs.iter().filter_map(|name| index.get(name)) {
+                if i != *j {
+                    adjacent[i].push(*j);
+                    adjacent[*j].push(i);
+                }
+            }
+        }
+        for list in &mut adjacent {
+            list.sort_by_key(|&j| herd[j].0);
+            list.dedup();
+        }
+        let Some(&me_at) = index.get(me) else {
+            return Self::default();
+        };
+        let at_once = herd
+            .iter()
+            .enumerate()
+            .map(|(origin, (origin_name, _))| {
+                let parent = tree(&adjacent, origin);
+                let row = neighbours
+                    .iter()
+                    .map(|name| match index.get(name) {
+                        Some(&them) => at_once((me, me_at), (name, them), origin, &parent),
+                        None => true,
+                    })
+                    .collect();
+                (origin_name.as_bytes().to_vec(), row)
+            })
+            .collect();
+        Self { at_once }
+    }
+
+    /// Whether a report from `origin` goes to neighbour `neighbour` at once.
+    /// Origins outside the herd (a server this config does not know) are
+    /// flooded at once everywhere.
+    pub fn at_once(&self, origin: &[u8], neighbour: usize) -> bool {
+        self.at_once
+            .get(origin)
+            .and_then(|row| row.get(neighbour).copied())
+            .unwrap_or(true)
+    }
+}
+
+/// Each server's parent in the breadth-first tree from `origin` (`None`
+/// for the origin and for servers it cannot reach). `adjacent` lists are
+/// sorted by name, so the first neighbour one step nearer is the parent.
+fn tree(adjacent: &[Vec<usize>], origin: usize) -> Vec<Option<usize>> {
+    let mut distance = vec![None; adjacent.len()];
+    let mut parent = vec![None; adjacent.len()];
+    distance[origin] = Some(0usize);
+    let mut queue = VecDeque::from([origin]);
+    while let Some(at) = queue.pop_front() {
+        let next = distance[at].expect("queued servers have a distance") + 1;
+        for &them in &adjacent[at] {
+            if distance[them].is_none() {
+                distance[them] = Some(next);
+                queue.push_back(them);
+            }
+        }
+    }
+    for (at, list) in adjacent.iter().enumerate() {
+        if let Some(d) = distance[at].filter(|&d| d > 0) {
+            parent[at] = list.iter().copied().find(|&j| distance[j] == Some(d - 1));
+        }
+    }
+    parent
+}
+
+/// Whether `me` sends a report to neighbour `them` at once, given the
+/// parents of the report's origin's tree.
+fn at_once(
+    (me, me_at): (&str, usize),
+    (them_name, them): (&str, usize),
+    origin: usize,
+    parent: &[Option<usize>],
+) -> bool {
+    let reached = |at: usize| at == origin || parent[at].is_some();
+    if !reached(me_at) || !reached(them) {
+        // Not in the origin's part of the herd: flood.
+        return true;
+    }
+    if parent[them] == Some(me_at) {
+        true
+    } else if parent[me_at] == Some(them) {
+        false
+    } else {
+        me < them_name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The herd of SPEC §1.
+    fn spec_herd() -> Vec<(&'static str, Vec<&'static str>)> {
+        vec![
+            ("Hill", vec!["Jaquez", "Smith"]),
+            ("Jaquez", vec!["Hill", "Singleton"]),
+            ("Smith", vec!["Hill", "Singleton", "Campbell"]),
+            ("Campbell", vec!["Smith", "Singleton"]),
+            ("Singleton", vec!["Jaquez", "Smith", "Campbell"]),
+        ]
+    }
+
+    fn routes_of(me: &str) -> (Routes, Vec<&'static str>) {
+        let herd = spec_herd();
+        let neighbours = herd.iter().find(|(name, _)| *name == me).unwrap().1.clone();
+        (Routes::new(me, &neighbours, &herd), neighbours)
+    }
+
+    /// The neighbours `me` sends `origin`'s reports to at once.
+    fn at_once_from(me: &str, origin: &str) -> Vec<&'static str> {
+        let (routes, neighbours) = routes_of(me);
+        neighbours
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| routes.at_once(origin.as_bytes(), i))
+            .map(|(_, name)| *name)
+            .collect()
+    }
+
+    #[test]
+    fn reports_from_hill_go_down_its_tree_at_once() {
+        // Hill's tree: Hill -> Jaquez, Smith; Jaquez -> Singleton (Jaquez
+        // before Smith among equals); Smith -> Campbell.
+        assert_eq!(at_once_from("Hill", "Hill"), ["Jaquez", "Smith"]);
+        assert_eq!(at_once_from("Jaquez", "Hill"), ["Singleton"]);
+        // Smith -> Singleton is outside the tree, and Smith names the
+        // higher end: it waits for Singleton's copy.
+        assert_eq!(at_once_from("Smith", "Hill"), ["Campbell"]);
+        // Singleton, the lower end of its links outside the tree, sends at
+        // once over them; Campbell < Singleton, so Campbell sends first
+        // over theirs.
+        assert_eq!(at_once_from("Singleton", "Hill"), ["Smith"]);
+        assert_eq!(at_once_from("Campbell", "Hill"), ["Singleton"]);
+    }
+
+    #[test]
+    fn every_server_is_reached_at_once_from_every_origin() {
+        let herd = spec_herd();
+        for (origin, _) in &herd {
+            // Follow only the sends made at once, from the origin.
+            let mut reached = vec![*origin];
+            let mut queue = VecDeque::from([*origin]);
+            while let Some(at) = queue.pop_front() {
+                for them in at_once_from(at, origin) {
+                    if !reached.contains(&them) {
+                        reached.push(them);
+                        queue.push_back(them);
+                    }
+                }
+            }
+            assert_eq!(reached.len(), herd.len(), "from {origin}: {reached:?}");
+        }
+    }
+
+    #[test]
+    fn each_link_outside_a_tree_is_sent_over_at_once_one_way() {
+        let herd = spec_herd();
+        for (origin, _) in &herd {
+            for (a, theirs) in &herd {
+                for b in theirs {
+                    let a_to_b = at_once_from(a, origin).contains(b);
+                    let b_to_a = at_once_from(b, origin).contains(a);
+                    assert!(!(a_to_b && b_to_a), "{origin}: {a} <-> {b} both at once");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strangers_and_herds_apart_are_flooded() {
+        let herd = vec![("A", vec!["B"]), ("B", vec!["A"]), ("C", vec![])];
+        let routes = Routes::new("A", &["B"], &herd);
+        assert!(routes.at_once(b"Nobody", 0));
+        // C reaches nobody: its reports (had anyone one) are flooded.
+        assert!(routes.at_once(b"C", 0));
+        assert!(routes.at_once(b"A", 0));
+        assert!(!routes.at_once(b"B", 0), "back to the origin waits");
+        // A neighbour past the list, or a server not in the herd: at once.
+        assert!(routes.at_once(b"A", 5));
+        assert!(Routes::new("Z", &["B"], &herd).at_once(b"A", 0));
+    }
+}
