@@ -361,13 +361,23 @@ async fn serve_client(
     let mut framer = LineFramer::new(limits.max_line_bytes);
     let mut out = Vec::new();
     let mut deadline = Instant::now() + idle;
+    // When the bytes being answered were read: the receipt time of every
+    // line they hold (they arrived together), from which IAMAT's skew is
+    // counted. One clock reading per read, not per line.
+    let mut received = now_nanos();
+    // One idle timer and one shutdown waiter for the connection's life,
+    // rather than a new one registered and dropped at every read: the
+    // timer is moved on only when it fires early (lines came meanwhile).
+    let idle_timer = tokio::time::sleep_until(deadline);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(idle_timer, cancelled);
     loop {
         let mut answered = false;
         // The lines of one read, logged together (see `MessageLines`).
         let mut log = MessageLines::start();
         while let Some(frame) = framer.next_frame() {
             answered = true;
-            answer(server, frame, &address_text, &mut out, &mut log).await;
+            answer(server, frame, received, &address_text, &mut out, &mut log).await;
             // A client that does not read its replies stops being read.
             if out.len() >= limits.max_unsent_bytes {
                 log.restamp();
@@ -388,11 +398,15 @@ async fn serve_client(
         framer.release_if_empty();
         tokio::select! {
             ready = stream.readable() => ready?,
-            () = tokio::time::sleep_until(deadline) => {
-                debug!(%address, "idle timeout; closing");
-                break;
+            () = &mut idle_timer => {
+                if Instant::now() >= deadline {
+                    debug!(%address, "idle timeout; closing");
+                    break;
+                }
+                idle_timer.as_mut().reset(deadline);
+                continue;
             }
-            () = shutdown.cancelled() => break,
+            () = &mut cancelled => break,
         }
         // Read no more than the framer needs, so an endless line costs at
         // most `max_line_bytes` of memory.
@@ -411,13 +425,13 @@ async fn serve_client(
                 // EOF: answer what is left, then close.
                 if let Some(frame) = framer.finish() {
                     let mut log = MessageLines::start();
-                    answer(server, frame, &address_text, &mut out, &mut log).await;
+                    answer(server, frame, received, &address_text, &mut out, &mut log).await;
                     drop(log);
                     reply(server, &mut stream, &mut out, idle).await?;
                 }
                 break;
             }
-            Ok(_) => {}
+            Ok(_) => received = now_nanos(),
             Err(error) => return Err(error),
         }
     }
@@ -448,10 +462,12 @@ async fn reply(
     Ok(())
 }
 
-/// Appends the reply to one framed line to `out`, and logs both.
+/// Appends the reply to one framed line, whose bytes were read at
+/// `received` (nanoseconds since the epoch), to `out`, and logs both.
 async fn answer(
     server: &Server,
     frame: Frame,
+    received: i128,
     address: &str,
     out: &mut Vec<u8>,
     log: &mut MessageLines,
@@ -465,7 +481,7 @@ async fn answer(
             log.line(&["address=", address, " received: "], line);
             match protocol::parse_request(line) {
                 Ok(Request::Iamat(iamat)) => {
-                    let at_line = protocol::write_at(&server.name, now_nanos(), &iamat, out);
+                    let at_line = protocol::write_at(&server.name, received, &iamat, out);
                     // Stored, and handed to every neighbour link before the
                     // reply is written (SPEC §3; see `reply`).
                     server.accept(&out[at_line], iamat.client_time, Source::Client);
