@@ -487,7 +487,7 @@ async fn send_updates(
             }
         }
         next = next.max(reached);
-        let complete = held.front().map_or(next, |&(seq, _)| seq - 1);
+        let complete = held.front().map_or(next, |&(seq, _)| seq.saturating_sub(1));
         // Held reports are looked at again a batch at a time, each moving
         // `complete` on: a frame for that alone goes at most every
         // `HOLD / 4` while some are still held (its cost is the
@@ -979,8 +979,8 @@ mod tests {
         assert_ne!(tag, k.tag(1, b"U 1 AT"));
         assert_ne!(tag, x.tag(0, b"U 1 AT"));
         assert_ne!(tag, k.tag(0, b"U 2 AT"));
-        // The counter and the payload are not one string: moving bytes
-        // between them changes the tag.
+        // The counter has a fixed width: no payload passes for another
+        // counter's.
         assert_ne!(k.tag(0, b"\x01U"), k.tag(1, b"U"));
     }
 
