@@ -477,15 +477,17 @@ async fn send_updates(
             &mut scanned,
         );
         behind |= more;
+        // What the scan found goes in this frame but for what is held
+        // back now: `held[newly_held..]`, in the scan's order.
+        let newly_held = held.len();
         for (seq, at_line) in scanned.iter() {
             // Catch-up (a backlog) is sent whole: holding it back would only
             // make it longer.
-            if more || held.len() >= MAX_HELD || flood.routes.at_once(origin(at_line), index) {
-                pending.push(seq, at_line);
-            } else {
+            if !(more || held.len() >= MAX_HELD || flood.routes.at_once(origin(at_line), index)) {
                 held.push_back((seq, now + HOLD));
             }
         }
+        let sending = pending.len() + scanned.len() - (held.len() - newly_held);
         next = next.max(reached);
         let complete = held.front().map_or(next, |&(seq, _)| seq.saturating_sub(1));
         // Held reports are looked at again a batch at a time, each moving
@@ -493,16 +495,30 @@ async fn send_updates(
         // `HOLD / 4` while some are still held (its cost is the
         // neighbour's, a cursor record and a write), at once otherwise.
         let tell = complete > confirmed && (held.is_empty() || last_frame.elapsed() >= HOLD / 4);
-        if !pending.is_empty() || tell {
+        if sending > 0 || tell {
             start_frame(&mut frame);
             // One log line per update, written together (the busiest lines
             // of the log: one clock reading and one lock per frame).
             let mut log = MessageLines::start();
-            for (seq, at_line) in pending.iter() {
+            let mut add = |seq: u64, at_line: &[u8]| {
                 log.line(&["sent to ", name, ": "], at_line);
                 let _ = write!(frame, "U {seq} ");
                 frame.extend_from_slice(at_line);
                 frame.push(b'\n');
+            };
+            for (seq, at_line) in pending.iter() {
+                add(seq, at_line);
+            }
+            let mut held_at = newly_held;
+            for (seq, at_line) in scanned.iter() {
+                if held
+                    .get(held_at)
+                    .is_some_and(|&(held_seq, _)| held_seq == seq)
+                {
+                    held_at += 1;
+                } else {
+                    add(seq, at_line);
+                }
             }
             let _ = writeln!(frame, "C {complete}");
             drop(log);
@@ -516,7 +532,7 @@ async fn send_updates(
                 // link at a frame per wait, and a link that falls behind
                 // stays behind.
                 tokio::task::yield_now().await;
-            } else if pending.len() >= BUSY_FRAME {
+            } else if sending >= BUSY_FRAME {
                 // A busy link that is keeping up waits a moment before its
                 // next frame, so that frames grow instead of multiplying
                 // (each costs every hop a write, a read, a tag and a log

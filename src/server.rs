@@ -33,9 +33,9 @@ use crate::time::Timestamp;
 pub struct ServerSetup {
     pub name: String,
     pub neighbours: Vec<Neighbour>,
-    /// Every server of the herd with its neighbours' names: the trees
-    /// reports are sent down at once (see `routes`).
-    pub herd: Vec<(String, Vec<String>)>,
+    /// Which neighbours get which reports at once: the trees of the whole
+    /// herd, worked out from the config (see `routes`).
+    pub routes: Routes,
     /// The herd's shared secret, which peer links prove they know.
     pub secret: Vec<u8>,
     pub places: Arc<dyn Places>,
@@ -73,14 +73,19 @@ impl ServerSetup {
                     .clone(),
             })
             .collect();
+        let herd: Vec<(&str, Vec<&str>)> = config
+            .servers
+            .iter()
+            .map(|server| {
+                let theirs = server.neighbours.iter().map(String::as_str).collect();
+                (server.name.as_str(), theirs)
+            })
+            .collect();
+        let names: Vec<&str> = server.neighbours.iter().map(String::as_str).collect();
         Ok(Self {
             name: name.to_owned(),
             neighbours,
-            herd: config
-                .servers
-                .iter()
-                .map(|server| (server.name.clone(), server.neighbours.clone()))
-                .collect(),
+            routes: Routes::new(name, &names, &herd),
             secret,
             places,
             limits: config.limits.clone(),
@@ -166,20 +171,11 @@ pub async fn run(
             Default::default(),
         ),
     };
-    let routes = {
-        let herd: Vec<(&str, Vec<&str>)> = setup
-            .herd
-            .iter()
-            .map(|(name, theirs)| (name.as_str(), theirs.iter().map(String::as_str).collect()))
-            .collect();
-        let neighbours: Vec<&str> = setup.neighbours.iter().map(|n| n.name.as_str()).collect();
-        Routes::new(&setup.name, &neighbours, &herd)
-    };
     let server = Arc::new(Server {
         flood: Flood::new(
             &setup.name,
             setup.neighbours,
-            routes,
+            setup.routes,
             setup.secret,
             run,
             &cursors,

@@ -246,6 +246,12 @@ impl Index {
         (u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & (slots - 1)
     }
 
+    /// The entry a slot holds if it carries `hash`; `None` for an empty
+    /// slot or another hash.
+    fn entry_of(slot: u64, hash: u32) -> Option<u32> {
+        (slot != 0 && (slot >> 32) as u32 == hash).then(|| (slot as u32) - 1)
+    }
+
     fn find(&self, hash: u32, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
         if self.slots.is_empty() {
             return None;
@@ -257,8 +263,7 @@ impl Index {
             if slot == 0 {
                 return None;
             }
-            let entry = (slot as u32).wrapping_sub(1);
-            if (slot >> 32) as u32 == hash && is(entry) {
+            if let Some(entry) = Self::entry_of(slot, hash).filter(|&entry| is(entry)) {
                 return Some(entry);
             }
             at = (at + 1) & mask;
@@ -512,23 +517,19 @@ impl Store {
                 (hash, Index::start(hash, inner.index.slots.len()))
             })
             .collect();
-        // The slots: no load depends on another.
+        // The slots: no load depends on another. Each found client's slot
+        // position is replaced by its entry's number.
         let mut touched = 0u64;
-        for (hash, at) in &mut wanted {
+        wanted.retain_mut(|(hash, at)| {
             let slot = inner.index.slots[*at];
             touched ^= slot;
-            // The entry to read next, if this slot holds this hash.
-            *at = if slot != 0 && (slot >> 32) as u32 == *hash {
-                (slot as u32) as usize
-            } else {
-                0
-            };
-        }
-        // The entries of the clients found (numbered from one; 0: none).
+            Index::entry_of(slot, *hash)
+                .map(|entry| *at = entry as usize)
+                .is_some()
+        });
+        // The entries those slots point to.
         for &(_, entry) in &wanted {
-            if entry != 0 {
-                touched ^= inner.entries[(entry - 1) as u32].seq;
-            }
+            touched ^= inner.entries[entry as u32].seq;
         }
         std::hint::black_box(touched);
     }
