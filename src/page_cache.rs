@@ -39,30 +39,61 @@ impl PageCacheTrim {
         }
     }
 
-    /// Notes that `length` more bytes were appended to `file`.
+    /// Notes that `length` more bytes were appended to `file`, and advises
+    /// the kernel about them once enough have been.
     pub fn written(&mut self, file: &File, length: u64) {
-        self.end += length;
-        if self.end - self.advised < self.every {
-            return;
+        self.note(length);
+        if let Some(range) = self.due() {
+            advise(file, range);
         }
-        let (Ok(offset), Ok(length)) = (
-            i64::try_from(self.from),
-            i64::try_from(self.end - self.from),
-        ) else {
-            return;
+    }
+
+    /// Notes that `length` more bytes were appended, without a system call:
+    /// for a writer on a hot path that leaves the advice (`due`) to another
+    /// thread.
+    pub fn note(&mut self, length: u64) {
+        self.end += length;
+    }
+
+    /// The range to advise about now, if enough was written since the last
+    /// advice; from then on it counts as advised.
+    pub fn due(&mut self) -> Option<DueRange> {
+        if self.end - self.advised < self.every.max(1) {
+            return None;
+        }
+        let range = DueRange {
+            offset: self.from,
+            length: self.end - self.from,
         };
-        // Advice only: a file system that ignores it loses nothing.
-        let _ = nix::fcntl::posix_fadvise(
-            file,
-            offset,
-            length,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
         // What was just written is likely still being written back; ask
         // again about it next time.
         self.from = self.advised;
         self.advised = self.end;
+        Some(range)
     }
+}
+
+/// A range of a file whose pages may be dropped from the page cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DueRange {
+    offset: u64,
+    length: u64,
+}
+
+/// Asks the kernel to drop `range` of `file` from the page cache (the clean
+/// pages go at once; dirty ones start their write-back).
+pub fn advise(file: &File, range: DueRange) {
+    let (Ok(offset), Ok(length)) = (i64::try_from(range.offset), i64::try_from(range.length))
+    else {
+        return;
+    };
+    // Advice only: a file system that ignores it loses nothing.
+    let _ = nix::fcntl::posix_fadvise(
+        file,
+        offset,
+        length,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
 }
 
 #[cfg(test)]
@@ -91,5 +122,42 @@ mod tests {
         trim.written(&file, 150);
         // [6, 276) advised; from now on [126, ...).
         assert_eq!((trim.from, trim.advised, trim.end), (126, 276, 276));
+    }
+
+    /// `note` and `due` split `written` for a writer that leaves the
+    /// advice to another thread: the same ranges come due.
+    #[test]
+    fn noting_and_advising_later_advises_the_same_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("log")).unwrap();
+        let mut trim = PageCacheTrim::new(&file, 100);
+        trim.note(60);
+        assert_eq!(trim.due(), None);
+        trim.note(60);
+        assert_eq!(
+            trim.due(),
+            Some(DueRange {
+                offset: 0,
+                length: 120
+            })
+        );
+        // Nothing new: nothing due, however often asked.
+        assert_eq!(trim.due(), None);
+        trim.note(150);
+        assert_eq!(
+            trim.due(),
+            Some(DueRange {
+                offset: 0,
+                length: 270
+            })
+        );
+        trim.note(100);
+        assert_eq!(
+            trim.due(),
+            Some(DueRange {
+                offset: 120,
+                length: 250
+            })
+        );
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::page_cache::PageCacheTrim;
+use crate::page_cache::{self, PageCacheTrim};
 
 const MAGIC: &[u8; 9] = b"HERDLOG1\n";
 /// The largest record accepted on replay; AT lines are bounded by the
@@ -240,9 +240,11 @@ impl Storage {
             if let Err(error) = self.write_out() {
                 warn!(%error, "writing the store log failed");
             }
-            if self.durability != Durability::None
-                && let Err(error) = self.fsync()
-            {
+            if self.durability == Durability::None {
+                if let Err(error) = self.trim() {
+                    warn!(%error, "dropping written store log pages failed");
+                }
+            } else if let Err(error) = self.fsync() {
                 warn!(%error, "fsync of the store log failed");
             }
         }
@@ -337,7 +339,10 @@ impl Storage {
             } = &mut *inner;
             file.write_all(buffer)?;
             let length = buffer.len() as u64;
-            trim.written(file, length);
+            // The advice to drop written pages is the syncer's (`fsync`,
+            // `trim`): a system call, and for dirty pages the start of their
+            // write-back, kept off the thread whose replies wait on this.
+            trim.note(length);
             buffer.clear();
             inner.written += length;
             inner.since_snapshot += length;
@@ -346,13 +351,31 @@ impl Storage {
     }
 
     fn fsync(&self) -> io::Result<()> {
-        let (file, position) = {
-            let inner = self.inner.lock().expect("storage lock");
-            (inner.file.try_clone()?, inner.written)
+        let (file, position, due) = {
+            let mut inner = self.inner.lock().expect("storage lock");
+            (inner.file.try_clone()?, inner.written, inner.trim.due())
         };
         file.sync_data()?;
         self.synced_watch
             .send_modify(|synced| *synced = (*synced).max(position));
+        // Synced pages are clean: the advice drops them at once.
+        if let Some(range) = due {
+            page_cache::advise(&file, range);
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to drop written pages of the log (for a store that
+    /// never fsyncs; `fsync` does it for the others).
+    fn trim(&self) -> io::Result<()> {
+        let (file, due) = {
+            let mut inner = self.inner.lock().expect("storage lock");
+            let Some(due) = inner.trim.due() else {
+                return Ok(());
+            };
+            (inner.file.try_clone()?, due)
+        };
+        page_cache::advise(&file, due);
         Ok(())
     }
 
