@@ -23,6 +23,9 @@ use crate::page_cache::PageCacheTrim;
 
 /// How far the writer may fall behind before events wait for it.
 const MAX_PENDING: usize = 32 * 1024 * 1024;
+/// How much of the log is written between two requests to drop its written
+/// pages from the page cache.
+const TRIM_EVERY: u64 = 1 << 20;
 /// How often the writer thread writes out what is pending.
 const WRITE_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -203,8 +206,10 @@ impl Drop for MessageLines {
 
 fn write_loop(shared: &Shared, mut file: File) {
     let mut chunk = Vec::new();
-    // Every chunk: the writer writes seldom, in large pieces.
-    let mut cache = PageCacheTrim::new(&file, 0);
+    // Once a MiB, as the store log: under load that is every piece or two;
+    // a quiet server's pieces are a few lines each, and advising each would
+    // start the write-back of the same last page again and again.
+    let mut cache = PageCacheTrim::new(&file, TRIM_EVERY);
     let mut last_write = Instant::now();
     loop {
         let closing = {
