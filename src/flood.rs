@@ -48,7 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::logging::{MessageLines, Show};
 use crate::protocol::{Location, parse_at_line};
-use crate::routes::Routes;
+use crate::routes::{Routes, Wait};
 use crate::server::Server;
 use crate::store::{Batch, Scan, Source};
 use crate::time::Timestamp;
@@ -72,9 +72,13 @@ const BATCH: usize = 1024;
 /// (see `send_updates`).
 const BUSY_FRAME: usize = 16;
 const LINGER: Duration = Duration::from_millis(1);
-/// How long a report that need not go over a link at once waits (see
-/// `routes`): long enough for the copy from the link's other end, sent at
-/// once, to arrive first under load.
+/// How long a report waits over a link outside its origin's tree from the
+/// link's first end (see `routes`): long enough for the tree's own
+/// messages of a fresh report to go first, short against `HOLD`.
+const SHORT_HOLD: Duration = Duration::from_millis(5);
+/// How long a report waits from a link's other end (see `routes`): long
+/// enough for the copy from the first end, sent after `SHORT_HOLD`, to
+/// arrive first under load.
 const HOLD: Duration = Duration::from_millis(30);
 /// The most reports a link holds back; past that, it sends at once.
 const MAX_HELD: usize = 1 << 16;
@@ -439,9 +443,11 @@ async fn send_updates(
     let mut last_heard = Instant::now();
     let mut scanned = Batch::new();
     let mut pending = Batch::new();
-    // Reports held back (see `routes`), oldest first, with when to look at
-    // them again; the neighbour is complete only up to below the first.
-    let mut held: VecDeque<(u64, Instant)> = VecDeque::new();
+    // Reports held back (see `routes`); the neighbour is complete only up
+    // to below the oldest.
+    let mut held = Held::default();
+    // The reports of the current scan held back now, in the scan's order.
+    let mut just_held: Vec<u64> = Vec::new();
     let mut last_frame = Instant::now();
     let mut frame = Vec::new();
     let mut ack = [0u8; 256];
@@ -461,14 +467,13 @@ async fn send_updates(
         // Held reports whose wait is over go now, unless superseded or sent
         // to us meanwhile (which is what the wait was for).
         while pending.len() < BATCH / 2
-            && let Some(&(seq, _)) = held.front().filter(|(_, until)| *until <= now)
+            && let Some(seq) = held.pop_due(now)
         {
-            held.pop_front();
             server
                 .store
                 .still_to_send(seq, (index, link_up_at), &mut pending);
         }
-        let mut behind = held.front().is_some_and(|(_, until)| *until <= now);
+        let mut behind = held.due(now);
         scanned.clear();
         let Scan { reached, more } = server.store.since(
             next,
@@ -478,18 +483,23 @@ async fn send_updates(
         );
         behind |= more;
         // What the scan found goes in this frame but for what is held
-        // back now: `held[newly_held..]`, in the scan's order.
-        let newly_held = held.len();
+        // back now (`just_held`).
+        just_held.clear();
         for (seq, at_line) in scanned.iter() {
             // Catch-up (a backlog) is sent whole: holding it back would only
             // make it longer.
-            if !(more || held.len() >= MAX_HELD || flood.routes.at_once(origin(at_line), index)) {
-                held.push_back((seq, now + HOLD));
+            if more || held.len() >= MAX_HELD {
+                continue;
+            }
+            let wait = flood.routes.wait(origin(at_line), index);
+            if wait != Wait::None {
+                held.push(seq, now, wait);
+                just_held.push(seq);
             }
         }
-        let sending = pending.len() + scanned.len() - (held.len() - newly_held);
+        let sending = pending.len() + scanned.len() - just_held.len();
         next = next.max(reached);
-        let complete = held.front().map_or(next, |&(seq, _)| seq.saturating_sub(1));
+        let complete = held.oldest().map_or(next, |seq| seq.saturating_sub(1));
         // Held reports are looked at again a batch at a time, each moving
         // `complete` on: a frame for that alone goes at most every
         // `HOLD / 4` while some are still held (its cost is the
@@ -509,14 +519,9 @@ async fn send_updates(
             for (seq, at_line) in pending.iter() {
                 add(seq, at_line);
             }
-            let mut held_at = newly_held;
+            let mut held_now = just_held.iter().peekable();
             for (seq, at_line) in scanned.iter() {
-                if held
-                    .get(held_at)
-                    .is_some_and(|&(held_seq, _)| held_seq == seq)
-                {
-                    held_at += 1;
-                } else {
+                if held_now.next_if_eq(&&seq).is_none() {
                     add(seq, at_line);
                 }
             }
@@ -543,7 +548,7 @@ async fn send_updates(
             }
             continue;
         }
-        let wake_held = held.front().map(|&(_, until)| until);
+        let wake_held = held.next_due();
         // A busy link never waits here, so its neighbour's acknowledgements
         // pile up unread meanwhile: liveness is judged only after reading
         // what came back (in a fixed order, liveness first).
@@ -568,6 +573,74 @@ async fn send_updates(
                 last_heard = Instant::now();
             }
         }
+    }
+}
+
+/// The reports a link holds back, in two queues by length of wait; in each,
+/// numbers and times only increase (a link scans in order), so each
+/// queue's oldest report is also the first due.
+#[derive(Default)]
+struct Held {
+    short: VecDeque<(u64, Instant)>,
+    long: VecDeque<(u64, Instant)>,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.short.is_empty() && self.long.is_empty()
+    }
+
+    /// Holds report `seq`, newer than any held, for `wait`.
+    fn push(&mut self, seq: u64, now: Instant, wait: Wait) {
+        match wait {
+            Wait::None => {}
+            Wait::Short => self.short.push_back((seq, now + SHORT_HOLD)),
+            Wait::Long => self.long.push_back((seq, now + HOLD)),
+        }
+    }
+
+    /// Takes a report whose wait is over, the oldest first.
+    fn pop_due(&mut self, now: Instant) -> Option<u64> {
+        let due = |queue: &VecDeque<(u64, Instant)>| {
+            queue
+                .front()
+                .filter(|&&(_, until)| until <= now)
+                .map(|&(seq, _)| seq)
+        };
+        let queue = match (due(&self.short), due(&self.long)) {
+            (Some(short), Some(long)) if long < short => &mut self.long,
+            (Some(_), _) => &mut self.short,
+            (None, Some(_)) => &mut self.long,
+            (None, None) => return None,
+        };
+        queue.pop_front().map(|(seq, _)| seq)
+    }
+
+    /// Whether some report's wait is over.
+    fn due(&self, now: Instant) -> bool {
+        self.next_due().is_some_and(|until| until <= now)
+    }
+
+    /// When the next wait is over.
+    fn next_due(&self) -> Option<Instant> {
+        let first = |queue: &VecDeque<(u64, Instant)>| queue.front().map(|&(_, until)| until);
+        first(&self.short)
+            .into_iter()
+            .chain(first(&self.long))
+            .min()
+    }
+
+    /// The oldest report held.
+    fn oldest(&self) -> Option<u64> {
+        let first = |queue: &VecDeque<(u64, Instant)>| queue.front().map(|&(seq, _)| seq);
+        first(&self.short)
+            .into_iter()
+            .chain(first(&self.long))
+            .min()
     }
 }
 
@@ -975,6 +1048,39 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reports held short come due before older ones held long, and the
+    /// oldest held still bounds what the neighbour is complete up to.
+    #[test]
+    fn held_reports_come_due_by_their_wait_and_the_oldest_bounds_complete() {
+        let start = Instant::now();
+        let mut held = Held::default();
+        assert_eq!((held.oldest(), held.next_due(), held.len()), (None, None, 0));
+        held.push(1, start, Wait::Long);
+        held.push(2, start, Wait::Short);
+        held.push(3, start, Wait::None);
+        held.push(4, start + Duration::from_millis(1), Wait::Short);
+        assert_eq!(held.len(), 3);
+        assert_eq!(held.oldest(), Some(1));
+        assert_eq!(held.next_due(), Some(start + SHORT_HOLD));
+        assert!(!held.due(start));
+        assert_eq!(held.pop_due(start), None);
+        // After the short wait: the short ones, in order; 1 still held.
+        let later = start + SHORT_HOLD + Duration::from_millis(1);
+        assert!(held.due(later));
+        assert_eq!(held.pop_due(later), Some(2));
+        assert_eq!(held.pop_due(later), Some(4));
+        assert_eq!(held.pop_due(later), None);
+        assert_eq!(held.oldest(), Some(1));
+        assert_eq!(held.next_due(), Some(start + HOLD));
+        // Both due at once: the older first.
+        held.push(5, start + HOLD - SHORT_HOLD, Wait::Short);
+        let end = start + HOLD;
+        assert_eq!(held.pop_due(end), Some(1));
+        assert_eq!(held.pop_due(end), Some(5));
+        assert!(held.is_empty());
+        assert_eq!(held.oldest(), None);
+    }
 
     #[test]
     fn hex_round_trips() {

@@ -10,15 +10,19 @@
 //! leave out, but not all at once:
 //!
 //! - to a neighbour that is our child in the origin's tree, at once;
-//! - over a link outside the tree, at once from its end with the lower
-//!   name, after a wait from the other end: the first copy reaches the
-//!   waiting end, which holds the report already (from the tree), and marks
-//!   that the neighbour sent it, so the held copy is then left out (the
-//!   store's "sent it to us" rule); one message on that link instead of two;
-//! - back towards our own parent in the tree, after the wait (usually left
-//!   out anyway: the parent is where it came from).
+//! - over a link outside the tree, after a short wait from its end with
+//!   the lower name, after a long one from the other end: the first copy
+//!   reaches the waiting end, which holds the report already (from the
+//!   tree), and marks that the neighbour sent it, so the held copy is then
+//!   left out (the store's "sent it to us" rule); one message on that link
+//!   instead of two. The short wait keeps that copy, which only guards
+//!   against a failed tree edge, out of the way of the tree's own messages:
+//!   on a small machine every message is CPU time that the next hop of a
+//!   fresh report would otherwise have;
+//! - back towards our own parent in the tree, after the long wait (usually
+//!   left out anyway: the parent is where it came from).
 //!
-//! A failed tree edge costs the servers below it the wait, not the report.
+//! A failed tree edge costs the servers below it a wait, not the report.
 //! The trees are breadth-first from each origin over the configured links,
 //! a server's parent being its neighbour nearest the origin (the lowest
 //! name among equals), so every server of a herd computes the same trees
@@ -26,10 +30,23 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// For each origin, whether each neighbour gets its reports at once.
+/// How long a report waits before it is sent over a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Down the origin's tree (and wherever there is no tree): at once.
+    None,
+    /// Over a link outside the tree, from its end with the lower name.
+    Short,
+    /// Over a link outside the tree from its other end, or back towards
+    /// the tree parent: long enough for the copy sent the other way to
+    /// arrive first.
+    Long,
+}
+
+/// For each origin, how long its reports wait for each neighbour.
 #[derive(Debug, Default)]
 pub struct Routes {
-    at_once: HashMap<Vec<u8>, Vec<bool>>,
+    waits: HashMap<Vec<u8>, Vec<Wait>>,
 }
 
 impl Routes {
@@ -59,7 +76,7 @@ impl Routes {
         let Some(&me_at) = index.get(me) else {
             return Self::default();
         };
-        let at_once = herd
+        let waits = herd
             .iter()
             .enumerate()
             .map(|(origin, (origin_name, _))| {
@@ -67,24 +84,24 @@ impl Routes {
                 let row = neighbours
                     .iter()
                     .map(|name| match index.get(name) {
-                        Some(&them) => at_once((me, me_at), (name, them), origin, &parent),
-                        None => true,
+                        Some(&them) => wait((me, me_at), (name, them), origin, &parent),
+                        None => Wait::None,
                     })
                     .collect();
                 (origin_name.as_bytes().to_vec(), row)
             })
             .collect();
-        Self { at_once }
+        Self { waits }
     }
 
-    /// Whether a report from `origin` goes to neighbour `neighbour` at once.
+    /// How long a report from `origin` waits for neighbour `neighbour`.
     /// Origins outside the herd (a server this config does not know) are
     /// flooded at once everywhere.
-    pub fn at_once(&self, origin: &[u8], neighbour: usize) -> bool {
-        self.at_once
+    pub fn wait(&self, origin: &[u8], neighbour: usize) -> Wait {
+        self.waits
             .get(origin)
             .and_then(|row| row.get(neighbour).copied())
-            .unwrap_or(true)
+            .unwrap_or(Wait::None)
     }
 }
 
@@ -113,25 +130,25 @@ fn tree(adjacent: &[Vec<usize>], origin: usize) -> Vec<Option<usize>> {
     parent
 }
 
-/// Whether `me` sends a report to neighbour `them` at once, given the
-/// parents of the report's origin's tree.
-fn at_once(
+/// How long `me` holds a report for neighbour `them`, given the parents of
+/// the report's origin's tree.
+fn wait(
     (me, me_at): (&str, usize),
     (them_name, them): (&str, usize),
     origin: usize,
     parent: &[Option<usize>],
-) -> bool {
+) -> Wait {
     let reached = |at: usize| at == origin || parent[at].is_some();
     if !reached(me_at) || !reached(them) {
         // Not in the origin's part of the herd: flood.
-        return true;
+        return Wait::None;
     }
     if parent[them] == Some(me_at) {
-        true
-    } else if parent[me_at] == Some(them) {
-        false
+        Wait::None
+    } else if parent[me_at] == Some(them) || me > them_name {
+        Wait::Long
     } else {
-        me < them_name
+        Wait::Short
     }
 }
 
@@ -156,15 +173,19 @@ mod tests {
         (Routes::new(me, &neighbours, &herd), neighbours)
     }
 
-    /// The neighbours `me` sends `origin`'s reports to at once.
-    fn at_once_from(me: &str, origin: &str) -> Vec<&'static str> {
+    /// The neighbours `me` sends `origin`'s reports to after `wait`.
+    fn sent_from(me: &str, origin: &str, wait: Wait) -> Vec<&'static str> {
         let (routes, neighbours) = routes_of(me);
         neighbours
             .iter()
             .enumerate()
-            .filter(|&(i, _)| routes.at_once(origin.as_bytes(), i))
+            .filter(|&(i, _)| routes.wait(origin.as_bytes(), i) == wait)
             .map(|(_, name)| *name)
             .collect()
+    }
+
+    fn at_once_from(me: &str, origin: &str) -> Vec<&'static str> {
+        sent_from(me, origin, Wait::None)
     }
 
     #[test]
@@ -174,13 +195,19 @@ mod tests {
         assert_eq!(at_once_from("Hill", "Hill"), ["Jaquez", "Smith"]);
         assert_eq!(at_once_from("Jaquez", "Hill"), ["Singleton"]);
         // Smith -> Singleton is outside the tree, and Smith names the
-        // higher end: it waits for Singleton's copy.
+        // higher end: it waits long, for Singleton's copy; back to Hill too.
         assert_eq!(at_once_from("Smith", "Hill"), ["Campbell"]);
-        // Singleton, the lower end of its links outside the tree, sends at
-        // once over them; Campbell < Singleton, so Campbell sends first
-        // over theirs.
-        assert_eq!(at_once_from("Singleton", "Hill"), ["Smith"]);
-        assert_eq!(at_once_from("Campbell", "Hill"), ["Singleton"]);
+        assert_eq!(
+            sent_from("Smith", "Hill", Wait::Long),
+            ["Hill", "Singleton"]
+        );
+        // Singleton, the lower end of its links outside the tree, sends
+        // over them after the short wait; Campbell < Singleton, so Campbell
+        // sends first over theirs. Neither sends anything at once.
+        assert_eq!(sent_from("Singleton", "Hill", Wait::Short), ["Smith"]);
+        assert_eq!(sent_from("Campbell", "Hill", Wait::Short), ["Singleton"]);
+        assert!(at_once_from("Singleton", "Hill").is_empty());
+        assert!(at_once_from("Campbell", "Hill").is_empty());
     }
 
     #[test]
@@ -203,14 +230,29 @@ mod tests {
     }
 
     #[test]
-    fn each_link_outside_a_tree_is_sent_over_at_once_one_way() {
+    fn each_link_outside_a_tree_is_sent_over_first_one_way() {
         let herd = spec_herd();
         for (origin, _) in &herd {
             for (a, theirs) in &herd {
                 for b in theirs {
-                    let a_to_b = at_once_from(a, origin).contains(b);
-                    let b_to_a = at_once_from(b, origin).contains(a);
-                    assert!(!(a_to_b && b_to_a), "{origin}: {a} <-> {b} both at once");
+                    let a_to_b = sent_from(a, origin, Wait::Long).contains(b);
+                    let b_to_a = sent_from(b, origin, Wait::Long).contains(a);
+                    // Every link has an end that does not wait long, and
+                    // at most one end waits short.
+                    assert!(!(a_to_b && b_to_a), "{origin}: {a} <-> {b} both wait long");
+                    let a_short = sent_from(a, origin, Wait::Short).contains(b);
+                    let b_short = sent_from(b, origin, Wait::Short).contains(a);
+                    assert!(
+                        !(a_short && b_short),
+                        "{origin}: {a} <-> {b} both wait short"
+                    );
+                    let a_now = at_once_from(a, origin).contains(b);
+                    let b_now = at_once_from(b, origin).contains(a);
+                    assert!(!(a_now && b_now), "{origin}: {a} <-> {b} both at once");
+                    // A link outside the tree: one end short, the other long.
+                    if !(a_now || b_now) {
+                        assert!(a_short != b_short, "{origin}: {a} <-> {b}");
+                    }
                 }
             }
         }
@@ -220,13 +262,13 @@ mod tests {
     fn strangers_and_herds_apart_are_flooded() {
         let herd = vec![("A", vec!["B"]), ("B", vec!["A"]), ("C", vec![])];
         let routes = Routes::new("A", &["B"], &herd);
-        assert!(routes.at_once(b"Nobody", 0));
+        assert_eq!(routes.wait(b"Nobody", 0), Wait::None);
         // C reaches nobody: its reports (had anyone one) are flooded.
-        assert!(routes.at_once(b"C", 0));
-        assert!(routes.at_once(b"A", 0));
-        assert!(!routes.at_once(b"B", 0), "back to the origin waits");
+        assert_eq!(routes.wait(b"C", 0), Wait::None);
+        assert_eq!(routes.wait(b"A", 0), Wait::None);
+        assert_eq!(routes.wait(b"B", 0), Wait::Long, "back to the origin waits");
         // A neighbour past the list, or a server not in the herd: at once.
-        assert!(routes.at_once(b"A", 5));
-        assert!(Routes::new("Z", &["B"], &herd).at_once(b"A", 0));
+        assert_eq!(routes.wait(b"A", 5), Wait::None);
+        assert_eq!(Routes::new("Z", &["B"], &herd).wait(b"A", 0), Wait::None);
     }
 }
