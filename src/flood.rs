@@ -448,7 +448,6 @@ async fn send_updates(
     let mut held = Held::default();
     // The reports of the current scan held back now, in the scan's order.
     let mut just_held: Vec<u64> = Vec::new();
-    let mut last_frame = Instant::now();
     let mut frame = Vec::new();
     let mut ack = [0u8; 256];
     let mut linger_until = None;
@@ -500,12 +499,13 @@ async fn send_updates(
         let sending = pending.len() + scanned.len() - just_held.len();
         next = next.max(reached);
         let complete = held.oldest().map_or(next, |seq| seq.saturating_sub(1));
-        // Held reports are looked at again a batch at a time, each moving
-        // `complete` on: a frame for that alone goes at most every
-        // `HOLD / 4` while some are still held (its cost is the
-        // neighbour's, a cursor record and a write), at once otherwise.
-        let tell = complete > confirmed && (held.is_empty() || last_frame.elapsed() >= HOLD / 4);
-        if sending > 0 || tell {
+        // How far the neighbour is complete goes with the next frame of
+        // reports, or else with the next heartbeat: a frame for that alone
+        // costs both ends a turn (a write, a read, a cursor record), and on
+        // a quiet link that would be a turn per report, back the way the
+        // report came, in the way of its next hops. A cursor that lags
+        // only means a few more reports sent again after a reconnection.
+        if sending > 0 {
             start_frame(&mut frame);
             // One log line per update, written together (the busiest lines
             // of the log: one clock reading and one lock per frame).
@@ -529,7 +529,6 @@ async fn send_updates(
             drop(log);
             write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
             confirmed = complete;
-            last_frame = Instant::now();
             if behind {
                 // A backlog (catch-up, or more updates than the last
                 // frame held): the next frame goes at once, after letting
@@ -548,6 +547,12 @@ async fn send_updates(
             }
             continue;
         }
+        if behind {
+            // Nothing to send from this scan or these held reports (all
+            // superseded, or the neighbour's own): on to the next at once.
+            tokio::task::yield_now().await;
+            continue;
+        }
         let wake_held = held.next_due();
         // A busy link never waits here, so its neighbour's acknowledgements
         // pile up unread meanwhile: liveness is judged only after reading
@@ -562,7 +567,11 @@ async fn send_updates(
                     anyhow::bail!("{name} silent for {silence:?}");
                 }
                 start_frame(&mut frame);
+                if complete > confirmed {
+                    let _ = writeln!(frame, "C {complete}");
+                }
                 write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
+                confirmed = complete;
             }
             changed = accepted.changed() => changed?,
             () = sleep_until_some(wake_held) => {}
@@ -588,10 +597,6 @@ struct Held {
 impl Held {
     fn len(&self) -> usize {
         self.short.len() + self.long.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.short.is_empty() && self.long.is_empty()
     }
 
     /// Holds report `seq`, newer than any held, for `wait`.
@@ -1055,7 +1060,10 @@ mod tests {
     fn held_reports_come_due_by_their_wait_and_the_oldest_bounds_complete() {
         let start = Instant::now();
         let mut held = Held::default();
-        assert_eq!((held.oldest(), held.next_due(), held.len()), (None, None, 0));
+        assert_eq!(
+            (held.oldest(), held.next_due(), held.len()),
+            (None, None, 0)
+        );
         held.push(1, start, Wait::Long);
         held.push(2, start, Wait::Short);
         held.push(3, start, Wait::None);
@@ -1078,7 +1086,7 @@ mod tests {
         let end = start + HOLD;
         assert_eq!(held.pop_due(end), Some(1));
         assert_eq!(held.pop_due(end), Some(5));
-        assert!(held.is_empty());
+        assert_eq!(held.len(), 0);
         assert_eq!(held.oldest(), None);
     }
 
