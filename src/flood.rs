@@ -980,6 +980,15 @@ pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
 /// line is malformed.
 fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines) -> Option<u64> {
     let name = &server.flood.neighbours[index].name;
+    // A copy of a report we hold (the same line from another neighbour
+    // first, the usual fate of a copy over a link outside the tree) only
+    // marks who sent it; the line was checked when it was first stored.
+    if let Some((seq, at_line)) = update_parts(line)
+        && server.store.holds_same(at_line, Source::Neighbour(index))
+    {
+        log.line(&["received from ", name, ": "], at_line);
+        return Some(seq);
+    }
     match parse_payload_line(line)? {
         PayloadLine::Complete { seq } => Some(seq),
         PayloadLine::Update {
@@ -997,6 +1006,15 @@ fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines
             Some(seq)
         }
     }
+}
+
+/// The number and AT line of an update line (`U <seq> <AT line>`), the AT
+/// line unchecked; `None` for other lines.
+fn update_parts(line: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = line.strip_prefix(b"U ")?;
+    let space = memchr::memchr(b' ', rest)?;
+    let seq = crate::time::parse_digits_u64(&rest[..space])?;
+    Some((seq, &rest[space + 1..]))
 }
 
 /// The client id of an update line (`U <seq> <AT line>`), found without

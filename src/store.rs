@@ -483,6 +483,24 @@ impl Store {
         newer.then_some(given)
     }
 
+    /// Whether we hold exactly `at_line` (byte for byte) as its client's
+    /// report; if so, notes that `source` sent it too, as [`Store::update`]
+    /// would. For a neighbour's copy of a report we have: it needs no
+    /// parsing, being a line already checked when it was first stored.
+    pub fn holds_same(&self, at_line: &[u8], source: Source) -> bool {
+        let mut inner = self.lock();
+        let client_id = &at_line[client_id_range(at_line)];
+        let Some(i) = inner.find(client_id) else {
+            return false;
+        };
+        let known = &mut inner.entries[i];
+        if known.line.as_bytes() != at_line {
+            return false;
+        }
+        known.also_from |= neighbour_bit(source);
+        true
+    }
+
     /// Puts back a report replayed from disk under its old sequence number,
     /// if it is newer than what is there. Numbers only ever grow: the head
     /// moves past `seq`.
@@ -873,6 +891,36 @@ mod tests {
         update(&store, "a", "2", Source::Neighbour(0));
         assert_eq!(seqs(&store, 3, 1, 100), (vec![4], 4));
         assert_eq!(seqs(&store, 3, 0, 100), (vec![], 4));
+    }
+
+    /// `holds_same` marks a byte-identical copy as `update` would, and
+    /// answers no (changing nothing) for anything else.
+    #[test]
+    fn the_same_line_again_is_marked_as_sent_by_its_sender_without_parsing() {
+        let store = Store::new();
+        update(&store, "a", "1", Source::Neighbour(0));
+        update(&store, "b", "1", Source::Client);
+        let a = at_line("a", "1");
+        assert!(store.holds_same(a.as_bytes(), Source::Neighbour(1)));
+        // Another line for a client we hold, a newer one, one for a client
+        // we do not know, and lines that are no AT line at all: no.
+        for other in [
+            "AT Smith +0.000000000 b +1+1 1".to_string(),
+            at_line("b", "2"),
+            at_line("zebra", "1"),
+            String::new(),
+            "AT".to_string(),
+            "a b c ".to_string(),
+        ] {
+            assert!(
+                !store.holds_same(other.as_bytes(), Source::Neighbour(1)),
+                "{other:?}"
+            );
+        }
+        // Neighbour 1 is not sent the `a` it holds; `b` it still gets.
+        assert_eq!(seqs(&store, 0, 1, 100), (vec![2], 2));
+        // Nothing was stored or renumbered.
+        assert_eq!(store.head(), 2);
     }
 
     #[test]
