@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Write as _;
+use std::io::{IoSlice, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,7 +42,13 @@ struct Shared {
 
 #[derive(Default)]
 struct Pending {
-    bytes: Vec<u8>,
+    /// What is to be written, in order: buffers handed over whole by
+    /// `MessageLines` (no copy) and lines copied in after them.
+    pieces: Vec<Vec<u8>>,
+    /// The bytes in `pieces`.
+    bytes: usize,
+    /// Written buffers, emptied, for `MessageLines` to fill again.
+    spare: Vec<Vec<u8>>,
     closing: bool,
     /// Events waiting for room (the writer writes at once while any do).
     waiting: usize,
@@ -103,19 +109,61 @@ impl FileLayer {
     }
 }
 
+/// A `MessageLines` buffer at least this long is handed to the writer
+/// whole, in exchange for an empty one; a shorter one is copied (cheaper
+/// than a piece of its own in the writer's write).
+const HAND_OVER: usize = 4096;
+/// Emptied buffers kept for reuse.
+const MAX_SPARE: usize = 64;
+
 impl Shared {
     /// Appends formatted lines, waiting if the writer is far behind.
     fn append(&self, lines: &[u8]) {
+        let mut pending = self.room();
+        pending.copy_in(lines);
+    }
+
+    /// Appends `buffer`'s lines, leaving it empty: a long buffer is taken
+    /// whole and replaced with an empty one, so its lines are not copied.
+    fn append_buffer(&self, buffer: &mut Vec<u8>) {
+        let mut pending = self.room();
+        if buffer.len() < HAND_OVER {
+            pending.copy_in(buffer);
+            buffer.clear();
+            return;
+        }
+        let empty = pending.spare.pop().unwrap_or_default();
+        pending.bytes += buffer.len();
+        let full = std::mem::replace(buffer, empty);
+        pending.pieces.push(full);
+    }
+
+    /// The pending lines, once they are below the limit.
+    fn room(&self) -> std::sync::MutexGuard<'_, Pending> {
         let mut pending = self.pending.lock().expect("log lock");
-        if pending.bytes.len() > self.max_pending && !pending.closing {
+        if pending.bytes > self.max_pending && !pending.closing {
             pending.waiting += 1;
             self.changed.notify_all();
-            while pending.bytes.len() > self.max_pending && !pending.closing {
+            while pending.bytes > self.max_pending && !pending.closing {
                 pending = self.changed.wait(pending).expect("log lock");
             }
             pending.waiting -= 1;
         }
-        pending.bytes.extend_from_slice(lines);
+        pending
+    }
+}
+
+impl Pending {
+    fn copy_in(&mut self, lines: &[u8]) {
+        if self.pieces.is_empty() {
+            let piece = self.spare.pop().unwrap_or_default();
+            self.pieces.push(piece);
+        }
+        self.pieces
+            .last_mut()
+            .expect("a piece was just made")
+            .extend_from_slice(lines);
+        self.bytes += lines.len();
     }
 }
 
@@ -189,7 +237,7 @@ impl MessageLines {
         if let Some(log) = self.log
             && !self.buffer.is_empty()
         {
-            log.append(&self.buffer);
+            log.append_buffer(&mut self.buffer);
         }
         self.buffer.clear();
         self.stamp.clear();
@@ -205,7 +253,7 @@ impl Drop for MessageLines {
 }
 
 fn write_loop(shared: &Shared, mut file: File) {
-    let mut chunk = Vec::new();
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
     // Once a MiB, as the store log: under load that is every piece or two;
     // a quiet server's pieces are a few lines each, and advising each would
     // start the write-back of the same last page again and again.
@@ -221,12 +269,12 @@ fn write_loop(shared: &Shared, mut file: File) {
             // Only a server far ahead of the disk (events waiting for room)
             // or closing makes it write sooner.
             loop {
-                if pending.closing || (pending.waiting > 0 && !pending.bytes.is_empty()) {
+                if pending.closing || (pending.waiting > 0 && pending.bytes > 0) {
                     break;
                 }
                 let due = last_write + WRITE_INTERVAL;
                 let now = Instant::now();
-                if now >= due && !pending.bytes.is_empty() {
+                if now >= due && pending.bytes > 0 {
                     break;
                 }
                 let wait = if now >= due {
@@ -240,31 +288,61 @@ fn write_loop(shared: &Shared, mut file: File) {
                     .expect("log lock")
                     .0;
             }
-            std::mem::swap(&mut chunk, &mut pending.bytes);
+            std::mem::swap(&mut pieces, &mut pending.pieces);
+            pending.bytes = 0;
             if pending.waiting > 0 {
                 shared.changed.notify_all();
             }
             pending.closing
         };
         last_write = Instant::now();
-        if !chunk.is_empty() {
+        if !pieces.is_empty() {
             // A log that cannot be written is not worth stopping a server
-            // for; the error goes to stderr once per chunk.
-            if let Err(error) = file.write_all(&chunk) {
-                eprintln!("herd: writing the log failed: {error}");
+            // for; the error goes to stderr once per write.
+            match write_pieces(&mut file, &pieces) {
+                Ok(length) => cache.written(&file, length),
+                Err(error) => eprintln!("herd: writing the log failed: {error}"),
             }
-            cache.written(&file, chunk.len() as u64);
-            chunk.clear();
             shared.pieces.fetch_add(1, Ordering::Relaxed);
+            let mut pending = shared.pending.lock().expect("log lock");
+            for mut piece in pieces.drain(..) {
+                if pending.spare.len() < MAX_SPARE {
+                    piece.clear();
+                    pending.spare.push(piece);
+                }
+            }
         }
         if closing {
             let pending = shared.pending.lock().expect("log lock");
-            if pending.bytes.is_empty() {
+            if pending.bytes == 0 {
                 let _ = file.flush();
                 return;
             }
         }
     }
+}
+
+/// Writes `pieces` in order, as few system calls as the kernel allows (one
+/// `writev` for up to 1,024 of them); returns the bytes written.
+fn write_pieces(file: &mut File, pieces: &[Vec<u8>]) -> std::io::Result<u64> {
+    let mut written = 0u64;
+    for group in pieces.chunks(1024) {
+        let mut slices: Vec<IoSlice<'_>> = group
+            .iter()
+            .filter(|piece| !piece.is_empty())
+            .map(|piece| IoSlice::new(piece))
+            .collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            let n = file.write_vectored(slices)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            written += n as u64;
+            IoSlice::advance_slices(&mut slices, n);
+        }
+    }
+    Ok(written)
 }
 
 impl Drop for FlushGuard {
@@ -617,5 +695,36 @@ mod tests {
             text.chunks(1024)
                 .all(|l| l[..1023] == line && l[1023] == b'\n')
         );
+    }
+
+    /// Long batches are handed over whole and short ones copied, and the
+    /// file still has every line in the order appended.
+    #[test]
+    fn handed_over_and_copied_lines_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("order.log");
+        let (layer, guard) = FileLayer::new(File::create(&path).unwrap());
+        let shared = layer.shared.clone();
+        let mut expected = Vec::new();
+        let mut buffer = Vec::new();
+        // Enough batches to span several writes.
+        for round in 0..2200 {
+            // Alternately long (handed over) and short (copied) batches,
+            // with single copied lines in between.
+            let lines = if round % 2 == 0 { 60 } else { 3 };
+            for i in 0..lines {
+                let _ = writeln!(buffer, "batch {round} line {i:0>80}");
+            }
+            let handed_over = buffer.len() >= HAND_OVER;
+            assert_eq!(handed_over, round % 2 == 0);
+            expected.extend_from_slice(&buffer);
+            shared.append_buffer(&mut buffer);
+            assert!(buffer.is_empty());
+            let single = format!("single {round}\n");
+            shared.append(single.as_bytes());
+            expected.extend_from_slice(single.as_bytes());
+        }
+        drop(guard);
+        assert!(std::fs::read(&path).unwrap() == expected);
     }
 }
