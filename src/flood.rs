@@ -632,20 +632,21 @@ impl Held {
 
     /// When the next wait is over.
     fn next_due(&self) -> Option<Instant> {
-        let first = |queue: &VecDeque<(u64, Instant)>| queue.front().map(|&(_, until)| until);
-        first(&self.short)
-            .into_iter()
-            .chain(first(&self.long))
-            .min()
+        self.fronts().map(|(_, until)| until).min()
     }
 
     /// The oldest report held.
     fn oldest(&self) -> Option<u64> {
-        let first = |queue: &VecDeque<(u64, Instant)>| queue.front().map(|&(seq, _)| seq);
-        first(&self.short)
+        self.fronts().map(|(seq, _)| seq).min()
+    }
+
+    /// Each queue's first report, with its time.
+    fn fronts(&self) -> impl Iterator<Item = (u64, Instant)> + '_ {
+        self.short
+            .front()
             .into_iter()
-            .chain(first(&self.long))
-            .min()
+            .chain(self.long.front())
+            .copied()
     }
 }
 
