@@ -30,36 +30,57 @@ impl Location {
     /// mandatory sign, digits and an optional fraction. The range check is
     /// exact on the decimal text, so `+90.0000000001+0` is refused.
     pub fn parse(text: &[u8]) -> Option<Self> {
-        let (lat_text, rest) = split_coordinate(text)?;
-        let (lng_text, rest) = split_coordinate(rest)?;
+        let (lat, rest) = signed_decimal(text, 90)?;
+        let (lng, rest) = signed_decimal(rest, 180)?;
         if !rest.is_empty() {
             return None;
         }
-        Some(Self {
-            lat: coordinate(lat_text, 90)?,
-            lng: coordinate(lng_text, 180)?,
-        })
+        Some(Self { lat, lng })
     }
 }
 
-/// Splits a signed decimal off the front: the sign, then everything up to
-/// the next sign.
-fn split_coordinate(text: &[u8]) -> Option<(&[u8], &[u8])> {
+/// A signed coordinate whose magnitude is at most `limit`, exactly: all of
+/// `text`.
+#[cfg(test)]
+fn coordinate(text: &[u8], limit: u64) -> Option<f64> {
+    signed_decimal(text, limit)
+        .filter(|(_, rest)| rest.is_empty())
+        .map(|(value, _)| value)
+}
+
+/// Takes a signed decimal (`[+-]digits[.digits]`) whose magnitude is at
+/// most `limit`, exactly, off the front of `text`: its value and the rest
+/// (which must then start with the next sign or be empty). One pass over
+/// the digits, which are also the number's digits.
+fn signed_decimal(text: &[u8], limit: u64) -> Option<(f64, &[u8])> {
     let (&sign, body) = text.split_first()?;
     if sign != b'+' && sign != b'-' {
         return None;
     }
-    let end = body
-        .iter()
-        .position(|&b| b == b'+' || b == b'-')
-        .map_or(text.len(), |i| i + 1);
-    Some(text.split_at(end))
-}
-
-/// A signed coordinate whose magnitude is at most `limit`, exactly.
-fn coordinate(text: &[u8], limit: u64) -> Option<f64> {
-    let (whole, fraction) = split_decimal(&text[1..])?;
-    let whole_value = parse_digits_u64(whole)?;
+    let digits_of = |from: usize| {
+        body[from..]
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(body.len(), |i| from + i)
+    };
+    let whole_end = digits_of(0);
+    // Saturating: a whole part past u64 is past any limit too.
+    let whole_value = body[..whole_end].iter().fold(0u64, |acc, &b| {
+        acc.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    });
+    let (fraction, end) = match body.get(whole_end) {
+        Some(b'.') => {
+            let end = digits_of(whole_end + 1);
+            (Some(&body[whole_end + 1..end]), end)
+        }
+        _ => (None, whole_end),
+    };
+    if whole_end == 0 || fraction.is_some_and(<[u8]>::is_empty) {
+        return None;
+    }
+    if matches!(body.get(end), Some(&b) if b != b'+' && b != b'-') {
+        return None;
+    }
     let fraction_is_zero = fraction.is_none_or(|f| f.iter().all(|&b| b == b'0'));
     if whole_value > limit || (whole_value == limit && !fraction_is_zero) {
         return None;
@@ -71,15 +92,16 @@ fn coordinate(text: &[u8], limit: u64) -> Option<f64> {
         // an integer (below 2^53) and the power of ten (at most 10^22) are
         // exact doubles, so one IEEE division gives the correctly rounded
         // value, as the standard parser would, at a fraction of its cost.
-        Some(fraction) if whole.len() + fraction.len() <= 15 => {
-            let digits =
-                whole_value * 10u64.pow(fraction.len() as u32) + parse_digits_u64(fraction)?;
+        Some(fraction) if whole_end + fraction.len() <= 15 => {
+            let digits = fraction
+                .iter()
+                .fold(whole_value, |acc, &b| acc * 10 + u64::from(b - b'0'));
             digits as f64 / POWERS_OF_TEN[fraction.len()]
         }
-        None if whole.len() <= 15 => whole_value as f64,
-        _ => return std::str::from_utf8(text).ok()?.parse().ok(),
+        None if whole_end <= 15 => whole_value as f64,
+        _ => std::str::from_utf8(&body[..end]).ok()?.parse().ok()?,
     };
-    Some(if text[0] == b'-' { -value } else { value })
+    Some((if sign == b'-' { -value } else { value }, &body[end..]))
 }
 
 /// 10^0 ..= 10^15, each exact as an f64.
@@ -581,6 +603,41 @@ mod tests {
         assert_eq!(out, b"AT Hill +0.1 k +1+1 1\n{\n   \"a\" : 1\n}\n\n");
     }
 
+    /// The location parser as it was before it took each coordinate in one
+    /// pass: split at the signs, then check and convert each part.
+    fn reference_location(text: &[u8]) -> Option<Location> {
+        fn split_coordinate(text: &[u8]) -> Option<(&[u8], &[u8])> {
+            let (&sign, body) = text.split_first()?;
+            if sign != b'+' && sign != b'-' {
+                return None;
+            }
+            let end = body
+                .iter()
+                .position(|&b| b == b'+' || b == b'-')
+                .map_or(text.len(), |i| i + 1);
+            Some(text.split_at(end))
+        }
+        fn coordinate(text: &[u8], limit: u64) -> Option<f64> {
+            let (whole, fraction) = split_decimal(&text[1..])?;
+            let whole_value = parse_digits_u64(whole)?;
+            let fraction_is_zero = fraction.is_none_or(|f| f.iter().all(|&b| b == b'0'));
+            if whole_value > limit || (whole_value == limit && !fraction_is_zero) {
+                return None;
+            }
+            let value: f64 = std::str::from_utf8(&text[1..]).ok()?.parse().ok()?;
+            Some(if text[0] == b'-' { -value } else { value })
+        }
+        let (lat_text, rest) = split_coordinate(text)?;
+        let (lng_text, rest) = split_coordinate(rest)?;
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Location {
+            lat: coordinate(lat_text, 90)?,
+            lng: coordinate(lng_text, 180)?,
+        })
+    }
+
     proptest! {
         #[test]
         fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
@@ -606,6 +663,22 @@ mod tests {
             let location = Location::parse(text.as_bytes()).expect("in range");
             prop_assert!((location.lat - lat as f64 / 1e6).abs() < 1e-9);
             prop_assert!((location.lng - lng as f64 / 1e6).abs() < 1e-9);
+        }
+
+        #[test]
+        fn locations_parse_as_the_plain_two_pass_parser_does(
+            text in "[+-]?[0-9]{0,4}(\\.[0-9]{0,18})?[+-.x]?[0-9]{0,4}(\\.[0-9]{0,18})?[+-.x0-9]{0,2}",
+            junk in "[0-9+.x-]{0,16}",
+        ) {
+            for text in [text.as_bytes(), junk.as_bytes()] {
+                let bits = |l: Location| (l.lat.to_bits(), l.lng.to_bits());
+                prop_assert_eq!(
+                    Location::parse(text).map(bits),
+                    reference_location(text).map(bits),
+                    "{}",
+                    String::from_utf8_lossy(text)
+                );
+            }
         }
 
         #[test]
