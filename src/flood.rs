@@ -106,7 +106,8 @@ pub struct Flood {
     run: u64,
     secret: Vec<u8>,
     neighbours: Vec<Neighbour>,
-    /// Which neighbours get which reports at once (see `routes`).
+    /// How long each origin's reports wait for each neighbour (see
+    /// `routes`).
     routes: Routes,
     /// Bumped after accepted updates; link senders wait on it.
     accepted: watch::Sender<u64>,
@@ -1021,8 +1022,7 @@ fn update_parts(line: &[u8]) -> Option<(u64, &[u8])> {
 /// The client id of an update line (`U <seq> <AT line>`), found without
 /// checking the rest; `None` for other lines.
 fn update_client_id(line: &[u8]) -> Option<&[u8]> {
-    let at_line = line.strip_prefix(b"U ")?;
-    let at_line = &at_line[memchr::memchr(b' ', at_line)? + 1..];
+    let (_, at_line) = update_parts(line)?;
     at_line.get(crate::store::client_id_range(at_line))
 }
 

@@ -33,8 +33,8 @@ struct Shared {
     pending: Mutex<Pending>,
     /// How far the writer may fall behind (`MAX_PENDING` but in tests).
     max_pending: usize,
-    /// Pieces written so far (each one write to the file).
-    pieces: AtomicU64,
+    /// Writes to the file so far (each the pieces of one turn).
+    writes: AtomicU64,
     /// Wakes the writer (enough pending, or closing) and waiting events
     /// (room again).
     changed: Condvar,
@@ -79,7 +79,7 @@ impl FileLayer {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             max_pending,
-            pieces: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             changed: Condvar::new(),
         });
         let writer = {
@@ -303,7 +303,7 @@ fn write_loop(shared: &Shared, mut file: File) {
                 Ok(length) => cache.written(&file, length),
                 Err(error) => eprintln!("herd: writing the log failed: {error}"),
             }
-            shared.pieces.fetch_add(1, Ordering::Relaxed);
+            shared.writes.fetch_add(1, Ordering::Relaxed);
             let mut pending = shared.pending.lock().expect("log lock");
             for mut piece in pieces.drain(..) {
                 if pending.spare.len() < MAX_SPARE {
@@ -649,7 +649,7 @@ mod tests {
             }
         }
         let elapsed = started.elapsed();
-        let pieces = shared.pieces.load(Ordering::Relaxed);
+        let pieces = shared.writes.load(Ordering::Relaxed);
         drop(guard);
         assert!(seen_while_running, "nothing written in 300 ms");
         let allowed = (elapsed.as_millis() / WRITE_INTERVAL.as_millis()) as u64 + 2;
@@ -681,7 +681,7 @@ mod tests {
             shared.append(b"\n");
         }
         let elapsed = started.elapsed();
-        let pieces = shared.pieces.load(Ordering::Relaxed);
+        let pieces = shared.writes.load(Ordering::Relaxed);
         drop(guard);
         // 2 MB through a 4 kB window: hundreds of pieces, far more than one
         // per interval would allow in the time taken.

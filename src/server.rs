@@ -33,8 +33,8 @@ use crate::time::Timestamp;
 pub struct ServerSetup {
     pub name: String,
     pub neighbours: Vec<Neighbour>,
-    /// Which neighbours get which reports at once: the trees of the whole
-    /// herd, worked out from the config (see `routes`).
+    /// How long each origin's reports wait for each neighbour: the trees
+    /// of the whole herd, worked out from the config (see `routes`).
     pub routes: Routes,
     /// The herd's shared secret, which peer links prove they know.
     pub secret: Vec<u8>,
