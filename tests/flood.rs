@@ -364,6 +364,33 @@ fn the_load_tool_waits_for_the_herd_to_hold_its_reports() {
 }
 
 #[test]
+fn the_load_tool_at_a_fixed_rate_sends_its_schedule_and_checks_every_reply() {
+    // The open loop: request g of the run is due at g / rate; every one due
+    // before the end is sent (or counted as not sent), and each reply is
+    // checked. 2,000/s over 0.5 s is 1,000 requests across 4 connections.
+    let herd = Herd::start(&[("Lone", &[])]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd-bench"))
+        .args(["--json", "iamat", "--addr"])
+        .arg(herd.server("Lone").client.to_string())
+        .args(["--conns", "4", "--rate", "2000", "--clients", "3"])
+        .args(["--warmup", "0", "--duration", "0.5"])
+        .output()
+        .expect("running herd-bench");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("herd-bench prints JSON");
+    assert!(output.status.success(), "{report}");
+    let count = |key: &str| report[key].as_u64().expect("a count");
+    // (Each connection counts what it had left by its own interval, so
+    // the sum may be off by one per connection.)
+    let scheduled = count("sent") + count("not_sent");
+    assert!((996..=1_004).contains(&scheduled), "{report}");
+    // A busy machine may leave the last few unsent, not a tenth.
+    assert!(count("sent") >= 900, "{report}");
+    assert_eq!(count("replies"), count("sent"), "{report}");
+    assert_eq!(count("invalid") + count("unanswered"), 0, "{report}");
+}
+
+#[test]
 fn a_link_busy_for_longer_than_its_silence_limit_stays_up() {
     // A link with a next frame always ready never waits where it reads its
     // neighbour's acknowledgements; it must still count them, or a healthy
