@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::NearbyQuery;
+use super::answer::Answer;
 use super::remote::{self, Upstream, UpstreamError};
 
 /// Where the legacy API lives.
@@ -52,7 +53,7 @@ impl Upstream for GoogleLegacy {
         format!("{},{}|{}", query.lat, query.lng, query.radius_m_text)
     }
 
-    async fn fetch(&self, query: &NearbyQuery) -> Result<Value, UpstreamError> {
+    async fn fetch(&self, query: &NearbyQuery) -> Result<Answer, UpstreamError> {
         // `{}` of an f64 never uses an exponent, and the radius text is
         // digits and a point: nothing here needs encoding but the key.
         let url = format!(
@@ -70,18 +71,19 @@ impl Upstream for GoogleLegacy {
 
 /// Google's answer to one request: the JSON when its status is `OK` or
 /// `ZERO_RESULTS`, else the error it reports.
-pub fn parse_answer(code: u16, body: &[u8]) -> Result<Value, UpstreamError> {
+pub fn parse_answer(code: u16, body: &[u8]) -> Result<Answer, UpstreamError> {
     if !(200..300).contains(&code) {
         return Err(UpstreamError::http(code, remote::excerpt(body)));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| UpstreamError::malformed(format!("answer is not JSON: {error}")))?;
+    let value = Answer::parse(body).map_err(|error| {
+        UpstreamError::malformed(format!("answer is not a JSON object: {error}"))
+    })?;
     let Some(status) = value.get("status").and_then(Value::as_str) else {
         return Err(UpstreamError::malformed("answer has no status"));
     };
     match status {
         "OK" | "ZERO_RESULTS" => {
-            if !value.get("results").is_some_and(Value::is_array) {
+            if !value.has_results() {
                 return Err(UpstreamError::malformed("answer has no results array"));
             }
             Ok(value)
@@ -104,11 +106,14 @@ mod tests {
     #[test]
     fn ok_and_zero_results_pass_through_whole() {
         let body = br#"{"html_attributions":[],"next_page_token":"abc","results":[{"name":"A","extra":{"x":1}}],"status":"OK"}"#;
-        let value = parse_answer(200, body).unwrap();
+        let value = parse_answer(200, body).unwrap().to_value().unwrap();
         assert_eq!(value["next_page_token"], "abc");
         assert_eq!(value["results"][0]["extra"], json!({"x": 1}));
         let empty = br#"{"html_attributions":[],"results":[],"status":"ZERO_RESULTS"}"#;
-        assert_eq!(parse_answer(200, empty).unwrap()["status"], "ZERO_RESULTS");
+        assert_eq!(
+            parse_answer(200, empty).unwrap().to_value().unwrap()["status"],
+            "ZERO_RESULTS"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::NearbyQuery;
+use super::answer::Answer;
 use super::remote::{self, Upstream, UpstreamError};
 
 /// Where the new API lives.
@@ -105,7 +106,7 @@ impl Upstream for GoogleNew {
         format!("{},{}|{}", query.lat, query.lng, query.radius_m)
     }
 
-    async fn fetch(&self, query: &NearbyQuery) -> Result<Value, UpstreamError> {
+    async fn fetch(&self, query: &NearbyQuery) -> Result<Answer, UpstreamError> {
         let request = self
             .client
             .post(&self.endpoint)
@@ -115,7 +116,7 @@ impl Upstream for GoogleNew {
             .header(reqwest::header::ACCEPT, "application/json")
             .body(request_body(query).to_string());
         let (code, body) = remote::send(request).await?;
-        parse_answer(code, &body)
+        parse_answer(code, &body).map(Answer::from_value)
     }
 }
 

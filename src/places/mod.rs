@@ -19,6 +19,7 @@ use async_trait::async_trait;
 
 use crate::config::{HerdConfig, PlacesConfig, RemotePlacesConfig};
 
+pub mod answer;
 pub mod geonames;
 pub mod google;
 pub mod google_new;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::Value;
 
+use super::answer::Answer;
 use super::{NearbyQuery, PlacesError};
 
 /// The most bytes of an answer a provider reads; Google's answers are tens
@@ -31,7 +31,7 @@ pub trait Upstream: Send + Sync + 'static {
     /// One request. On success, the whole Google-legacy-shaped answer with
     /// status `OK` or `ZERO_RESULTS` and every result the provider gave (at
     /// most 20): the caller cuts it to each query's bound.
-    async fn fetch(&self, query: &NearbyQuery) -> Result<Value, UpstreamError>;
+    async fn fetch(&self, query: &NearbyQuery) -> Result<Answer, UpstreamError>;
 }
 
 /// Why a request failed, and whether trying again may help.

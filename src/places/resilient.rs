@@ -39,6 +39,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::answer::Answer;
 use super::remote::{Upstream, UpstreamError};
 use super::{NearbyQuery, Places, PlacesError};
 
@@ -106,7 +107,7 @@ fn bump(counter: &AtomicU64) {
 }
 
 /// One call's outcome, shared by every query waiting for it.
-type Outcome = Result<Arc<Value>, UpstreamError>;
+type Outcome = Result<Arc<Answer>, UpstreamError>;
 
 /// A remote provider with timeouts, retries, a concurrency bound, a circuit
 /// breaker, coalescing and a cache.
@@ -160,7 +161,10 @@ impl<U: Upstream> Places for Resilient<U> {
         bump(&inner.counters.queries);
         let outcome = inner.answer(query).await;
         match outcome {
-            Ok(answer) => Ok(cut(&answer, query.limit)),
+            Ok(answer) => answer.cut(query.limit).map_err(|error| {
+                bump(&inner.counters.failed_answers);
+                PlacesError::Unavailable(format!("{}: {error}", inner.upstream.name()))
+            }),
             Err(error) => {
                 bump(&inner.counters.failed_answers);
                 Err(error)
@@ -170,7 +174,7 @@ impl<U: Upstream> Places for Resilient<U> {
 }
 
 impl<U: Upstream> Inner<U> {
-    async fn answer(self: &Arc<Self>, query: &NearbyQuery) -> Result<Arc<Value>, PlacesError> {
+    async fn answer(self: &Arc<Self>, query: &NearbyQuery) -> Result<Arc<Answer>, PlacesError> {
         let key = self.upstream.key(query);
         if let Some(answer) = self.cache_get(&key) {
             bump(&self.counters.cache_hits);
@@ -250,7 +254,7 @@ impl<U: Upstream> Inner<U> {
         let _ = sender.send(Some(outcome));
     }
 
-    async fn call_with_retries(&self, query: &NearbyQuery) -> Result<Value, UpstreamError> {
+    async fn call_with_retries(&self, query: &NearbyQuery) -> Result<Answer, UpstreamError> {
         let deadline = Instant::now() + self.settings.timeout;
         let mut attempt = 1;
         loop {
@@ -315,7 +319,7 @@ impl<U: Upstream> Inner<U> {
     }
 
     /// Updates the breaker with a call's outcome.
-    fn record(&self, outcome: &Result<Arc<Value>, UpstreamError>) {
+    fn record(&self, outcome: &Result<Arc<Answer>, UpstreamError>) {
         let threshold = self.settings.breaker_failures;
         let mut breaker = self.breaker.lock().expect("breaker lock is never poisoned");
         let failed = matches!(outcome, Err(error) if error.transient);
@@ -357,14 +361,14 @@ impl<U: Upstream> Inner<U> {
         }
     }
 
-    fn cache_get(&self, key: &str) -> Option<Arc<Value>> {
+    fn cache_get(&self, key: &str) -> Option<Arc<Answer>> {
         self.cache
             .lock()
             .expect("cache lock is never poisoned")
             .get(key, Instant::now())
     }
 
-    fn cache_put(&self, key: String, answer: Arc<Value>) {
+    fn cache_put(&self, key: String, answer: Arc<Answer>) {
         self.cache
             .lock()
             .expect("cache lock is never poisoned")
@@ -430,15 +434,6 @@ impl<U: Upstream> Inner<U> {
     }
 }
 
-/// `answer` with its results cut to `limit`.
-fn cut(answer: &Value, limit: usize) -> Value {
-    let mut answer = answer.clone();
-    if let Some(results) = answer.get_mut("results").and_then(Value::as_array_mut) {
-        results.truncate(limit);
-    }
-    answer
-}
-
 /// The pause before attempt `attempt + 1`: exponential, capped, with "equal
 /// jitter" (half fixed, half random), so that servers retrying together
 /// spread out while each still waits a while.
@@ -464,7 +459,7 @@ enum Breaker {
 struct Cache {
     ttl: Duration,
     max_entries: usize,
-    entries: HashMap<String, (Arc<Value>, Instant)>,
+    entries: HashMap<String, (Arc<Answer>, Instant)>,
     /// Keys in the order they were stored, with their expiry: as every
     /// entry lives equally long, that is also the order they expire in.
     /// An entry whose key was stored again since is skipped when popped.
@@ -489,7 +484,7 @@ impl Cache {
         self.entries.len()
     }
 
-    fn get(&mut self, key: &str, now: Instant) -> Option<Arc<Value>> {
+    fn get(&mut self, key: &str, now: Instant) -> Option<Arc<Answer>> {
         let (answer, expires) = self.entries.get(key)?;
         if now < *expires {
             Some(answer.clone())
@@ -499,7 +494,7 @@ impl Cache {
         }
     }
 
-    fn put(&mut self, key: String, answer: Arc<Value>, now: Instant) {
+    fn put(&mut self, key: String, answer: Arc<Answer>, now: Instant) {
         if !self.enabled() {
             return;
         }
@@ -556,10 +551,12 @@ mod tests {
         fn key(&self, query: &NearbyQuery) -> String {
             format!("{},{}|{}", query.lat, query.lng, query.radius_m_text)
         }
-        async fn fetch(&self, _query: &NearbyQuery) -> Result<Value, UpstreamError> {
+        async fn fetch(&self, _query: &NearbyQuery) -> Result<Answer, UpstreamError> {
             let call = self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
-            self.script[call.min(self.script.len() - 1)].clone()
+            self.script[call.min(self.script.len() - 1)]
+                .clone()
+                .map(Answer::from_value)
         }
     }
 
@@ -828,7 +825,11 @@ mod tests {
         let now = Instant::now();
         let mut cache = Cache::new(Duration::from_secs(60), 3);
         for i in 0..10 {
-            cache.put(format!("k{i}"), Arc::new(json!(i)), now);
+            cache.put(
+                format!("k{i}"),
+                Arc::new(Answer::from_value(json!({ "n": i }))),
+                now,
+            );
         }
         assert_eq!(cache.len(), 3);
         assert!(cache.get("k9", now).is_some());
