@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use serde::Deserialize as _;
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -138,7 +138,7 @@ impl<'de> Visitor<'de> for AnswerVisitor {
         let mut results = None;
         while let Some(name) = map.next_key::<String>()? {
             if name == "results" {
-                match map.next_value_seed(ResultsSeed)? {
+                match map.next_value::<Results>()? {
                     Results::List(list) => results = Some(list),
                     Results::Other(value) => {
                         results = None;
@@ -163,12 +163,8 @@ enum Results {
     Other(Value),
 }
 
-struct ResultsSeed;
-
-impl<'de> DeserializeSeed<'de> for ResultsSeed {
-    type Value = Results;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Results, D::Error> {
+impl<'de> de::Deserialize<'de> for Results {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Results, D::Error> {
         deserializer.deserialize_any(ResultsVisitor)
     }
 }

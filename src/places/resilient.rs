@@ -159,17 +159,15 @@ impl<U: Upstream> Places for Resilient<U> {
         let inner = &self.inner;
         inner.start_reporting();
         bump(&inner.counters.queries);
-        let outcome = inner.answer(query).await;
-        match outcome {
-            Ok(answer) => answer.cut(query.limit).map_err(|error| {
-                bump(&inner.counters.failed_answers);
+        let outcome = inner.answer(query).await.and_then(|answer| {
+            answer.cut(query.limit).map_err(|error| {
                 PlacesError::Unavailable(format!("{}: {error}", inner.upstream.name()))
-            }),
-            Err(error) => {
-                bump(&inner.counters.failed_answers);
-                Err(error)
-            }
+            })
+        });
+        if outcome.is_err() {
+            bump(&inner.counters.failed_answers);
         }
+        outcome
     }
 }
 
