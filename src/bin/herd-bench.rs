@@ -126,7 +126,10 @@ enum Command {
         /// that the places lookup costs little).
         #[arg(long, default_value = "0.001")]
         radius: String,
-        /// Milliseconds between one sample's end and the next (light load).
+        /// Mean milliseconds between one sample's end and the next (light
+        /// load); each pause is drawn at random from half of it to one and
+        /// a half times it, so that samples do not fall in step with a
+        /// server's own timers.
         #[arg(long, default_value_t = 5.0)]
         pause_ms: f64,
     },

@@ -10,7 +10,7 @@
 //! of a small request (reported alongside as the IAMAT round trip, so that
 //! readers can subtract it), and up to one poll's spacing (reported as the
 //! mean time between two answers). One update at a time, with a pause
-//! between samples: the load is light.
+//! between samples (of a random length around `pause`): the load is light.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,7 +36,8 @@ pub struct PropagateConfig {
     pub depth: usize,
     /// The radius the polls ask for, as sent (kilometres).
     pub radius_km: String,
-    /// Time between the end of one sample and the start of the next.
+    /// Mean time between the end of one sample and the start of the next
+    /// (each pause is drawn from half of it to one and a half times it).
     pub pause: Duration,
 }
 
@@ -110,7 +111,12 @@ pub async fn run(config: PropagateConfig) -> anyhow::Result<PropagateReport> {
 
     for sample in 0..config.warmup + config.samples {
         if sample > 0 && !config.pause.is_zero() {
-            tokio::time::sleep(config.pause).await;
+            // Anywhere from half the pause to one and a half: samples a
+            // fixed time apart fall in step with any timer of the herd of
+            // about that period (herd holds a report over a link outside
+            // its tree for 5 ms, the default pause), and then measure that
+            // coincidence in every sample instead of in its share of them.
+            tokio::time::sleep(config.pause.mul_f64(0.5 + rand::random::<f64>())).await;
         }
         let recording = sample >= config.warmup;
         let time = clock.next(unix_nanos());
