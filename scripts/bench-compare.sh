@@ -149,6 +149,7 @@ fi
 
 WORK="$(mktemp -d /tmp/bench-compare.XXXXXX)"
 RESULTS="$WORK/results.tsv"
+STEAL="$WORK/steal.tsv"   # per herd-bench run: row, contender, run, % of CPU time stolen
 : >"$RESULTS"
 # Private copies, so that a rebuild during the session changes nothing.
 mkdir "$WORK/bin"
@@ -353,8 +354,19 @@ bench() {
             *) args+=("$arg") ;;
         esac
     done
+    local before after
+    before="$(head -n 1 /proc/stat)"
     json="$(cd "$ROOT" && HERD_SECRET="$SECRET" "$HERD_BENCH" --threads "$BENCH_THREADS" --json "${args[@]}" 2>"$WORK/bench.err")"
     rc=$?
+    after="$(head -n 1 /proc/stat)"
+    # The share of the machine's CPU time the hypervisor gave to others
+    # meanwhile ("steal", the eighth figure of /proc/stat's cpu line): on a
+    # shared host it moves latency tails more than anything measured here.
+    awk -v row="$row" -v contender="$contender" -v run="$RUN" '
+        NR == 1 { for (i = 2; i <= 9; i++) a[i] = $i }
+        NR == 2 { for (i = 2; i <= 9; i++) { d = $i - a[i]; total += d; if (i == 9) steal = d }
+                  if (total > 0) printf "%s\t%s\t%s\t%.1f\n", row, contender, run, 100 * steal / total }
+    ' <(printf '%s\n%s\n' "$before" "$after") >>"$STEAL"
     if [[ -z $json ]]; then
         note "$contender, \"$row\": herd-bench failed: $(head -c 600 "$WORK/bench.err" | tr '\n' ' ')"
         return 1
@@ -559,6 +571,12 @@ for ((RUN = 1; RUN <= RUNS; RUN++)); do
         done
     done
 done
+if [[ -s $STEAL ]]; then
+    note "$(sort -t$'\t' -k4,4g "$STEAL" | awk -F'\t' '
+        { v[NR] = $4; worst = $0 }
+        END { split(worst, w, "\t")
+              printf "CPU time stolen by the host (another guest running) during the measured runs: median %.1f %%, highest %.1f %% (%s, %s, run %s)", v[int((NR + 1) / 2)], w[4], w[1], w[2], w[3] }')"
+fi
 if load_wanted fill && ((!FILL_BASELINES)) && { wants asyncio || wants node; }; then
     note "the memory load ran on herd only (--fill-baselines runs it on the baselines too, slowly)"
 fi
