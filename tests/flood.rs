@@ -388,6 +388,18 @@ fn the_load_tool_at_a_fixed_rate_sends_its_schedule_and_checks_every_reply() {
     assert!(count("sent") >= 900, "{report}");
     assert_eq!(count("replies"), count("sent"), "{report}");
     assert_eq!(count("invalid") + count("unanswered"), 0, "{report}");
+
+    // A rate whose interval no duration can hold is refused, before any
+    // connection, with a reason.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd-bench"))
+        .args(["iamat", "--addr"])
+        .arg(herd.server("Lone").client.to_string())
+        .args(["--rate", "1e-300", "--duration", "0.5"])
+        .output()
+        .expect("running herd-bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--rate is too low"), "{stderr}");
 }
 
 #[test]

@@ -308,19 +308,25 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
     if config.conns == 0 || config.depth == 0 {
         bail!("--conns and --depth must be at least 1");
     }
+    let interval = match config.rate {
+        Some(rate) if rate.is_finite() && rate > 0.0 => Some(
+            Duration::try_from_secs_f64(config.conns as f64 / rate).with_context(|| {
+                format!(
+                    "--rate is too low: each of the {} connections would wait longer than a \
+                     duration can say between two requests",
+                    config.conns
+                )
+            })?,
+        ),
+        Some(_) => bail!("--rate must be a positive number of requests per second"),
+        None => None,
+    };
     let run = run_id();
     let connections = open_all(&config, &run).await?;
 
     let begin = Instant::now();
     let measure_from = begin + config.warmup;
     let end = measure_from + config.duration;
-    let interval = match config.rate {
-        Some(rate) if rate.is_finite() && rate > 0.0 => {
-            Some(Duration::from_secs_f64(config.conns as f64 / rate))
-        }
-        Some(_) => bail!("--rate must be a positive number of requests per second"),
-        None => None,
-    };
     let shard_count = config.threads.max(1) * 4;
     let plan = Arc::new(Plan {
         begin,
@@ -477,6 +483,8 @@ impl Pacer {
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )?;
+        // `run` checked that a connection's interval, `conns` times this,
+        // is a duration.
         let period = Duration::from_secs_f64(1.0 / plan.rate).max(PACER_TICK);
         // A microsecond late rather than a nanosecond early (see `due_by`);
         // a first expiry of zero would disarm the timer.
