@@ -513,7 +513,10 @@ async fn send_updates(
             let mut log = MessageLines::start();
             let mut add = |seq: u64, at_line: &[u8]| {
                 log.line(&["sent to ", name, ": "], at_line);
-                let _ = write!(frame, "U {seq} ");
+                // (itoa: `write!` was ~1 % of a five-server profile.)
+                frame.extend_from_slice(b"U ");
+                frame.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+                frame.push(b' ');
                 frame.extend_from_slice(at_line);
                 frame.push(b'\n');
             };

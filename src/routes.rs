@@ -46,7 +46,9 @@ pub enum Wait {
 /// For each origin, how long its reports wait for each neighbour.
 #[derive(Debug, Default)]
 pub struct Routes {
-    waits: HashMap<Vec<u8>, Vec<Wait>>,
+    /// Looked up for every report on every link: foldhash, not SipHash
+    /// (server names are not chosen by clients).
+    waits: foldhash::HashMap<Vec<u8>, Vec<Wait>>,
 }
 
 impl Routes {
