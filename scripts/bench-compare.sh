@@ -584,12 +584,12 @@ fi
 # ------------------------------------------------------------------- report
 
 REPORT="$WORK/report.md"
-python3 - "$RESULTS" "$RUNS" "$WHATSAT_RATE" "$FILL_CLIENTS" "$IDLE" "$IDLE_HELD" "$SPREAD_CLIENTS" \
+python3 - "$RESULTS" "$STEAL" "$RUNS" "$WHATSAT_RATE" "$FILL_CLIENTS" "$IDLE" "$IDLE_HELD" "$SPREAD_CLIENTS" \
     "$ROW_HERD" "$ROW_HERD_SPREAD" "$ROW_RATE" "$ROW_SINGLE" "$ROW_PROP" "$ROW_WGEO" "$ROW_WGEO_RATE" \
     "$ROW_WGOOGLE" "$ROW_WGOOGLE_NOCACHE" "$ROW_STARTUP" "$ROW_FILL" "$ROW_STARTUP_FULL" \
     "$ROW_IDLE" >"$REPORT.table" <<'EOF'
 import statistics, sys
-results, runs, whatsat_rate, fill_clients, idle_wanted, idle_held, spread_clients, *rows = sys.argv[1:]
+results, steal_path, runs, whatsat_rate, fill_clients, idle_wanted, idle_held, spread_clients, *rows = sys.argv[1:]
 (ROW_HERD, ROW_HERD_SPREAD, ROW_RATE, ROW_SINGLE, ROW_PROP, ROW_WGEO, ROW_WGEO_RATE, ROW_WGOOGLE,
  ROW_WGOOGLE_NOCACHE, ROW_STARTUP, ROW_FILL, ROW_STARTUP_FULL, ROW_IDLE) = rows
 runs = int(runs)
@@ -607,6 +607,17 @@ for (row, metric) in list(order):
         for c in ("asyncio", "node"):
             if c in values[(row, metric)]:
                 values[(ROW_WGOOGLE_NOCACHE, metric)].setdefault(c, values[(row, metric)][c])
+
+# The host's share of the CPU time during each run (see `bench`), shown
+# with every run: a run with much stolen is one to read with care.
+STOLEN = "CPU time stolen by the host (%)"
+stolen = {}
+try:
+    for line in open(steal_path):
+        row, contender, run, share = line.rstrip("\n").split("\t")
+        stolen.setdefault(row, {}).setdefault(contender, []).append(float(share))
+except FileNotFoundError:
+    pass
 
 def med(row, metric, contender="herd"):
     v = values.get((row, metric), {}).get(contender)
@@ -662,6 +673,9 @@ if runs > 1:
             cells = [" / ".join(show(v) for v in values[(row, metric)].get(c, [])) or "—"
                      for c in cols]
             print("| %s | %s | %s |" % (row, metric, " | ".join(cells)))
+        if row in stolen:
+            cells = [" / ".join("%.1f" % v for v in stolen[row].get(c, [])) or "—" for c in cols]
+            print("| %s | %s | %s |" % (row, STOLEN, " | ".join(cells)))
     print()
     print("</details>")
 print()
