@@ -403,6 +403,51 @@ fn the_load_tool_at_a_fixed_rate_sends_its_schedule_and_checks_every_reply() {
 }
 
 #[test]
+fn the_load_tool_can_poll_its_sockets_instead_of_sleeping() {
+    let herd = Herd::start(&[("Lone", &[])]);
+    let bench = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_herd-bench"))
+            .args(["--json", "iamat", "--addr"])
+            .arg(herd.server("Lone").client.to_string())
+            .args([
+                "--conns",
+                "2",
+                "--depth",
+                "2",
+                "--warmup",
+                "0",
+                "--duration",
+                "0.3",
+            ])
+            .args(extra)
+            .output()
+            .expect("running herd-bench")
+    };
+    let report = |output: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&output.stdout).expect("herd-bench prints JSON")
+    };
+    let polling = bench(&["--busy-poll"]);
+    let polled = report(&polling);
+    assert!(polling.status.success(), "{polled}");
+    assert!(polled["replies"].as_u64().expect("a count") > 0, "{polled}");
+    assert_eq!(polled["invalid"], 0, "{polled}");
+    // The poller went round all through the run (a few microseconds a
+    // turn), not once or twice.
+    let turns = polled["busy_polls"].as_u64().expect("a count of polls");
+    assert!(turns > 100, "{polled}");
+    let sleeping = bench(&[]);
+    let slept = report(&sleeping);
+    assert!(sleeping.status.success(), "{slept}");
+    assert!(slept["busy_polls"].is_null(), "{slept}");
+    // Polling keeps one thread busy; with several it is refused, with a
+    // reason, before any connection.
+    let refused = bench(&["--busy-poll", "--threads", "2"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--busy-poll needs --threads 1"), "{stderr}");
+}
+
+#[test]
 fn a_link_busy_for_longer_than_its_silence_limit_stays_up() {
     // A link with a next frame always ready never waits where it reads its
     // neighbour's acknowledgements; it must still count them, or a healthy

@@ -246,6 +246,15 @@ struct LoadArgs {
     /// Seconds to wait for replies still due after the end.
     #[arg(long, default_value_t = 5.0)]
     drain_timeout: f64,
+    /// Never sleep waiting for replies: keep polling the sockets, at the
+    /// cost of a whole CPU (needs --threads 1). On loopback a server's send
+    /// also runs the tool's side of TCP, and waking a tool that sleeps costs
+    /// the server, inside its own send, what a client on another machine
+    /// would never cost it; polling spares it that. Use it only where the
+    /// tool has a CPU to itself (one server on a two-CPU machine), not when
+    /// it shares the CPUs with a whole herd.
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 /// Seconds from the command line, kept within an hour so every run ends.
@@ -469,6 +478,7 @@ fn load_config(
         connect_timeout: CONNECT_TIMEOUT,
         request,
         threads,
+        busy_poll: args.busy_poll,
         flooded_to: Vec::new(),
         flood_timeout: Duration::ZERO,
     })

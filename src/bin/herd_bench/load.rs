@@ -12,6 +12,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -65,6 +66,9 @@ pub struct LoadConfig {
     pub connect_timeout: Duration,
     pub request: Request,
     pub threads: usize,
+    /// Keep the runtime's thread polling instead of sleeping (see
+    /// `busy_poll`).
+    pub busy_poll: bool,
     /// IAMAT: servers to ask, after the load, until they hold every
     /// connection's last acknowledged report (the herd has flooded it).
     pub flooded_to: Vec<SocketAddr>,
@@ -156,6 +160,8 @@ pub struct LoadReport {
     /// IAMAT with `flooded_to`: how long the herd took to spread the
     /// load, or why the servers asked never held it all.
     flood: Option<Result<Flooded, String>>,
+    /// With `busy_poll`: how many times the polling task went round.
+    busy_polls: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -199,6 +205,7 @@ impl LoadReport {
             "radius_km": radius,
             "bound": bound,
             "threads": config.threads,
+            "busy_polls": self.busy_polls,
             "warmup_s": config.warmup.as_secs_f64(),
             "duration_s": config.duration.as_secs_f64(),
             "sent": self.stats.sent,
@@ -240,6 +247,11 @@ impl LoadReport {
             "{what} -> {}: {} connections, {shape}, {} thread(s)\n",
             config.addr, config.conns, config.threads
         ));
+        if let Some(turns) = self.busy_polls {
+            out.push_str(&format!(
+                "  busy-polling ({turns} polls without sleeping)\n"
+            ));
+        }
         out.push_str(&format!(
             "  measured     {:.1} s after {:.1} s warmup\n",
             config.duration.as_secs_f64(),
@@ -321,8 +333,15 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         Some(_) => bail!("--rate must be a positive number of requests per second"),
         None => None,
     };
+    if config.busy_poll && config.threads != 1 {
+        bail!("--busy-poll needs --threads 1: it keeps one runtime thread polling, not several");
+    }
     let run = run_id();
     let connections = open_all(&config, &run).await?;
+    let stop_polling = Arc::new(AtomicBool::new(false));
+    let poller = config
+        .busy_poll
+        .then(|| tokio::spawn(busy_poll(Arc::clone(&stop_polling))));
 
     let begin = Instant::now();
     let measure_from = begin + config.warmup;
@@ -383,9 +402,15 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
                 .map_err(|error| format!("{error:#}")),
         )
     };
+    stop_polling.store(true, Ordering::Relaxed);
+    let busy_polls = match poller {
+        Some(poller) => Some(poller.await.context("the polling task panicked")?),
+        None => None,
+    };
     let latency = Summary::of(&plan.latency.merged());
     let service = config.rate.map(|_| Summary::of(&plan.service.merged()));
     Ok(LoadReport {
+        busy_polls,
         throughput: stats.measured as f64 / config.duration.as_secs_f64(),
         config,
         stats,
@@ -394,6 +419,20 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         service,
         flood,
     })
+}
+
+/// Keeps the current-thread runtime from ever sleeping until `stop`:
+/// `yield_now` has the runtime look at its sockets and timers without
+/// waiting (an `epoll_wait` with no timeout) before coming back here, so
+/// the thread is always running when a reply arrives and the server's
+/// send never has to wake it. Returns how many times it went round.
+async fn busy_poll(stop: Arc<AtomicBool>) -> u64 {
+    let mut turns = 0;
+    while !stop.load(Ordering::Relaxed) {
+        turns += 1;
+        tokio::task::yield_now().await;
+    }
+    turns
 }
 
 /// Waits until every server of `flooded_to` holds each of `last`: asks
