@@ -508,13 +508,9 @@ FLOODED=(--flooded-to @Jaquez --flooded-to @Smith --flooded-to @Campbell --flood
 # one thread (--busy-poll keeps one thread busy), and only here: where the
 # tool shares the CPUs with a whole herd, a spinning tool would take a CPU
 # from it.
-if [[ $BENCH_THREADS == 1 ]]; then
-    SINGLE_POLL=(--busy-poll)
-    ROW_SINGLE="IAMAT, one server (${CONNS} conns x depth ${DEPTH}, load tool busy-polling)"
-else
-    SINGLE_POLL=()
-    ROW_SINGLE="IAMAT, one server (${CONNS} conns x depth ${DEPTH})"
-fi
+SINGLE_POLL=()
+[[ $BENCH_THREADS == 1 ]] && SINGLE_POLL=(--busy-poll)
+ROW_SINGLE="IAMAT, one server (${CONNS} conns x depth ${DEPTH}${SINGLE_POLL:+, load tool busy-polling})"
 ROW_RATE="IAMAT at ${RATE}/s open loop, five-server herd, on Hill"
 ROW_PROP="propagation Hill -> Campbell, light load (${SAMPLES} samples)"
 ROW_WGEO="WHATSAT 10 km bound 5, one server, geonames (${CONNS} conns x depth ${DEPTH})"
