@@ -6,6 +6,7 @@
 //! shared folder is the contract; `ARCHITECTURE.md` is the map of this crate.
 
 pub mod config;
+pub mod direct_append;
 pub mod flood;
 pub mod framing;
 pub mod logging;

@@ -19,6 +19,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
+use crate::direct_append::DirectAppend;
 use crate::page_cache::PageCacheTrim;
 
 /// How far the writer may fall behind before events wait for it.
@@ -75,7 +76,19 @@ impl FileLayer {
         Self::with_limit(file, MAX_PENDING)
     }
 
+    /// A layer writing to `file` (opened to read and append), whole blocks
+    /// through `direct`, the same file opened with `O_DIRECT`
+    /// (`direct_append::open_direct`), and the guard that flushes it at
+    /// exit. The page cache is the fallback if direct writes fail.
+    pub fn new_direct(file: File, direct: File) -> (Self, FlushGuard) {
+        Self::with_sink(Sink::direct(file, direct), MAX_PENDING)
+    }
+
     fn with_limit(file: File, max_pending: usize) -> (Self, FlushGuard) {
+        Self::with_sink(Sink::buffered(file), max_pending)
+    }
+
+    fn with_sink(sink: Sink, max_pending: usize) -> (Self, FlushGuard) {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             max_pending,
@@ -86,7 +99,7 @@ impl FileLayer {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("herd-log".into())
-                .spawn(move || write_loop(&shared, file))
+                .spawn(move || write_loop(&shared, sink))
                 .expect("spawning the log writer thread")
         };
         (
@@ -252,12 +265,69 @@ impl Drop for MessageLines {
     }
 }
 
-fn write_loop(shared: &Shared, mut file: File) {
+/// Where the writer's pieces go.
+enum Sink {
+    /// Whole blocks straight to the disk, the rest through the page cache
+    /// (see `direct_append`).
+    Direct(DirectAppend),
+    /// All through the page cache, whose written pages are dropped as they
+    /// reach the disk.
+    Buffered { file: File, cache: PageCacheTrim },
+}
+
+impl Sink {
+    fn buffered(file: File) -> Self {
+        // Once a MiB, as the store log: under load that is every piece or
+        // two; a quiet server's pieces are a few lines each, and advising
+        // each would start the write-back of the same last page again and
+        // again.
+        let cache = PageCacheTrim::new(&file, TRIM_EVERY);
+        Sink::Buffered { file, cache }
+    }
+
+    fn direct(file: File, direct: File) -> Self {
+        match DirectAppend::new(file, direct) {
+            Ok(direct) => Sink::Direct(direct),
+            Err((file, error)) => {
+                eprintln!("herd: writing the log through the page cache: {error}");
+                Sink::buffered(file)
+            }
+        }
+    }
+
+    /// Appends `pieces`; returns the bytes written.
+    fn write(&mut self, pieces: &[Vec<u8>]) -> std::io::Result<u64> {
+        match self {
+            Sink::Direct(direct) => {
+                let written = direct.append(pieces);
+                // (Once direct writes fail, `DirectAppend` goes on through
+                // the page cache, without trimming it: a file system that
+                // opens files for direct writes and then refuses them is
+                // rare enough.)
+                if let Some(error) = direct.take_failure() {
+                    eprintln!(
+                        "herd: direct writes to the log failed ({error}); writing through the page cache from now on"
+                    );
+                }
+                written
+            }
+            Sink::Buffered { file, cache } => {
+                let written = write_pieces(file, pieces)?;
+                cache.written(file, written);
+                Ok(written)
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Sink::Buffered { file, .. } = self {
+            let _ = file.flush();
+        }
+    }
+}
+
+fn write_loop(shared: &Shared, mut sink: Sink) {
     let mut pieces: Vec<Vec<u8>> = Vec::new();
-    // Once a MiB, as the store log: under load that is every piece or two;
-    // a quiet server's pieces are a few lines each, and advising each would
-    // start the write-back of the same last page again and again.
-    let mut cache = PageCacheTrim::new(&file, TRIM_EVERY);
     let mut last_write = Instant::now();
     loop {
         let closing = {
@@ -299,9 +369,8 @@ fn write_loop(shared: &Shared, mut file: File) {
         if !pieces.is_empty() {
             // A log that cannot be written is not worth stopping a server
             // for; the error goes to stderr once per write.
-            match write_pieces(&mut file, &pieces) {
-                Ok(length) => cache.written(&file, length),
-                Err(error) => eprintln!("herd: writing the log failed: {error}"),
+            if let Err(error) = sink.write(&pieces) {
+                eprintln!("herd: writing the log failed: {error}");
             }
             shared.writes.fetch_add(1, Ordering::Relaxed);
             let mut pending = shared.pending.lock().expect("log lock");
@@ -315,7 +384,7 @@ fn write_loop(shared: &Shared, mut file: File) {
         if closing {
             let pending = shared.pending.lock().expect("log lock");
             if pending.bytes == 0 {
-                let _ = file.flush();
+                sink.flush();
                 return;
             }
         }
@@ -627,6 +696,38 @@ mod tests {
         assert!(lines[999].ends_with(" sent 999"));
         assert!(lines[1000].ends_with("  WARN last"));
         assert!(lines[0].starts_with("20") && lines[0].as_bytes()[10] == b'T');
+    }
+
+    #[test]
+    fn a_log_written_directly_holds_every_line_in_order() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("direct.log");
+        std::fs::write(&path, "an earlier run's last line\n").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let (layer, guard) = match crate::direct_append::open_direct(&path) {
+            Ok(direct) => FileLayer::new_direct(file, direct),
+            // (No O_DIRECT on this file system: the fallback's path.)
+            Err(_) => FileLayer::new(file),
+        };
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..50_000 {
+                tracing::info!("line {i}");
+            }
+        });
+        drop(guard);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 50_001);
+        assert_eq!(lines[0], "an earlier run's last line");
+        for (i, line) in lines[1..].iter().enumerate() {
+            assert!(line.ends_with(&format!("  INFO line {i}")), "{line}");
+        }
     }
 
     /// Under a steady stream of lines the writer still writes one piece

@@ -1,0 +1,282 @@
+//! Appending to a file without going through the page cache.
+//!
+//! A busy server's message log takes tens of megabytes a second. Written
+//! through the page cache, every page of it is a page the kernel allocates,
+//! fills, writes back and frees again; on the virtual machines herd is
+//! measured on, that cost several times the copy itself (1 GiB appended in
+//! 64 KiB writes: 0.4–1.8 s of system time through the page cache, 0.2 s
+//! with `O_DIRECT` in 1 MiB writes), and in a five-server profile the log
+//! writers' copy into the page cache was ~15 % of the machine. So the whole
+//! blocks of what is appended go to the disk directly, from an aligned
+//! buffer, and only the last, partial block goes through the page cache (an
+//! ordinary append, so that readers see every line at once); the next
+//! direct write covers that block again, whole, with the same bytes.
+
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt;
+
+/// The unit of a direct write: its offset, its length and the address of
+/// the memory written from are multiples of it. 4 KiB is a multiple of
+/// every common device's logical block size.
+const BLOCK: usize = 4096;
+/// How much is staged for one direct write at most.
+const STAGING: usize = 1 << 20;
+
+/// An append-only file written in whole blocks with `O_DIRECT`, its last
+/// partial block appended through the page cache.
+pub struct DirectAppend {
+    /// The file opened with `O_DIRECT`, written at block offsets.
+    direct: File,
+    /// The same file opened to read and append.
+    append: File,
+    /// `STAGING` bytes from `window` on are the aligned window.
+    staging: Vec<u8>,
+    window: usize,
+    /// The file offset of the window's first byte (a multiple of `BLOCK`).
+    start: u64,
+    /// Bytes in the window: the file's last partial block, then what is
+    /// still to be written.
+    len: usize,
+    /// The file's end as written so far, one way or the other.
+    end: u64,
+    direct_writes: u64,
+    /// Direct writes failed: everything goes through the page cache.
+    failed: bool,
+    /// Why, until asked.
+    failure: Option<io::Error>,
+}
+
+impl DirectAppend {
+    /// Appends to the file `append` (opened to read and append) through
+    /// `direct`, the same file opened to write with `O_DIRECT`. Gives
+    /// `append` back when that cannot be set up.
+    pub fn new(append: File, direct: File) -> Result<Self, (File, io::Error)> {
+        let end = match append.metadata() {
+            Ok(metadata) => metadata.len(),
+            Err(error) => return Err((append, error)),
+        };
+        let staging = vec![0u8; STAGING + BLOCK];
+        // (`align_offset` may in principle decline: then there is no
+        // aligned window, and the caller appends as usual.)
+        let window = staging.as_ptr().align_offset(BLOCK);
+        if window > BLOCK {
+            let error = io::Error::other("no aligned buffer for direct writes");
+            return Err((append, error));
+        }
+        let start = end - end % BLOCK as u64;
+        let len = (end - start) as usize;
+        let mut this = Self {
+            direct,
+            append,
+            staging,
+            window,
+            start,
+            len,
+            end,
+            direct_writes: 0,
+            failed: false,
+            failure: None,
+        };
+        // The last partial block is written again, whole, with the next
+        // direct write, so it is read back first.
+        let tail = &mut this.staging[window..window + len];
+        if let Err(error) = this.append.read_exact_at(tail, start) {
+            return Err((this.append, error));
+        }
+        Ok(this)
+    }
+
+    /// Appends `pieces` in order; returns the bytes appended. If a direct
+    /// write fails, this and every later append go through the page cache
+    /// instead (see [`DirectAppend::take_failure`]); nothing is lost.
+    pub fn append(&mut self, pieces: &[Vec<u8>]) -> io::Result<u64> {
+        let total = pieces.iter().map(|piece| piece.len() as u64).sum();
+        if self.failed {
+            for piece in pieces {
+                (&self.append).write_all(piece)?;
+            }
+            return Ok(total);
+        }
+        for (i, piece) in pieces.iter().enumerate() {
+            let mut rest = &piece[..];
+            while !rest.is_empty() {
+                let n = (STAGING - self.len).min(rest.len());
+                let at = self.window + self.len;
+                self.staging[at..at + n].copy_from_slice(&rest[..n]);
+                self.len += n;
+                rest = &rest[n..];
+                if self.len == STAGING
+                    && let Err(error) = self.write_blocks()
+                {
+                    self.fall_back(error, rest, &pieces[i + 1..])?;
+                    return Ok(total);
+                }
+            }
+        }
+        if let Err(error) = self.write_blocks() {
+            self.fall_back(error, &[], &[])?;
+            return Ok(total);
+        }
+        self.write_tail()?;
+        Ok(total)
+    }
+
+    /// Why direct writes stopped, the first time it is asked after they
+    /// did.
+    pub fn take_failure(&mut self) -> Option<io::Error> {
+        self.failure.take()
+    }
+
+    /// Writes the window's whole blocks directly; the partial one stays.
+    fn write_blocks(&mut self) -> io::Result<()> {
+        let full = self.len - self.len % BLOCK;
+        if full == 0 {
+            return Ok(());
+        }
+        let window = self.window;
+        self.direct
+            .write_all_at(&self.staging[window..window + full], self.start)?;
+        self.direct_writes += 1;
+        self.start += full as u64;
+        self.end = self.end.max(self.start);
+        self.staging
+            .copy_within(window + full..window + self.len, window);
+        self.len -= full;
+        Ok(())
+    }
+
+    /// Appends the part of the window past the file's end (within the last
+    /// partial block) through the page cache.
+    fn write_tail(&mut self) -> io::Result<()> {
+        let written = (self.end - self.start) as usize;
+        if written < self.len {
+            let window = self.window;
+            (&self.append).write_all(&self.staging[window + written..window + self.len])?;
+            self.end = self.start + self.len as u64;
+        }
+        Ok(())
+    }
+
+    /// After a direct write failed: appends through the page cache what
+    /// the window holds past the file's actual end (a direct write that
+    /// failed may have written part of its blocks), then `rest` and
+    /// `later`; every later append goes that way too.
+    fn fall_back(&mut self, error: io::Error, rest: &[u8], later: &[Vec<u8>]) -> io::Result<()> {
+        self.failed = true;
+        self.failure = Some(error);
+        let end = self.append.metadata()?.len();
+        let window_end = self.start + self.len as u64;
+        if end >= self.start && end < window_end {
+            let from = self.window + (end - self.start) as usize;
+            (&self.append).write_all(&self.staging[from..self.window + self.len])?;
+        }
+        (&self.append).write_all(rest)?;
+        for piece in later {
+            (&self.append).write_all(piece)?;
+        }
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Direct writes made so far.
+    pub fn direct_writes(&self) -> u64 {
+        self.direct_writes
+    }
+}
+
+/// Opens `path`, which exists, to write with `O_DIRECT`.
+pub fn open_direct(path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_append(path: &std::path::Path) -> File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    }
+
+    /// Pieces of awkward sizes: lines, a piece larger than the staging
+    /// window, empty ones.
+    fn pieces(round: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for i in 0..round * 37 % 200 {
+            out.push(format!("round {round} line {i} {}\n", "x".repeat(i % 97)).into_bytes());
+        }
+        out.push(Vec::new());
+        if round == 3 {
+            out.push(vec![b'y'; STAGING + 3 * BLOCK + 5]);
+        }
+        out
+    }
+
+    #[test]
+    fn appends_exactly_the_bytes_given_whole_blocks_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("direct.log");
+        // An earlier run's content, not a whole number of blocks.
+        let mut expected = b"earlier\n".repeat(1000);
+        std::fs::write(&path, &expected).unwrap();
+        let direct = match open_direct(&path) {
+            Ok(direct) => direct,
+            Err(error) => {
+                // (tmpfs, for one, has no O_DIRECT; the fallback is tested
+                // below.)
+                eprintln!("no O_DIRECT here ({error}): nothing to test");
+                return;
+            }
+        };
+        let Ok(mut log) = DirectAppend::new(open_append(&path), direct) else {
+            panic!("setting up");
+        };
+        for round in 0..8 {
+            let pieces = pieces(round);
+            let length: usize = pieces.iter().map(Vec::len).sum();
+            assert_eq!(log.append(&pieces).unwrap(), length as u64);
+            pieces.iter().for_each(|piece| expected.extend(piece));
+            // Every byte readable at once, the partial block included.
+            assert_eq!(std::fs::read(&path).unwrap(), expected, "round {round}");
+        }
+        assert!(log.direct_writes() >= 3, "{}", log.direct_writes());
+    }
+
+    #[test]
+    fn a_direct_write_that_fails_leaves_the_rest_to_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fallback.log");
+        std::fs::write(&path, b"before\n").unwrap();
+        // A handle that cannot write stands for a file system that refuses
+        // direct writes.
+        let read_only = File::open(&path).unwrap();
+        let Ok(mut log) = DirectAppend::new(open_append(&path), read_only) else {
+            panic!("setting up");
+        };
+        let mut expected = b"before\n".to_vec();
+        // Whole blocks, and more than the window holds, so that the
+        // failure comes in the middle of a piece.
+        let first = vec![vec![b'a'; STAGING + 3 * BLOCK + 10], b"end of a\n".to_vec()];
+        first.iter().for_each(|piece| expected.extend(piece));
+        let length = (STAGING + 3 * BLOCK + 10 + 9) as u64;
+        assert_eq!(log.append(&first).unwrap(), length);
+        assert!(log.take_failure().is_some());
+        assert!(log.take_failure().is_none(), "told once");
+        assert_eq!(log.direct_writes(), 0);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        // Later appends go through the page cache too.
+        let second = vec![b"later\n".to_vec(), vec![b'b'; 2 * BLOCK]];
+        log.append(&second).unwrap();
+        second.iter().for_each(|piece| expected.extend(piece));
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+}
