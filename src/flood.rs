@@ -50,7 +50,7 @@ use crate::logging::{MessageLines, Show};
 use crate::protocol::{Location, parse_at_line};
 use crate::routes::{Routes, Wait};
 use crate::server::Server;
-use crate::store::{Batch, Scan, Source};
+use crate::store::{Applied, Batch, Scan, Source};
 use crate::time::Timestamp;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -985,12 +985,25 @@ pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
 /// line is malformed.
 fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines) -> Option<u64> {
     let name = &server.flood.neighbours[index].name;
-    // A copy of a report we hold (the same line from another neighbour
-    // first, the usual fate of a copy over a link outside the tree) only
-    // marks who sent it; the line was checked when it was first stored.
-    if let Some((seq, at_line)) = update_parts(line)
-        && server.store.holds_same(at_line, Source::Neighbour(index))
-    {
+    if let Some((seq, at_line)) = update_parts(line) {
+        // One lookup of the client: a copy of a report we hold (the same
+        // line from another neighbour first, the usual fate of a copy over
+        // a link outside the tree) only marks who sent it, since the line
+        // was checked when it was first stored; any other line is checked
+        // here, under the same lookup, and kept if newer.
+        let client_time = || match parse_payload_line(line) {
+            Some(PayloadLine::Update { client_time, .. }) => Some(client_time),
+            _ => None,
+        };
+        match server
+            .store
+            .apply(at_line, Source::Neighbour(index), client_time)
+        {
+            Applied::Malformed => return None,
+            Applied::Same => {}
+            Applied::NotNewer => debug!(neighbour = %name, "not newer, dropped"),
+            Applied::Stored(stored) => server.stored(stored, at_line),
+        }
         log.line(&["received from ", name, ": "], at_line);
         return Some(seq);
     }

@@ -120,13 +120,19 @@ impl Server {
         let Some(seq) = self.store.update(at_line, client_time, source) else {
             return false;
         };
+        self.stored(seq, at_line);
+        true
+    }
+
+    /// Logs to disk the report of `at_line`, just stored under `seq`, and
+    /// hands it to the links.
+    pub fn stored(&self, seq: u64, at_line: &[u8]) {
         if let Some(storage) = &self.storage {
             storage.append_report(seq, at_line);
         }
         // The links are woken once the batch this report came in is done
         // (`Flood::announce`).
         self.flood.updated();
-        true
     }
 }
 

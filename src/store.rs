@@ -37,6 +37,19 @@ pub enum Source {
     Neighbour(usize),
 }
 
+/// What [`Store::apply`] did with a neighbour's report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The stored line was this one: marked as sent by that neighbour.
+    Same,
+    /// Not newer than the stored report: nothing stored.
+    NotNewer,
+    /// Stored, under this sequence number.
+    Stored(u64),
+    /// Not a valid AT line: nothing changed.
+    Malformed,
+}
+
 /// A client's stored report, as WHATSAT answers from it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
@@ -297,6 +310,13 @@ impl Index {
     }
 }
 
+/// Where a line's client id lies, its hash, and its entry if known.
+struct Lookup {
+    id: Range<usize>,
+    hash: u32,
+    found: Option<u32>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// Every client's entry; clients are never removed, so indices last.
@@ -335,10 +355,28 @@ impl Inner {
         seq: impl FnOnce(&mut Self) -> u64,
         source: Source,
     ) -> bool {
+        let lookup = self.look_up(at_line);
+        self.put_at(lookup, at_line, client_time, seq, source)
+    }
+
+    /// Finds the client of `at_line`.
+    fn look_up(&self, at_line: &[u8]) -> Lookup {
         let id = client_id_range(at_line);
-        let client_id = &at_line[id.clone()];
-        let hash = self.hash(client_id);
-        match self.find_hashed(hash, client_id) {
+        let hash = self.hash(&at_line[id.clone()]);
+        let found = self.find_hashed(hash, &at_line[id.clone()]);
+        Lookup { id, hash, found }
+    }
+
+    /// [`Inner::put`] once the client of `at_line` is looked up.
+    fn put_at(
+        &mut self,
+        Lookup { id, hash, found }: Lookup,
+        at_line: &[u8],
+        client_time: Timestamp,
+        seq: impl FnOnce(&mut Self) -> u64,
+        source: Source,
+    ) -> bool {
+        match found {
             Some(i) => {
                 let known = &mut self.entries[i];
                 // Equal times are not newer: this is what ends a flood.
@@ -483,22 +521,41 @@ impl Store {
         newer.then_some(given)
     }
 
-    /// Whether we hold exactly `at_line` (byte for byte) as its client's
-    /// report; if so, notes that `source` sent it too, as [`Store::update`]
-    /// would. For a neighbour's copy of a report we have: it needs no
-    /// parsing, being a line already checked when it was first stored.
-    pub fn holds_same(&self, at_line: &[u8], source: Source) -> bool {
+    /// Applies a neighbour's report with one lookup of its client: a line
+    /// byte for byte the one stored (a second copy) is only marked as sent
+    /// by `source` (so that it is not sent back there), without being
+    /// checked again; any other is checked by `client_time`, which gives the line's
+    /// client time (`None`: malformed), and kept if newer, as
+    /// [`Store::update`] does.
+    pub fn apply(
+        &self,
+        at_line: &[u8],
+        source: Source,
+        client_time: impl FnOnce() -> Option<Timestamp>,
+    ) -> Applied {
         let mut inner = self.lock();
-        let client_id = &at_line[client_id_range(at_line)];
-        let Some(i) = inner.find(client_id) else {
-            return false;
-        };
-        let known = &mut inner.entries[i];
-        if known.line.as_bytes() != at_line {
-            return false;
+        let lookup = inner.look_up(at_line);
+        if let Some(i) = lookup.found {
+            let known = &mut inner.entries[i];
+            if known.line.as_bytes() == at_line {
+                known.also_from |= neighbour_bit(source);
+                return Applied::Same;
+            }
         }
-        known.also_from |= neighbour_bit(source);
-        true
+        let Some(client_time) = client_time() else {
+            return Applied::Malformed;
+        };
+        let mut given = 0;
+        let seq = |inner: &mut Inner| {
+            inner.head += 1;
+            given = inner.head;
+            given
+        };
+        if inner.put_at(lookup, at_line, client_time, seq, source) {
+            Applied::Stored(given)
+        } else {
+            Applied::NotNewer
+        }
     }
 
     /// Puts back a report replayed from disk under its old sequence number,
@@ -893,34 +950,54 @@ mod tests {
         assert_eq!(seqs(&store, 3, 0, 100), (vec![], 4));
     }
 
-    /// `holds_same` marks a byte-identical copy as `update` would, and
-    /// answers no (changing nothing) for anything else.
+    /// `apply` marks a byte-identical copy as `update` would, without
+    /// checking it again, and checks and stores anything else as `update`
+    /// does.
     #[test]
-    fn the_same_line_again_is_marked_as_sent_by_its_sender_without_parsing() {
+    fn a_neighbours_report_is_marked_checked_or_stored_in_one_lookup() {
         let store = Store::new();
         update(&store, "a", "1", Source::Neighbour(0));
         update(&store, "b", "1", Source::Client);
+        let never_asked = || -> Option<Timestamp> { panic!("a second copy is not checked") };
         let a = at_line("a", "1");
-        assert!(store.holds_same(a.as_bytes(), Source::Neighbour(1)));
-        // Another line for a client we hold, a newer one, one for a client
-        // we do not know, and lines that are no AT line at all: no.
-        for other in [
-            "AT Smith +0.000000000 b +1+1 1".to_string(),
-            at_line("b", "2"),
-            at_line("zebra", "1"),
-            String::new(),
-            "AT".to_string(),
-            "a b c ".to_string(),
-        ] {
-            assert!(
-                !store.holds_same(other.as_bytes(), Source::Neighbour(1)),
-                "{other:?}"
-            );
-        }
+        assert_eq!(
+            store.apply(a.as_bytes(), Source::Neighbour(1), never_asked),
+            Applied::Same
+        );
         // Neighbour 1 is not sent the `a` it holds; `b` it still gets.
         assert_eq!(seqs(&store, 0, 1, 100), (vec![2], 2));
-        // Nothing was stored or renumbered.
         assert_eq!(store.head(), 2);
+        // Not the stored line, and malformed: nothing changes.
+        for malformed in ["", "AT", "a b c ", "AT Hill +0.000000000 b +1+1 x"] {
+            let applied = store.apply(malformed.as_bytes(), Source::Neighbour(1), || None);
+            assert_eq!(applied, Applied::Malformed, "{malformed:?}");
+        }
+        // Another line for `b`, but not newer.
+        let older = "AT Smith +0.000000000 b +1+1 1".to_string();
+        let time = || Timestamp::parse(b"1");
+        assert_eq!(
+            store.apply(older.as_bytes(), Source::Neighbour(1), time),
+            Applied::NotNewer
+        );
+        assert_eq!(store.head(), 2);
+        // A newer one for `b`, and one for a client not known yet: stored,
+        // and not sent back to neighbour 1, which sent them.
+        let newer = at_line("b", "2");
+        let time = || Timestamp::parse(b"2");
+        assert_eq!(
+            store.apply(newer.as_bytes(), Source::Neighbour(1), time),
+            Applied::Stored(3)
+        );
+        let new_client = at_line("zebra", "1");
+        let time = || Timestamp::parse(b"1");
+        assert_eq!(
+            store.apply(new_client.as_bytes(), Source::Neighbour(1), time),
+            Applied::Stored(4)
+        );
+        assert_eq!(store.get(b"b").unwrap().at_line, newer);
+        assert_eq!(store.get(b"zebra").unwrap().at_line, new_client);
+        assert_eq!(seqs(&store, 2, 1, 100), (vec![], 4));
+        assert_eq!(seqs(&store, 2, 0, 100), (vec![3, 4], 4));
     }
 
     #[test]
