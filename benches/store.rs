@@ -1,5 +1,6 @@
 //! What the store costs per report: keeping a new or newer location,
-//! turning away one that is not newer, looking a client up for WHATSAT, and
+//! turning away one that is not newer, a neighbour's update (`Store::apply`:
+//! a second copy, a first one), looking a client up for WHATSAT, and
 //! reading batches of the sequence for a neighbour (`Store::since`).
 //!
 //! Run with `cargo bench --bench store`.
@@ -8,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use herd::store::{Batch, Source, Store};
+use herd::store::{Applied, Batch, Source, Store};
 use herd::time::Timestamp;
 
 /// Clients in the stores that updates, lookups and scans run against.
@@ -68,6 +69,21 @@ fn filled() -> Store {
     store
 }
 
+/// The next `count` reports of clients visited in `scattered` order, from
+/// the `next`th visit on: each round moves every client's time one second
+/// on, so each report is newer than the one a `filled` store holds,
+/// whichever sample it falls in.
+fn newer_reports(next: &mut usize, count: u64) -> Vec<Report> {
+    let reports = (0..count as usize)
+        .map(|k| {
+            let n = *next + k;
+            report(scattered(n % CLIENTS), 1_001 + (n / CLIENTS) as u64)
+        })
+        .collect();
+    *next += count as usize;
+    reports
+}
+
 /// Times `store.update` over `reports`, which are built beforehand so that
 /// only the store's work is counted.
 fn time_updates<'a>(
@@ -103,18 +119,10 @@ fn update(c: &mut Criterion) {
     });
 
     let store = filled();
-    // Each round moves every client's time one second on, so each report is
-    // newer than the one held, whichever sample it falls in.
     let mut next = 0usize;
     group.bench_function(format!("existing client, newer ({CLIENTS} clients)"), |b| {
         b.iter_custom(|iters| {
-            let reports: Vec<Report> = (0..iters as usize)
-                .map(|k| {
-                    let n = next + k;
-                    report(scattered(n % CLIENTS), 1_001 + (n / CLIENTS) as u64)
-                })
-                .collect();
-            next += iters as usize;
+            let reports = newer_reports(&mut next, iters);
             time_updates(&store, &reports, true)
         })
     });
@@ -133,6 +141,45 @@ fn update(c: &mut Criterion) {
             })
         },
     );
+    group.finish();
+}
+
+fn apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("Store::apply");
+    let store = filled();
+    // A second copy of a stored report, over a link outside the tree: the
+    // line is compared with the stored one and never parsed.
+    let same: Vec<Report> = (0..CLIENTS).map(|i| report(i, 1_000)).collect();
+    group.bench_function(format!("second copy ({CLIENTS} clients)"), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for k in 0..iters as usize {
+                let report = &same[scattered(k % CLIENTS)];
+                let applied = store.apply(black_box(&report.at_line), Source::Neighbour(1), || {
+                    unreachable!("a second copy is not parsed")
+                });
+                debug_assert_eq!(applied, Applied::Same);
+            }
+            start.elapsed()
+        })
+    });
+    // A first copy, newer than what is stored: checked (here by a closure
+    // that only hands back the time, so that the store's own work is what
+    // is timed) and stored.
+    let mut next = 0usize;
+    group.bench_function(format!("first copy, newer ({CLIENTS} clients)"), |b| {
+        b.iter_custom(|iters| {
+            let reports = newer_reports(&mut next, iters);
+            let start = Instant::now();
+            for report in &reports {
+                let applied = store.apply(black_box(&report.at_line), Source::Neighbour(1), || {
+                    Some(report.client_time)
+                });
+                debug_assert!(matches!(applied, Applied::Stored(_)));
+            }
+            start.elapsed()
+        })
+    });
     group.finish();
 }
 
@@ -193,5 +240,5 @@ fn since(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, update, get, since);
+criterion_group!(benches, update, apply, get, since);
 criterion_main!(benches);
