@@ -98,6 +98,19 @@ impl DirectAppend {
             }
             return Ok(total);
         }
+        // Someone else changed the file since the last append (truncated it,
+        // as `logrotate`'s copytruncate does, or appended to it): go on from
+        // its end as it is now, as an appending writer would, not from
+        // where the last append left it (after a truncation that would
+        // leave a hole the length of the old log).
+        let actual = self.append.metadata()?.len();
+        if actual != self.end {
+            self.start = actual - actual % BLOCK as u64;
+            self.len = (actual - self.start) as usize;
+            self.end = actual;
+            let tail = &mut self.staging[self.window..self.window + self.len];
+            self.append.read_exact_at(tail, self.start)?;
+        }
         for (i, piece) in pieces.iter().enumerate() {
             let mut rest = &piece[..];
             while !rest.is_empty() {
@@ -248,6 +261,39 @@ mod tests {
             // Every byte readable at once, the partial block included.
             assert_eq!(std::fs::read(&path).unwrap(), expected, "round {round}");
         }
+        assert!(log.direct_writes() >= 3, "{}", log.direct_writes());
+    }
+
+    #[test]
+    fn a_log_truncated_or_appended_to_meanwhile_goes_on_from_its_new_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rotated.log");
+        std::fs::write(&path, b"").unwrap();
+        let Ok(direct) = open_direct(&path) else {
+            eprintln!("no O_DIRECT here: nothing to test");
+            return;
+        };
+        let Ok(mut log) = DirectAppend::new(open_append(&path), direct) else {
+            panic!("setting up");
+        };
+        log.append(&[vec![b'a'; 3 * BLOCK + 100]]).unwrap();
+        // Emptied, as `logrotate` with copytruncate does: no hole after it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let mut expected = format!("after rotation {}\n", "b".repeat(2 * BLOCK)).into_bytes();
+        log.append(&[expected.clone()]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        // Another writer appends: its bytes stay, ours follow them.
+        open_append(&path).write_all(b"someone else\n").unwrap();
+        expected.extend(b"someone else\n");
+        let ours = vec![b'c'; BLOCK + 7];
+        log.append(std::slice::from_ref(&ours)).unwrap();
+        expected.extend(&ours);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
         assert!(log.direct_writes() >= 3, "{}", log.direct_writes());
     }
 
