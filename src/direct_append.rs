@@ -64,24 +64,19 @@ impl DirectAppend {
             let error = io::Error::other("no aligned buffer for direct writes");
             return Err((append, error));
         }
-        let start = end - end % BLOCK as u64;
-        let len = (end - start) as usize;
         let mut this = Self {
             direct,
             append,
             staging,
             window,
-            start,
-            len,
-            end,
+            start: 0,
+            len: 0,
+            end: 0,
             direct_writes: 0,
             failed: false,
             failure: None,
         };
-        // The last partial block is written again, whole, with the next
-        // direct write, so it is read back first.
-        let tail = &mut this.staging[window..window + len];
-        if let Err(error) = this.append.read_exact_at(tail, start) {
+        if let Err(error) = this.resume_at(end) {
             return Err((this.append, error));
         }
         Ok(this)
@@ -105,11 +100,7 @@ impl DirectAppend {
         // leave a hole the length of the old log).
         let actual = self.append.metadata()?.len();
         if actual != self.end {
-            self.start = actual - actual % BLOCK as u64;
-            self.len = (actual - self.start) as usize;
-            self.end = actual;
-            let tail = &mut self.staging[self.window..self.window + self.len];
-            self.append.read_exact_at(tail, self.start)?;
+            self.resume_at(actual)?;
         }
         for (i, piece) in pieces.iter().enumerate() {
             let mut rest = &piece[..];
@@ -133,6 +124,17 @@ impl DirectAppend {
         }
         self.write_tail()?;
         Ok(total)
+    }
+
+    /// Goes on from a file `length` bytes long: the window starts at its
+    /// last partial block, read back, since the next direct write covers
+    /// that block again, whole.
+    fn resume_at(&mut self, length: u64) -> io::Result<()> {
+        self.start = length - length % BLOCK as u64;
+        self.len = (length - self.start) as usize;
+        self.end = length;
+        let tail = &mut self.staging[self.window..self.window + self.len];
+        self.append.read_exact_at(tail, self.start)
     }
 
     /// Why direct writes stopped, the first time it is asked after they
@@ -220,6 +222,23 @@ mod tests {
             .unwrap()
     }
 
+    /// `path` appended to directly, or `None` (and a note why) where the
+    /// file system refuses `O_DIRECT`, as tmpfs does; the fallback has a
+    /// test of its own.
+    fn direct_log(path: &std::path::Path) -> Option<DirectAppend> {
+        let direct = match open_direct(path) {
+            Ok(direct) => direct,
+            Err(error) => {
+                eprintln!("no O_DIRECT here ({error}): nothing to test");
+                return None;
+            }
+        };
+        let Ok(log) = DirectAppend::new(open_append(path), direct) else {
+            panic!("setting up");
+        };
+        Some(log)
+    }
+
     /// Pieces of awkward sizes: lines, a piece larger than the staging
     /// window, empty ones.
     fn pieces(round: usize) -> Vec<Vec<u8>> {
@@ -241,17 +260,8 @@ mod tests {
         // An earlier run's content, not a whole number of blocks.
         let mut expected = b"earlier\n".repeat(1000);
         std::fs::write(&path, &expected).unwrap();
-        let direct = match open_direct(&path) {
-            Ok(direct) => direct,
-            Err(error) => {
-                // (tmpfs, for one, has no O_DIRECT; the fallback is tested
-                // below.)
-                eprintln!("no O_DIRECT here ({error}): nothing to test");
-                return;
-            }
-        };
-        let Ok(mut log) = DirectAppend::new(open_append(&path), direct) else {
-            panic!("setting up");
+        let Some(mut log) = direct_log(&path) else {
+            return;
         };
         for round in 0..8 {
             let pieces = pieces(round);
@@ -269,12 +279,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rotated.log");
         std::fs::write(&path, b"").unwrap();
-        let Ok(direct) = open_direct(&path) else {
-            eprintln!("no O_DIRECT here: nothing to test");
+        let Some(mut log) = direct_log(&path) else {
             return;
-        };
-        let Ok(mut log) = DirectAppend::new(open_append(&path), direct) else {
-            panic!("setting up");
         };
         log.append(&[vec![b'a'; 3 * BLOCK + 100]]).unwrap();
         // Emptied, as `logrotate` with copytruncate does: no hole after it.

@@ -84,6 +84,22 @@ impl FileLayer {
         Self::with_sink(Sink::direct(file, direct), MAX_PENDING)
     }
 
+    /// A layer appending to the file at `path`, created if need be, whole
+    /// blocks written directly where the file system allows it (see
+    /// [`crate::direct_append`]), through the page cache otherwise; and the
+    /// guard that flushes it at exit.
+    pub fn open(path: &std::path::Path) -> std::io::Result<(Self, FlushGuard)> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        Ok(match crate::direct_append::open_direct(path) {
+            Ok(direct) => Self::new_direct(file, direct),
+            Err(_) => Self::new(file),
+        })
+    }
+
     fn with_limit(file: File, max_pending: usize) -> (Self, FlushGuard) {
         Self::with_sink(Sink::buffered(file), max_pending)
     }
@@ -704,16 +720,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("direct.log");
         std::fs::write(&path, "an earlier run's last line\n").unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        let (layer, guard) = match crate::direct_append::open_direct(&path) {
-            Ok(direct) => FileLayer::new_direct(file, direct),
-            // (No O_DIRECT on this file system: the fallback's path.)
-            Err(_) => FileLayer::new(file),
-        };
+        // (Where the file system has no O_DIRECT, the fallback's path.)
+        let (layer, guard) = FileLayer::open(&path).unwrap();
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             for i in 0..50_000 {

@@ -259,18 +259,8 @@ fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<herd::logging::Flu
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("creating log folder {}", log_dir.display()))?;
     let path = log_dir.join(format!("{name}.log"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(&path)
+    let (layer, guard) = herd::logging::FileLayer::open(&path)
         .with_context(|| format!("opening log file {}", path.display()))?;
-    // Whole blocks of the log go to the disk directly where the file system
-    // allows it (see `herd::direct_append`); the page cache otherwise.
-    let (layer, guard) = match herd::direct_append::open_direct(&path) {
-        Ok(direct) => herd::logging::FileLayer::new_direct(file, direct),
-        Err(_) => herd::logging::FileLayer::new(file),
-    };
     layer.take_message_lines();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
