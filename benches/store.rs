@@ -1,7 +1,8 @@
 //! What the store costs per report: keeping a new or newer location,
 //! turning away one that is not newer, a neighbour's update (`Store::apply`:
-//! a second copy, a first one), looking a client up for WHATSAT, and
-//! reading batches of the sequence for a neighbour (`Store::since`).
+//! a second copy, a first one), looking a client up for WHATSAT, reading
+//! batches of the sequence for a neighbour (`Store::since`), and checking
+//! again a report a link held back (`Store::still_to_send`).
 //!
 //! Run with `cargo bench --bench store`.
 
@@ -240,5 +241,26 @@ fn since(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, update, apply, get, since);
+fn still_to_send(c: &mut Criterion) {
+    let mut group = c.benchmark_group("Store::still_to_send");
+    let store = filled();
+    // Reports all over the store, as a link picked them and held them back.
+    let mut all = Batch::new();
+    store.since(0, None, CLIENTS, &mut all);
+    let picked: Vec<_> = all.iter().map(|(picked, _)| picked).collect();
+    assert_eq!(picked.len(), CLIENTS);
+    let mut out = Batch::new();
+    let mut k = 0;
+    group.bench_function(format!("held report ({CLIENTS} clients)"), |b| {
+        b.iter(|| {
+            k = (k + 1) % CLIENTS;
+            out.clear();
+            // To a neighbour other than 0: every report still goes.
+            assert!(store.still_to_send(black_box(picked[scattered(k)]), (1, 0), &mut out));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, update, apply, get, since, still_to_send);
 criterion_main!(benches);

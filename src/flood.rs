@@ -50,7 +50,7 @@ use crate::logging::{MessageLines, Show};
 use crate::protocol::{Location, parse_at_line};
 use crate::routes::{Routes, Wait};
 use crate::server::Server;
-use crate::store::{Applied, Batch, Scan, Source};
+use crate::store::{Applied, Batch, Picked, Scan, Source};
 use crate::time::Timestamp;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -448,7 +448,7 @@ async fn send_updates(
     // to below the oldest.
     let mut held = Held::default();
     // The reports of the current scan held back now, in the scan's order.
-    let mut just_held: Vec<u64> = Vec::new();
+    let mut just_held: Vec<Picked> = Vec::new();
     let mut frame = Vec::new();
     let mut ack = [0u8; 256];
     let mut linger_until = None;
@@ -467,11 +467,11 @@ async fn send_updates(
         // Held reports whose wait is over go now, unless superseded or sent
         // to us meanwhile (which is what the wait was for).
         while pending.len() < BATCH / 2
-            && let Some(seq) = held.pop_due(now)
+            && let Some(picked) = held.pop_due(now)
         {
             server
                 .store
-                .still_to_send(seq, (index, link_up_at), &mut pending);
+                .still_to_send(picked, (index, link_up_at), &mut pending);
         }
         let mut behind = held.due(now);
         scanned.clear();
@@ -485,7 +485,7 @@ async fn send_updates(
         // What the scan found goes in this frame but for what is held
         // back now (`just_held`).
         just_held.clear();
-        for (seq, at_line) in scanned.iter() {
+        for (picked, at_line) in scanned.iter() {
             // Catch-up (a backlog) is sent whole: holding it back would only
             // make it longer.
             if more || held.len() >= MAX_HELD {
@@ -493,13 +493,15 @@ async fn send_updates(
             }
             let wait = flood.routes.wait(origin(at_line), index);
             if wait != Wait::None {
-                held.push(seq, now, wait);
-                just_held.push(seq);
+                held.push(picked, now, wait);
+                just_held.push(picked);
             }
         }
         let sending = pending.len() + scanned.len() - just_held.len();
         next = next.max(reached);
-        let complete = held.oldest().map_or(next, |seq| seq.saturating_sub(1));
+        let complete = held
+            .oldest()
+            .map_or(next, |oldest| oldest.seq.saturating_sub(1));
         // How far the neighbour is complete goes with the next frame of
         // reports, or else with the next heartbeat: a frame for that alone
         // costs both ends a turn (a write, a read, a cursor record), and on
@@ -520,13 +522,13 @@ async fn send_updates(
                 frame.extend_from_slice(at_line);
                 frame.push(b'\n');
             };
-            for (seq, at_line) in pending.iter() {
-                add(seq, at_line);
+            for (picked, at_line) in pending.iter() {
+                add(picked.seq, at_line);
             }
             let mut held_now = just_held.iter().peekable();
-            for (seq, at_line) in scanned.iter() {
-                if held_now.next_if_eq(&&seq).is_none() {
-                    add(seq, at_line);
+            for (picked, at_line) in scanned.iter() {
+                if held_now.next_if_eq(&&picked).is_none() {
+                    add(picked.seq, at_line);
                 }
             }
             let _ = writeln!(frame, "C {complete}");
@@ -591,30 +593,39 @@ async fn send_updates(
 
 /// The reports a link holds back, in two queues by length of wait; in each,
 /// numbers and times only increase (a link scans in order), so each
-/// queue's oldest report is also the first due.
-#[derive(Default)]
-struct Held {
-    short: VecDeque<(u64, Instant)>,
-    long: VecDeque<(u64, Instant)>,
+/// queue's oldest report is also the first due. A report is a
+/// [`Picked`], ordered by number (a plain number in the tests).
+struct Held<R = Picked> {
+    short: VecDeque<(R, Instant)>,
+    long: VecDeque<(R, Instant)>,
 }
 
-impl Held {
+impl<R> Default for Held<R> {
+    fn default() -> Self {
+        Held {
+            short: VecDeque::new(),
+            long: VecDeque::new(),
+        }
+    }
+}
+
+impl<R: Copy + Ord> Held<R> {
     fn len(&self) -> usize {
         self.short.len() + self.long.len()
     }
 
     /// Holds report `seq`, newer than any held, for `wait`.
-    fn push(&mut self, seq: u64, now: Instant, wait: Wait) {
+    fn push(&mut self, report: R, now: Instant, wait: Wait) {
         match wait {
             Wait::None => {}
-            Wait::Short => self.short.push_back((seq, now + SHORT_HOLD)),
-            Wait::Long => self.long.push_back((seq, now + HOLD)),
+            Wait::Short => self.short.push_back((report, now + SHORT_HOLD)),
+            Wait::Long => self.long.push_back((report, now + HOLD)),
         }
     }
 
     /// Takes a report whose wait is over, the oldest first.
-    fn pop_due(&mut self, now: Instant) -> Option<u64> {
-        let due = |queue: &VecDeque<(u64, Instant)>| {
+    fn pop_due(&mut self, now: Instant) -> Option<R> {
+        let due = |queue: &VecDeque<(R, Instant)>| {
             queue
                 .front()
                 .filter(|&&(_, until)| until <= now)
@@ -640,12 +651,12 @@ impl Held {
     }
 
     /// The oldest report held.
-    fn oldest(&self) -> Option<u64> {
+    fn oldest(&self) -> Option<R> {
         self.fronts().map(|(seq, _)| seq).min()
     }
 
     /// Each queue's first report, with its time.
-    fn fronts(&self) -> impl Iterator<Item = (u64, Instant)> + '_ {
+    fn fronts(&self) -> impl Iterator<Item = (R, Instant)> + '_ {
         self.short
             .front()
             .into_iter()
@@ -1094,7 +1105,7 @@ mod tests {
     #[test]
     fn held_reports_come_due_by_their_wait_and_the_oldest_bounds_complete() {
         let start = Instant::now();
-        let mut held = Held::default();
+        let mut held = Held::<u64>::default();
         assert_eq!(
             (held.oldest(), held.next_due(), held.len()),
             (None, None, 0)

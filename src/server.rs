@@ -244,8 +244,8 @@ async fn compact_now_and_then(server: Arc<Server>, shutdown: CancellationToken) 
                     loop {
                         batch.clear();
                         let reached = server.store.since(next, None, 4096, &mut batch).reached;
-                        for (seq, at_line) in batch.iter() {
-                            put(seq, at_line);
+                        for (picked, at_line) in batch.iter() {
+                            put(picked.seq, at_line);
                         }
                         if reached == next {
                             break;
