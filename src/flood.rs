@@ -614,7 +614,7 @@ impl<R: Copy + Ord> Held<R> {
         self.short.len() + self.long.len()
     }
 
-    /// Holds report `seq`, newer than any held, for `wait`.
+    /// Holds `report`, newer than any held, for `wait`.
     fn push(&mut self, report: R, now: Instant, wait: Wait) {
         match wait {
             Wait::None => {}
@@ -652,7 +652,7 @@ impl<R: Copy + Ord> Held<R> {
 
     /// The oldest report held.
     fn oldest(&self) -> Option<R> {
-        self.fronts().map(|(seq, _)| seq).min()
+        self.fronts().map(|(report, _)| report).min()
     }
 
     /// Each queue's first report, with its time.

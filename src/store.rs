@@ -211,9 +211,15 @@ impl Entries {
         self.len
     }
 
-    fn get(&self, index: u32) -> Option<&Entry> {
+    /// Entry `index`'s chunk and place in it.
+    fn place(index: u32) -> (usize, usize) {
         let index = index as usize;
-        self.chunks.get(index / CHUNK)?.get(index % CHUNK)
+        (index / CHUNK, index % CHUNK)
+    }
+
+    fn get(&self, index: u32) -> Option<&Entry> {
+        let (chunk, at) = Self::place(index);
+        self.chunks.get(chunk)?.get(at)
     }
 
     fn push(&mut self, entry: Entry) -> u32 {
@@ -234,15 +240,14 @@ impl std::ops::Index<u32> for Entries {
     type Output = Entry;
 
     fn index(&self, index: u32) -> &Entry {
-        let index = index as usize;
-        &self.chunks[index / CHUNK][index % CHUNK]
+        self.get(index).expect("an entry number given out")
     }
 }
 
 impl std::ops::IndexMut<u32> for Entries {
     fn index_mut(&mut self, index: u32) -> &mut Entry {
-        let index = index as usize;
-        &mut self.chunks[index / CHUNK][index % CHUNK]
+        let (chunk, at) = Self::place(index);
+        &mut self.chunks[chunk][at]
     }
 }
 
