@@ -783,7 +783,7 @@ impl Store {
         let mut exhausted = true;
         for (scanned, pair) in inner.sequence.after(after).iter().enumerate() {
             // Bound the work under the lock even when most entries are skipped.
-            if out.len() >= max || scanned >= max * 4 {
+            if out.len() >= max || scanned >= max.saturating_mul(4) {
                 exhausted = false;
                 break;
             }
@@ -845,6 +845,16 @@ mod tests {
             Timestamp::parse(time.as_bytes()).unwrap(),
             source,
         )
+    }
+
+    /// Restores `client`'s report of `time` under number `seq`, as a replay does.
+    fn restore(store: &Store, client: &str, time: &str, seq: u64) {
+        let line = at_line(client, time);
+        store.restore(
+            line.as_bytes(),
+            Timestamp::parse(time.as_bytes()).unwrap(),
+            seq,
+        );
     }
 
     fn seqs(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, u64) {
@@ -1166,14 +1176,7 @@ mod tests {
     #[test]
     fn restored_reports_keep_their_numbers_and_newest_wins() {
         let store = Store::new();
-        let restore = |client: &str, time: &str, seq| {
-            let line = at_line(client, time);
-            store.restore(
-                line.as_bytes(),
-                Timestamp::parse(time.as_bytes()).unwrap(),
-                seq,
-            );
-        };
+        let restore = |client: &str, time: &str, seq| restore(&store, client, time, seq);
         restore("a", "2", 7);
         restore("a", "1", 9);
         restore("b", "1", 3);
@@ -1262,14 +1265,7 @@ mod tests {
     #[test]
     fn a_replay_out_of_order_leaves_the_sequence_in_order() {
         let store = Store::new();
-        let restore = |client: &str, time: &str, seq| {
-            let line = at_line(client, time);
-            store.restore(
-                line.as_bytes(),
-                Timestamp::parse(time.as_bytes()).unwrap(),
-                seq,
-            );
-        };
+        let restore = |client: &str, time: &str, seq| restore(&store, client, time, seq);
         restore("a", "1", 50);
         restore("b", "1", 20);
         restore("c", "1", 40);
