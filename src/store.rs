@@ -364,7 +364,8 @@ impl Index {
                 Self::place_slot(&mut self.slots, slot);
             }
         }
-        for slot in wrapped.into_iter().filter(|&slot| slot != 0) {
+        // All taken (they lie before the first empty slot).
+        for slot in wrapped {
             Self::place_slot(&mut self.slots, slot);
         }
     }
@@ -973,6 +974,14 @@ mod tests {
         );
     }
 
+    /// The next number of a fixed, well-mixed sequence (xorshift64).
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
     /// Hashes whose probe starts at `at` in a table of `slots`.
     fn hashes_starting_at(at: usize, slots: usize) -> impl Iterator<Item = u32> {
         (0u32..).filter(move |&hash| Index::start(hash, slots) == at)
@@ -1004,12 +1013,7 @@ mod tests {
     #[test]
     fn growing_in_place_keeps_every_entry_findable() {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = move || xorshift(&mut state);
         for round in 0..2000 {
             let mut index = Index::default();
             let slots = 16 << (round % 4);
@@ -1328,11 +1332,8 @@ mod tests {
         let mut newest = std::collections::HashMap::new();
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         for round in 1..=60_000u64 {
-            // xorshift: a fixed, well-mixed choice of client.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let client = (state % 3_000) as usize;
+            // A fixed, well-mixed choice of client.
+            let client = (xorshift(&mut state) % 3_000) as usize;
             let seq = update(
                 &store,
                 &format!("c{client}"),
