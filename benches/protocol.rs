@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use herd::framing::{Frame, LineFramer};
+use herd::protocol::framing::{Frame, LineFramer};
 use herd::protocol::{Request, format_at, invalid_reply, parse_at_line, parse_request};
 
 /// The SPEC's reference IAMAT.

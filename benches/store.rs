@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use herd::store::{Applied, Batch, Source, Store};
-use herd::time::Timestamp;
+use herd::protocol::time::Timestamp;
+use herd::replica::store::{Applied, Batch, Source, Store};
 
 /// Clients in the stores that updates, lookups and scans run against.
 const CLIENTS: usize = 100_000;

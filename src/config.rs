@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::storage::Durability;
+use crate::replica::storage::Durability;
 
 /// The embedded default herd: SPEC §1 on 127.0.0.1, client ports
 /// 12000–12004, peer ports 12010–12014.

@@ -253,13 +253,13 @@ fn cancel_on_signal(token: CancellationToken) -> std::io::Result<impl Future<Out
 /// Sends every event to `LOG_DIR/NAME.log` through a background writer, so
 /// that logging every message costs the hot path a formatted line and one
 /// short lock, not a write.
-fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<herd::logging::FlushGuard> {
+fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<herd::log::FlushGuard> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("creating log folder {}", log_dir.display()))?;
     let path = log_dir.join(format!("{name}.log"));
-    let (layer, guard) = herd::logging::FileLayer::open(&path)
+    let (layer, guard) = herd::log::FileLayer::open(&path)
         .with_context(|| format!("opening log file {}", path.display()))?;
     layer.take_message_lines();
     let filter =

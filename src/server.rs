@@ -19,15 +19,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{HerdConfig, Limits};
-use crate::flood::{Flood, Neighbour};
-use crate::framing::{Frame, LineFramer};
-use crate::logging::{MessageLines, Show};
+use crate::log::{MessageLines, Show};
+use crate::peer::routes::Routes;
+use crate::peer::{Flood, Neighbour};
 use crate::places::{NearbyQuery, Places, PlacesError, json::to_styled_string};
+use crate::protocol::framing::{Frame, LineFramer};
+use crate::protocol::time::Timestamp;
 use crate::protocol::{self, Request};
-use crate::routes::Routes;
-use crate::storage::{Durability, Storage};
-use crate::store::{Batch, Source, Store};
-use crate::time::Timestamp;
+use crate::replica::storage::{Durability, Storage};
+use crate::replica::store::{Batch, Source, Store};
 
 /// Everything a server needs to start, apart from its sockets.
 pub struct ServerSetup {
@@ -163,7 +163,7 @@ pub async fn run(
                         None => warn!("skipped an unreadable report in the store log"),
                     },
                 )?;
-                Ok::<_, crate::storage::StorageError>((store, storage, recovered))
+                Ok::<_, crate::replica::storage::StorageError>((store, storage, recovered))
             })
             .await??;
             store.continue_from(recovered.next_seq);
@@ -201,7 +201,7 @@ pub async fn run(
         "listening"
     );
     let tasks = TaskTracker::new();
-    crate::flood::start(&server, peer_listener, &tasks, &shutdown);
+    crate::peer::start(&server, peer_listener, &tasks, &shutdown);
     if server.storage.is_some() {
         tasks.spawn(compact_now_and_then(server.clone(), shutdown.clone()));
     }

@@ -12,7 +12,7 @@ use herd::protocol::{
     Invalid, Location, Radius, Request, fields, format_at, invalid_reply, is_separator,
     parse_at_line, parse_request, whatsat_reply,
 };
-use herd::time::Timestamp;
+use herd::protocol::time::Timestamp;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &[u8]| {

@@ -1,4 +1,4 @@
-//! Fuzz target: `herd::framing::LineFramer` (SPEC §2) against a reference
+//! Fuzz target: `herd::protocol::framing::LineFramer` (SPEC §2) against a reference
 //! model, for any byte stream cut into any chunks.
 //!
 //! Input: byte 0 chooses the maximum line length (1 to 256), byte 1 seeds
@@ -9,7 +9,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use herd::framing::{Frame, LineFramer};
+use herd::protocol::framing::{Frame, LineFramer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

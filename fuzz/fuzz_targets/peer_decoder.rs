@@ -1,4 +1,4 @@
-//! Fuzz target: the peer protocol decoders (SPEC §6, `herd::flood`).
+//! Fuzz target: the peer protocol decoders (SPEC §6, `herd::peer`).
 //!
 //! The input is treated as a frame payload as `receive_frames` treats it:
 //! split at `\n`, empty lines skipped, each line a payload line
@@ -9,9 +9,9 @@
 
 #![no_main]
 
-use herd::flood::{PayloadLine, parse_hello, parse_payload_line};
+use herd::peer::{PayloadLine, parse_hello, parse_payload_line};
 use herd::protocol::{Request, is_separator, parse_at_line, parse_request};
-use herd::store::{Source, Store};
+use herd::replica::store::{Source, Store};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

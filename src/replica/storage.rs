@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::page_cache::{self, PageCacheTrim};
+use crate::log::page_cache::{self, PageCacheTrim};
 
 const MAGIC: &[u8; 9] = b"HERDLOG1\n";
 /// The largest record accepted on replay; AT lines are bounded by the

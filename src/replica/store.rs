@@ -25,8 +25,8 @@ use bytes::Bytes;
 use foldhash::fast::RandomState;
 use std::hash::BuildHasher;
 
+use crate::protocol::time::Timestamp;
 use crate::protocol::{self, Location};
-use crate::time::Timestamp;
 
 /// Where a report came from: a client of this server, or a neighbour
 /// (by its index in the server's neighbour list).

@@ -4,7 +4,7 @@
 //! any non-whitespace byte, valid UTF-8 or not, and are echoed exactly.
 //! Framing (bytes into lines) lives in `framing`.
 
-use crate::time::{SkewText, Timestamp, parse_digits_u64};
+use crate::protocol::time::{SkewText, Timestamp, parse_digits_u64};
 
 /// The field separators of SPEC §2: space, tab, `\r`, `\f` and `\v`.
 ///

@@ -29,6 +29,8 @@
 //! (the counter). Payload lines are `U <seq> <AT line>` for an update and
 //! `C <seq>` for "complete up to".
 
+pub mod routes;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,12 +48,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::logging::{MessageLines, Show};
+use crate::log::{MessageLines, Show};
+use crate::peer::routes::{Routes, Wait};
+use crate::protocol::time::Timestamp;
 use crate::protocol::{Location, parse_at_line};
-use crate::routes::{Routes, Wait};
+use crate::replica::store::{Applied, Batch, Picked, Scan, Source};
 use crate::server::Server;
-use crate::store::{Applied, Batch, Picked, Scan, Source};
-use crate::time::Timestamp;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -948,7 +950,7 @@ pub fn parse_payload_line(line: &[u8]) -> Option<PayloadLine<'_>> {
     }
     let (kind, rest) = split_word(line)?;
     let (seq, rest) = split_word(rest)?;
-    let seq = crate::time::parse_digits_u64(seq)?;
+    let seq = crate::protocol::time::parse_digits_u64(seq)?;
     match kind {
         b"C" if rest.is_empty() => Some(PayloadLine::Complete { seq }),
         b"U" => {
@@ -986,7 +988,7 @@ pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
         from,
         to,
         run_text,
-        run: crate::time::parse_digits_u64(run_text.as_bytes())?,
+        run: crate::protocol::time::parse_digits_u64(run_text.as_bytes())?,
         nonce: decode_hex(nonce).filter(|n| n.len() == 16)?,
         tag: decode_hex(tag).filter(|t| t.len() == 32)?,
     })
@@ -1042,7 +1044,7 @@ fn apply_line(server: &Server, index: usize, line: &[u8], log: &mut MessageLines
 fn update_parts(line: &[u8]) -> Option<(u64, &[u8])> {
     let rest = line.strip_prefix(b"U ")?;
     let space = memchr::memchr(b' ', rest)?;
-    let seq = crate::time::parse_digits_u64(&rest[..space])?;
+    let seq = crate::protocol::time::parse_digits_u64(&rest[..space])?;
     Some((seq, &rest[space + 1..]))
 }
 
@@ -1050,7 +1052,7 @@ fn update_parts(line: &[u8]) -> Option<(u64, &[u8])> {
 /// checking the rest; `None` for other lines.
 fn update_client_id(line: &[u8]) -> Option<&[u8]> {
     let (_, at_line) = update_parts(line)?;
-    at_line.get(crate::store::client_id_range(at_line))
+    at_line.get(crate::replica::store::client_id_range(at_line))
 }
 
 fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {

@@ -19,8 +19,11 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
-use crate::direct_append::DirectAppend;
-use crate::page_cache::PageCacheTrim;
+pub mod direct_append;
+pub(crate) mod page_cache;
+
+use crate::log::direct_append::DirectAppend;
+use crate::log::page_cache::PageCacheTrim;
 
 /// How far the writer may fall behind before events wait for it.
 const MAX_PENDING: usize = 32 * 1024 * 1024;
@@ -86,7 +89,7 @@ impl FileLayer {
 
     /// A layer appending to the file at `path`, created if need be, whole
     /// blocks written directly where the file system allows it (see
-    /// [`crate::direct_append`]), through the page cache otherwise; and the
+    /// [`crate::log::direct_append`]), through the page cache otherwise; and the
     /// guard that flushes it at exit.
     pub fn open(path: &std::path::Path) -> std::io::Result<(Self, FlushGuard)> {
         let file = std::fs::OpenOptions::new()
@@ -94,7 +97,7 @@ impl FileLayer {
             .read(true)
             .append(true)
             .open(path)?;
-        Ok(match crate::direct_append::open_direct(path) {
+        Ok(match crate::log::direct_append::open_direct(path) {
             Ok(direct) => Self::new_direct(file, direct),
             Err(_) => Self::new(file),
         })
