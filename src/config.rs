@@ -42,6 +42,15 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A server name the herd config does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("no server {name:?} in the herd; it has {known}")]
+pub struct UnknownServer {
+    pub name: String,
+    /// The names it has, comma-separated.
+    pub known: String,
+}
+
 /// Which places provider answers WHATSAT, for the whole herd (`[places]`)
 /// or one server (`[servers.places]`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -478,14 +487,19 @@ impl HerdConfig {
     }
 
     /// The server called `name`, or an error listing the names there are.
-    pub fn server(&self, name: &str) -> Result<&ServerConfig, String> {
-        self.servers.iter().find(|s| s.name == name).ok_or_else(|| {
-            let names: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
-            format!(
-                "no server {name:?} in the herd; it has {}",
-                names.join(", ")
-            )
-        })
+    pub fn server(&self, name: &str) -> Result<&ServerConfig, UnknownServer> {
+        self.servers
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| UnknownServer {
+                name: name.to_owned(),
+                known: self
+                    .servers
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// The shared secret: the config's, else `$HERD_SECRET`.
@@ -640,7 +654,7 @@ mod tests {
         let config = parse(TWO).unwrap();
         assert_eq!(config.server("B").unwrap().neighbours, ["A"]);
         assert_eq!(config.log_dir, Path::new("/etc/herd/logs"));
-        assert!(config.server("C").unwrap_err().contains("A, B"));
+        assert!(config.server("C").unwrap_err().to_string().contains("A, B"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod kdtree_build;
 pub mod osm;
 pub mod osm_import;
 pub mod remote;
+pub mod render;
 pub mod resilient;
 pub mod sphere;
 

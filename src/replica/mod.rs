@@ -1,4 +1,370 @@
-//! The replica: every client's newest report, on disk and in memory.
+//! The replica: every client's newest report, in memory and on disk, and
+//! the one door through which a report enters a server.
+//!
+//! A report from a client (`Replica::accept`) and one from a neighbour
+//! (`Replica::apply`) take the same path: the store decides whether it is
+//! newer and numbers it, the storage appends it to the log, and the links
+//! are told there is something new (`Replica::announce`). The replica also
+//! keeps, per neighbour, the *cursor* of that neighbour's stream (how far
+//! this server holds everything the neighbour accepted; see
+//! `docs/flooding.md`), because cursors are logged with the reports they
+//! stand for.
+//!
+//! This wing knows neither clients nor peer links: both use it.
 
 pub mod storage;
 pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::protocol::{self, time::Timestamp};
+use storage::{Durability, Storage, StorageError};
+use store::{Applied, Batch, Source, Store};
+
+/// Where and how a server keeps its store on disk.
+#[derive(Clone, Debug)]
+pub struct StorageSetup {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub sync_interval: Duration,
+}
+
+/// What one neighbour has sent us: its run id and the sequence number up to
+/// which we hold everything it accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub run: u64,
+    pub seq: u64,
+}
+
+/// One server's data: its store, its log, its neighbours' cursors.
+pub struct Replica {
+    store: Store,
+    storage: Option<Arc<Storage>>,
+    run: u64,
+    /// Neighbour names, in the order links number them.
+    neighbours: Vec<String>,
+    cursors: Mutex<Vec<Cursor>>,
+    /// Bumped after accepted updates; link senders wait on it.
+    accepted: watch::Sender<u64>,
+    /// Updates were accepted since the links were last told (see
+    /// [`Replica::announce`]).
+    unannounced: AtomicBool,
+}
+
+impl Replica {
+    /// A replica kept in memory only, with run id `run` and no cursors.
+    pub fn in_memory(neighbours: Vec<String>, run: u64) -> Self {
+        Self::with(Store::new(), None, run, neighbours, &HashMap::new())
+    }
+
+    /// Opens the replica kept in `setup`'s folder (replaying its log), or an
+    /// empty one in memory for `None`.
+    pub async fn open(
+        setup: Option<StorageSetup>,
+        neighbours: Vec<String>,
+    ) -> Result<Self, StorageError> {
+        let Some(setup) = setup else {
+            return Ok(Self::in_memory(neighbours, rand::random::<u64>() | 1));
+        };
+        let (store, storage, recovered) = tokio::task::spawn_blocking(move || {
+            let store = Store::new();
+            // Each report goes into the store as it is read from disk.
+            let (storage, recovered) = Storage::open(
+                &setup.dir,
+                setup.durability,
+                setup.sync_interval,
+                &mut |seq, at_line| match protocol::parse_at_line(at_line) {
+                    Some(at) => store.restore(at_line, at.client_time, seq),
+                    None => warn!("skipped an unreadable report in the store log"),
+                },
+            )?;
+            Ok::<_, StorageError>((store, storage, recovered))
+        })
+        .await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        store.continue_from(recovered.next_seq);
+        storage.start_syncer();
+        Ok(Self::with(
+            store,
+            Some(storage),
+            recovered.run,
+            neighbours,
+            &recovered.cursors,
+        ))
+    }
+
+    /// A replica over `store` that continues run `run` with the cursors
+    /// recovered from its log: how a restarted server comes back.
+    pub fn with(
+        store: Store,
+        storage: Option<Arc<Storage>>,
+        run: u64,
+        neighbours: Vec<String>,
+        cursors: &HashMap<String, (u64, u64)>,
+    ) -> Self {
+        let cursors = neighbours
+            .iter()
+            .map(|name| {
+                cursors
+                    .get(name)
+                    .map_or(Cursor::default(), |&(run, seq)| Cursor { run, seq })
+            })
+            .collect();
+        Self {
+            store,
+            storage,
+            run,
+            neighbours,
+            cursors: Mutex::new(cursors),
+            accepted: watch::Sender::new(0),
+            unannounced: AtomicBool::new(false),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This server's run id: kept across restarts with the log, new for a
+    /// server that starts with none.
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
+    /// The neighbours' names, in the order links number them.
+    pub fn neighbours(&self) -> &[String] {
+        &self.neighbours
+    }
+
+    /// Stores the report of `at_line` (an AT line whose client time is
+    /// `client_time`) if it is newer, logs it and marks it for the links.
+    /// Returns whether it was newer.
+    pub fn accept(&self, at_line: &[u8], client_time: Timestamp, source: Source) -> bool {
+        let Some(seq) = self.store.update(at_line, client_time, source) else {
+            return false;
+        };
+        self.stored(seq, at_line);
+        true
+    }
+
+    /// Applies a neighbour's report with one lookup of its client (see
+    /// [`Store::apply`]), logging it and marking it for the links if it was
+    /// stored.
+    pub fn apply(
+        &self,
+        at_line: &[u8],
+        source: Source,
+        client_time: impl FnOnce() -> Option<Timestamp>,
+    ) -> Applied {
+        let applied = self.store.apply(at_line, source, client_time);
+        if let Applied::Stored(seq) = applied {
+            self.stored(seq, at_line);
+        }
+        applied
+    }
+
+    fn stored(&self, seq: u64, at_line: &[u8]) {
+        if let Some(storage) = &self.storage {
+            storage.append_report(seq, at_line);
+        }
+        // The links are woken once the batch this report came in is done.
+        self.unannounced.store(true, Ordering::Release);
+    }
+
+    /// Tells every link that the store has something new, if it has since
+    /// the last time: a batch of updates (a client's lines read together, a
+    /// neighbour's frame) wakes the links once, not once per update (each
+    /// wake-up locks every waiter list of the channel).
+    pub fn announce(&self) {
+        if !self.unannounced.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // No link listening (none up, or no neighbours at all): a link that
+        // comes up scans the store from its cursor anyway.
+        if self.accepted.receiver_count() == 0 {
+            return;
+        }
+        self.accepted
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// A signal that changes whenever new reports are announced.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.accepted.subscribe()
+    }
+
+    /// The cursor to offer neighbour `index` whose run id is `run`, as its
+    /// link comes up: what we hold of that run, or nothing of a new run.
+    pub fn cursor_for(&self, index: usize, run: u64) -> Cursor {
+        let mut cursors = self.lock_cursors();
+        if cursors[index].run != run {
+            cursors[index] = Cursor { run, seq: 0 };
+        }
+        cursors[index]
+    }
+
+    /// Notes that we hold everything of neighbour `index`'s run `run` up to
+    /// `seq`, if that is further than we knew; returns whether it was.
+    /// Logged after the reports of the frame that advanced it, so a replay
+    /// never has a cursor ahead of the data it stands for.
+    pub fn advance_cursor(&self, index: usize, run: u64, seq: u64) -> bool {
+        let advanced = {
+            let mut cursors = self.lock_cursors();
+            let advanced = cursors[index].run == run && seq > cursors[index].seq;
+            if advanced {
+                cursors[index].seq = seq;
+            }
+            advanced
+        };
+        if advanced && let Some(storage) = &self.storage {
+            storage.append_cursor(&self.neighbours[index], run, seq);
+        }
+        advanced
+    }
+
+    /// Every neighbour's cursor, by index.
+    pub fn cursors(&self) -> Vec<Cursor> {
+        self.lock_cursors().clone()
+    }
+
+    /// Every known neighbour cursor: (name, its run id, seq), for a snapshot.
+    pub fn cursor_list(&self) -> Vec<(String, u64, u64)> {
+        let cursors = self.lock_cursors();
+        self.neighbours
+            .iter()
+            .zip(cursors.iter())
+            .filter(|(_, cursor)| cursor.run != 0)
+            .map(|(name, c)| (name.clone(), c.run, c.seq))
+            .collect()
+    }
+
+    fn lock_cursors(&self) -> std::sync::MutexGuard<'_, Vec<Cursor>> {
+        self.cursors.lock().expect("cursor lock is never poisoned")
+    }
+
+    /// Waits until what was accepted so far is as durable as the storage
+    /// setting promises a client's reply: call before replying.
+    pub async fn commit(&self) -> std::io::Result<()> {
+        match &self.storage {
+            Some(storage) => storage.commit().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Has what was accepted written out soon, without waiting for a sync:
+    /// after a neighbour's frame.
+    pub async fn flush_soon(&self) -> std::io::Result<()> {
+        match &self.storage {
+            Some(storage) => storage.flush_soon().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites the store log now and then, when superseded records pile
+    /// up, until `shutdown`. Returns at once for a replica in memory.
+    pub async fn compact_now_and_then(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(storage) = self.storage.clone() else {
+            return;
+        };
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if !storage.wants_compaction(self.store.len()) {
+                continue;
+            }
+            let (replica, storage) = (self.clone(), storage.clone());
+            let outcome = tokio::task::spawn_blocking(move || {
+                storage.compact(
+                    || replica.cursor_list(),
+                    |put| {
+                        let mut next = 0;
+                        let mut batch = Batch::new();
+                        loop {
+                            batch.clear();
+                            let reached = replica.store.since(next, None, 4096, &mut batch).reached;
+                            for (picked, at_line) in batch.iter() {
+                                put(picked.seq, at_line);
+                            }
+                            if reached == next {
+                                break;
+                            }
+                            next = reached;
+                        }
+                    },
+                )
+            })
+            .await;
+            if let Ok(Err(error)) = outcome {
+                warn!(%error, "compacting the store log failed");
+            }
+        }
+    }
+
+    /// Writes out and syncs what the log holds: at shutdown.
+    pub fn close(&self) {
+        if let Some(storage) = &self.storage {
+            storage.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(client: &str, time: &str) -> (String, Timestamp) {
+        (
+            format!("AT Hill +0.000000000 {client} +1+1 {time}"),
+            Timestamp::parse(time.as_bytes()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_cursor_offered_to_a_new_run_starts_over_and_only_moves_forward() {
+        let replica = Replica::in_memory(vec!["A".into(), "B".into()], 7);
+        assert_eq!(replica.cursor_for(0, 5), Cursor { run: 5, seq: 0 });
+        assert!(replica.advance_cursor(0, 5, 10));
+        assert!(!replica.advance_cursor(0, 5, 9), "never backwards");
+        assert!(!replica.advance_cursor(0, 4, 99), "another run's data");
+        assert_eq!(replica.cursor_for(0, 5), Cursor { run: 5, seq: 10 });
+        assert_eq!(replica.cursor_list(), vec![("A".to_owned(), 5, 10)]);
+        // The neighbour restarted: what we held of its old run means nothing.
+        assert_eq!(replica.cursor_for(0, 6), Cursor { run: 6, seq: 0 });
+    }
+
+    #[test]
+    fn reports_from_both_doors_are_announced_once_per_batch() {
+        let replica = Replica::in_memory(vec!["A".into()], 7);
+        let mut signal = replica.subscribe();
+        signal.borrow_and_update();
+        let (first, time) = line("kiwi", "5");
+        assert!(replica.accept(first.as_bytes(), time, Source::Client));
+        assert!(!replica.accept(first.as_bytes(), time, Source::Client));
+        let (second, _) = line("pear", "6");
+        assert_eq!(
+            replica.apply(
+                second.as_bytes(),
+                Source::Neighbour(0),
+                || Timestamp::parse(b"6")
+            ),
+            Applied::Stored(2)
+        );
+        assert!(!signal.has_changed().unwrap());
+        replica.announce();
+        replica.announce();
+        assert!(signal.has_changed().unwrap());
+        assert_eq!(*signal.borrow_and_update(), 1, "one wake-up for the batch");
+    }
+}

@@ -1,0 +1,168 @@
+//! The `herd` command line: one module per subcommand, and what they share.
+
+mod places;
+mod serve;
+mod talk;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use herd::config::HerdConfig;
+
+/// An application-server herd: clients report where they are to any server
+/// (IAMAT), the servers flood each newer location to one another, and any
+/// server answers what is near a client (WHATSAT).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one server of the herd, by its name (e.g. `herd serve Hill`).
+    ///
+    /// The herd's shared secret comes from the config's `secret` or from
+    /// $HERD_SECRET; every server of a herd must have the same one.
+    Serve {
+        /// The server's name in the herd config.
+        name: String,
+        #[command(flatten)]
+        herd: HerdArgs,
+        /// Worker threads; 0 means one per CPU. Several servers sharing a
+        /// machine do best with 1 each (no wake-ups across threads).
+        #[arg(long, default_value_t = 0, env = "HERD_THREADS")]
+        threads: usize,
+    },
+    /// Run every server of the herd on this machine, one process each, until
+    /// Ctrl-C. Makes up a shared secret unless one is configured.
+    Up {
+        #[command(flatten)]
+        herd: HerdArgs,
+    },
+    /// Send lines to a server and print everything it answers.
+    ///
+    /// With no LINE arguments, the lines are read from standard input.
+    Send {
+        /// The server's client address, `host:port`.
+        address: String,
+        /// The lines to send, e.g. 'IAMAT kiwi +34.068930-118.445127 1621464827.959498503'.
+        lines: Vec<String>,
+        /// Give up after this many seconds without an answer.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Talk to a server interactively: type lines, see the answers.
+    Client {
+        /// The server's client address, `host:port`.
+        address: String,
+    },
+    /// Print the embedded default herd config, a starting point for your own.
+    Config,
+    /// Work with places data.
+    Places {
+        #[command(subcommand)]
+        command: PlacesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlacesCommand {
+    /// Turn an OpenStreetMap extract into a places database for
+    /// `provider = "osm"`.
+    ///
+    /// Takes a .osm.pbf file as Geofabrik (https://download.geofabrik.de/)
+    /// or BBBike (https://extract.bbbike.org/) publish them, and keeps every
+    /// named point of interest of its nodes and ways.
+    Import {
+        /// The OpenStreetMap extract, e.g. finland-latest.osm.pbf.
+        extract: PathBuf,
+        /// The database file to write, e.g. finland.places.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct HerdArgs {
+    /// The herd config (TOML). Without it, the embedded default five-server
+    /// herd on 127.0.0.1 (see `herd config`).
+    #[arg(long, short)]
+    pub(crate) config: Option<PathBuf>,
+    /// Where to write each server's NAME.log (overrides the config's log_dir).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+}
+
+impl HerdArgs {
+    pub(crate) fn load(&self) -> anyhow::Result<HerdConfig> {
+        let mut config = match &self.config {
+            Some(path) => HerdConfig::load(path)?,
+            None => HerdConfig::embedded(),
+        };
+        if let Some(log_dir) = &self.log_dir {
+            config.log_dir = log_dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            name,
+            herd,
+            threads,
+        } => serve::serve(&name, &herd, threads),
+        Command::Up { herd } => up::up(&herd),
+        Command::Send {
+            address,
+            lines,
+            timeout,
+        } => runtime().and_then(|rt| rt.block_on(talk::send(&address, lines, timeout))),
+        Command::Client { address } => runtime().and_then(|rt| rt.block_on(talk::client(&address))),
+        Command::Config => {
+            print!("{}", herd::config::DEFAULT_CONFIG);
+            Ok(())
+        }
+        Command::Places {
+            command: PlacesCommand::Import { extract, out },
+        } => places::import(&extract, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("herd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    server_runtime(0)
+}
+
+/// A runtime with `threads` workers (one per CPU for 0); a single worker
+/// runs everything on the calling thread.
+pub(crate) fn server_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

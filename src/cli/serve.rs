@@ -1,0 +1,118 @@
+//! `herd serve NAME`: one server of the herd, in this process.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use herd::config::SECRET_ENV;
+use herd::server::{self, ServerSetup};
+
+use super::{HerdArgs, server_runtime};
+
+pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let server_config = config.server(name)?.clone();
+    let Some(secret) = config.secret_or_env() else {
+        bail!(
+            "no herd secret: set `secret` in the config or ${SECRET_ENV} (the same for every server); `herd up` makes one for you"
+        );
+    };
+    let _log_guard = init_logging(&config.log_dir, name)?;
+    raise_open_file_limit();
+    let places = herd::places::from_config(&config, name)?;
+    let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)?;
+    server_runtime(threads)?.block_on(async {
+        let shutdown = CancellationToken::new();
+        let on_signal = cancel_on_signal(shutdown.clone()).context("handling signals")?;
+        let client = listen(&server_config.client).await.with_context(|| {
+            format!(
+                "{name}: cannot listen for clients on {}",
+                server_config.client
+            )
+        })?;
+        let peer = listen(&server_config.peer).await.with_context(|| {
+            format!(
+                "{name}: cannot listen for neighbours on {}",
+                server_config.peer
+            )
+        })?;
+        tokio::spawn(on_signal);
+        server::run(setup, client, peer, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Binds `address` with a listen backlog deep enough for bursts of
+/// thousands of connections (the usual 1024 overflows into SYN retries).
+async fn listen(address: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(address).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // So that a restarted server binds again at once (SPEC §8).
+        socket.set_reuseaddr(true)?;
+        match socket.bind(resolved).and_then(|()| socket.listen(8192)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
+}
+
+/// Lets a server hold as many connections as its limits allow: raises the
+/// soft limit on open files to the hard one (or higher, when allowed).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // Root may raise the hard limit too; anyone may raise soft to hard.
+    let wanted = hard.max(1 << 20);
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err() && soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Takes over SIGTERM and SIGINT at once (so that one arriving a moment
+/// later no longer kills the process outright), and returns the task that
+/// cancels `token` when one arrives. Call it inside the runtime.
+pub(crate) fn cancel_on_signal(
+    token: CancellationToken,
+) -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        token.cancel();
+    })
+}
+
+/// Sends every event to `LOG_DIR/NAME.log` through a background writer, so
+/// that logging every message costs the hot path a formatted line and one
+/// short lock, not a write.
+fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<herd::log::FlushGuard> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    std::fs::create_dir_all(log_dir)
+        .with_context(|| format!("creating log folder {}", log_dir.display()))?;
+    let path = log_dir.join(format!("{name}.log"));
+    let (layer, guard) = herd::log::FileLayer::open(&path)
+        .with_context(|| format!("opening log file {}", path.display()))?;
+    layer.take_message_lines();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .init();
+    Ok(guard)
+}

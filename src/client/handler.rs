@@ -1,0 +1,81 @@
+//! What a server answers to one client line. The handler appends the reply
+//! to a buffer and says what it answered; the connection writes and logs.
+
+use std::sync::Arc;
+
+use crate::places::NearbyQuery;
+use crate::places::render::RenderedPlaces;
+use crate::protocol::framing::Frame;
+use crate::protocol::{self, Request};
+use crate::replica::store::Source;
+
+use super::Clients;
+
+/// What a line was answered with, for the log.
+pub enum Answered {
+    /// A one-line reply: an AT line, or `? <line>`.
+    Line,
+    /// A WHATSAT answer: the client's AT line and the places JSON.
+    Places {
+        at_line: bytes::Bytes,
+        rendered: Arc<RenderedPlaces>,
+    },
+}
+
+/// Appends the reply to one framed line, whose bytes were read at
+/// `received` (nanoseconds since the epoch), to `out`.
+pub async fn handle(
+    clients: &Clients,
+    frame: &Frame,
+    received: i128,
+    out: &mut Vec<u8>,
+) -> Answered {
+    let line = match frame {
+        Frame::Line(line) => line,
+        Frame::TooLong(head) => {
+            protocol::invalid_reply(head, out);
+            return Answered::Line;
+        }
+    };
+    match protocol::parse_request(line) {
+        Ok(Request::Iamat(iamat)) => {
+            let at_line = protocol::write_at(&clients.name, received, &iamat, out);
+            // Stored, and handed to every neighbour link before the reply
+            // is written (see `connection::reply`).
+            clients
+                .replica
+                .accept(&out[at_line], iamat.client_time, Source::Client);
+            out.push(b'\n');
+            Answered::Line
+        }
+        Ok(Request::Whatsat(whatsat)) => match clients.replica.store().get(whatsat.client_id) {
+            Some(report) => {
+                // The places may take a while: earlier reports of this
+                // batch are not held back meanwhile.
+                clients.replica.announce();
+                let query = NearbyQuery {
+                    lat: report.location.lat,
+                    lng: report.location.lng,
+                    radius_m: whatsat.radius.metres,
+                    radius_m_text: whatsat.radius.metres_text.clone(),
+                    limit: whatsat.bound,
+                };
+                let rendered = clients.answers.answer(&query).await;
+                protocol::whatsat_reply(&report.at_line, &rendered.json, out);
+                Answered::Places {
+                    at_line: report.at_line,
+                    rendered,
+                }
+            }
+            None => {
+                protocol::invalid_reply(line, out);
+                Answered::Line
+            }
+        },
+        Err(reason) => {
+            tracing::debug!(%reason, "invalid line");
+            protocol::invalid_reply(line, out);
+            Answered::Line
+        }
+    }
+}

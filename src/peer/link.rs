@@ -1,0 +1,414 @@
+//! The link logic, without IO: what a link sends next, what it holds back,
+//! what a received frame changes. The async shells in `shell` own the
+//! sockets and timers and call in here; the simulator (`peer::sim`, in the
+//! tests) drives the same code over an in-memory network.
+//!
+//! A sending link ([`Sender`]) streams its server's sequence from the
+//! neighbour's cursor on: first what was missed, then each report as it is
+//! accepted, holding some back for a while as the routes say (see
+//! `routes`). A receiving link ([`Receiver`]) applies each frame to the
+//! replica and moves the neighbour's cursor. `docs/flooding.md` describes
+//! the algorithm.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::peer::routes::{Routes, Wait};
+use crate::peer::wire::{self, PayloadLine, parse_payload_line, update_client_id, update_parts};
+use crate::protocol::parse_at_line;
+use crate::replica::Replica;
+use crate::replica::store::{Applied, Batch, Picked, Scan, Source, Store};
+
+/// The most updates in one frame (about 130 KB): big enough that a link
+/// with a backlog drains it in few frames, small enough that a frame is
+/// never long in the writing.
+pub const BATCH: usize = 1024;
+/// A frame of at least this many updates, which left no backlog, marks a
+/// busy link, which then waits `LINGER` after it before sending the next.
+const BUSY_FRAME: usize = 16;
+pub const LINGER: Duration = Duration::from_millis(1);
+/// How long a report waits over a link outside its origin's tree from the
+/// link's first end (see `routes`): long enough for the tree's own
+/// messages of a fresh report to go first, short against `HOLD`.
+pub const SHORT_HOLD: Duration = Duration::from_millis(5);
+/// How long a report waits from a link's other end (see `routes`): long
+/// enough for the copy from the first end, sent after `SHORT_HOLD`, to
+/// arrive first under load.
+pub const HOLD: Duration = Duration::from_millis(30);
+/// The most reports a link holds back; past that, it sends at once.
+const MAX_HELD: usize = 1 << 16;
+
+/// Where a sending link starts, given the cursor the neighbour offered
+/// (`cursor_run`, `cursor_seq`), our run id and the head of our sequence.
+/// A cursor for another run of ours means nothing now; one beyond our
+/// numbering means our data folder is older than the neighbour's knowledge
+/// of it (restored from a backup): start over either way.
+pub fn start_from(cursor_run: u64, cursor_seq: u64, run: u64, head: u64) -> u64 {
+    if cursor_run == run && cursor_seq <= head {
+        cursor_seq
+    } else {
+        0
+    }
+}
+
+/// What a sending link does next, as [`Sender::poll`] decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A frame of `updates` reports is in the buffer: send it, then go on
+    /// as `then` says.
+    Frame { updates: usize, then: Then },
+    /// Nothing to send from this look (all superseded, or the neighbour's
+    /// own), but more to look at: poll again after letting others run.
+    Again,
+    /// Nothing to send: wait for newly accepted reports, the heartbeat, or
+    /// `until`, when a held report comes due.
+    Idle { until: Option<Instant> },
+}
+
+/// What a link does after sending a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// A backlog (catch-up, or more updates than the frame held): the next
+    /// frame goes at once, after letting the server's other tasks run.
+    /// Waiting here would cap the link at a frame per wait, and a link that
+    /// falls behind stays behind.
+    Hurry,
+    /// A busy link that is keeping up waits until then before its next
+    /// frame, so that frames grow instead of multiplying (each costs every
+    /// hop a write, a read, a tag and a log flush), and so that what the
+    /// neighbour sends meanwhile need not be sent back.
+    Linger(Instant),
+    /// A quiet link never waits: poll again.
+    Poll,
+}
+
+/// The sending side of one link: how far it has streamed the sequence,
+/// and what it holds back.
+pub struct Sender {
+    /// The neighbour's index in the server's neighbour list.
+    index: usize,
+    /// The next report to look at is numbered above this.
+    next: u64,
+    /// How far the neighbour is complete, as it was last told (`C`).
+    confirmed: u64,
+    /// How far it is complete, as of the last poll.
+    complete: u64,
+    /// What the neighbour sent us before this link came up may be what it
+    /// lost in a restart: send it back too. Later ones it surely has.
+    link_up_at: u64,
+    /// Reports held back (see `routes`); the neighbour is complete only
+    /// up to below the oldest.
+    held: Held,
+    scanned: Batch,
+    pending: Batch,
+    /// The reports of the current scan held back now, in the scan's order.
+    just_held: Vec<Picked>,
+}
+
+impl Sender {
+    /// A link to neighbour `index` that starts after report `start` (see
+    /// [`start_from`]), coming up when the sequence's head is `link_up_at`.
+    pub fn new(index: usize, start: u64, link_up_at: u64) -> Self {
+        Self {
+            index,
+            next: start,
+            confirmed: start,
+            complete: start,
+            link_up_at,
+            held: Held::default(),
+            scanned: Batch::new(),
+            pending: Batch::new(),
+            just_held: Vec::new(),
+        }
+    }
+
+    /// Decides the next frame: held reports whose wait is over, then what
+    /// the store accepted since the last look, but for what the routes hold
+    /// back. Builds the frame in `frame` (see `wire::start_frame`), calling
+    /// `sent` with each AT line put in it.
+    pub fn poll(
+        &mut self,
+        store: &Store,
+        routes: &Routes,
+        now: Instant,
+        frame: &mut Vec<u8>,
+        mut sent: impl FnMut(&[u8]),
+    ) -> Step {
+        let leave_out = (self.index, self.link_up_at);
+        self.pending.clear();
+        // Held reports whose wait is over go now, unless superseded or sent
+        // to us meanwhile (which is what the wait was for).
+        while self.pending.len() < BATCH / 2
+            && let Some(picked) = self.held.pop_due(now)
+        {
+            store.still_to_send(picked, leave_out, &mut self.pending);
+        }
+        let mut behind = self.held.due(now);
+        self.scanned.clear();
+        let Scan { reached, more } = store.since(
+            self.next,
+            Some(leave_out),
+            BATCH - self.pending.len(),
+            &mut self.scanned,
+        );
+        behind |= more;
+        self.just_held.clear();
+        for (picked, at_line) in self.scanned.iter() {
+            // Catch-up (a backlog) is sent whole: holding it back would only
+            // make it longer.
+            if more || self.held.len() >= MAX_HELD {
+                continue;
+            }
+            let wait = routes.wait(wire::origin(at_line), self.index);
+            if wait != Wait::None {
+                self.held.push(picked, now, wait);
+                self.just_held.push(picked);
+            }
+        }
+        let updates = self.pending.len() + self.scanned.len() - self.just_held.len();
+        self.next = self.next.max(reached);
+        self.complete = self
+            .held
+            .oldest()
+            .map_or(self.next, |oldest| oldest.seq.saturating_sub(1));
+        // How far the neighbour is complete goes with the next frame of
+        // reports, or else with the next heartbeat: a frame for that alone
+        // costs both ends a turn (a write, a read, a cursor record), and on
+        // a quiet link that would be a turn per report, back the way the
+        // report came, in the way of its next hops. A cursor that lags only
+        // means a few more reports sent again after a reconnection.
+        if updates > 0 {
+            wire::start_frame(frame);
+            for (picked, at_line) in self.pending.iter() {
+                sent(at_line);
+                wire::push_update(frame, picked.seq, at_line);
+            }
+            let mut held_now = self.just_held.iter().peekable();
+            for (picked, at_line) in self.scanned.iter() {
+                if held_now.next_if_eq(&&picked).is_none() {
+                    sent(at_line);
+                    wire::push_update(frame, picked.seq, at_line);
+                }
+            }
+            wire::push_complete(frame, self.complete);
+            self.confirmed = self.complete;
+            let then = if behind {
+                Then::Hurry
+            } else if updates >= BUSY_FRAME {
+                Then::Linger(now + LINGER)
+            } else {
+                Then::Poll
+            };
+            return Step::Frame { updates, then };
+        }
+        if behind {
+            return Step::Again;
+        }
+        Step::Idle {
+            until: self.held.next_due(),
+        }
+    }
+
+    /// The heartbeat's frame, in `frame`: how far the neighbour is
+    /// complete, if that moved since it was last told, or else nothing
+    /// (an empty frame still tells it the link lives).
+    pub fn heartbeat(&mut self, frame: &mut Vec<u8>) {
+        wire::start_frame(frame);
+        if self.complete > self.confirmed {
+            wire::push_complete(frame, self.complete);
+        }
+        self.confirmed = self.complete;
+    }
+
+    /// How many reports the link holds back.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+/// The receiving side of one link: neighbour `index`, run `run`.
+pub struct Receiver {
+    index: usize,
+    run: u64,
+}
+
+impl Receiver {
+    pub fn new(index: usize, run: u64) -> Self {
+        Self { index, run }
+    }
+
+    /// Applies one frame's payload to the replica, announces what it
+    /// stored, and moves the neighbour's cursor to the frame's last number.
+    /// Calls `received` with each update's AT line and `malformed` with
+    /// each line that is not a payload line. Returns the frame's last
+    /// number, if it had one.
+    pub fn frame(
+        &self,
+        replica: &Replica,
+        payload: &[u8],
+        mut received: impl FnMut(&[u8], Applied),
+        mut malformed: impl FnMut(&[u8]),
+    ) -> Option<u64> {
+        replica
+            .store()
+            .warm(payload.split(|&b| b == b'\n').filter_map(update_client_id));
+        let mut complete = None;
+        for line in payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            match self.line(replica, line, &mut received) {
+                Some(seq) => complete = Some(seq),
+                None => malformed(line),
+            }
+        }
+        replica.announce();
+        if let Some(seq) = complete {
+            replica.advance_cursor(self.index, self.run, seq);
+        }
+        complete
+    }
+
+    /// Applies one payload line; returns its sequence number, or `None` if
+    /// the line is malformed.
+    fn line(
+        &self,
+        replica: &Replica,
+        line: &[u8],
+        received: &mut impl FnMut(&[u8], Applied),
+    ) -> Option<u64> {
+        let Some((seq, at_line)) = update_parts(line) else {
+            return match parse_payload_line(line)? {
+                PayloadLine::Complete { seq } => Some(seq),
+                PayloadLine::Update { .. } => None,
+            };
+        };
+        // One lookup of the client: a copy of a report we hold (the same
+        // line from another neighbour first, the usual fate of a copy over a
+        // link outside the tree) only marks who sent it, since the line was
+        // checked when it was first stored; any other line is checked here,
+        // under the same lookup, and kept if newer.
+        let applied = replica.apply(at_line, Source::Neighbour(self.index), || {
+            parse_at_line(at_line)
+                .filter(|_| line.last() != Some(&b' '))
+                .map(|at| at.client_time)
+        });
+        if applied == Applied::Malformed {
+            return None;
+        }
+        received(at_line, applied);
+        Some(seq)
+    }
+}
+
+/// The reports a link holds back, in two queues by length of wait; in each,
+/// numbers and times only increase (a link scans in order), so each
+/// queue's oldest report is also the first due. A report is a
+/// [`Picked`], ordered by number (a plain number in the tests).
+pub(crate) struct Held<R = Picked> {
+    short: VecDeque<(R, Instant)>,
+    long: VecDeque<(R, Instant)>,
+}
+
+impl<R> Default for Held<R> {
+    fn default() -> Self {
+        Held {
+            short: VecDeque::new(),
+            long: VecDeque::new(),
+        }
+    }
+}
+
+impl<R: Copy + Ord> Held<R> {
+    fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+
+    /// Holds `report`, newer than any held, for `wait`.
+    fn push(&mut self, report: R, now: Instant, wait: Wait) {
+        match wait {
+            Wait::None => {}
+            Wait::Short => self.short.push_back((report, now + SHORT_HOLD)),
+            Wait::Long => self.long.push_back((report, now + HOLD)),
+        }
+    }
+
+    /// Takes a report whose wait is over, the oldest first.
+    fn pop_due(&mut self, now: Instant) -> Option<R> {
+        let due = |queue: &VecDeque<(R, Instant)>| {
+            queue
+                .front()
+                .filter(|&&(_, until)| until <= now)
+                .map(|&(seq, _)| seq)
+        };
+        let queue = match (due(&self.short), due(&self.long)) {
+            (Some(short), Some(long)) if long < short => &mut self.long,
+            (Some(_), _) => &mut self.short,
+            (None, Some(_)) => &mut self.long,
+            (None, None) => return None,
+        };
+        queue.pop_front().map(|(seq, _)| seq)
+    }
+
+    /// Whether some report's wait is over.
+    fn due(&self, now: Instant) -> bool {
+        self.next_due().is_some_and(|until| until <= now)
+    }
+
+    /// When the next wait is over.
+    fn next_due(&self) -> Option<Instant> {
+        self.fronts().map(|(_, until)| until).min()
+    }
+
+    /// The oldest report held.
+    fn oldest(&self) -> Option<R> {
+        self.fronts().map(|(report, _)| report).min()
+    }
+
+    /// Each queue's first report, with its time.
+    fn fronts(&self) -> impl Iterator<Item = (R, Instant)> + '_ {
+        self.short
+            .front()
+            .into_iter()
+            .chain(self.long.front())
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reports held short come due before older ones held long, and the
+    /// oldest held still bounds what the neighbour is complete up to.
+    #[test]
+    fn held_reports_come_due_by_their_wait_and_the_oldest_bounds_complete() {
+        let start = Instant::now();
+        let mut held = Held::<u64>::default();
+        assert_eq!(
+            (held.oldest(), held.next_due(), held.len()),
+            (None, None, 0)
+        );
+        held.push(1, start, Wait::Long);
+        held.push(2, start, Wait::Short);
+        held.push(3, start, Wait::None);
+        held.push(4, start + Duration::from_millis(1), Wait::Short);
+        assert_eq!(held.len(), 3);
+        assert_eq!(held.oldest(), Some(1));
+        assert_eq!(held.next_due(), Some(start + SHORT_HOLD));
+        assert!(!held.due(start));
+        assert_eq!(held.pop_due(start), None);
+        // After the short wait: the short ones, in order; 1 still held.
+        let later = start + SHORT_HOLD + Duration::from_millis(1);
+        assert!(held.due(later));
+        assert_eq!(held.pop_due(later), Some(2));
+        assert_eq!(held.pop_due(later), Some(4));
+        assert_eq!(held.pop_due(later), None);
+        assert_eq!(held.oldest(), Some(1));
+        assert_eq!(held.next_due(), Some(start + HOLD));
+        // Both due at once: the older first.
+        held.push(5, start + HOLD - SHORT_HOLD, Wait::Short);
+        let end = start + HOLD;
+        assert_eq!(held.pop_due(end), Some(1));
+        assert_eq!(held.pop_due(end), Some(5));
+        assert_eq!(held.len(), 0);
+        assert_eq!(held.oldest(), None);
+    }
+}

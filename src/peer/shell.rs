@@ -1,0 +1,513 @@
+//! The tasks that own a server's peer sockets and timers: the listener, one
+//! dialler per neighbour, and one task per link direction. They read and
+//! write bytes and wait; every decision is `link`'s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::Links;
+use super::auth::FrameKey;
+use super::link::{Receiver, Sender, Step, Then, start_from};
+use super::wire::{Hello, MAX_FRAME, TAG_BYTES, parse_hello};
+use crate::log::{MessageLines, Show};
+use crate::replica::store::Applied;
+
+/// Time to establish a TCP connection to a neighbour.
+const CONNECT_TIME: Duration = Duration::from_millis(500);
+/// Time for a peer to complete its handshake.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(2);
+/// Reconnection backoff: first retry, and the most between retries. A
+/// neighbour that comes back dials us, which wakes our dialler at once.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(400);
+
+/// Why a link, or an attempt at one, ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0} timed out")]
+    TimedOut(&'static str),
+    #[error("not a herd peer port")]
+    NotHerd,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("{0}")]
+    Unknown(String),
+    #[error("{0}")]
+    Authentication(String),
+    #[error("{0} silent for {1:?}")]
+    Silent(String, Duration),
+    #[error("closed by {0}")]
+    Closed(String),
+    #[error("frame of {0} bytes is too large")]
+    TooLarge(usize),
+}
+
+impl LinkError {
+    /// Whether the peer spoke and was not believed, rather than the network
+    /// failing: only that is worth a warning on a lossy network.
+    fn is_refusal(&self) -> bool {
+        !matches!(self, LinkError::Io(_))
+    }
+}
+
+type Result<T> = std::result::Result<T, LinkError>;
+
+/// Starts the peer listener and one dialler per neighbour.
+pub(super) fn start(
+    links: &Arc<Links>,
+    listener: TcpListener,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    for index in 0..links.neighbours.len() {
+        tasks.spawn(dial_loop(links.clone(), index, shutdown.clone()));
+    }
+    let links = links.clone();
+    let shutdown = shutdown.clone();
+    let inner_tasks = tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            let (stream, address) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        warn!(%error, "peer accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let links = links.clone();
+            let shutdown = shutdown.clone();
+            inner_tasks.spawn(async move {
+                if let Err(error) = receive(&links, stream, &shutdown).await {
+                    debug!(%address, %error, "peer connection ended");
+                }
+            });
+        }
+    });
+}
+
+// ----------------------------------------------------------------- sending
+
+/// Keeps the link to neighbour `index` up, streaming our updates over it.
+async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken) {
+    let neighbour = &links.neighbours[index];
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let attempt = async {
+            // Shorter than the handshake's time, so that a dial lost to a
+            // dead network is retried soon after the network heals.
+            let stream = timeout(CONNECT_TIME, TcpStream::connect(&neighbour.peer_address))
+                .await
+                .map_err(|_| LinkError::TimedOut("connect"))??;
+            stream.set_nodelay(true)?;
+            dial_handshake(&links, index, stream).await
+        };
+        let attempt = tokio::select! {
+            attempt = timeout(HANDSHAKE_TIME, attempt) => attempt,
+            () = shutdown.cancelled() => return,
+        };
+        match attempt {
+            Ok(Ok(link)) => {
+                info!("link up: sending to {}", neighbour.name);
+                backoff = BACKOFF_FIRST;
+                let outcome = send_updates(&links, index, link, &shutdown).await;
+                info!(
+                    "link down: sending to {}: {}",
+                    neighbour.name,
+                    outcome
+                        .err()
+                        .map_or("shutting down".to_owned(), |e| e.to_string())
+                );
+            }
+            Ok(Err(error)) => debug!(neighbour = %neighbour.name, %error, "cannot link"),
+            Err(_) => debug!(neighbour = %neighbour.name, "handshake timed out"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = links.wake[index].notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// An authenticated sending side of a link.
+struct OutgoingLink {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    key: FrameKey,
+    /// Where the receiver's cursor says to start.
+    start: u64,
+}
+
+async fn dial_handshake(links: &Links, index: usize, stream: TcpStream) -> Result<OutgoingLink> {
+    let neighbour = &links.neighbours[index];
+    let head = links.replica.store().head();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let challenge = read_short_line(&mut reader).await?;
+    let nonce_b = match challenge.split(' ').collect::<Vec<_>>()[..] {
+        ["HERD-CHALLENGE", "1", nonce] => {
+            hex::decode(nonce).map_err(|_| LinkError::Malformed("nonce"))?
+        }
+        _ => return Err(LinkError::NotHerd),
+    };
+    let nonce_a: [u8; 16] = rand::random();
+    let run = links.replica.run().to_string();
+    let tag = links
+        .secret
+        .hello_tag(&links.me, &neighbour.name, &run, &nonce_b, &nonce_a);
+    let hello = format!(
+        "HERD-HELLO {} {} {} {} {}\n",
+        links.me,
+        neighbour.name,
+        run,
+        hex::encode(nonce_a),
+        hex::encode(tag)
+    );
+    writer.write_all(hello.as_bytes()).await?;
+    let welcome = read_short_line(&mut reader).await?;
+    let ["HERD-WELCOME", cursor_run, cursor_seq, tag] = welcome.split(' ').collect::<Vec<_>>()[..]
+    else {
+        return Err(LinkError::Refused(welcome));
+    };
+    let tag = hex::decode(tag).map_err(|_| LinkError::Malformed("welcome"))?;
+    if !links.secret.verify_welcome(
+        &links.me,
+        &neighbour.name,
+        (cursor_run, cursor_seq),
+        (&nonce_a, &nonce_b),
+        &tag,
+    ) {
+        return Err(LinkError::Authentication(format!(
+            "{} does not know the herd secret",
+            neighbour.name
+        )));
+    }
+    let parse = |text: &str| {
+        text.parse::<u64>()
+            .map_err(|_| LinkError::Malformed("welcome"))
+    };
+    let (cursor_run, cursor_seq) = (parse(cursor_run)?, parse(cursor_seq)?);
+    Ok(OutgoingLink {
+        reader,
+        writer,
+        key: links.secret.session_key(&nonce_a, &nonce_b),
+        start: start_from(cursor_run, cursor_seq, links.replica.run(), head),
+    })
+}
+
+/// Streams the store to a neighbour from the cursor on, then every update
+/// as it is accepted, until the link fails or the server stops.
+async fn send_updates(
+    links: &Links,
+    index: usize,
+    link: OutgoingLink,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let name = &links.neighbours[index].name;
+    let OutgoingLink {
+        mut reader,
+        mut writer,
+        key,
+        start,
+    } = link;
+    let store = links.replica.store();
+    let mut sender = Sender::new(index, start, store.head());
+    let mut counter: u64 = 0;
+    let mut accepted = links.replica.subscribe();
+    let silence = links.timing.silence;
+    let mut heartbeat = tokio::time::interval(links.timing.heartbeat);
+    let mut last_heard = Instant::now();
+    let mut frame = Vec::new();
+    let mut ack = [0u8; 256];
+    loop {
+        // Mark the signal seen before looking, so an update accepted in
+        // between still wakes us below.
+        accepted.borrow_and_update();
+        let now = Instant::now().into_std();
+        // One log line per update, written together (the busiest lines of
+        // the log: one clock reading and one lock per frame).
+        let mut log = MessageLines::start();
+        let step = sender.poll(store, &links.routes, now, &mut frame, |at_line| {
+            log.line(&["sent to ", name, ": "], at_line);
+        });
+        drop(log);
+        let until = match step {
+            Step::Frame { then, .. } => {
+                write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
+                match then {
+                    Then::Hurry => tokio::task::yield_now().await,
+                    Then::Linger(until) => tokio::select! {
+                        () = tokio::time::sleep_until(Instant::from_std(until)) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    },
+                    Then::Poll => {}
+                }
+                continue;
+            }
+            Step::Again => {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Step::Idle { until } => until.map(Instant::from_std),
+        };
+        // A busy link never waits here, so its neighbour's acknowledgements
+        // pile up unread meanwhile: liveness is judged only after reading
+        // what came back (in a fixed order, liveness first).
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            _ = heartbeat.tick() => {
+                // Acknowledgements waiting to be read are not silence.
+                take_acks(&reader, &mut ack, &mut last_heard, name)?;
+                if last_heard.elapsed() > silence {
+                    return Err(LinkError::Silent(name.clone(), silence));
+                }
+                sender.heartbeat(&mut frame);
+                write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
+            }
+            changed = accepted.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            () = sleep_until_some(until) => {}
+            read = reader.read(&mut ack) => {
+                if read? == 0 {
+                    return Err(LinkError::Closed(name.clone()));
+                }
+                last_heard = Instant::now();
+            }
+        }
+    }
+}
+
+/// Sleeps until `until`, or forever when there is none.
+async fn sleep_until_some(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads whatever the neighbour has sent back on a link (acknowledgements,
+/// whose content does not matter) without waiting, noting when it was heard.
+fn take_acks(
+    reader: &BufReader<OwnedReadHalf>,
+    ack: &mut [u8],
+    last_heard: &mut Instant,
+    name: &str,
+) -> Result<()> {
+    loop {
+        match reader.get_ref().try_read(ack) {
+            Ok(0) => return Err(LinkError::Closed(name.to_owned())),
+            Ok(_) => *last_heard = Instant::now(),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Seals and writes one frame built by `wire::start_frame`.
+async fn write_frame(
+    writer: &mut OwnedWriteHalf,
+    key: &FrameKey,
+    counter: &mut u64,
+    frame: &mut Vec<u8>,
+    silence: Duration,
+) -> Result<()> {
+    key.seal(*counter, frame);
+    *counter += 1;
+    // A stopped neighbour must not hold this link forever.
+    timeout(silence, writer.write_all(frame))
+        .await
+        .map_err(|_| LinkError::TimedOut("write"))??;
+    Ok(())
+}
+
+// --------------------------------------------------------------- receiving
+
+/// Serves one connection to our peer port: a neighbour sending its updates.
+async fn receive(links: &Links, stream: TcpStream, shutdown: &CancellationToken) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let nonce_b: [u8; 16] = rand::random();
+    let (index, run, key) = timeout(HANDSHAKE_TIME, async {
+        writer
+            .write_all(format!("HERD-CHALLENGE 1 {}\n", hex::encode(nonce_b)).as_bytes())
+            .await?;
+        let hello = read_short_line(&mut reader).await?;
+        let Some(Hello {
+            from,
+            to,
+            run_text,
+            run,
+            nonce: nonce_a,
+            tag,
+        }) = parse_hello(&hello)
+        else {
+            return Err(LinkError::Malformed("hello"));
+        };
+        let index = links
+            .neighbour_index(from.as_bytes())
+            .filter(|_| to == links.me)
+            .ok_or_else(|| {
+                LinkError::Unknown(format!("{from} is not a neighbour of {}", links.me))
+            })?;
+        if !links
+            .secret
+            .verify_hello(from, to, run_text, (&nonce_b, &nonce_a), &tag)
+        {
+            return Err(LinkError::Authentication(format!(
+                "hello claiming to be {from} failed authentication"
+            )));
+        }
+        let cursor = links.replica.cursor_for(index, run);
+        let (cursor_run, cursor_seq) = (cursor.run.to_string(), cursor.seq.to_string());
+        let tag =
+            links
+                .secret
+                .welcome_tag(from, to, (&cursor_run, &cursor_seq), (&nonce_a, &nonce_b));
+        writer
+            .write_all(
+                format!(
+                    "HERD-WELCOME {cursor_run} {cursor_seq} {}\n",
+                    hex::encode(tag)
+                )
+                .as_bytes(),
+            )
+            .await?;
+        Ok((index, run, links.secret.session_key(&nonce_a, &nonce_b)))
+    })
+    .await
+    .map_err(|_| LinkError::TimedOut("handshake"))?
+    .inspect_err(|error| {
+        if error.is_refusal() {
+            warn!(%error, "peer refused");
+        } else {
+            debug!(%error, "peer handshake failed");
+        }
+    })?;
+
+    let name = links.neighbours[index].name.clone();
+    // This neighbour is up: dial it now rather than at the next backoff.
+    links.wake[index].notify_one();
+    let session = shutdown.child_token();
+    if let Some(old) = links
+        .sessions
+        .lock()
+        .expect("session lock is never poisoned")[index]
+        .replace(session.clone())
+    {
+        old.cancel();
+    }
+    info!("link up: receiving from {name}");
+    let receiver = Receiver::new(index, run);
+    let outcome = tokio::select! {
+        outcome = receive_frames(links, &receiver, &name, &key, &mut reader, &mut writer) => outcome,
+        () = session.cancelled() => Ok(()),
+    };
+    info!(
+        "link down: receiving from {name}: {}",
+        outcome
+            .as_ref()
+            .err()
+            .map_or("replaced or shutting down".to_owned(), |e| e.to_string())
+    );
+    outcome
+}
+
+async fn receive_frames(
+    links: &Links,
+    receiver: &Receiver,
+    name: &str,
+    key: &FrameKey,
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+) -> Result<()> {
+    let mut counter: u64 = 0;
+    let mut payload = Vec::new();
+    let mut last_ack = Instant::now();
+    let (silence, heartbeat) = (links.timing.silence, links.timing.heartbeat);
+    loop {
+        let mut length = [0u8; 4];
+        match timeout(silence, reader.read_exact(&mut length)).await {
+            Ok(read) => read?,
+            Err(_) => return Err(LinkError::Silent(name.to_owned(), silence)),
+        };
+        let length = u32::from_be_bytes(length) as usize;
+        if length > MAX_FRAME {
+            return Err(LinkError::TooLarge(length));
+        }
+        payload.resize(length + TAG_BYTES, 0);
+        reader.read_exact(&mut payload).await?;
+        let (body, tag) = payload.split_at(length);
+        // blake3::Hash compares in constant time.
+        if key.tag(counter, body) != *tag {
+            return Err(LinkError::Authentication(format!(
+                "frame from {name} failed authentication"
+            )));
+        }
+        counter += 1;
+        let mut log = MessageLines::start();
+        let complete = receiver.frame(
+            &links.replica,
+            body,
+            |at_line, applied| {
+                if applied == Applied::NotNewer {
+                    debug!(neighbour = %name, "not newer, dropped");
+                }
+                log.line(&["received from ", name, ": "], at_line);
+            },
+            |line| warn!(neighbour = %name, "ignored a malformed line: {}", Show(line)),
+        );
+        drop(log);
+        links.replica.flush_soon().await?;
+        // Acknowledge now and then so the sender knows the link lives.
+        if last_ack.elapsed() >= heartbeat {
+            let seq = complete.unwrap_or(0);
+            timeout(silence, writer.write_all(format!("ACK {seq}\n").as_bytes()))
+                .await
+                .map_err(|_| LinkError::TimedOut("ack"))??;
+            last_ack = Instant::now();
+        }
+    }
+}
+
+/// Reads a handshake line of at most 512 bytes, without its `\n`.
+async fn read_short_line(reader: &mut BufReader<OwnedReadHalf>) -> Result<String> {
+    let mut line = Vec::new();
+    let read = (&mut *reader)
+        .take(512)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if read < 512 && line.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed during the handshake",
+        )
+        .into());
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(LinkError::Malformed("handshake line (too long)"));
+    }
+    line.pop();
+    String::from_utf8(line).map_err(|_| LinkError::Malformed("handshake line (not UTF-8)"))
+}

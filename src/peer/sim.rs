@@ -1,0 +1,1 @@
+//! An in-memory network of replicas driving the link logic (see below).
