@@ -411,4 +411,153 @@ mod tests {
         assert_eq!(held.len(), 0);
         assert_eq!(held.oldest(), None);
     }
+
+    use crate::protocol::time::Timestamp;
+
+    fn triangle_routes_at_a() -> Routes {
+        let herd = [("A", vec!["B", "C"]), ("B", vec!["C"]), ("C", vec![])];
+        Routes::new("A", &["B", "C"], &herd)
+    }
+
+    fn at_line(origin: &str, client: &str, time: &str) -> String {
+        format!("AT {origin} +0.000000000 {client} +1+1 {time}")
+    }
+
+    fn updates(frame: &[u8]) -> Vec<String> {
+        wire::payload(frame)
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"U "))
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect()
+    }
+
+    /// At A of the triangle A, B, C, a report made at B goes to C only after
+    /// the short hold (A-C is outside B's tree), and not at all if C sent it
+    /// to A meanwhile.
+    #[test]
+    fn a_held_report_goes_when_due_unless_the_neighbour_sent_it() {
+        let routes = triangle_routes_at_a();
+        let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
+        let store = replica.store();
+        let t0 = Instant::now();
+        let mut frame = Vec::new();
+        let mut to_c = Sender::new(1, 0, 0);
+        let from_b = at_line("B", "kiwi", "5");
+        replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
+            Timestamp::parse(b"5")
+        });
+        let step = to_c.poll(store, &routes, t0, &mut frame, |_| {});
+        assert_eq!(
+            step,
+            Step::Idle {
+                until: Some(t0 + SHORT_HOLD)
+            }
+        );
+        assert_eq!(to_c.held(), 1);
+        let step = to_c.poll(store, &routes, t0 + SHORT_HOLD, &mut frame, |_| {});
+        assert_eq!(
+            step,
+            Step::Frame {
+                updates: 1,
+                then: Then::Poll
+            }
+        );
+        assert_eq!(updates(&frame), vec![format!("U 1 {from_b}")]);
+
+        // Again, but C sends the report to A before the hold is over.
+        let from_b = at_line("B", "pear", "6");
+        replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
+            Timestamp::parse(b"6")
+        });
+        let t1 = t0 + HOLD;
+        assert!(matches!(
+            to_c.poll(store, &routes, t1, &mut frame, |_| {}),
+            Step::Idle { .. }
+        ));
+        let copy = replica.apply(from_b.as_bytes(), Source::Neighbour(1), || None);
+        assert_eq!(copy, Applied::Same);
+        let step = to_c.poll(store, &routes, t1 + SHORT_HOLD, &mut frame, |_| {});
+        assert_eq!(step, Step::Idle { until: None });
+        // The heartbeat still tells C how far it is complete.
+        to_c.heartbeat(&mut frame);
+        assert_eq!(wire::payload(&frame), b"C 2\n");
+    }
+
+    /// A report made here goes down its own tree at once, and a backlog
+    /// (catch-up) is sent whole, in frames of at most `BATCH`.
+    #[test]
+    fn own_reports_go_at_once_and_a_backlog_in_full_frames() {
+        let routes = triangle_routes_at_a();
+        let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
+        for i in 0..BATCH + 10 {
+            let line = at_line("A", &format!("c{i}"), "5");
+            assert!(replica.accept(
+                line.as_bytes(),
+                Timestamp::parse(b"5").unwrap(),
+                Source::Client
+            ));
+        }
+        let now = Instant::now();
+        let mut frame = Vec::new();
+        let mut sent = 0;
+        let mut to_b = Sender::new(0, 0, replica.store().head());
+        let step = to_b.poll(replica.store(), &routes, now, &mut frame, |_| sent += 1);
+        assert_eq!(
+            step,
+            Step::Frame {
+                updates: BATCH,
+                then: Then::Hurry
+            }
+        );
+        assert_eq!(sent, BATCH);
+        let step = to_b.poll(replica.store(), &routes, now, &mut frame, |_| {});
+        assert_eq!(
+            step,
+            Step::Frame {
+                updates: 10,
+                then: Then::Poll
+            }
+        );
+        assert!(wire::payload(&frame).ends_with(format!("C {}\n", BATCH + 10).as_bytes()));
+        assert_eq!(
+            to_b.poll(replica.store(), &routes, now, &mut frame, |_| {}),
+            Step::Idle { until: None }
+        );
+    }
+
+    #[test]
+    fn a_cursor_is_honoured_only_for_our_run_and_within_our_sequence() {
+        assert_eq!(start_from(7, 10, 7, 12), 10);
+        assert_eq!(start_from(6, 10, 7, 12), 0, "another run of ours");
+        assert_eq!(start_from(7, 13, 7, 12), 0, "beyond our numbering");
+    }
+
+    #[test]
+    fn a_received_frame_is_applied_and_moves_the_cursor() {
+        let replica = Replica::in_memory(vec!["B".into()], 1);
+        let receiver = Receiver::new(0, 9);
+        assert_eq!(replica.cursor_for(0, 9).seq, 0);
+        let payload = format!(
+            "U 3 {}\nU 4 AT B nonsense\nU 5 {}\nC 7\n",
+            at_line("B", "kiwi", "5"),
+            at_line("B", "kiwi", "4"),
+        );
+        let (mut received, mut malformed) = (Vec::new(), Vec::new());
+        let complete = receiver.frame(
+            &replica,
+            payload.as_bytes(),
+            |line, applied| received.push((String::from_utf8_lossy(line).into_owned(), applied)),
+            |line| malformed.push(String::from_utf8_lossy(line).into_owned()),
+        );
+        assert_eq!(complete, Some(7));
+        assert_eq!(malformed, vec!["U 4 AT B nonsense".to_owned()]);
+        assert_eq!(received.len(), 2);
+        assert_eq!(received[0].1, Applied::Stored(1));
+        assert_eq!(received[1].1, Applied::NotNewer);
+        assert_eq!(replica.cursor_for(0, 9).seq, 7);
+        assert_eq!(
+            replica.store().get(b"kiwi").unwrap().client_time,
+            Timestamp::parse(b"5").unwrap()
+        );
+    }
 }

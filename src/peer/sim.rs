@@ -1,1 +1,799 @@
-//! An in-memory network of replicas driving the link logic (see below).
+//! A deterministic, seeded, in-memory network of replicas that drives the
+//! link logic (`link::Sender`, `link::Receiver`) exactly as the shells do,
+//! without sockets, tasks or a clock: a discrete-event simulation in the
+//! manner of raft-rs's test `Network` and chitchat's `ChannelTransport`.
+//!
+//! Each link direction carries frames in order (as TCP does) after a random
+//! delay; links are cut and healed, servers crash and restart from their
+//! log (or with their data folder lost). [`Sim::run`] plays a schedule to
+//! its end, heals everything, lets the herd settle, and returns what it
+//! saw; [`Outcome::check`] says whether the herd converged without loops.
+//! Everything random comes from the seed, so a failing seed replays.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::link::{Receiver, Sender, Step, Then, start_from};
+use super::routes::Routes;
+use super::wire;
+use crate::protocol::time::Timestamp;
+use crate::replica::store::{Applied, Batch, Source, Store};
+use crate::replica::{Cursor, Replica};
+
+/// The shape and the faults of one simulated run.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub seed: u64,
+    /// Server count and the links between them (by index, each once).
+    pub servers: usize,
+    pub links: Vec<(usize, usize)>,
+    /// Client reports over the run, each at a random live server.
+    pub reports: usize,
+    /// Distinct clients the reports are about.
+    pub clients: usize,
+    /// Link cuts (each healed later) and server crashes (each restarted).
+    pub cuts: usize,
+    pub crashes: usize,
+    /// Whether a crash may lose the server's data folder (it then comes
+    /// back empty, with a new run id, and what only it held is gone).
+    pub lose_data: bool,
+    /// How long the faults and reports go on, before everything heals.
+    pub span: Duration,
+    /// The longest a frame takes over a link.
+    pub max_delay: Duration,
+}
+
+impl Schedule {
+    /// A random schedule over a random connected herd of 2 to `max_servers`
+    /// servers.
+    pub fn random(seed: u64, max_servers: usize) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let servers = rng.random_range(2..=max_servers.max(2));
+        let degree = rng.random_range(1.0..3.0);
+        Self {
+            seed,
+            servers,
+            links: random_connected(&mut rng, servers, degree),
+            reports: rng.random_range(1..60),
+            clients: rng.random_range(1..12),
+            cuts: rng.random_range(0..4),
+            crashes: rng.random_range(0..3),
+            lose_data: rng.random_bool(0.3),
+            span: Duration::from_millis(rng.random_range(10..400)),
+            max_delay: Duration::from_micros(rng.random_range(20..3000)),
+        }
+    }
+}
+
+/// A connected graph of `n` servers: a random spanning tree, then random
+/// extra links until the average degree is about `degree`.
+pub fn random_connected(rng: &mut StdRng, n: usize, degree: f64) -> Vec<(usize, usize)> {
+    let mut links = Vec::new();
+    for i in 1..n {
+        links.push((rng.random_range(0..i), i));
+    }
+    let wanted = ((degree * n as f64) / 2.0) as usize;
+    let mut tries = 0;
+    while links.len() < wanted && tries < 10 * n * n {
+        tries += 1;
+        let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
+        let pair = (a.min(b), a.max(b));
+        if a != b && !links.iter().any(|&(x, y)| (x.min(y), x.max(y)) == pair) {
+            links.push(pair);
+        }
+    }
+    links
+}
+
+/// What one run saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub seed: u64,
+    /// Frames delivered, and the update lines they carried.
+    pub frames: u64,
+    pub update_lines: u64,
+    /// Reports accepted from clients.
+    pub accepted: u64,
+    /// Per server, how often it stored each report (client, time): more
+    /// than once would mean a report came round again after being
+    /// superseded or kept.
+    pub stored_twice: Vec<String>,
+    /// Servers that ended without some client's newest surviving report,
+    /// as "server: client wants time, has time".
+    pub behind: Vec<String>,
+    /// Whether the herd went quiet after the faults healed.
+    pub settled: bool,
+    pub servers: usize,
+}
+
+impl Outcome {
+    /// `Err` with the seed and what went wrong, if the herd did not converge
+    /// or a report went round in a loop.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.settled {
+            return Err(format!("seed {}: the herd never went quiet", self.seed));
+        }
+        if let Some(first) = self.behind.first() {
+            return Err(format!(
+                "seed {}: not converged ({} behind), e.g. {first}",
+                self.seed,
+                self.behind.len()
+            ));
+        }
+        if let Some(first) = self.stored_twice.first() {
+            return Err(format!(
+                "seed {}: a report stored twice: {first}",
+                self.seed
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One simulated server.
+struct Node {
+    name: String,
+    replica: Replica,
+    routes: Routes,
+    alive: bool,
+    /// (client, time) -> how often stored.
+    stored: HashMap<(String, String), u32>,
+}
+
+/// One direction of a link: `from` sends to `to`.
+struct Direction {
+    from: usize,
+    to: usize,
+    /// The neighbour index of `to` at `from`, and of `from` at `to`.
+    at_from: usize,
+    at_to: usize,
+    /// The connection, while up: sender and receiver state, and frames in
+    /// flight (when each arrives).
+    session: Option<Session>,
+    /// Bumped on every cut, so that events of an old session are ignored.
+    epoch: u64,
+    next_poll: Option<Instant>,
+}
+
+struct Session {
+    sender: Sender,
+    receiver: Receiver,
+    in_flight: VecDeque<(Instant, Vec<u8>)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Report { server: usize },
+    Poll { direction: usize, epoch: u64 },
+    Deliver { direction: usize, epoch: u64 },
+    Heartbeat,
+    Cut { link: usize },
+    Heal { link: usize },
+    Crash { server: usize },
+    Restart { server: usize, lose: bool },
+}
+
+/// The network and its clock.
+pub struct Sim {
+    rng: StdRng,
+    start: Instant,
+    now: Instant,
+    nodes: Vec<Node>,
+    directions: Vec<Direction>,
+    /// Link index -> its two directions; whether it is cut.
+    links: Vec<([usize; 2], bool)>,
+    queue: BinaryHeap<Reverse<(Instant, u64, Event)>>,
+    order: u64,
+    schedule: Schedule,
+    frame: Vec<u8>,
+    outcome: Outcome,
+    /// Client name -> the time of the newest report accepted from a
+    /// client, and where.
+    newest: BTreeMap<String, (Timestamp, usize)>,
+    /// Times handed out to reports, per client.
+    clock: u64,
+}
+
+/// How often a link with nothing to say sends a heartbeat frame.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
+impl Sim {
+    pub fn new(schedule: Schedule) -> Self {
+        let names: Vec<String> = (0..schedule.servers).map(|i| format!("S{i:02}")).collect();
+        let mut adjacent = vec![Vec::new(); schedule.servers];
+        for &(a, b) in &schedule.links {
+            adjacent[a].push(b);
+            adjacent[b].push(a);
+        }
+        let herd: Vec<(&str, Vec<&str>)> = (0..schedule.servers)
+            .map(|i| {
+                let theirs = adjacent[i].iter().map(|&j| names[j].as_str()).collect();
+                (names[i].as_str(), theirs)
+            })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(schedule.seed ^ 0x5eed);
+        let nodes = (0..schedule.servers)
+            .map(|i| {
+                let theirs: Vec<&str> = adjacent[i].iter().map(|&j| names[j].as_str()).collect();
+                Node {
+                    name: names[i].clone(),
+                    replica: Replica::in_memory(
+                        theirs.iter().map(|s| s.to_string()).collect(),
+                        rng.random::<u64>() | 1,
+                    ),
+                    routes: Routes::new(&names[i], &theirs, &herd),
+                    alive: true,
+                    stored: HashMap::new(),
+                }
+            })
+            .collect();
+        let mut directions = Vec::new();
+        let mut links = Vec::new();
+        for &(a, b) in &schedule.links {
+            let index = |x: usize, y: usize| {
+                adjacent[x]
+                    .iter()
+                    .position(|&n| n == y)
+                    .expect("links are adjacent")
+            };
+            let first = directions.len();
+            for (from, to) in [(a, b), (b, a)] {
+                directions.push(Direction {
+                    from,
+                    to,
+                    at_from: index(from, to),
+                    at_to: index(to, from),
+                    session: None,
+                    epoch: 0,
+                    next_poll: None,
+                });
+            }
+            links.push(([first, first + 1], false));
+        }
+        let start = Instant::now();
+        let outcome = Outcome {
+            seed: schedule.seed,
+            servers: schedule.servers,
+            ..Outcome::default()
+        };
+        Self {
+            rng,
+            start,
+            now: start,
+            nodes,
+            directions,
+            links,
+            queue: BinaryHeap::new(),
+            order: 0,
+            schedule,
+            frame: Vec::new(),
+            outcome,
+            newest: BTreeMap::new(),
+            clock: 1,
+        }
+    }
+
+    fn at(&mut self, when: Instant, event: Event) {
+        self.order += 1;
+        self.queue.push(Reverse((when, self.order, event)));
+    }
+
+    fn random_time(&mut self) -> Instant {
+        let span = self.schedule.span.as_micros() as u64;
+        self.start + Duration::from_micros(self.rng.random_range(0..=span))
+    }
+
+    /// Plays the schedule, heals everything, lets the herd settle, and
+    /// checks the end state.
+    pub fn run(mut self) -> Outcome {
+        for d in 0..self.directions.len() {
+            self.connect(d);
+        }
+        for _ in 0..self.schedule.reports {
+            let when = self.random_time();
+            let server = self.rng.random_range(0..self.schedule.servers);
+            self.at(when, Event::Report { server });
+        }
+        for _ in 0..self.schedule.cuts {
+            if self.links.is_empty() {
+                break;
+            }
+            let link = self.rng.random_range(0..self.links.len());
+            let (cut, heal) = (self.random_time(), self.random_time());
+            self.at(cut.min(heal), Event::Cut { link });
+            self.at(cut.max(heal), Event::Heal { link });
+        }
+        for _ in 0..self.schedule.crashes {
+            let server = self.rng.random_range(0..self.schedule.servers);
+            let (crash, back) = (self.random_time(), self.random_time());
+            let lose = self.schedule.lose_data && self.rng.random_bool(0.5);
+            self.at(crash.min(back), Event::Crash { server });
+            self.at(crash.max(back), Event::Restart { server, lose });
+        }
+        self.at(self.start + HEARTBEAT, Event::Heartbeat);
+        // After the span, everything heals; the herd then has a while to
+        // settle (holds, heartbeats carrying cursors, reconnections).
+        let end = self.start + self.schedule.span;
+        let settle = end + Duration::from_secs(2);
+        let mut quiet_since = None;
+        while let Some(Reverse((when, _, event))) = self.queue.pop() {
+            if when > settle {
+                break;
+            }
+            self.now = when;
+            if when >= end {
+                self.heal_everything();
+            }
+            let busy = self.handle(event);
+            if busy {
+                quiet_since = None;
+            } else if when >= end && quiet_since.is_none() {
+                quiet_since = Some(when);
+            }
+        }
+        self.outcome.settled = quiet_since.is_some();
+        self.finish()
+    }
+
+    fn heal_everything(&mut self) {
+        for server in 0..self.nodes.len() {
+            if !self.nodes[server].alive {
+                self.restart(server, false);
+            }
+        }
+        for link in 0..self.links.len() {
+            if self.links[link].1 {
+                self.heal(link);
+            }
+        }
+    }
+
+    /// Handles one event; returns whether it moved any report.
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Report { server } => {
+                if !self.nodes[server].alive {
+                    return false;
+                }
+                let client = format!("c{}", self.rng.random_range(0..self.schedule.clients));
+                // Mostly newer times, now and then an older one.
+                let time = if self.rng.random_bool(0.1) {
+                    self.rng.random_range(1..=self.clock)
+                } else {
+                    self.clock += 1;
+                    self.clock
+                };
+                let time_text = format!("{time}.000000000");
+                let line = format!(
+                    "AT {} +0.000000000 {client} +1+1 {time_text}",
+                    self.nodes[server].name
+                );
+                let client_time = Timestamp::parse(time_text.as_bytes()).expect("a valid time");
+                let node = &mut self.nodes[server];
+                if node
+                    .replica
+                    .accept(line.as_bytes(), client_time, Source::Client)
+                {
+                    self.outcome.accepted += 1;
+                    *node.stored.entry((client.clone(), time_text)).or_default() += 1;
+                    let known = self.newest.entry(client).or_insert((client_time, server));
+                    if client_time > known.0 {
+                        *known = (client_time, server);
+                    }
+                }
+                self.announce(server);
+                true
+            }
+            Event::Poll { direction, epoch } => {
+                let d = &self.directions[direction];
+                if d.epoch != epoch || d.next_poll != Some(self.now) {
+                    return false;
+                }
+                self.directions[direction].next_poll = None;
+                self.poll(direction)
+            }
+            Event::Deliver { direction, epoch } => {
+                if self.directions[direction].epoch != epoch {
+                    return false;
+                }
+                self.deliver(direction)
+            }
+            Event::Heartbeat => {
+                for direction in 0..self.directions.len() {
+                    let epoch = self.directions[direction].epoch;
+                    if let Some(session) = &mut self.directions[direction].session {
+                        session.sender.heartbeat(&mut self.frame);
+                        let frame = std::mem::take(&mut self.frame);
+                        self.send(direction, epoch, frame);
+                    }
+                }
+                self.at(self.now + HEARTBEAT, Event::Heartbeat);
+                false
+            }
+            Event::Cut { link } => {
+                self.links[link].1 = true;
+                for d in self.links[link].0 {
+                    self.disconnect(d);
+                }
+                true
+            }
+            Event::Heal { link } => {
+                self.heal(link);
+                true
+            }
+            Event::Crash { server } => {
+                if self.nodes[server].alive {
+                    self.nodes[server].alive = false;
+                    for d in 0..self.directions.len() {
+                        if self.directions[d].from == server || self.directions[d].to == server {
+                            self.disconnect(d);
+                        }
+                    }
+                }
+                true
+            }
+            Event::Restart { server, lose } => {
+                if !self.nodes[server].alive {
+                    self.restart(server, lose);
+                }
+                true
+            }
+        }
+    }
+
+    fn heal(&mut self, link: usize) {
+        self.links[link].1 = false;
+        for d in self.links[link].0 {
+            self.connect(d);
+        }
+    }
+
+    /// Brings a server back: from its log (everything it accepted, and its
+    /// cursors, as with `durability = "always"`), or with its data folder
+    /// lost (empty, a new run id).
+    fn restart(&mut self, server: usize, lose: bool) {
+        let node = &mut self.nodes[server];
+        let names = node.replica.neighbours().to_vec();
+        node.replica = if lose {
+            node.stored.clear();
+            Replica::in_memory(names, self.rng.random::<u64>() | 1)
+        } else {
+            let old = &node.replica;
+            let store = Store::new();
+            let mut batch = Batch::new();
+            let mut next = 0;
+            loop {
+                batch.clear();
+                let reached = old.store().since(next, None, 4096, &mut batch).reached;
+                for (picked, at_line) in batch.iter() {
+                    let at = crate::protocol::parse_at_line(at_line).expect("stored lines parse");
+                    store.restore(at_line, at.client_time, picked.seq);
+                }
+                if reached == next {
+                    break;
+                }
+                next = reached;
+            }
+            store.continue_from(old.store().head() + 1);
+            let cursors: HashMap<String, (u64, u64)> = names
+                .iter()
+                .cloned()
+                .zip(old.cursors())
+                .map(|(name, Cursor { run, seq })| (name, (run, seq)))
+                .collect();
+            Replica::with(store, None, old.run(), names, &cursors)
+        };
+        node.alive = true;
+        for d in 0..self.directions.len() {
+            let (from, to) = (self.directions[d].from, self.directions[d].to);
+            if from == server || to == server {
+                self.connect(d);
+            }
+        }
+    }
+
+    fn link_of(&self, direction: usize) -> usize {
+        direction / 2
+    }
+
+    /// Brings a direction up if both ends live and the link is not cut:
+    /// the handshake, in which the receiver offers its cursor.
+    fn connect(&mut self, direction: usize) {
+        let d = &self.directions[direction];
+        if d.session.is_some()
+            || self.links[self.link_of(direction)].1
+            || !self.nodes[d.from].alive
+            || !self.nodes[d.to].alive
+        {
+            return;
+        }
+        let (from, to, at_from, at_to) = (d.from, d.to, d.at_from, d.at_to);
+        let sender_replica = &self.nodes[from].replica;
+        let run = sender_replica.run();
+        let head = sender_replica.store().head();
+        let cursor = self.nodes[to].replica.cursor_for(at_to, run);
+        let start = start_from(cursor.run, cursor.seq, run, head);
+        let d = &mut self.directions[direction];
+        d.epoch += 1;
+        d.session = Some(Session {
+            sender: Sender::new(at_from, start, head),
+            receiver: Receiver::new(at_to, run),
+            in_flight: VecDeque::new(),
+        });
+        d.next_poll = None;
+        self.poll_at(direction, self.now);
+    }
+
+    fn disconnect(&mut self, direction: usize) {
+        let d = &mut self.directions[direction];
+        d.session = None;
+        d.epoch += 1;
+        d.next_poll = None;
+    }
+
+    fn poll_at(&mut self, direction: usize, when: Instant) {
+        let d = &mut self.directions[direction];
+        if d.session.is_none() || d.next_poll.is_some_and(|t| t <= when) {
+            return;
+        }
+        d.next_poll = Some(when);
+        let epoch = d.epoch;
+        self.at(when, Event::Poll { direction, epoch });
+    }
+
+    /// Wakes every sending link of `server`, as `Replica::announce` does.
+    fn announce(&mut self, server: usize) {
+        for direction in 0..self.directions.len() {
+            if self.directions[direction].from == server {
+                self.poll_at(direction, self.now);
+            }
+        }
+    }
+
+    fn poll(&mut self, direction: usize) -> bool {
+        let (from, epoch) = (
+            self.directions[direction].from,
+            self.directions[direction].epoch,
+        );
+        let node = &self.nodes[from];
+        let Some(session) = &mut self.directions[direction].session else {
+            return false;
+        };
+        let step = session.sender.poll(
+            node.replica.store(),
+            &node.routes,
+            self.now,
+            &mut self.frame,
+            |_| {},
+        );
+        match step {
+            Step::Frame { then, .. } => {
+                let frame = std::mem::take(&mut self.frame);
+                self.send(direction, epoch, frame);
+                let next = match then {
+                    Then::Hurry | Then::Poll => self.now,
+                    Then::Linger(until) => until,
+                };
+                self.poll_at(direction, next);
+                true
+            }
+            Step::Again => {
+                self.poll_at(direction, self.now);
+                true
+            }
+            Step::Idle { until } => {
+                if let Some(until) = until {
+                    self.poll_at(direction, until);
+                }
+                false
+            }
+        }
+    }
+
+    /// Puts a frame on the wire: it arrives after a random delay, never
+    /// before the frames sent ahead of it.
+    fn send(&mut self, direction: usize, epoch: u64, frame: Vec<u8>) {
+        let delay = self
+            .rng
+            .random_range(Duration::ZERO..=self.schedule.max_delay);
+        let Some(session) = &mut self.directions[direction].session else {
+            return;
+        };
+        let after = session.in_flight.back().map_or(self.now, |&(t, _)| t);
+        let arrives = (self.now + delay).max(after);
+        session.in_flight.push_back((arrives, frame));
+        self.at(arrives, Event::Deliver { direction, epoch });
+    }
+
+    fn deliver(&mut self, direction: usize) -> bool {
+        let to = self.directions[direction].to;
+        let Some(session) = &mut self.directions[direction].session else {
+            return false;
+        };
+        let Some((_, frame)) = session.in_flight.pop_front() else {
+            return false;
+        };
+        self.outcome.frames += 1;
+        let node = &mut self.nodes[to];
+        let mut updates = 0;
+        let mut stored = Vec::new();
+        session.receiver.frame(
+            &node.replica,
+            wire::payload(&frame),
+            |at_line, applied| {
+                updates += 1;
+                if let Applied::Stored(_) = applied {
+                    stored.push(at_line.to_vec());
+                }
+            },
+            |line| panic!("a malformed line: {}", String::from_utf8_lossy(line)),
+        );
+        self.outcome.update_lines += updates;
+        for line in &stored {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let key = (
+                String::from_utf8_lossy(fields[3]).into_owned(),
+                String::from_utf8_lossy(fields[5]).into_owned(),
+            );
+            *node.stored.entry(key).or_default() += 1;
+        }
+        if !stored.is_empty() {
+            self.announce(to);
+        }
+        updates > 0
+    }
+
+    fn finish(mut self) -> Outcome {
+        for node in &self.nodes {
+            for ((client, time), count) in &node.stored {
+                if *count > 1 {
+                    self.outcome
+                        .stored_twice
+                        .push(format!("{}: {client} {time} {count} times", node.name));
+                }
+            }
+        }
+        // The newest report of each client that survives somewhere (a lost
+        // data folder may have taken the newest with it) must be everywhere.
+        let mut best: BTreeMap<Vec<u8>, Timestamp> = BTreeMap::new();
+        for node in &self.nodes {
+            for client in self.newest.keys() {
+                if let Some(report) = node.replica.store().get(client.as_bytes()) {
+                    let entry = best
+                        .entry(client.as_bytes().to_vec())
+                        .or_insert(report.client_time);
+                    *entry = (*entry).max(report.client_time);
+                }
+            }
+        }
+        for node in &self.nodes {
+            for (client, want) in &best {
+                let has = node.replica.store().get(client).map(|r| r.client_time);
+                if has != Some(*want) {
+                    self.outcome.behind.push(format!(
+                        "{}: {} wants {want}, has {has:?}",
+                        node.name,
+                        String::from_utf8_lossy(client)
+                    ));
+                }
+            }
+        }
+        // Without lost data, the newest report a client made must be the
+        // one that survived.
+        if !self.schedule.lose_data {
+            for (client, (time, _)) in &self.newest {
+                if best.get(client.as_bytes()) != Some(time) {
+                    self.outcome
+                        .behind
+                        .push(format!("{client}: its newest report {time} was lost"));
+                }
+            }
+        }
+        self.outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_of_random_schedules_converge_without_loops() {
+        let seeds: u64 = std::env::var("HERD_SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000);
+        let (mut lines, mut ideal) = (0u64, 0u64);
+        for seed in 0..seeds {
+            let schedule = Schedule::random(seed, 12);
+            let outcome = Sim::new(schedule.clone()).run();
+            if let Err(failure) = outcome.check() {
+                panic!("{failure}\nschedule: {schedule:?}");
+            }
+            lines += outcome.update_lines;
+            ideal += outcome.accepted * (outcome.servers as u64 - 1);
+        }
+        println!(
+            "{seeds} schedules: {lines} update lines for {ideal} server-deliveries needed ({:.2} per delivery)",
+            lines as f64 / ideal.max(1) as f64
+        );
+    }
+
+    #[test]
+    fn a_healthy_herd_sends_each_report_over_each_link_at_most_once() {
+        // A ring of five with one chord, as the default herd: no faults.
+        let schedule = Schedule {
+            seed: 1,
+            servers: 5,
+            links: vec![(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2)],
+            reports: 50,
+            clients: 50,
+            cuts: 0,
+            crashes: 0,
+            lose_data: false,
+            span: Duration::from_secs(5),
+            max_delay: Duration::from_micros(200),
+        };
+        let outcome = Sim::new(schedule).run();
+        outcome.check().unwrap();
+        let accepted = outcome.accepted;
+        assert!(accepted > 40, "most reports are newer");
+        // Every report must reach four servers; over a link outside its
+        // origin's tree, the copy from one end arrives before the other
+        // end's hold is over, which then leaves its own copy out.
+        assert!(outcome.update_lines >= accepted * 4);
+        assert!(
+            outcome.update_lines <= accepted * 6,
+            "{} update lines for {accepted} reports",
+            outcome.update_lines
+        );
+    }
+
+    #[test]
+    fn the_simulator_notices_a_herd_that_does_not_converge() {
+        // Two servers whose only link stays cut: each keeps its own report.
+        let schedule = Schedule {
+            seed: 3,
+            servers: 2,
+            links: vec![(0, 1)],
+            reports: 0,
+            clients: 1,
+            cuts: 0,
+            crashes: 0,
+            lose_data: false,
+            span: Duration::from_millis(10),
+            max_delay: Duration::from_micros(100),
+        };
+        let mut sim = Sim::new(schedule);
+        for server in 0..2 {
+            sim.nodes[server].replica.accept(
+                format!(
+                    "AT S0{server} +0.000000000 c0 +1+1 {}.000000000",
+                    server + 1
+                )
+                .as_bytes(),
+                Timestamp::parse(format!("{}", server + 1).as_bytes()).unwrap(),
+                Source::Client,
+            );
+        }
+        sim.newest
+            .insert("c0".into(), (Timestamp::parse(b"2").unwrap(), 1));
+        sim.links[0].1 = true;
+        // `finish` without running: nothing has flowed.
+        let outcome = sim.finish();
+        assert!(outcome.behind.iter().any(|b| b.starts_with("S00")));
+    }
+
+    #[test]
+    fn the_same_seed_plays_the_same_run() {
+        let run = |seed| {
+            let outcome = Sim::new(Schedule::random(seed, 8)).run();
+            (outcome.frames, outcome.update_lines, outcome.accepted)
+        };
+        assert_eq!(run(42), run(42));
+    }
+}
