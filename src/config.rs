@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::replica::storage::Durability;
@@ -53,7 +53,7 @@ pub struct UnknownServer {
 
 /// Which places provider answers WHATSAT, for the whole herd (`[places]`)
 /// or one server (`[servers.places]`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum PlacesConfig {
     /// The embedded GeoNames cities1000 data set: offline, no key.
@@ -69,7 +69,7 @@ pub enum PlacesConfig {
 
 /// How to reach a remote places API and how to treat it. Its `Debug` hides
 /// the key.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RemotePlacesConfig {
     /// The API's base URL; else `$HERD_PLACES_URL`, else Google's.
@@ -94,7 +94,7 @@ pub struct RemotePlacesConfig {
     pub stats_interval_secs: u64,
     /// Places API (New) only: `pro`, or `enterprise` for ratings, price
     /// level and opening hours at the higher price.
-    pub fields: crate::places::google_new::FieldTier,
+    pub fields: FieldTier,
 }
 
 impl Default for RemotePlacesConfig {
@@ -110,7 +110,7 @@ impl Default for RemotePlacesConfig {
             breaker_failures: 5,
             breaker_cooldown_ms: 10_000,
             stats_interval_secs: 60,
-            fields: crate::places::google_new::FieldTier::Pro,
+            fields: FieldTier::Pro,
         }
     }
 }
@@ -133,8 +133,19 @@ impl fmt::Debug for RemotePlacesConfig {
     }
 }
 
+/// Which fields Google Places API (New) is asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldTier {
+    /// Names, places, types, addresses, status, plus codes, icons.
+    #[default]
+    Pro,
+    /// Also ratings, price level and whether it is open now.
+    Enterprise,
+}
+
 /// Where the OpenStreetMap places database is.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OsmPlacesConfig {
     /// The file `herd places import` wrote; relative to the config's folder.
@@ -162,52 +173,10 @@ impl PlacesConfig {
             }
         }
     }
-
-    /// The `[places]` table's keys as TOML lines.
-    fn to_toml(&self) -> String {
-        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        match self {
-            PlacesConfig::Geonames => "provider = \"geonames\"\n".to_owned(),
-            PlacesConfig::Google(remote) | PlacesConfig::GoogleNew(remote) => {
-                let provider = if matches!(self, PlacesConfig::Google(_)) {
-                    "google"
-                } else {
-                    "google-new"
-                };
-                let mut text = format!("provider = \"{provider}\"\n");
-                if let Some(base_url) = &remote.base_url {
-                    text.push_str(&format!("base_url = {}\n", quote(base_url)));
-                }
-                if let Some(key) = &remote.key {
-                    text.push_str(&format!("key = {}\n", quote(key)));
-                }
-                let fields = match remote.fields {
-                    crate::places::google_new::FieldTier::Pro => "pro",
-                    crate::places::google_new::FieldTier::Enterprise => "enterprise",
-                };
-                text.push_str(&format!(
-                    "timeout_ms = {}\nmax_attempts = {}\nmax_concurrent = {}\ncache_ttl_secs = {}\ncache_max_entries = {}\nbreaker_failures = {}\nbreaker_cooldown_ms = {}\nstats_interval_secs = {}\nfields = \"{fields}\"\n",
-                    remote.timeout_ms,
-                    remote.max_attempts,
-                    remote.max_concurrent,
-                    remote.cache_ttl_secs,
-                    remote.cache_max_entries,
-                    remote.breaker_failures,
-                    remote.breaker_cooldown_ms,
-                    remote.stats_interval_secs,
-                ));
-                text
-            }
-            PlacesConfig::Osm(osm) => format!(
-                "provider = \"osm\"\ndatabase = {}\n",
-                quote(&osm.database.to_string_lossy())
-            ),
-        }
-    }
 }
 
 /// Bounds on what one server holds for its clients.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// The longest client line, in bytes (SPEC §2).
@@ -255,7 +224,7 @@ impl Default for Limits {
 }
 
 /// Where and how each server keeps its store on disk.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Each server keeps its files in `data_dir/NAME/`.
@@ -277,7 +246,7 @@ impl Default for StorageConfig {
 }
 
 /// One server of the herd.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServerConfig {
     pub name: String,
     /// `host:port` where clients connect.
@@ -288,20 +257,23 @@ pub struct ServerConfig {
     /// named in either side's list is a neighbour of both.
     pub neighbours: Vec<String>,
     /// This server's own places provider, instead of the herd's.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub places: Option<PlacesConfig>,
 }
 
-/// A whole herd.
-#[derive(Clone, Debug, PartialEq)]
+/// A whole herd. Written back as TOML by `Serialize` (values before
+/// tables, as TOML wants them).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HerdConfig {
-    pub servers: Vec<ServerConfig>,
     /// Where each server writes `NAME.log`.
     pub log_dir: PathBuf,
     /// The shared secret from the file, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     pub places: PlacesConfig,
     pub limits: Limits,
     pub storage: StorageConfig,
+    pub servers: Vec<ServerConfig>,
 }
 
 #[derive(Deserialize)]
@@ -510,54 +482,10 @@ impl HerdConfig {
             .filter(|s| !s.is_empty())
     }
 
-    /// The config as TOML text, for `herd up` to hand to its servers.
+    /// The config as TOML text, which [`HerdConfig::parse`] reads back
+    /// (paths are written as they are, so absolute ones stay absolute).
     pub fn to_toml(&self) -> String {
-        let mut text = String::new();
-        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        text.push_str(&format!(
-            "log_dir = {}\n",
-            quote(&self.log_dir.to_string_lossy())
-        ));
-        if let Some(secret) = &self.secret {
-            text.push_str(&format!("secret = {}\n", quote(secret)));
-        }
-        text.push_str("\n[places]\n");
-        text.push_str(&self.places.to_toml());
-        let limits = &self.limits;
-        text.push_str(&format!(
-            "\n[limits]\nmax_line_bytes = {}\nmax_connections = {}\nmax_connections_per_ip = {}\nidle_timeout_secs = {}\nmax_unsent_bytes = {}\nlink_silence_ms = {}\n",
-            limits.max_line_bytes,
-            limits.max_connections,
-            limits.max_connections_per_ip,
-            limits.idle_timeout_secs,
-            limits.max_unsent_bytes,
-            limits.link_silence_ms
-        ));
-        let durability = match self.storage.durability {
-            Durability::Always => "always",
-            Durability::Batched => "batched",
-            Durability::None => "none",
-        };
-        text.push_str(&format!(
-            "\n[storage]\ndata_dir = {}\ndurability = \"{durability}\"\nsync_interval_ms = {}\n",
-            quote(&self.storage.data_dir.to_string_lossy()),
-            self.storage.sync_interval_ms
-        ));
-        for server in &self.servers {
-            let neighbours: Vec<String> = server.neighbours.iter().map(|n| quote(n)).collect();
-            text.push_str(&format!(
-                "\n[[servers]]\nname = {}\nclient = {}\npeer = {}\nneighbours = [{}]\n",
-                quote(&server.name),
-                quote(&server.client),
-                quote(&server.peer),
-                neighbours.join(", ")
-            ));
-            if let Some(places) = &server.places {
-                text.push_str("\n[servers.places]\n");
-                text.push_str(&places.to_toml());
-            }
-        }
-        text
+        toml::to_string(self).expect("a herd config is always representable in TOML")
     }
 
     /// The places provider of server `name`: its own, else the herd's.

@@ -13,3 +13,4 @@ pub mod places;
 pub mod protocol;
 pub mod replica;
 pub mod server;
+pub mod stats;

@@ -17,6 +17,7 @@ use crate::places::Places;
 use crate::places::render::Answers;
 use crate::replica::Replica;
 use crate::replica::storage::StorageError;
+use crate::stats::ServerStats;
 
 pub use crate::replica::StorageSetup;
 
@@ -109,6 +110,7 @@ pub async fn run(
         silence: setup.limits.link_silence(),
         heartbeat: setup.limits.link_heartbeat(),
     };
+    let stats = Arc::new(ServerStats::default());
     let links = Arc::new(Links::new(
         &setup.name,
         setup.neighbours,
@@ -116,12 +118,14 @@ pub async fn run(
         setup.secret,
         replica.clone(),
         timing,
+        stats.clone(),
     ));
     let clients = Arc::new(Clients {
         name: setup.name.clone(),
         replica: replica.clone(),
         answers: Answers::new(setup.places),
         limits: setup.limits,
+        stats,
     });
     info!(
         server = %setup.name,

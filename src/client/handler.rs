@@ -33,6 +33,7 @@ pub async fn handle(
     let line = match frame {
         Frame::Line(line) => line,
         Frame::TooLong(head) => {
+            clients.stats.invalid.bump();
             protocol::invalid_reply(head, out);
             return Answered::Line;
         }
@@ -42,9 +43,15 @@ pub async fn handle(
             let at_line = protocol::write_at(&clients.name, received, &iamat, out);
             // Stored, and handed to every neighbour link before the reply
             // is written (see `connection::reply`).
-            clients
+            let stored = clients
                 .replica
                 .accept(&out[at_line], iamat.client_time, Source::Client);
+            let counter = if stored {
+                &clients.stats.iamat_stored
+            } else {
+                &clients.stats.iamat_not_newer
+            };
+            counter.bump();
             out.push(b'\n');
             Answered::Line
         }
@@ -61,6 +68,7 @@ pub async fn handle(
                     limit: whatsat.bound,
                 };
                 let rendered = clients.answers.answer(&query).await;
+                clients.stats.whatsat.bump();
                 protocol::whatsat_reply(&report.at_line, &rendered.json, out);
                 Answered::Places {
                     at_line: report.at_line,
@@ -68,12 +76,14 @@ pub async fn handle(
                 }
             }
             None => {
+                clients.stats.invalid.bump();
                 protocol::invalid_reply(line, out);
                 Answered::Line
             }
         },
         Err(reason) => {
             tracing::debug!(%reason, "invalid line");
+            clients.stats.invalid.bump();
             protocol::invalid_reply(line, out);
             Answered::Line
         }

@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use crate::config::Limits;
 use crate::places::render::Answers;
 use crate::replica::Replica;
+use crate::stats::ServerStats;
 use limits::PerIp;
 
 /// What a server's client connections share.
@@ -27,6 +28,7 @@ pub struct Clients {
     pub replica: Arc<Replica>,
     pub answers: Answers,
     pub limits: Limits,
+    pub stats: Arc<ServerStats>,
 }
 
 /// Accepts client connections until `shutdown`, each served by a task of
@@ -59,9 +61,11 @@ pub async fn accept(
         };
         let Some(slot) = PerIp::claim(&per_ip, address.ip(), clients.limits.max_connections_per_ip)
         else {
+            clients.stats.connections_refused.bump();
             debug!(%address, "too many connections from this address; closed");
             continue;
         };
+        clients.stats.connections.bump();
         let clients = clients.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

@@ -3,10 +3,8 @@
 //! A busy server's message log takes tens of megabytes a second. Written
 //! through the page cache, every page of it is a page the kernel allocates,
 //! fills, writes back and frees again; on the virtual machines herd is
-//! measured on, that cost several times the copy itself (1 GiB appended in
-//! 64 KiB writes: 0.4–1.8 s of system time through the page cache, 0.2 s
-//! with `O_DIRECT` in 1 MiB writes), and in a five-server profile the log
-//! writers' copy into the page cache was ~15 % of the machine. So the whole
+//! measured on, that costs several times the copy itself (BENCHMARKS.md,
+//! "Logs and the disk"). So the whole
 //! blocks of what is appended go to the disk directly, from an aligned
 //! buffer, and only the last, partial block goes through the page cache (an
 //! ordinary append, so that readers see every line at once); the next

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::replica::Replica;
+use crate::stats::ServerStats;
 use auth::Secret;
 use routes::Routes;
 
@@ -63,6 +64,7 @@ pub struct Links {
     routes: Routes,
     replica: Arc<Replica>,
     timing: Timing,
+    stats: Arc<ServerStats>,
     /// Wakes the dialler to a neighbour that just showed up.
     wake: Vec<Notify>,
     /// The receiving session of each neighbour, cancelled when a newer one
@@ -80,6 +82,7 @@ impl Links {
         secret: Vec<u8>,
         replica: Arc<Replica>,
         timing: Timing,
+        stats: Arc<ServerStats>,
     ) -> Self {
         let count = neighbours.len();
         Self {
@@ -89,6 +92,7 @@ impl Links {
             routes,
             replica,
             timing,
+            stats,
             wake: (0..count).map(|_| Notify::new()).collect(),
             sessions: Mutex::new(vec![None; count]),
         }

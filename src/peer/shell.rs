@@ -124,8 +124,10 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
         match attempt {
             Ok(Ok(link)) => {
                 info!("link up: sending to {}", neighbour.name);
+                links.stats.links_up.bump();
                 backoff = BACKOFF_FIRST;
                 let outcome = send_updates(&links, index, link, &shutdown).await;
+                links.stats.links_down.bump();
                 info!(
                     "link down: sending to {}: {}",
                     neighbour.name,
@@ -249,8 +251,10 @@ async fn send_updates(
         });
         drop(log);
         let until = match step {
-            Step::Frame { then, .. } => {
+            Step::Frame { updates, then } => {
                 write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
+                links.stats.frames_sent.bump();
+                links.stats.updates_sent.add(updates as u64);
                 match then {
                     Then::Hurry => tokio::task::yield_now().await,
                     Then::Linger(until) => tokio::select! {
@@ -281,6 +285,7 @@ async fn send_updates(
                 }
                 sender.heartbeat(&mut frame);
                 write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
+                links.stats.frames_sent.bump();
             }
             changed = accepted.changed() => {
                 if changed.is_err() {
@@ -466,11 +471,17 @@ async fn receive_frames(
             )));
         }
         counter += 1;
+        let stats = &links.stats;
+        stats.frames_received.bump();
         let mut log = MessageLines::start();
         let complete = receiver.frame(
             &links.replica,
             body,
             |at_line, applied| {
+                stats.updates_received.bump();
+                if let Applied::Stored(_) = applied {
+                    stats.updates_stored.bump();
+                }
                 if applied == Applied::NotNewer {
                     debug!(neighbour = %name, "not newer, dropped");
                 }

@@ -9,7 +9,6 @@
 //! decides which SKU, and so what price, each request is billed at.
 
 use async_trait::async_trait;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::NearbyQuery;
@@ -51,16 +50,7 @@ pub const ENTERPRISE_FIELDS: &[&str] = &[
     "places.currentOpeningHours",
 ];
 
-/// Which fields to ask for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FieldTier {
-    /// Names, places, types, addresses, status, plus codes, icons.
-    #[default]
-    Pro,
-    /// Also ratings, price level and whether it is open now.
-    Enterprise,
-}
+pub use crate::config::FieldTier;
 
 impl FieldTier {
     /// The `X-Goog-FieldMask` header's value.

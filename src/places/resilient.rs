@@ -29,7 +29,6 @@
 //! stay in order), never other clients.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -38,6 +37,8 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+use crate::stats::PlacesStats;
 
 use super::answer::Answer;
 use super::remote::{Upstream, UpstreamError};
@@ -70,41 +71,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What a provider has done since the server started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// WHATSAT queries asked of the provider.
-    pub queries: u64,
-    /// Queries answered from the cache.
-    pub cache_hits: u64,
-    /// Queries that shared an identical query's call in flight.
-    pub coalesced: u64,
-    /// Requests sent to the API, retries included: what the API bills.
-    pub upstream_calls: u64,
-    /// Requests that failed (each attempt counts).
-    pub upstream_failures: u64,
-    /// Queries answered with an error status.
-    pub failed_answers: u64,
-    /// Queries answered `UNKNOWN_ERROR` at once by the open breaker.
-    pub breaker_rejections: u64,
-    /// Times the breaker opened.
-    pub breaker_opened: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    queries: AtomicU64,
-    cache_hits: AtomicU64,
-    coalesced: AtomicU64,
-    upstream_calls: AtomicU64,
-    upstream_failures: AtomicU64,
-    failed_answers: AtomicU64,
-    breaker_rejections: AtomicU64,
-    breaker_opened: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
+pub type Stats = crate::stats::PlacesCounts;
 
 /// One call's outcome, shared by every query waiting for it.
 type Outcome = Result<Arc<Answer>, UpstreamError>;
@@ -123,7 +90,7 @@ struct Inner<U: Upstream> {
     /// Calls in flight, by key; each waiter watches for the outcome.
     in_flight: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
     breaker: Mutex<Breaker>,
-    counters: Counters,
+    counters: PlacesStats,
     /// Whether the task that logs the counters has been started.
     reporting: std::sync::Once,
 }
@@ -141,7 +108,7 @@ impl<U: Upstream> Resilient<U> {
                 cache: Mutex::new(cache),
                 in_flight: Mutex::new(HashMap::new()),
                 breaker: Mutex::new(Breaker::Closed { failures: 0 }),
-                counters: Counters::default(),
+                counters: PlacesStats::default(),
                 reporting: std::sync::Once::new(),
             }),
         }
@@ -158,14 +125,14 @@ impl<U: Upstream> Places for Resilient<U> {
     async fn nearby(&self, query: &NearbyQuery) -> Result<Value, PlacesError> {
         let inner = &self.inner;
         inner.start_reporting();
-        bump(&inner.counters.queries);
+        inner.counters.queries.bump();
         let outcome = inner.answer(query).await.and_then(|answer| {
             answer.cut(query.limit).map_err(|error| {
                 PlacesError::Unavailable(format!("{}: {error}", inner.upstream.name()))
             })
         });
         if outcome.is_err() {
-            bump(&inner.counters.failed_answers);
+            inner.counters.failed_answers.bump();
         }
         outcome
     }
@@ -175,7 +142,7 @@ impl<U: Upstream> Inner<U> {
     async fn answer(self: &Arc<Self>, query: &NearbyQuery) -> Result<Arc<Answer>, PlacesError> {
         let key = self.upstream.key(query);
         if let Some(answer) = self.cache_get(&key) {
-            bump(&self.counters.cache_hits);
+            self.counters.cache_hits.bump();
             return Ok(answer);
         }
         let mut receiver = {
@@ -185,17 +152,17 @@ impl<U: Upstream> Inner<U> {
                 .expect("in-flight lock is never poisoned");
             match in_flight.get(&key) {
                 Some(receiver) => {
-                    bump(&self.counters.coalesced);
+                    self.counters.coalesced.bump();
                     receiver.clone()
                 }
                 None => {
                     // A call that finished just now has filled the cache.
                     if let Some(answer) = self.cache_get(&key) {
-                        bump(&self.counters.cache_hits);
+                        self.counters.cache_hits.bump();
                         return Ok(answer);
                     }
                     if let Err(wait) = self.admit() {
-                        bump(&self.counters.breaker_rejections);
+                        self.counters.breaker_rejections.bump();
                         return Err(PlacesError::Unavailable(format!(
                             "{} keeps failing; circuit breaker open for another {} ms",
                             self.upstream.name(),
@@ -262,7 +229,7 @@ impl<U: Upstream> Inner<U> {
                     .acquire()
                     .await
                     .expect("the semaphore is never closed");
-                bump(&self.counters.upstream_calls);
+                self.counters.upstream_calls.bump();
                 self.upstream.fetch(query).await
             })
             .await
@@ -276,7 +243,7 @@ impl<U: Upstream> Inner<U> {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
-            bump(&self.counters.upstream_failures);
+            self.counters.upstream_failures.bump();
             let backoff = backoff(attempt);
             if !error.transient
                 || attempt >= self.settings.max_attempts
@@ -335,7 +302,7 @@ impl<U: Upstream> Inner<U> {
         };
         match (was, *breaker) {
             (Breaker::Closed { .. }, Breaker::Open { .. }) => {
-                bump(&self.counters.breaker_opened);
+                self.counters.breaker_opened.bump();
                 warn!(
                     provider = self.upstream.name(),
                     failures = threshold,
@@ -374,18 +341,7 @@ impl<U: Upstream> Inner<U> {
     }
 
     fn stats(&self) -> Stats {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let c = &self.counters;
-        Stats {
-            queries: get(&c.queries),
-            cache_hits: get(&c.cache_hits),
-            coalesced: get(&c.coalesced),
-            upstream_calls: get(&c.upstream_calls),
-            upstream_failures: get(&c.upstream_failures),
-            failed_answers: get(&c.failed_answers),
-            breaker_rejections: get(&c.breaker_rejections),
-            breaker_opened: get(&c.breaker_opened),
-        }
+        self.counters.snapshot()
     }
 
     /// Starts, once, the task that logs the counters every
@@ -521,7 +477,7 @@ impl Cache {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// An upstream that answers from a script, after a delay.
     struct Scripted {

@@ -20,8 +20,8 @@ const READ_SIZE: usize = 4 * 1024;
 /// its buffer back whenever it has answered everything it read, and takes
 /// one again for its next read a moment later. Taken from the allocator
 /// each time, a buffer this size goes past its per-thread cache (which
-/// holds small blocks only): `malloc` and `free` were ~7 % of the time of a
-/// server with 64 IAMATs in flight. Bounded, so that many connections
+/// holds small blocks only), and a busy server would spend a good part of
+/// its time in `malloc` and `free`. Bounded, so that many connections
 /// going idle at once still give their memory back.
 const SPARE_BUFFERS: usize = 64;
 

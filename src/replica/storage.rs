@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::log::page_cache::{self, PageCacheTrim};
@@ -43,7 +43,7 @@ const RESERVE_STEP: u64 = 1 << 20;
 const COMPACT_MIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How hard a server works to keep acknowledged updates through a crash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Every accepted update is fsynced before its AT reply (group commit:

@@ -197,8 +197,8 @@ const CHUNK: usize = 8192;
 
 /// Every client's entry, by index, in chunks that never move once
 /// allocated: adding a client never copies the others. (A `Vec` doubling
-/// from a million entries copies 128 MB and faults in 256 MB while every
-/// request waits: a stall of a third of a second was measured.)
+/// from a million entries copies all of them and faults in twice the
+/// memory while every request waits.)
 #[derive(Debug, Default)]
 struct Entries {
     chunks: Vec<Vec<Entry>>,
@@ -264,7 +264,9 @@ impl std::ops::IndexMut<u32> for Entries {
 /// of the client id's hash. A lookup reads one cache line of slots, and an
 /// entry only when the hash bits match; clients are never removed, so
 /// there are no tombstones, and growing reads the slots alone, where they
-/// lie (see [`Index::resize`]).
+/// lie (see [`Index::resize`]). Kept over `hashbrown::HashTable`, which
+/// costs a second miss per lookup once the table outgrows the caches
+/// (measured in BENCHMARKS.md, "The store").
 #[derive(Debug, Default)]
 struct Index {
     slots: Vec<u64>,
@@ -328,9 +330,9 @@ impl Index {
 
     /// Grows the table to `slots` (a power of two, larger) where it lies:
     /// the old slots' pages are reused and only the new part is fresh
-    /// memory. (A new table beside the old one took fresh pages for both,
-    /// and on a machine where a fresh page is a fault in the host, zeroing
-    /// a growing index's new tables was ~4.5 % of a five-server profile.)
+    /// memory. (A new table beside the old one takes fresh pages for both,
+    /// and on a machine where a fresh page is a fault in the host, that is
+    /// dear: BENCHMARKS.md, "The store".)
     ///
     /// A slot's start in the larger table is its start in the old one plus
     /// a multiple of the old size (the hash's next bits), so every entry is
@@ -556,8 +558,8 @@ impl Inner {
 
 /// A report as [`Store::since`] picked it: its sequence number, and the
 /// entry of the client it belongs to, so that [`Store::still_to_send`]
-/// finds it again without a search by number (that search was ~3 % of a
-/// neighbour's profile in a five-server herd). Ordered by number.
+/// finds it again without a search by number, which would cost a link a
+/// binary search per held report. Ordered by number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Picked {
     pub seq: u64,
@@ -737,7 +739,7 @@ impl Store {
     /// index slots, then the entries those slots point to. A neighbour's
     /// frame holds hundreds of reports for clients scattered over a store
     /// far larger than the caches, and a lookup's cost is its cache misses
-    /// (the first slot read was ~80 % of the lookup in a profile); taken
+    /// (the first slot read above all); taken
     /// one report at a time they come one after another, while here each
     /// step issues a frame's loads independently of each other, so that
     /// the processor overlaps their misses. Changes nothing.
