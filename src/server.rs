@@ -11,7 +11,6 @@ use tracing::{info, warn};
 
 use crate::client::{self, Clients};
 use crate::config::{HerdConfig, Limits, UnknownServer};
-use crate::peer::routes::Routes;
 use crate::peer::{Links, Neighbour, Timing};
 use crate::places::Places;
 use crate::places::render::Answers;
@@ -25,9 +24,6 @@ pub use crate::replica::StorageSetup;
 pub struct ServerSetup {
     pub name: String,
     pub neighbours: Vec<Neighbour>,
-    /// How long each origin's reports wait for each neighbour: the trees
-    /// of the whole herd, worked out from the config (see `routes`).
-    pub routes: Routes,
     /// The herd's shared secret, which peer links prove they know.
     pub secret: Vec<u8>,
     pub places: Arc<dyn Places>,
@@ -57,19 +53,9 @@ impl ServerSetup {
                     .clone(),
             })
             .collect();
-        let herd: Vec<(&str, Vec<&str>)> = config
-            .servers
-            .iter()
-            .map(|server| {
-                let theirs = server.neighbours.iter().map(String::as_str).collect();
-                (server.name.as_str(), theirs)
-            })
-            .collect();
-        let names: Vec<&str> = server.neighbours.iter().map(String::as_str).collect();
         Ok(Self {
             name: name.to_owned(),
             neighbours,
-            routes: Routes::new(name, &names, &herd),
             secret,
             places,
             limits: config.limits.clone(),
@@ -114,7 +100,6 @@ pub async fn run(
     let links = Arc::new(Links::new(
         &setup.name,
         setup.neighbours,
-        setup.routes,
         setup.secret,
         replica.clone(),
         timing,

@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::peer::routes::{Routes, Wait};
-use crate::peer::wire::{self, PayloadLine, parse_payload_line, update_client_id, update_parts};
+use crate::peer::wire::{
+    self, PayloadLine, parse_have, parse_payload_line, update_client_id, update_parts,
+};
 use crate::protocol::parse_at_line;
 use crate::replica::Replica;
 use crate::replica::store::{Applied, Batch, Picked, Scan, Source, Store};
@@ -27,14 +29,12 @@ pub const BATCH: usize = 1024;
 /// busy link, which then waits `LINGER` after it before sending the next.
 const BUSY_FRAME: usize = 16;
 pub const LINGER: Duration = Duration::from_millis(1);
-/// How long a report waits over a link outside its origin's tree from the
-/// link's first end (see `routes`): long enough for the tree's own
-/// messages of a fresh report to go first, short against `HOLD`.
-pub const SHORT_HOLD: Duration = Duration::from_millis(5);
-/// How long a report waits from a link's other end (see `routes`): long
-/// enough for the copy from the first end, sent after `SHORT_HOLD`, to
-/// arrive first under load.
-pub const HOLD: Duration = Duration::from_millis(30);
+/// How long a lazy link holds a report's payload back, waiting for the
+/// neighbour to announce that it holds the report (from its own tree
+/// parent): long enough for the tree to deliver under load, short enough
+/// that a silently failed tree link still costs the servers below it well
+/// under 50 ms.
+pub const LAZY_HOLD: Duration = Duration::from_millis(20);
 /// The most reports a link holds back; past that, it sends at once.
 const MAX_HELD: usize = 1 << 16;
 
@@ -101,8 +101,17 @@ pub struct Sender {
     held: Held,
     scanned: Batch,
     pending: Batch,
-    /// The reports of the current scan held back now, in the scan's order.
-    just_held: Vec<Picked>,
+    /// What becomes of each report of the current scan.
+    decisions: Vec<Decision>,
+}
+
+/// What a sending link does with one report it scanned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    Payload,
+    /// An announcement (`H`), the payload held back or known to be there.
+    Announce,
+    Skip,
 }
 
 impl Sender {
@@ -118,19 +127,22 @@ impl Sender {
             held: Held::default(),
             scanned: Batch::new(),
             pending: Batch::new(),
-            just_held: Vec::new(),
+            decisions: Vec::new(),
         }
     }
 
-    /// Decides the next frame: held reports whose wait is over, then what
-    /// the store accepted since the last look, but for what the routes hold
-    /// back. Builds the frame in `frame` (see `wire::start_frame`), calling
-    /// `sent` with each AT line put in it.
+    /// Decides the next frame: the link-state lines in `control` (taken),
+    /// held reports whose wait is over, then what the store accepted since
+    /// the last look: a payload for the neighbours that are children in the
+    /// report's tree, an announcement (and a hold) for the others. Builds
+    /// the frame in `frame` (see `wire::start_frame`), calling `sent` with
+    /// each AT line whose payload is put in it.
     pub fn poll(
         &mut self,
         store: &Store,
         routes: &Routes,
         now: Instant,
+        control: &mut Vec<u8>,
         frame: &mut Vec<u8>,
         mut sent: impl FnMut(&[u8]),
     ) -> Step {
@@ -152,20 +164,31 @@ impl Sender {
             &mut self.scanned,
         );
         behind |= more;
-        self.just_held.clear();
+        self.decisions.clear();
+        let (mut updates, mut announcements) = (self.pending.len(), 0);
         for (picked, at_line) in self.scanned.iter() {
             // Catch-up (a backlog) is sent whole: holding it back would only
             // make it longer.
-            if more || self.held.len() >= MAX_HELD {
-                continue;
+            let lazy = !more
+                && routes.wait(wire::origin(at_line), picked.came_from(), self.index) == Wait::Hold;
+            let decision = match (picked.held_there, lazy) {
+                // The neighbour holds it, and may be holding its payload
+                // for us: tell it we hold it too.
+                (true, true) => Decision::Announce,
+                (true, false) => Decision::Skip,
+                (false, true) if self.held.len() < MAX_HELD => {
+                    self.held.push(picked, now + LAZY_HOLD);
+                    Decision::Announce
+                }
+                (false, _) => Decision::Payload,
+            };
+            match decision {
+                Decision::Payload => updates += 1,
+                Decision::Announce => announcements += 1,
+                Decision::Skip => {}
             }
-            let wait = routes.wait(wire::origin(at_line), self.index);
-            if wait != Wait::None {
-                self.held.push(picked, now, wait);
-                self.just_held.push(picked);
-            }
+            self.decisions.push(decision);
         }
-        let updates = self.pending.len() + self.scanned.len() - self.just_held.len();
         self.next = self.next.max(reached);
         self.complete = self
             .held
@@ -177,24 +200,28 @@ impl Sender {
         // a quiet link that would be a turn per report, back the way the
         // report came, in the way of its next hops. A cursor that lags only
         // means a few more reports sent again after a reconnection.
-        if updates > 0 {
+        if updates > 0 || announcements > 0 || !control.is_empty() {
             wire::start_frame(frame);
+            frame.append(control);
             for (picked, at_line) in self.pending.iter() {
                 sent(at_line);
                 wire::push_update(frame, picked.seq, at_line);
             }
-            let mut held_now = self.just_held.iter().peekable();
-            for (picked, at_line) in self.scanned.iter() {
-                if held_now.next_if_eq(&&picked).is_none() {
-                    sent(at_line);
-                    wire::push_update(frame, picked.seq, at_line);
+            for ((picked, at_line), decision) in self.scanned.iter().zip(&self.decisions) {
+                match decision {
+                    Decision::Payload => {
+                        sent(at_line);
+                        wire::push_update(frame, picked.seq, at_line);
+                    }
+                    Decision::Announce => wire::push_have(frame, at_line),
+                    Decision::Skip => {}
                 }
             }
             wire::push_complete(frame, self.complete);
             self.confirmed = self.complete;
             let then = if behind {
                 Then::Hurry
-            } else if updates >= BUSY_FRAME {
+            } else if updates + announcements >= BUSY_FRAME {
                 Then::Linger(now + LINGER)
             } else {
                 Then::Poll
@@ -237,16 +264,24 @@ impl Receiver {
         Self { index, run }
     }
 
+    /// The neighbour's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// Applies one frame's payload to the replica, announces what it
     /// stored, and moves the neighbour's cursor to the frame's last number.
     /// Calls `received` with each update's AT line and `malformed` with
     /// each line that is not a payload line. Returns the frame's last
     /// number, if it had one.
+    /// Link-state lines (`L`) go to `control`, announcements (`H`) mark the
+    /// reports the neighbour holds.
     pub fn frame(
         &self,
         replica: &Replica,
         payload: &[u8],
         mut received: impl FnMut(&[u8], Applied),
+        mut control: impl FnMut(&[u8]),
         mut malformed: impl FnMut(&[u8]),
     ) -> Option<u64> {
         replica
@@ -254,6 +289,24 @@ impl Receiver {
             .warm(payload.split(|&b| b == b'\n').filter_map(update_client_id));
         let mut complete = None;
         for line in payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            match line.first() {
+                Some(b'L') => {
+                    control(line);
+                    continue;
+                }
+                Some(b'H') => {
+                    match parse_have(line) {
+                        Some((client, time)) => {
+                            replica
+                                .store()
+                                .announced(client, time, Source::Neighbour(self.index))
+                        }
+                        None => malformed(line),
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             match self.line(replica, line, &mut received) {
                 Some(seq) => complete = Some(seq),
                 None => malformed(line),
@@ -298,53 +351,41 @@ impl Receiver {
     }
 }
 
-/// The reports a link holds back, in two queues by length of wait; in each,
-/// numbers and times only increase (a link scans in order), so each
-/// queue's oldest report is also the first due. A report is a
-/// [`Picked`], ordered by number (a plain number in the tests).
+/// The payloads a link holds back, in the order it scanned them: numbers
+/// and due times only increase, so the first held is also the first due
+/// and the oldest. A report is a [`Picked`], ordered by number (a plain
+/// number in the tests).
 pub(crate) struct Held<R = Picked> {
-    short: VecDeque<(R, Instant)>,
-    long: VecDeque<(R, Instant)>,
+    queue: VecDeque<(R, Instant)>,
 }
 
 impl<R> Default for Held<R> {
     fn default() -> Self {
         Held {
-            short: VecDeque::new(),
-            long: VecDeque::new(),
+            queue: VecDeque::new(),
         }
     }
 }
 
 impl<R: Copy + Ord> Held<R> {
     fn len(&self) -> usize {
-        self.short.len() + self.long.len()
+        self.queue.len()
     }
 
-    /// Holds `report`, newer than any held, for `wait`.
-    fn push(&mut self, report: R, now: Instant, wait: Wait) {
-        match wait {
-            Wait::None => {}
-            Wait::Short => self.short.push_back((report, now + SHORT_HOLD)),
-            Wait::Long => self.long.push_back((report, now + HOLD)),
-        }
+    /// Holds `report`, newer than any held, until `until`.
+    fn push(&mut self, report: R, until: Instant) {
+        self.queue.push_back((report, until));
     }
 
     /// Takes a report whose wait is over, the oldest first.
     fn pop_due(&mut self, now: Instant) -> Option<R> {
-        let due = |queue: &VecDeque<(R, Instant)>| {
-            queue
-                .front()
-                .filter(|&&(_, until)| until <= now)
-                .map(|&(seq, _)| seq)
-        };
-        let queue = match (due(&self.short), due(&self.long)) {
-            (Some(short), Some(long)) if long < short => &mut self.long,
-            (Some(_), _) => &mut self.short,
-            (None, Some(_)) => &mut self.long,
-            (None, None) => return None,
-        };
-        queue.pop_front().map(|(seq, _)| seq)
+        match self.queue.front() {
+            Some(&(report, until)) if until <= now => {
+                self.queue.pop_front();
+                Some(report)
+            }
+            _ => None,
+        }
     }
 
     /// Whether some report's wait is over.
@@ -354,107 +395,107 @@ impl<R: Copy + Ord> Held<R> {
 
     /// When the next wait is over.
     fn next_due(&self) -> Option<Instant> {
-        self.fronts().map(|(_, until)| until).min()
+        self.queue.front().map(|&(_, until)| until)
     }
 
     /// The oldest report held.
     fn oldest(&self) -> Option<R> {
-        self.fronts().map(|(report, _)| report).min()
-    }
-
-    /// Each queue's first report, with its time.
-    fn fronts(&self) -> impl Iterator<Item = (R, Instant)> + '_ {
-        self.short
-            .front()
-            .into_iter()
-            .chain(self.long.front())
-            .copied()
+        self.queue.front().map(|&(report, _)| report)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::time::Timestamp;
 
-    /// Reports held short come due before older ones held long, and the
-    /// oldest held still bounds what the neighbour is complete up to.
+    /// Payloads come due in order, and the oldest held still bounds what
+    /// the neighbour is complete up to.
     #[test]
-    fn held_reports_come_due_by_their_wait_and_the_oldest_bounds_complete() {
+    fn held_reports_come_due_in_order_and_the_oldest_bounds_complete() {
         let start = Instant::now();
         let mut held = Held::<u64>::default();
         assert_eq!(
             (held.oldest(), held.next_due(), held.len()),
             (None, None, 0)
         );
-        held.push(1, start, Wait::Long);
-        held.push(2, start, Wait::Short);
-        held.push(3, start, Wait::None);
-        held.push(4, start + Duration::from_millis(1), Wait::Short);
-        assert_eq!(held.len(), 3);
-        assert_eq!(held.oldest(), Some(1));
-        assert_eq!(held.next_due(), Some(start + SHORT_HOLD));
+        held.push(1, start + LAZY_HOLD);
+        held.push(2, start + LAZY_HOLD + Duration::from_millis(1));
+        assert_eq!((held.len(), held.oldest()), (2, Some(1)));
+        assert_eq!(held.next_due(), Some(start + LAZY_HOLD));
         assert!(!held.due(start));
         assert_eq!(held.pop_due(start), None);
-        // After the short wait: the short ones, in order; 1 still held.
-        let later = start + SHORT_HOLD + Duration::from_millis(1);
-        assert!(held.due(later));
-        assert_eq!(held.pop_due(later), Some(2));
-        assert_eq!(held.pop_due(later), Some(4));
-        assert_eq!(held.pop_due(later), None);
-        assert_eq!(held.oldest(), Some(1));
-        assert_eq!(held.next_due(), Some(start + HOLD));
-        // Both due at once: the older first.
-        held.push(5, start + HOLD - SHORT_HOLD, Wait::Short);
-        let end = start + HOLD;
+        let end = start + LAZY_HOLD;
         assert_eq!(held.pop_due(end), Some(1));
-        assert_eq!(held.pop_due(end), Some(5));
-        assert_eq!(held.len(), 0);
+        assert_eq!(held.pop_due(end), None, "2 is not due yet");
+        assert_eq!(held.oldest(), Some(2));
+        assert_eq!(held.pop_due(end + LAZY_HOLD), Some(2));
         assert_eq!(held.oldest(), None);
     }
 
-    use crate::protocol::time::Timestamp;
-
     fn triangle_routes_at_a() -> Routes {
         let herd = [("A", vec!["B", "C"]), ("B", vec!["C"]), ("C", vec![])];
-        Routes::new("A", &["B", "C"], &herd)
+        Routes::configured("A", &["B", "C"], &herd)
     }
 
     fn at_line(origin: &str, client: &str, time: &str) -> String {
         format!("AT {origin} +0.000000000 {client} +1+1 {time}")
     }
 
-    fn updates(frame: &[u8]) -> Vec<String> {
+    fn lines(frame: &[u8], kind: u8) -> Vec<String> {
         wire::payload(frame)
             .split(|&b| b == b'\n')
-            .filter(|l| l.starts_with(b"U "))
+            .filter(|l| l.first() == Some(&kind))
             .map(|l| String::from_utf8_lossy(l).into_owned())
             .collect()
     }
 
-    /// At A of the triangle A, B, C, a report made at B goes to C only after
-    /// the short hold (A-C is outside B's tree), and not at all if C sent it
-    /// to A meanwhile.
+    /// At A of the triangle A, B, C, a report made at B is announced to C
+    /// at once (A-C is outside B's tree) and its payload held; it goes when
+    /// the hold is over, unless C announced meanwhile that it holds it.
     #[test]
-    fn a_held_report_goes_when_due_unless_the_neighbour_sent_it() {
+    fn a_lazy_link_announces_and_sends_the_payload_only_if_not_told() {
         let routes = triangle_routes_at_a();
         let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
         let store = replica.store();
         let t0 = Instant::now();
-        let mut frame = Vec::new();
+        let (mut frame, mut control) = (Vec::new(), Vec::new());
         let mut to_c = Sender::new(1, 0, 0);
         let from_b = at_line("B", "kiwi", "5");
         replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
             Timestamp::parse(b"5")
         });
-        let step = to_c.poll(store, &routes, t0, &mut frame, |_| {});
+        let step = to_c.poll(store, &routes, t0, &mut control, &mut frame, |_| {});
+        assert_eq!(
+            step,
+            Step::Frame {
+                updates: 0,
+                then: Then::Poll
+            }
+        );
+        assert_eq!(lines(&frame, b'H'), ["H kiwi 5"]);
+        assert!(lines(&frame, b'U').is_empty());
+        assert_eq!(
+            lines(&frame, b'C'),
+            ["C 0"],
+            "not complete past a held report"
+        );
+        let step = to_c.poll(store, &routes, t0, &mut control, &mut frame, |_| {});
         assert_eq!(
             step,
             Step::Idle {
-                until: Some(t0 + SHORT_HOLD)
+                until: Some(t0 + LAZY_HOLD)
             }
         );
         assert_eq!(to_c.held(), 1);
-        let step = to_c.poll(store, &routes, t0 + SHORT_HOLD, &mut frame, |_| {});
+        let step = to_c.poll(
+            store,
+            &routes,
+            t0 + LAZY_HOLD,
+            &mut control,
+            &mut frame,
+            |_| {},
+        );
         assert_eq!(
             step,
             Step::Frame {
@@ -462,25 +503,122 @@ mod tests {
                 then: Then::Poll
             }
         );
-        assert_eq!(updates(&frame), vec![format!("U 1 {from_b}")]);
+        assert_eq!(lines(&frame, b'U'), [format!("U 1 {from_b}")]);
 
-        // Again, but C sends the report to A before the hold is over.
+        // Again, but C announces the report before the hold is over.
         let from_b = at_line("B", "pear", "6");
         replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
             Timestamp::parse(b"6")
         });
-        let t1 = t0 + HOLD;
-        assert!(matches!(
-            to_c.poll(store, &routes, t1, &mut frame, |_| {}),
-            Step::Idle { .. }
-        ));
-        let copy = replica.apply(from_b.as_bytes(), Source::Neighbour(1), || None);
-        assert_eq!(copy, Applied::Same);
-        let step = to_c.poll(store, &routes, t1 + SHORT_HOLD, &mut frame, |_| {});
+        let t1 = t0 + LAZY_HOLD * 2;
+        to_c.poll(store, &routes, t1, &mut control, &mut frame, |_| {});
+        assert_eq!(lines(&frame, b'H'), ["H pear 6"]);
+        let receiver = Receiver::new(1, 9);
+        receiver.frame(
+            &replica,
+            b"H pear 6\n",
+            |_, _| {},
+            |_| {},
+            |_| panic!("well-formed"),
+        );
+        let step = to_c.poll(
+            store,
+            &routes,
+            t1 + LAZY_HOLD,
+            &mut control,
+            &mut frame,
+            |_| {},
+        );
         assert_eq!(step, Step::Idle { until: None });
         // The heartbeat still tells C how far it is complete.
         to_c.heartbeat(&mut frame);
         assert_eq!(wire::payload(&frame), b"C 2\n");
+    }
+
+    /// An announcement that comes before the report it names still spares
+    /// the payload once the report arrives.
+    #[test]
+    fn an_early_announcement_is_kept_for_its_report() {
+        let routes = triangle_routes_at_a();
+        let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
+        let receiver = Receiver::new(1, 9);
+        receiver.frame(
+            &replica,
+            b"H kiwi 5\n",
+            |_, _| {},
+            |_| {},
+            |_| panic!("well-formed"),
+        );
+        let from_b = at_line("B", "kiwi", "5");
+        replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
+            Timestamp::parse(b"5")
+        });
+        let now = Instant::now();
+        let (mut frame, mut control) = (Vec::new(), Vec::new());
+        let mut to_c = Sender::new(1, 0, 0);
+        // C holds it already: no payload and no hold, only the announcement
+        // that spares C its own hold for us.
+        let step = to_c.poll(
+            replica.store(),
+            &routes,
+            now,
+            &mut control,
+            &mut frame,
+            |_| {},
+        );
+        assert_eq!(
+            step,
+            Step::Frame {
+                updates: 0,
+                then: Then::Poll
+            }
+        );
+        assert_eq!(lines(&frame, b'H'), ["H kiwi 5"]);
+        assert!(lines(&frame, b'U').is_empty());
+        let step = to_c.poll(
+            replica.store(),
+            &routes,
+            now,
+            &mut control,
+            &mut frame,
+            |_| {},
+        );
+        assert_eq!(step, Step::Idle { until: None });
+    }
+
+    /// Link-state lines go out in the next frame, before anything else.
+    #[test]
+    fn control_lines_lead_the_next_frame() {
+        let routes = triangle_routes_at_a();
+        let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
+        let (mut frame, mut control) = (Vec::new(), b"L A 3 B\n".to_vec());
+        let mut to_b = Sender::new(0, 0, 0);
+        let step = to_b.poll(
+            replica.store(),
+            &routes,
+            Instant::now(),
+            &mut control,
+            &mut frame,
+            |_| {},
+        );
+        assert_eq!(
+            step,
+            Step::Frame {
+                updates: 0,
+                then: Then::Poll
+            }
+        );
+        assert!(wire::payload(&frame).starts_with(b"L A 3 B\n"));
+        assert!(control.is_empty(), "taken");
+        let mut seen = Vec::new();
+        Receiver::new(0, 9).frame(
+            &replica,
+            wire::payload(&frame),
+            |_, _| {},
+            |l| seen.push(l.to_vec()),
+            |_| {},
+        );
+        assert_eq!(seen, [b"L A 3 B".to_vec()]);
     }
 
     /// A report made here goes down its own tree at once, and a backlog
@@ -498,10 +636,17 @@ mod tests {
             ));
         }
         let now = Instant::now();
-        let mut frame = Vec::new();
+        let (mut frame, mut control) = (Vec::new(), Vec::new());
         let mut sent = 0;
         let mut to_b = Sender::new(0, 0, replica.store().head());
-        let step = to_b.poll(replica.store(), &routes, now, &mut frame, |_| sent += 1);
+        let step = to_b.poll(
+            replica.store(),
+            &routes,
+            now,
+            &mut control,
+            &mut frame,
+            |_| sent += 1,
+        );
         assert_eq!(
             step,
             Step::Frame {
@@ -510,7 +655,14 @@ mod tests {
             }
         );
         assert_eq!(sent, BATCH);
-        let step = to_b.poll(replica.store(), &routes, now, &mut frame, |_| {});
+        let step = to_b.poll(
+            replica.store(),
+            &routes,
+            now,
+            &mut control,
+            &mut frame,
+            |_| {},
+        );
         assert_eq!(
             step,
             Step::Frame {
@@ -520,7 +672,14 @@ mod tests {
         );
         assert!(wire::payload(&frame).ends_with(format!("C {}\n", BATCH + 10).as_bytes()));
         assert_eq!(
-            to_b.poll(replica.store(), &routes, now, &mut frame, |_| {}),
+            to_b.poll(
+                replica.store(),
+                &routes,
+                now,
+                &mut control,
+                &mut frame,
+                |_| {}
+            ),
             Step::Idle { until: None }
         );
     }
@@ -547,6 +706,7 @@ mod tests {
             &replica,
             payload.as_bytes(),
             |line, applied| received.push((String::from_utf8_lossy(line).into_owned(), applied)),
+            |_| panic!("no link-state lines"),
             |line| malformed.push(String::from_utf8_lossy(line).into_owned()),
         );
         assert_eq!(complete, Some(7));

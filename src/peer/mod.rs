@@ -12,17 +12,20 @@
 //! the bytes.
 //!
 //! The wing's rooms: `wire` (the format), `auth` (MACs and frame keys),
-//! `routes` (who gets a report at once), `link` (the decisions, no IO),
-//! `shell` (the tasks that own sockets and timers) and `sim` (an in-memory
-//! network that drives `link` for tests).
+//! `topology` (which links of the herd are up, flooded as link state),
+//! `routes` (each origin's tree over the live links), `link` (the
+//! decisions, no IO), `shell` (the tasks that own sockets and timers) and
+//! `sim` (an in-memory network that drives `link` for tests).
 
 pub mod auth;
 pub mod link;
 pub mod routes;
 mod shell;
 pub mod sim;
+pub mod topology;
 pub mod wire;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,11 +33,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
 
 use crate::replica::Replica;
 use crate::stats::ServerStats;
 use auth::Secret;
 use routes::Routes;
+use topology::{Learned, Topology};
 
 pub use wire::{Hello, PayloadLine, parse_hello, parse_payload_line};
 
@@ -59,9 +64,16 @@ pub struct Links {
     me: String,
     secret: Secret,
     neighbours: Vec<Neighbour>,
-    /// How long each origin's reports wait for each neighbour (see
-    /// `routes`).
-    routes: Routes,
+    /// Each origin's tree over the links known to be up (see `routes`),
+    /// replaced whenever `topology` changes.
+    routes: Mutex<Arc<Routes>>,
+    topology: Mutex<Topology>,
+    /// `topology` changed since `routes` was worked out.
+    stale: AtomicBool,
+    /// Link-state lines waiting for each neighbour's sending link, and the
+    /// wake-up that tells it so.
+    control: Vec<Mutex<Vec<u8>>>,
+    control_ready: Vec<Notify>,
     replica: Arc<Replica>,
     timing: Timing,
     stats: Arc<ServerStats>,
@@ -78,18 +90,22 @@ impl Links {
     pub fn new(
         me: &str,
         neighbours: Vec<Neighbour>,
-        routes: Routes,
         secret: Vec<u8>,
         replica: Arc<Replica>,
         timing: Timing,
         stats: Arc<ServerStats>,
     ) -> Self {
         let count = neighbours.len();
+        let topology = Topology::new(me, neighbours.iter().map(|n| n.name.clone()).collect());
         Self {
             me: me.to_owned(),
             secret: Secret::new(secret),
             neighbours,
-            routes,
+            routes: Mutex::new(Arc::new(topology.routes())),
+            stale: AtomicBool::new(false),
+            topology: Mutex::new(topology),
+            control: (0..count).map(|_| Mutex::default()).collect(),
+            control_ready: (0..count).map(|_| Notify::new()).collect(),
             replica,
             timing,
             stats,
@@ -108,9 +124,103 @@ impl Links {
         shell::start(self, listener, tasks, shutdown);
     }
 
+    /// The trees as now known: worked out again if the topology changed
+    /// since, once for a burst of link-state lines.
+    fn routes(&self) -> Arc<Routes> {
+        if self.stale.swap(false, Ordering::AcqRel) {
+            let routes = Arc::new(self.lock_topology().routes());
+            debug!("routes worked out again");
+            *self.routes.lock().expect("routes lock is never poisoned") = routes;
+        }
+        self.routes
+            .lock()
+            .expect("routes lock is never poisoned")
+            .clone()
+    }
+
+    fn lock_topology(&self) -> std::sync::MutexGuard<'_, Topology> {
+        self.topology
+            .lock()
+            .expect("topology lock is never poisoned")
+    }
+
+    /// The sending link to neighbour `index` came up or went down: this
+    /// server's claim changes, the trees are worked out again at once, and
+    /// the herd is told. A link that comes up is sent the whole table.
+    fn link_changed(&self, index: usize, up: bool) {
+        let mut topology = self.lock_topology();
+        if up {
+            let mut queue = self.control[index]
+                .lock()
+                .expect("control lock is never poisoned");
+            queue.clear();
+            for line in topology.table() {
+                wire::push_line(&mut queue, &line);
+            }
+        }
+        if let Some(line) = topology.set_link(index, up, version_clock()) {
+            self.stale.store(true, Ordering::Release);
+            self.flood(&line, None);
+        }
+        if up {
+            self.control_ready[index].notify_one();
+        }
+    }
+
+    /// Takes in a link-state line from neighbour `from`.
+    fn learn(&self, from: usize, line: &[u8]) {
+        let mut topology = self.lock_topology();
+        match topology.apply(line) {
+            Learned::Newer => {
+                self.stale.store(true, Ordering::Release);
+                self.flood(line, Some(from));
+            }
+            Learned::AboutMe => {
+                let line = topology.reannounce(version_clock());
+                self.flood(&line, None);
+            }
+            Learned::Known => {}
+            Learned::Malformed => {
+                warn!(neighbour = %self.neighbours[from].name, "ignored a malformed link-state line");
+            }
+        }
+    }
+
+    /// Queues a link-state line for every neighbour but `except`.
+    fn flood(&self, line: &[u8], except: Option<usize>) {
+        for (index, queue) in self.control.iter().enumerate() {
+            if Some(index) != except {
+                wire::push_line(
+                    &mut queue.lock().expect("control lock is never poisoned"),
+                    line,
+                );
+                self.control_ready[index].notify_one();
+            }
+        }
+    }
+
+    /// Takes the link-state lines waiting for neighbour `index`.
+    fn take_control(&self, index: usize, into: &mut Vec<u8>) {
+        into.append(
+            &mut self.control[index]
+                .lock()
+                .expect("control lock is never poisoned"),
+        );
+    }
+
     fn neighbour_index(&self, name: &[u8]) -> Option<usize> {
         self.neighbours
             .iter()
             .position(|n| n.name.as_bytes() == name)
     }
+}
+
+/// A link-state version that only grows, also across restarts: the wall
+/// clock in nanoseconds (`Topology` keeps each version above the last).
+fn version_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
 }

@@ -1,109 +1,141 @@
-//! Which neighbours a server sends a report to at once, and which it makes
-//! wait (see `flood`).
+//! Which neighbours get a report's payload at once, and which get only an
+//! announcement that this server holds it (see `link` and
+//! `docs/flooding.md`).
 //!
-//! Flooding over a herd with cycles sends each report over every link, in
-//! one direction or both, although a spanning tree rooted at the report's
-//! origin (the server named in its AT line) would reach every server with
-//! one message per server. Nothing may be left out on that ground alone: a
-//! tree edge can fail, and only a neighbour that sent us a report is known
-//! to hold it. So every link still sends every report its rules do not
-//! leave out, but not all at once:
+//! Every report travels down its origin's shortest-path tree over the links
+//! that are up: a server pushes it at once to the neighbours that are its
+//! children in that tree. To its other neighbours (lazy links) it sends a
+//! short announcement ("I have it") and holds the payload back for a while:
+//! if the neighbour has not said by then that it holds the report too, the
+//! tree failed it somewhere and the payload goes after all. So a healthy
+//! herd carries each report's payload once per server, and a silent
+//! failure costs the servers below it one hold, not the report.
 //!
-//! - to a neighbour that is our child in the origin's tree, at once;
-//! - over a link outside the tree, after a short wait from its end with
-//!   the lower name, after a long one from the other end: the first copy
-//!   reaches the waiting end, which holds the report already (from the
-//!   tree), and marks that the neighbour sent it, so the held copy is then
-//!   left out (the store's "sent it to us" rule); one message on that link
-//!   instead of two. The short wait keeps that copy, which only guards
-//!   against a failed tree edge, out of the way of the tree's own messages:
-//!   on a small machine every message is CPU time that the next hop of a
-//!   fresh report would otherwise have;
-//! - back towards our own parent in the tree, after the long wait (usually
-//!   left out anyway: the parent is where it came from).
-//!
-//! A failed tree edge costs the servers below it a wait, not the report.
-//! The trees are breadth-first from each origin over the configured links,
-//! a server's parent being its neighbour nearest the origin (the lowest
-//! name among equals), so every server of a herd computes the same trees
-//! from the same config. Plain synchronous code, computed once at start.
+//! The trees are breadth-first from each origin over the *live* graph: a
+//! link counts when both its ends say it is up (see `topology`), so a dead
+//! server, which can no longer say anything, drops out as soon as its
+//! neighbours notice. A server's parent is its neighbour nearest the origin
+//! (the lowest name among equals), so servers that know the same graph
+//! compute the same trees. Plain synchronous code.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-/// How long a report waits before it is sent over a link.
+/// What a link does with a report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
-    /// Down the origin's tree (and wherever there is no tree): at once.
+    /// Down the origin's tree, wherever the tree is not known, and
+    /// wherever a report came by another way than the tree (the tree is
+    /// broken above us): the payload at once.
     None,
-    /// Over a link outside the tree, from its end with the lower name.
-    Short,
-    /// Over a link outside the tree from its other end, or back towards
-    /// the tree parent: long enough for the copy sent the other way to
-    /// arrive first.
-    Long,
+    /// A lazy link: an announcement at once, the payload only if the
+    /// neighbour has not said it holds the report when the hold is over.
+    Hold,
 }
 
-/// For each origin, how long its reports wait for each neighbour.
+/// The live graph: each server's claims of which of its links are up.
+pub type Claims = BTreeMap<String, BTreeSet<String>>;
+
+/// For each origin, which of this server's neighbours are its children.
 #[derive(Debug, Default)]
 pub struct Routes {
     /// Looked up for every report on every link: foldhash, not SipHash
-    /// (server names are not chosen by clients).
-    waits: foldhash::HashMap<Vec<u8>, Vec<Wait>>,
+    /// (server names are not chosen by clients). A set bit `i` means
+    /// neighbour `i` gets the payload at once; with the neighbour that is
+    /// this server's parent in the origin's tree, if any.
+    eager: foldhash::HashMap<Vec<u8>, (u64, Option<usize>)>,
+    /// How many neighbours this server has; links past them are flooded.
+    neighbours: usize,
 }
 
 impl Routes {
     /// The routes of server `me`, whose neighbours are `neighbours` (in the
-    /// order links number them), in a herd of `herd`: each server's name
-    /// and the names of its neighbours.
-    pub fn new(me: &str, neighbours: &[&str], herd: &[(&str, Vec<&str>)]) -> Self {
-        let index: HashMap<&str, usize> = herd
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _))| (*name, i))
-            .collect();
-        // Links are both ways; a link named by either end counts.
-        let mut adjacent = vec![Vec::new(); herd.len()];
-        for (i, (_, theirs)) in herd.iter().enumerate() {
-            for j in theirs.iter().filter_map(|name| index.get(name)) {
-                if i != *j {
-                    adjacent[i].push(*j);
-                    adjacent[*j].push(i);
-                }
-            }
-        }
-        for list in &mut adjacent {
-            list.sort_by_key(|&j| herd[j].0);
-            list.dedup();
-        }
+    /// order links number them), over the links of `claims` that both ends
+    /// claim.
+    pub fn live(me: &str, neighbours: &[String], claims: &Claims) -> Self {
+        let names: Vec<&str> = claims.keys().map(String::as_str).collect();
+        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let Some(&me_at) = index.get(me) else {
             return Self::default();
         };
-        let waits = herd
+        // Adjacency over links both ends claim; names are sorted, so each
+        // list is too.
+        let adjacent: Vec<Vec<usize>> = names
             .iter()
-            .enumerate()
-            .map(|(origin, (origin_name, _))| {
-                let parent = tree(&adjacent, origin);
-                let row = neighbours
+            .map(|a| {
+                claims[*a]
                     .iter()
-                    .map(|name| match index.get(name) {
-                        Some(&them) => wait((me, me_at), (name, them), origin, &parent),
-                        None => Wait::None,
-                    })
-                    .collect();
-                (origin_name.as_bytes().to_vec(), row)
+                    .filter_map(|b| index.get(b.as_str()).copied())
+                    .filter(|&j| claims[names[j]].contains(*a) && names[j] != *a)
+                    .collect()
             })
             .collect();
-        Self { waits }
+        let eager = names
+            .iter()
+            .enumerate()
+            .map(|(origin, origin_name)| {
+                let parent = tree(&adjacent, origin);
+                let reached = |at: usize| at == origin || parent[at].is_some();
+                let mut bits = 0u64;
+                let up = parent[me_at].map(|p| names[p]);
+                let up = neighbours.iter().position(|n| Some(n.as_str()) == up);
+                for (i, name) in neighbours.iter().enumerate().take(64) {
+                    let them = index.get(name.as_str()).copied();
+                    let eager = match them {
+                        // The tree does not reach one of us (a graph not
+                        // fully known yet): flood, promptly.
+                        Some(them) if reached(me_at) && reached(them) => {
+                            parent[them] == Some(me_at)
+                        }
+                        _ => true,
+                    };
+                    if eager {
+                        bits |= 1 << i;
+                    }
+                }
+                (origin_name.as_bytes().to_vec(), (bits, up))
+            })
+            .collect();
+        Self {
+            eager,
+            neighbours: neighbours.len().min(64),
+        }
     }
 
-    /// How long a report from `origin` waits for neighbour `neighbour`.
-    /// Origins outside the herd (a server this config does not know) are
-    /// flooded at once everywhere.
-    pub fn wait(&self, origin: &[u8], neighbour: usize) -> Wait {
-        self.waits
-            .get(origin)
-            .and_then(|row| row.get(neighbour).copied())
-            .unwrap_or(Wait::None)
+    /// The routes of `me` in a herd whose configured links (each server's
+    /// name and its neighbours' names) are all up.
+    pub fn configured(me: &str, neighbours: &[&str], herd: &[(&str, Vec<&str>)]) -> Self {
+        let mut claims = Claims::new();
+        for (a, theirs) in herd {
+            claims.entry((*a).to_owned()).or_default();
+            for b in theirs {
+                claims
+                    .entry((*a).to_owned())
+                    .or_default()
+                    .insert((*b).to_owned());
+                claims
+                    .entry((*b).to_owned())
+                    .or_default()
+                    .insert((*a).to_owned());
+            }
+        }
+        let neighbours: Vec<String> = neighbours.iter().map(|n| (*n).to_owned()).collect();
+        Self::live(me, &neighbours, &claims)
+    }
+
+    /// What a report from `origin` that came from neighbour `came_from`
+    /// (`None`: from a client) does on the link to neighbour `neighbour`.
+    /// Origins the graph does not know are flooded.
+    pub fn wait(&self, origin: &[u8], came_from: Option<usize>, neighbour: usize) -> Wait {
+        match self.eager.get(origin) {
+            Some(&(bits, parent))
+                if neighbour < self.neighbours
+                    && bits & (1 << neighbour) == 0
+                    && came_from == parent =>
+            {
+                Wait::Hold
+            }
+            _ => Wait::None,
+        }
     }
 }
 
@@ -132,34 +164,12 @@ fn tree(adjacent: &[Vec<usize>], origin: usize) -> Vec<Option<usize>> {
     parent
 }
 
-/// How long `me` holds a report for neighbour `them`, given the parents of
-/// the report's origin's tree.
-fn wait(
-    (me, me_at): (&str, usize),
-    (them_name, them): (&str, usize),
-    origin: usize,
-    parent: &[Option<usize>],
-) -> Wait {
-    let reached = |at: usize| at == origin || parent[at].is_some();
-    if !reached(me_at) || !reached(them) {
-        // Not in the origin's part of the herd: flood.
-        return Wait::None;
-    }
-    if parent[them] == Some(me_at) {
-        Wait::None
-    } else if parent[me_at] == Some(them) || me > them_name {
-        Wait::Long
-    } else {
-        Wait::Short
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The herd of SPEC §1.
-    fn spec_herd() -> Vec<(&'static str, Vec<&'static str>)> {
+    /// The default herd.
+    fn default_herd() -> Vec<(&'static str, Vec<&'static str>)> {
         vec![
             ("Hill", vec!["Jaquez", "Smith"]),
             ("Jaquez", vec!["Hill", "Singleton"]),
@@ -169,108 +179,145 @@ mod tests {
         ]
     }
 
-    fn routes_of(me: &str) -> (Routes, Vec<&'static str>) {
-        let herd = spec_herd();
-        let neighbours = herd.iter().find(|(name, _)| *name == me).unwrap().1.clone();
-        (Routes::new(me, &neighbours, &herd), neighbours)
+    fn neighbours_of(me: &str) -> Vec<&'static str> {
+        default_herd()
+            .into_iter()
+            .find(|(name, _)| *name == me)
+            .unwrap()
+            .1
     }
 
-    /// The neighbours `me` sends `origin`'s reports to after `wait`.
-    fn sent_from(me: &str, origin: &str, wait: Wait) -> Vec<&'static str> {
-        let (routes, neighbours) = routes_of(me);
+    /// The neighbours `me` pushes `origin`'s reports to at once, with every
+    /// configured link up but those in `down`.
+    fn at_once(me: &str, origin: &str, down: &[(&str, &str)]) -> Vec<&'static str> {
+        let mut claims = Claims::new();
+        for (a, theirs) in default_herd() {
+            for b in theirs {
+                if !down.contains(&(a, b)) && !down.contains(&(b, a)) {
+                    claims.entry(a.to_owned()).or_default().insert(b.to_owned());
+                }
+            }
+        }
+        let neighbours = neighbours_of(me);
+        let names: Vec<String> = neighbours.iter().map(|n| n.to_string()).collect();
+        let routes = Routes::live(me, &names, &claims);
         neighbours
             .iter()
             .enumerate()
-            .filter(|&(i, _)| routes.wait(origin.as_bytes(), i) == wait)
+            .filter(|&(i, _)| {
+                routes.wait(origin.as_bytes(), parent_of(&routes, origin), i) == Wait::None
+            })
             .map(|(_, name)| *name)
             .collect()
     }
 
-    fn at_once_from(me: &str, origin: &str) -> Vec<&'static str> {
-        sent_from(me, origin, Wait::None)
+    /// Where a report from `origin` comes from to the server of `routes`
+    /// in a healthy herd: its tree parent.
+    fn parent_of(routes: &Routes, origin: &str) -> Option<usize> {
+        routes
+            .eager
+            .get(origin.as_bytes())
+            .and_then(|&(_, parent)| parent)
     }
 
     #[test]
     fn reports_from_hill_go_down_its_tree_at_once() {
         // Hill's tree: Hill -> Jaquez, Smith; Jaquez -> Singleton (Jaquez
         // before Smith among equals); Smith -> Campbell.
-        assert_eq!(at_once_from("Hill", "Hill"), ["Jaquez", "Smith"]);
-        assert_eq!(at_once_from("Jaquez", "Hill"), ["Singleton"]);
-        // Smith -> Singleton is outside the tree, and Smith names the
-        // higher end: it waits long, for Singleton's copy; back to Hill too.
-        assert_eq!(at_once_from("Smith", "Hill"), ["Campbell"]);
-        assert_eq!(
-            sent_from("Smith", "Hill", Wait::Long),
-            ["Hill", "Singleton"]
-        );
-        // Singleton, the lower end of its links outside the tree, sends
-        // over them after the short wait; Campbell < Singleton, so Campbell
-        // sends first over theirs. Neither sends anything at once.
-        assert_eq!(sent_from("Singleton", "Hill", Wait::Short), ["Smith"]);
-        assert_eq!(sent_from("Campbell", "Hill", Wait::Short), ["Singleton"]);
-        assert!(at_once_from("Singleton", "Hill").is_empty());
-        assert!(at_once_from("Campbell", "Hill").is_empty());
+        assert_eq!(at_once("Hill", "Hill", &[]), ["Jaquez", "Smith"]);
+        assert_eq!(at_once("Jaquez", "Hill", &[]), ["Singleton"]);
+        assert_eq!(at_once("Smith", "Hill", &[]), ["Campbell"]);
+        assert!(at_once("Singleton", "Hill", &[]).is_empty());
+        assert!(at_once("Campbell", "Hill", &[]).is_empty());
     }
 
     #[test]
-    fn every_server_is_reached_at_once_from_every_origin() {
-        let herd = spec_herd();
+    fn a_link_down_moves_the_tree_onto_live_links() {
+        // Smith's links are down (Smith died): Campbell hangs below
+        // Singleton now.
+        let down = [
+            ("Smith", "Hill"),
+            ("Smith", "Singleton"),
+            ("Smith", "Campbell"),
+        ];
+        // (Smith itself is out of every tree, so flooded; no link to it is
+        // up to carry anything.)
+        assert_eq!(at_once("Hill", "Hill", &down), ["Jaquez", "Smith"]);
+        assert_eq!(at_once("Jaquez", "Hill", &down), ["Singleton"]);
+        assert_eq!(at_once("Singleton", "Hill", &down), ["Smith", "Campbell"]);
+        // A link one end no longer claims is down for everyone.
+        let one_sided = [("Hill", "Smith")];
+        let mut claims = Claims::new();
+        for (a, theirs) in default_herd() {
+            for b in theirs {
+                if !one_sided.contains(&(a, b)) {
+                    claims.entry(a.to_owned()).or_default().insert(b.to_owned());
+                }
+            }
+        }
+        let routes = Routes::live("Hill", &["Jaquez".into(), "Smith".into()], &claims);
+        assert_eq!(routes.wait(b"Hill", None, 1), Wait::Hold);
+    }
+
+    #[test]
+    fn every_server_is_reached_once_from_every_origin() {
+        let herd = default_herd();
         for (origin, _) in &herd {
-            // Follow only the sends made at once, from the origin.
             let mut reached = vec![*origin];
             let mut queue = VecDeque::from([*origin]);
+            let mut pushes = 0;
             while let Some(at) = queue.pop_front() {
-                for them in at_once_from(at, origin) {
-                    if !reached.contains(&them) {
-                        reached.push(them);
-                        queue.push_back(them);
-                    }
+                for them in at_once(at, origin, &[]) {
+                    pushes += 1;
+                    assert!(!reached.contains(&them), "{origin}: {them} twice");
+                    reached.push(them);
+                    queue.push_back(them);
                 }
             }
             assert_eq!(reached.len(), herd.len(), "from {origin}: {reached:?}");
+            assert_eq!(pushes, herd.len() - 1);
         }
     }
 
+    /// A report that came by a way other than the tree (a lazy link's
+    /// payload, after a silent failure above) goes on at once everywhere.
     #[test]
-    fn each_link_outside_a_tree_is_sent_over_first_one_way() {
-        let herd = spec_herd();
-        for (origin, _) in &herd {
-            for (a, theirs) in &herd {
-                for b in theirs {
-                    let a_to_b = sent_from(a, origin, Wait::Long).contains(b);
-                    let b_to_a = sent_from(b, origin, Wait::Long).contains(a);
-                    // Every link has an end that does not wait long, and
-                    // at most one end waits short.
-                    assert!(!(a_to_b && b_to_a), "{origin}: {a} <-> {b} both wait long");
-                    let a_short = sent_from(a, origin, Wait::Short).contains(b);
-                    let b_short = sent_from(b, origin, Wait::Short).contains(a);
-                    assert!(
-                        !(a_short && b_short),
-                        "{origin}: {a} <-> {b} both wait short"
-                    );
-                    let a_now = at_once_from(a, origin).contains(b);
-                    let b_now = at_once_from(b, origin).contains(a);
-                    assert!(!(a_now && b_now), "{origin}: {a} <-> {b} both at once");
-                    // A link outside the tree: one end short, the other long.
-                    if !(a_now || b_now) {
-                        assert!(a_short != b_short, "{origin}: {a} <-> {b}");
-                    }
-                }
-            }
-        }
+    fn a_report_off_the_tree_goes_on_at_once() {
+        let neighbours: Vec<String> = ["Jaquez", "Smith", "Campbell"].map(String::from).to_vec();
+        let herd = default_herd();
+        let singleton: Vec<&str> = neighbours.iter().map(String::as_str).collect();
+        let routes = Routes::configured("Singleton", &singleton, &herd);
+        // Hill's tree reaches Singleton through Jaquez (index 0).
+        assert_eq!(routes.wait(b"Hill", Some(0), 2), Wait::Hold);
+        assert_eq!(
+            routes.wait(b"Hill", Some(1), 2),
+            Wait::None,
+            "came from Smith"
+        );
+        assert_eq!(routes.wait(b"Hill", None, 2), Wait::None, "replayed");
     }
 
     #[test]
-    fn strangers_and_herds_apart_are_flooded() {
+    fn strangers_and_unknown_graphs_are_flooded() {
         let herd = vec![("A", vec!["B"]), ("B", vec!["A"]), ("C", vec![])];
-        let routes = Routes::new("A", &["B"], &herd);
-        assert_eq!(routes.wait(b"Nobody", 0), Wait::None);
+        let routes = Routes::configured("A", &["B"], &herd);
+        assert_eq!(routes.wait(b"Nobody", None, 0), Wait::None);
         // C reaches nobody: its reports (had anyone one) are flooded.
-        assert_eq!(routes.wait(b"C", 0), Wait::None);
-        assert_eq!(routes.wait(b"A", 0), Wait::None);
-        assert_eq!(routes.wait(b"B", 0), Wait::Long, "back to the origin waits");
-        // A neighbour past the list, or a server not in the herd: at once.
-        assert_eq!(routes.wait(b"A", 5), Wait::None);
-        assert_eq!(Routes::new("Z", &["B"], &herd).wait(b"A", 0), Wait::None);
+        assert_eq!(routes.wait(b"C", None, 0), Wait::None);
+        assert_eq!(routes.wait(b"A", None, 0), Wait::None);
+        assert_eq!(
+            routes.wait(b"B", Some(0), 0),
+            Wait::Hold,
+            "back to the origin: lazy"
+        );
+        // A neighbour past the list, or a server not in the graph: at once.
+        assert_eq!(routes.wait(b"A", None, 5), Wait::None);
+        assert_eq!(
+            Routes::configured("Z", &["B"], &herd).wait(b"A", None, 0),
+            Wait::None
+        );
+        // Nothing known yet (no link claimed): everything is flooded.
+        let empty = Routes::live("A", &["B".into()], &Claims::new());
+        assert_eq!(empty.wait(b"A", None, 0), Wait::None);
     }
 }

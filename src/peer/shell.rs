@@ -125,9 +125,11 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
             Ok(Ok(link)) => {
                 info!("link up: sending to {}", neighbour.name);
                 links.stats.links_up.bump();
+                links.link_changed(index, true);
                 backoff = BACKOFF_FIRST;
                 let outcome = send_updates(&links, index, link, &shutdown).await;
                 links.stats.links_down.bump();
+                links.link_changed(index, false);
                 info!(
                     "link down: sending to {}: {}",
                     neighbour.name,
@@ -237,6 +239,7 @@ async fn send_updates(
     let mut heartbeat = tokio::time::interval(links.timing.heartbeat);
     let mut last_heard = Instant::now();
     let mut frame = Vec::new();
+    let mut control = Vec::new();
     let mut ack = [0u8; 256];
     loop {
         // Mark the signal seen before looking, so an update accepted in
@@ -246,7 +249,9 @@ async fn send_updates(
         // One log line per update, written together (the busiest lines of
         // the log: one clock reading and one lock per frame).
         let mut log = MessageLines::start();
-        let step = sender.poll(store, &links.routes, now, &mut frame, |at_line| {
+        links.take_control(index, &mut control);
+        let routes = links.routes();
+        let step = sender.poll(store, &routes, now, &mut control, &mut frame, |at_line| {
             log.line(&["sent to ", name, ": "], at_line);
         });
         drop(log);
@@ -292,6 +297,7 @@ async fn send_updates(
                     return Ok(());
                 }
             }
+            () = links.control_ready[index].notified() => {}
             () = sleep_until_some(until) => {}
             read = reader.read(&mut ack) => {
                 if read? == 0 {
@@ -487,6 +493,7 @@ async fn receive_frames(
                 }
                 log.line(&["received from ", name, ": "], at_line);
             },
+            |line| links.learn(receiver.index(), line),
             |line| warn!(neighbour = %name, "ignored a malformed line: {}", Show(line)),
         );
         drop(log);

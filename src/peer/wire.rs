@@ -3,8 +3,10 @@
 //!
 //! A frame is a `u32` big-endian length, the payload, and a 32-byte tag
 //! (see `auth::FrameKey`). Payload lines are `U <seq> <AT line>` for an
-//! update and `C <seq>` for "complete up to"; `docs/protocol.md` has the
-//! whole exchange.
+//! update, `C <seq>` for "complete up to", `H <client> <time>` for "I hold
+//! this client's report of that time" (an announcement over a lazy link),
+//! and `L <server> <version> <neighbour>...` for a server's live links;
+//! `docs/protocol.md` has the whole exchange.
 
 use crate::protocol::time::{Timestamp, parse_digits_u64};
 use crate::protocol::{Location, parse_at_line};
@@ -99,7 +101,7 @@ pub(crate) fn update_client_id(line: &[u8]) -> Option<&[u8]> {
     at_line.get(client_id_range(at_line))
 }
 
-fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {
     match line.iter().position(|&b| b == b' ') {
         Some(space) => Some((&line[..space], &line[space + 1..])),
         None => Some((line, &[])),
@@ -124,6 +126,36 @@ pub fn push_update(frame: &mut Vec<u8>, seq: u64, at_line: &[u8]) {
     frame.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
     frame.push(b' ');
     frame.extend_from_slice(at_line);
+    frame.push(b'\n');
+}
+
+/// Appends an announcement that this server holds the report of `at_line`
+/// (`H <client> <time>`), or nothing for a line that is not an AT line.
+pub fn push_have(frame: &mut Vec<u8>, at_line: &[u8]) {
+    let mut fields = at_line.split(|&b| b == b' ');
+    let (Some(client), Some(time)) = (fields.nth(3), fields.nth(1)) else {
+        return;
+    };
+    frame.extend_from_slice(b"H ");
+    frame.extend_from_slice(client);
+    frame.push(b' ');
+    frame.extend_from_slice(time);
+    frame.push(b'\n');
+}
+
+/// The client and time of an announcement line (`H <client> <time>`).
+pub fn parse_have(line: &[u8]) -> Option<(&[u8], Timestamp)> {
+    let rest = line.strip_prefix(b"H ")?;
+    let (client, time) = split_word(rest)?;
+    if client.is_empty() || memchr::memchr(b' ', time).is_some() {
+        return None;
+    }
+    Some((client, Timestamp::parse(time)?))
+}
+
+/// Appends a line as it is (a link-state line), with its `\n`.
+pub fn push_line(frame: &mut Vec<u8>, line: &[u8]) {
+    frame.extend_from_slice(line);
     frame.push(b'\n');
 }
 

@@ -468,7 +468,15 @@ struct Inner {
     /// newest report.
     sequence: Sequence,
     head: u64,
+    /// Announcements from neighbours that hold a client's report newer than
+    /// ours (see [`Store::announced`]): the report's client time, and the
+    /// `also_from` bits to give it when it arrives.
+    early: foldhash::HashMap<Box<[u8]>, (Timestamp, u32)>,
 }
+
+/// The most early announcements kept; past that they are forgotten, which
+/// costs at most a payload sent that was not needed.
+const EARLY_MAX: usize = 1 << 16;
 
 impl Inner {
     fn hash(&self, client_id: &[u8]) -> u32 {
@@ -539,20 +547,38 @@ impl Inner {
                     self.sequence.remove(old_seq);
                     self.sequence.push(seq, i);
                 }
-                self.entries[i] = Entry::new(at_line, id, client_time, seq, source);
+                self.entries[i] = Entry::new(at_line, id.clone(), client_time, seq, source);
+                self.take_early(i, &at_line[id]);
             }
             None => {
                 let seq = seq(self);
-                let entry = self
-                    .entries
-                    .push(Entry::new(at_line, id, client_time, seq, source));
+                let entry =
+                    self.entries
+                        .push(Entry::new(at_line, id.clone(), client_time, seq, source));
                 if !self.sequence.stale {
                     self.sequence.push(seq, entry);
                 }
                 self.index.insert(hash, entry);
+                self.take_early(entry, &at_line[id]);
             }
         }
         true
+    }
+
+    /// Gives a newly stored report the announcements that came before it.
+    fn take_early(&mut self, entry: u32, client_id: &[u8]) {
+        if self.early.is_empty() {
+            return;
+        }
+        let Some((time, bits)) = self.early.remove(client_id) else {
+            return;
+        };
+        let stored = &mut self.entries[entry];
+        if time == stored.client_time {
+            stored.also_from |= bits;
+        } else if time > stored.client_time {
+            self.early.insert(client_id.into(), (time, bits));
+        }
     }
 }
 
@@ -564,6 +590,19 @@ impl Inner {
 pub struct Picked {
     pub seq: u64,
     entry: u32,
+    /// Where the report came from (see [`Picked::came_from`]).
+    source: u32,
+    /// The neighbour the scan was for holds it already: it sent us a copy
+    /// or announced it (see [`Store::since`]).
+    pub held_there: bool,
+}
+
+impl Picked {
+    /// The neighbour that sent us the report, or `None` for a client's
+    /// (or one replayed from the log).
+    pub fn came_from(&self) -> Option<usize> {
+        (self.source != CLIENT).then_some(self.source as usize)
+    }
 }
 
 /// Reports picked and their AT lines, in the order added, the lines
@@ -641,6 +680,12 @@ impl LeaveOut {
     fn leaves_out(self, seq: u64, entry: &Entry) -> bool {
         seq > self.above && (entry.source == self.source || entry.also_from & self.bit != 0)
     }
+
+    /// The neighbour sent us the report, rather than a copy or an
+    /// announcement of it.
+    fn is_source(self, seq: u64, entry: &Entry) -> bool {
+        seq > self.above && entry.source == self.source
+    }
 }
 
 /// The latest report of every client.
@@ -715,6 +760,40 @@ impl Store {
             Applied::Stored(given)
         } else {
             Applied::NotNewer
+        }
+    }
+
+    /// Notes that neighbour `source` announced that it holds `client_id`'s
+    /// report of `client_time`: like a copy it sent, it need not be sent
+    /// that report ([`Store::since`] leaves it out). An announcement of a
+    /// report newer than ours is kept for when that report arrives.
+    pub fn announced(&self, client_id: &[u8], client_time: Timestamp, source: Source) {
+        let bit = neighbour_bit(source);
+        if bit == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        match inner.find(client_id) {
+            Some(i) if inner.entries[i].client_time >= client_time => {
+                if inner.entries[i].client_time == client_time {
+                    inner.entries[i].also_from |= bit;
+                }
+            }
+            _ => {
+                if inner.early.len() >= EARLY_MAX {
+                    inner.early.clear();
+                }
+                let early = inner
+                    .early
+                    .entry(client_id.into())
+                    .or_insert((client_time, 0));
+                if early.0 < client_time {
+                    *early = (client_time, 0);
+                }
+                if early.0 == client_time {
+                    early.1 |= bit;
+                }
+            }
         }
     }
 
@@ -804,11 +883,13 @@ impl Store {
     /// first, until `out` holds `max` of them.
     ///
     /// `leave_out: Some((neighbour, above))` leaves out the reports that came
-    /// from that neighbour, or that it sent us again after we had them, and
-    /// are numbered above `above`: never send an update back to a neighbour
-    /// that sent it while the link to it is up. Those
-    /// numbered lower are sent anyway, since the neighbour may have lost
-    /// them in a restart since.
+    /// from that neighbour and are numbered above `above`: never send an
+    /// update back to a neighbour that sent it while the link to it is up.
+    /// Those it sent a copy of or announced are picked, marked
+    /// [`Picked::held_there`] (a lazy link still announces them, so that the
+    /// neighbour stops holding the payload for us). Those numbered lower are
+    /// sent anyway, since the neighbour may have lost them in a restart
+    /// since.
     ///
     /// Returns how far the scan reached (the caller continues from there)
     /// and whether it stopped short of the head. Reports that were
@@ -838,9 +919,18 @@ impl Store {
                 continue;
             }
             let entry = &inner.entries[i];
-            if !leave_out.is_some_and(|rule| rule.leaves_out(seq, entry)) {
-                out.push(Picked { seq, entry: i }, entry.line.as_bytes());
+            if leave_out.is_some_and(|rule| rule.is_source(seq, entry)) {
+                continue;
             }
+            out.push(
+                Picked {
+                    seq,
+                    entry: i,
+                    source: entry.source,
+                    held_there: leave_out.is_some_and(|rule| rule.leaves_out(seq, entry)),
+                },
+                entry.line.as_bytes(),
+            );
         }
         // Everything up to the head was seen: no sequence number in between
         // is left (they were superseded), so the neighbour is complete up to it.
@@ -902,10 +992,22 @@ mod tests {
         );
     }
 
+    /// The numbers a scan for neighbour `to` picks that `to` does not hold
+    /// already, and how far it reached.
     fn seqs(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, u64) {
+        let (to_send, _, reached) = scan(store, after, to, max);
+        (to_send, reached)
+    }
+
+    /// The numbers a scan for neighbour `to` picks: those `to` lacks, those
+    /// it holds already (a copy or an announcement), and how far it reached.
+    fn scan(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, Vec<u64>, u64) {
         let mut out = Batch::new();
         let reached = store.since(after, Some((to, 0)), max, &mut out).reached;
-        (out.iter().map(|(picked, _)| picked.seq).collect(), reached)
+        let (held, lacking): (Vec<_>, Vec<_>) =
+            out.iter().map(|(p, _)| p).partition(|p| p.held_there);
+        let seq = |list: Vec<Picked>| list.into_iter().map(|p| p.seq).collect();
+        (seq(lacking), seq(held), reached)
     }
 
     #[test]
@@ -1115,21 +1217,69 @@ mod tests {
         assert!(store.still_to_send(other, (1, other.seq), &mut out));
         // Numbers or entries never given out.
         for never in [
-            Picked { seq: 0, entry: 0 },
-            Picked { seq: 99, entry: 0 },
+            Picked {
+                seq: 0,
+                entry: 0,
+                source: CLIENT,
+                held_there: false,
+            },
+            Picked {
+                seq: 99,
+                entry: 0,
+                source: CLIENT,
+                held_there: false,
+            },
             Picked {
                 seq: first.seq,
                 entry: 7,
+                source: CLIENT,
+                held_there: false,
             },
             Picked {
                 seq: first.seq,
                 entry: u32::MAX,
+                source: CLIENT,
+                held_there: false,
             },
         ] {
             assert!(!store.still_to_send(never, (0, 0), &mut out), "{never:?}");
         }
         let sent: Vec<_> = out.iter().map(|(picked, _)| picked).collect();
         assert_eq!(sent, [first, newer, other, other]);
+    }
+
+    #[test]
+    fn an_announcement_marks_the_report_now_or_when_it_arrives() {
+        let store = Store::new();
+        let mut out = Batch::new();
+        let time = |t: &str| Timestamp::parse(t.as_bytes()).unwrap();
+        let kiwi = picked(
+            &store,
+            update(&store, "kiwi", "1", Source::Neighbour(2)).unwrap(),
+        );
+        assert_eq!(kiwi.came_from(), Some(2));
+        store.announced(b"kiwi", time("1"), Source::Neighbour(0));
+        assert!(!store.still_to_send(kiwi, (0, 0), &mut out), "0 holds it");
+        assert!(store.still_to_send(kiwi, (1, 0), &mut out));
+        // Announced before it arrives, then an older and the same report.
+        store.announced(b"emu", time("5"), Source::Neighbour(1));
+        store.announced(b"emu", time("4"), Source::Neighbour(0));
+        let old = picked(&store, update(&store, "emu", "3", Source::Client).unwrap());
+        assert!(store.still_to_send(old, (1, 0), &mut out));
+        let emu = picked(&store, update(&store, "emu", "5", Source::Client).unwrap());
+        assert_eq!(emu.came_from(), None);
+        assert!(
+            !store.still_to_send(emu, (1, 0), &mut out),
+            "announced early"
+        );
+        assert!(
+            store.still_to_send(emu, (0, 0), &mut out),
+            "0 announced an older one"
+        );
+        // A client's announcement, or one from a neighbour past the 32nd,
+        // marks nothing.
+        store.announced(b"kiwi", time("1"), Source::Neighbour(40));
+        assert!(store.still_to_send(kiwi, (1, 0), &mut out));
     }
 
     #[test]
@@ -1208,15 +1358,18 @@ mod tests {
         let one = Timestamp::parse(b"1").unwrap();
         assert_eq!(store.update(other_c, one, Source::Neighbour(1)), None);
         // ...and neighbour 1 is not sent the `a` and `c` it holds, but is
-        // sent the newer `b` it lacks.
-        assert_eq!(seqs(&store, 0, 1, 100), (vec![2], 3));
+        // sent the newer `b` it lacks; the scan marks the two it holds.
+        assert_eq!(scan(&store, 0, 1, 100), (vec![2], vec![1, 3], 3));
         // Neighbour 0 still gets all but its own.
         assert_eq!(seqs(&store, 0, 0, 100), (vec![2], 3));
         // Before the link came up, a neighbour may have lost what it sent.
         let mut out = Batch::new();
         store.since(0, Some((1, 3)), 100, &mut out);
         assert_eq!(
-            out.iter().map(|(picked, _)| picked.seq).collect::<Vec<_>>(),
+            out.iter()
+                .filter(|(picked, _)| !picked.held_there)
+                .map(|(picked, _)| picked.seq)
+                .collect::<Vec<_>>(),
             [1, 2, 3]
         );
         // A newer report starts afresh: everyone but its source gets it.
