@@ -29,6 +29,26 @@ fn config_prints_the_embedded_default_which_serve_accepts() {
 }
 
 #[test]
+fn config_generates_herds_of_any_size_and_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("twelve.toml");
+    let output = herd(&["config", "--servers", "12", "--topology", "random:3:5"]);
+    assert!(output.status.success(), "{output:?}");
+    std::fs::write(&path, &output.stdout).unwrap();
+    let config = herd::config::HerdConfig::load(&path).unwrap();
+    assert_eq!(config.servers.len(), 12);
+    assert_eq!(config.servers[11].name, "S12");
+    let links: usize = config.servers.iter().map(|s| s.neighbours.len()).sum();
+    assert_eq!(links, 2 * 18, "average degree 3");
+    // The same seed, the same herd.
+    let again = herd(&["config", "--servers", "12", "--topology", "random:3:5"]);
+    assert_eq!(again.stdout, output.stdout);
+    fails_with(&["config", "--servers", "5", "--topology", "star"], "unknown topology");
+    fails_with(&["config", "--servers", "0"], "at least one server");
+    fails_with(&["config", "--topology", "ring"], "--servers");
+}
+
+#[test]
 fn help_explains_the_commands() {
     let output = herd(&["--help"]);
     let text = String::from_utf8(output.stdout).unwrap();

@@ -62,8 +62,27 @@ enum Command {
         /// The server's client address, `host:port`.
         address: String,
     },
-    /// Print the embedded default herd config, a starting point for your own.
-    Config,
+    /// Print a herd config: the embedded default five-server herd, or with
+    /// --servers a generated herd of any size and shape on this machine.
+    ///
+    /// Examples: `herd config > herd.toml`;
+    /// `herd config --servers 20 --topology random:3 > twenty.toml`, then
+    /// `herd up --config twenty.toml`.
+    Config {
+        /// Generate a herd of this many servers (named S01, S02, …).
+        #[arg(long)]
+        servers: Option<usize>,
+        /// How generated servers are linked: ring, chords (a ring and a
+        /// link across from each server of the first half), mesh (every
+        /// pair), or random:DEGREE[:SEED] (a random connected graph of that
+        /// average degree).
+        #[arg(long, default_value = "chords", requires = "servers")]
+        topology: herd::config::shape::Shape,
+        /// The first client port of a generated herd; its peer ports follow
+        /// its client ports.
+        #[arg(long, default_value_t = 12000, requires = "servers")]
+        base_port: u16,
+    },
     /// Work with places data.
     Places {
         #[command(subcommand)]
@@ -128,10 +147,19 @@ pub fn main() -> ExitCode {
             timeout,
         } => runtime().and_then(|rt| rt.block_on(talk::send(&address, lines, timeout))),
         Command::Client { address } => runtime().and_then(|rt| rt.block_on(talk::client(&address))),
-        Command::Config => {
-            print!("{}", herd::config::DEFAULT_CONFIG);
-            Ok(())
-        }
+        Command::Config {
+            servers,
+            topology,
+            base_port,
+        } => match servers {
+            None => {
+                print!("{}", herd::config::DEFAULT_CONFIG);
+                Ok(())
+            }
+            Some(servers) => herd::config::shape::generate(servers, topology, base_port)
+                .map(|config| print!("{}", config.to_toml()))
+                .map_err(anyhow::Error::msg),
+        },
         Command::Places {
             command: PlacesCommand::Import { extract, out },
         } => places::import(&extract, &out),

@@ -24,6 +24,7 @@ use super::link::{Receiver, Sender, Step, Then, start_from};
 use super::routes::Routes;
 use super::topology::{Learned, Topology};
 use super::wire;
+use crate::config::shape::random_connected;
 use crate::protocol::time::Timestamp;
 use crate::replica::store::{Applied, Batch, Source, Store};
 use crate::replica::{Cursor, Replica};
@@ -74,26 +75,6 @@ impl Schedule {
             silence: Duration::from_millis(rng.random_range(50..500)),
         }
     }
-}
-
-/// A connected graph of `n` servers: a random spanning tree, then random
-/// extra links until the average degree is about `degree`.
-pub fn random_connected(rng: &mut StdRng, n: usize, degree: f64) -> Vec<(usize, usize)> {
-    let mut links = Vec::new();
-    for i in 1..n {
-        links.push((rng.random_range(0..i), i));
-    }
-    let wanted = ((degree * n as f64) / 2.0) as usize;
-    let mut tries = 0;
-    while links.len() < wanted && tries < 10 * n * n {
-        tries += 1;
-        let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
-        let pair = (a.min(b), a.max(b));
-        if a != b && !links.iter().any(|&(x, y)| (x.min(y), x.max(y)) == pair) {
-            links.push(pair);
-        }
-    }
-    links
 }
 
 /// What one run saw.

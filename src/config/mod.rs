@@ -17,6 +17,8 @@ use crate::replica::storage::Durability;
 
 /// The embedded default herd: SPEC §1 on 127.0.0.1, client ports
 /// 12000–12004, peer ports 12010–12014.
+pub mod shape;
+
 pub const DEFAULT_CONFIG: &str = include_str!("default_herd.toml");
 
 /// The environment variable that holds the herd's shared secret when the
