@@ -43,7 +43,10 @@ fn config_generates_herds_of_any_size_and_shape() {
     // The same seed, the same herd.
     let again = herd(&["config", "--servers", "12", "--topology", "random:3:5"]);
     assert_eq!(again.stdout, output.stdout);
-    fails_with(&["config", "--servers", "5", "--topology", "star"], "unknown topology");
+    fails_with(
+        &["config", "--servers", "5", "--topology", "star"],
+        "unknown topology",
+    );
     fails_with(&["config", "--servers", "0"], "at least one server");
     fails_with(&["config", "--topology", "ring"], "--servers");
 }

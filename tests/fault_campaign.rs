@@ -686,8 +686,13 @@ impl Campaign {
     /// Starts the five-server herd, every server with its own config in
     /// which the other servers' peer addresses are their proxies.
     fn start() -> Campaign {
+        Self::start_with("")
+    }
+
+    /// As [`Campaign::start`], with `extra` added to every config.
+    fn start_with(extra: &str) -> Campaign {
         for _ in 0..5 {
-            let herd = Herd::configure(DEFAULT_TOPOLOGY, "");
+            let herd = Herd::configure(DEFAULT_TOPOLOGY, extra);
             let names: Vec<String> = herd.servers.iter().map(|s| s.name.clone()).collect();
             let targets: Vec<(String, SocketAddr)> = herd
                 .servers
@@ -1019,6 +1024,37 @@ fn a_cut_link_carries_nothing_until_healed() {
     });
     let after = herd.client("Hill").iamat("after", "+3+3");
     herd.await_everywhere(&all, "after", &after);
+}
+
+/// A tree link that fails silently (the proxy drops its bytes, its
+/// connections stay open) is routed around by a lazy link after one hold,
+/// long before the silence would be noticed.
+#[test]
+fn a_silently_failed_tree_link_is_routed_around_before_it_is_noticed() {
+    // A silence noticed only after a minute: what arrives meanwhile came
+    // around the dead link, not after it was dropped.
+    let campaign = Campaign::start_with("[limits]\nlink_silence_ms = 60000\n");
+    let (herd, proxies) = (&campaign.herd, &campaign.proxies);
+    let all: Vec<&str> = campaign.names.iter().map(String::as_str).collect();
+    let at = herd.client("Hill").iamat("before", "+1+1");
+    herd.await_everywhere(&all, "before", &at);
+    eventually("every link to come up", || proxies.stats().relayed >= 12);
+    // Hill's reports reach Smith, and through it Campbell, over Hill-Smith;
+    // Smith's reach Hill over it too.
+    proxies.swallow("Hill", "Smith");
+    for (i, origin) in ["Hill", "Smith", "Hill", "Campbell"].iter().enumerate() {
+        let client = format!("quiet{i}");
+        let at = herd.client(origin).iamat(&client, "+2+2");
+        herd.await_everywhere(&all, &client, &at);
+    }
+    for name in ["Hill", "Smith"] {
+        let log = herd.log(name);
+        assert!(
+            !log.contains("link down"),
+            "{name} noticed the silence:\n{log}"
+        );
+    }
+    proxies.heal_all();
 }
 
 #[test]

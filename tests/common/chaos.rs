@@ -8,7 +8,9 @@
 //! `HERD-CHALLENGE 1 <hex>` first, then the dialler sends
 //! `HERD-HELLO <from> <to> <run> <nonce> <mac>`. While the link {from, to} is
 //! cut, its connections are closed and new ones are closed as soon as their
-//! hello shows whose they are; healing lets the next dial through.
+//! hello shows whose they are; healing lets the next dial through. A link
+//! can also fail silently (`swallow`): its connections stay open and every
+//! byte is dropped, as on a network that went dark.
 //!
 //! Only loopback addresses; every blocking call has a timeout or ends when
 //! its socket is shut down.
@@ -19,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -51,6 +53,8 @@ impl Relayed {
 struct State {
     /// Cut links, as (smaller name, larger name).
     cut: HashSet<(String, String)>,
+    /// Links whose bytes vanish, their connections left open.
+    swallowed: HashSet<(String, String)>,
     /// Open relayed connections by id.
     open: HashMap<u64, Relayed>,
     next_id: u64,
@@ -155,14 +159,24 @@ impl LinkProxies {
         }
     }
 
+    /// Makes the link between `a` and `b` fail silently: its connections
+    /// stay open, and from now on every byte either way is dropped.
+    pub fn swallow(&self, a: &str, b: &str) {
+        self.shared.lock().swallowed.insert(link(a, b));
+    }
+
     /// Heals the link between `a` and `b`.
     pub fn heal(&self, a: &str, b: &str) {
-        self.shared.lock().cut.remove(&link(a, b));
+        let mut state = self.shared.lock();
+        state.cut.remove(&link(a, b));
+        state.swallowed.remove(&link(a, b));
     }
 
     /// Heals every cut link.
     pub fn heal_all(&self) {
-        self.shared.lock().cut.clear();
+        let mut state = self.shared.lock();
+        state.cut.clear();
+        state.swallowed.clear();
     }
 
     pub fn stats(&self) -> ProxyStats {
@@ -210,7 +224,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, to: &str, upstream: 
 }
 
 /// Relays one dialled connection to the real peer port `upstream` of `to`.
-fn relay(shared: &Shared, dialler: TcpStream, to: &str, upstream: SocketAddr) {
+fn relay(shared: &Arc<Shared>, dialler: TcpStream, to: &str, upstream: SocketAddr) {
     // A server that is down refuses; the dialler sees its connection close.
     let Ok(listener) = TcpStream::connect_timeout(&upstream, CONNECT_TIME) else {
         return;
@@ -222,10 +236,20 @@ fn relay(shared: &Shared, dialler: TcpStream, to: &str, upstream: SocketAddr) {
     let (Ok(dialler_out), Ok(listener_in)) = (dialler.try_clone(), listener.try_clone()) else {
         return;
     };
+    // Which link this is, once the hello says (see `swallow`).
+    let key: Arc<OnceLock<(String, String)>> = Arc::default();
+    let swallowing = {
+        let (shared, key) = (shared.clone(), key.clone());
+        move || {
+            key.get()
+                .is_some_and(|k| shared.lock().swallowed.contains(k))
+        }
+    };
     // Listener -> dialler, from the challenge on.
+    let back_swallowing = swallowing.clone();
     let back = std::thread::Builder::new()
         .name(format!("relay-back-{to}"))
-        .spawn(move || pump(listener_in, dialler_out));
+        .spawn(move || pump(listener_in, dialler_out, back_swallowing));
     let Ok(back) = back else { return };
 
     // Dialler -> listener: first the hello, to learn who is dialling.
@@ -270,6 +294,7 @@ fn relay(shared: &Shared, dialler: TcpStream, to: &str, upstream: SocketAddr) {
             let _ = back.join();
             return;
         };
+        let _ = key.set(link(from, to));
         let this = state.next_id;
         state.next_id += 1;
         state.open.insert(
@@ -289,6 +314,7 @@ fn relay(shared: &Shared, dialler: TcpStream, to: &str, upstream: SocketAddr) {
         pump(
             dialler.try_clone().expect("cloning a socket"),
             listener.try_clone().expect("cloning a socket"),
+            swallowing,
         );
     }
     close_both(&dialler, &listener);
@@ -298,14 +324,15 @@ fn relay(shared: &Shared, dialler: TcpStream, to: &str, upstream: SocketAddr) {
     }
 }
 
-/// Copies `from` to `to` until either ends, then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` until either ends, then closes both; while
+/// `swallowing` says so, what is read is dropped instead.
+fn pump(mut from: TcpStream, mut to: TcpStream, swallowing: impl Fn() -> bool) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         match from.read(&mut buffer) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if to.write_all(&buffer[..n]).is_err() {
+                if !swallowing() && to.write_all(&buffer[..n]).is_err() {
                     break;
                 }
             }
