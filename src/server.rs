@@ -110,7 +110,7 @@ pub async fn run(
         replica: replica.clone(),
         answers: Answers::new(setup.places),
         limits: setup.limits,
-        stats,
+        stats: stats.clone(),
     });
     info!(
         server = %setup.name,
@@ -130,6 +130,24 @@ pub async fn run(
         warn!("some connections did not finish in time; closing them");
     }
     replica.close();
-    info!(server = %setup.name, "stopped");
+    let s = &stats;
+    info!(
+        server = %setup.name,
+        connections = s.connections.get(),
+        iamat_stored = s.iamat_stored.get(),
+        iamat_not_newer = s.iamat_not_newer.get(),
+        whatsat = s.whatsat.get(),
+        invalid = s.invalid.get(),
+        frames_sent = s.frames_sent.get(),
+        updates_sent = s.updates_sent.get(),
+        announcements_sent = s.announcements_sent.get(),
+        announcement_bytes_sent = s.announcement_bytes_sent.get(),
+        frames_received = s.frames_received.get(),
+        updates_received = s.updates_received.get(),
+        updates_stored = s.updates_stored.get(),
+        links_up = s.links_up.get(),
+        links_down = s.links_down.get(),
+        "stopped"
+    );
     Ok(())
 }

@@ -48,6 +48,9 @@ pub struct ServerStats {
     /// included in the frames.
     pub frames_sent: Counter,
     pub updates_sent: Counter,
+    /// Announcements (`H`) sent over lazy links, and their bytes.
+    pub announcements_sent: Counter,
+    pub announcement_bytes_sent: Counter,
     /// Frames and update lines received, and the updates that were stored.
     pub frames_received: Counter,
     pub updates_received: Counter,

@@ -103,6 +103,8 @@ pub struct Sender {
     pending: Batch,
     /// What becomes of each report of the current scan.
     decisions: Vec<Decision>,
+    /// Announcements put in frames, and their bytes, since last taken.
+    announced: (u64, u64),
 }
 
 /// What a sending link does with one report it scanned.
@@ -128,6 +130,7 @@ impl Sender {
             scanned: Batch::new(),
             pending: Batch::new(),
             decisions: Vec::new(),
+            announced: (0, 0),
         }
     }
 
@@ -213,7 +216,12 @@ impl Sender {
                         sent(at_line);
                         wire::push_update(frame, picked.seq, at_line);
                     }
-                    Decision::Announce => wire::push_have(frame, at_line),
+                    Decision::Announce => {
+                        let before = frame.len();
+                        wire::push_have(frame, at_line);
+                        self.announced.0 += 1;
+                        self.announced.1 += (frame.len() - before) as u64;
+                    }
                     Decision::Skip => {}
                 }
             }
@@ -245,6 +253,12 @@ impl Sender {
             wire::push_complete(frame, self.complete);
         }
         self.confirmed = self.complete;
+    }
+
+    /// The announcements put in frames since the last call, and their
+    /// bytes.
+    pub fn take_announced(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.announced)
     }
 
     /// How many reports the link holds back.

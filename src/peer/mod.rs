@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 use crate::replica::Replica;
 use crate::stats::ServerStats;
@@ -128,8 +128,12 @@ impl Links {
     /// since, once for a burst of link-state lines.
     fn routes(&self) -> Arc<Routes> {
         if self.stale.swap(false, Ordering::AcqRel) {
-            let routes = Arc::new(self.lock_topology().routes());
-            debug!("routes worked out again");
+            let (routes, live) = {
+                let topology = self.lock_topology();
+                (Arc::new(topology.routes()), topology.live_links())
+            };
+            // Rare (a link changed somewhere): worth a line for an operator.
+            info!("routes worked out again: {live} links of the herd up");
             *self.routes.lock().expect("routes lock is never poisoned") = routes;
         }
         self.routes

@@ -260,6 +260,9 @@ async fn send_updates(
                 write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
                 links.stats.frames_sent.bump();
                 links.stats.updates_sent.add(updates as u64);
+                let (announcements, bytes) = sender.take_announced();
+                links.stats.announcements_sent.add(announcements);
+                links.stats.announcement_bytes_sent.add(bytes);
                 match then {
                     Then::Hurry => tokio::task::yield_now().await,
                     Then::Linger(until) => tokio::select! {

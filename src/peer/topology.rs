@@ -111,6 +111,16 @@ impl Topology {
         self.claims.keys().map(|server| self.line(server)).collect()
     }
 
+    /// How many links both their ends claim: the live links of the herd as
+    /// far as this server knows.
+    pub fn live_links(&self) -> usize {
+        self.claims
+            .iter()
+            .flat_map(|(a, theirs)| theirs.iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a < b && self.claims.get(*b).is_some_and(|c| c.contains(*a)))
+            .count()
+    }
+
     /// The trees over the graph as now known.
     pub fn routes(&self) -> Routes {
         Routes::live(&self.me, &self.neighbours, &self.claims)
@@ -177,6 +187,8 @@ mod tests {
             Wait::Hold,
             "back towards the origin"
         );
+        assert_eq!(a.live_links(), 1);
+        assert_eq!(b.live_links(), 0, "B does not know A's claim yet");
         let mut table = a.table();
         table.sort();
         assert_eq!(table, vec![b"L A 10 B".to_vec(), b"L B 2 A C".to_vec()]);
