@@ -5,12 +5,13 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Herd, LineClient, eventually, now_text};
+use common::process::ProcessHerd;
+use common::{LineClient, eventually, now_text};
 
 const SOLO: &[(&str, &[&str])] = &[("Solo", &[])];
 
-fn solo() -> Herd {
-    Herd::start(SOLO)
+fn solo() -> ProcessHerd {
+    ProcessHerd::start(SOLO)
 }
 
 #[test]
@@ -231,7 +232,7 @@ fn eof_answers_the_last_unterminated_line_then_closes() {
 
 #[test]
 fn over_long_lines_are_cut_answered_and_skipped() {
-    let herd = Herd::start_with(SOLO, "[limits]\nmax_line_bytes = 64\n");
+    let herd = ProcessHerd::start_with(SOLO, "[limits]\nmax_line_bytes = 64\n");
     let mut client = herd.client("Solo");
     let long = "x".repeat(10_000);
     client.send(format!("{long}\nIAMAT after +1+1 1\n").as_bytes());
@@ -246,7 +247,7 @@ fn over_long_lines_are_cut_answered_and_skipped() {
 
 #[test]
 fn an_endless_line_does_not_grow_memory() {
-    let herd = Herd::start_with(SOLO, "[limits]\nmax_line_bytes = 1024\n");
+    let herd = ProcessHerd::start_with(SOLO, "[limits]\nmax_line_bytes = 1024\n");
     let mut client = herd.client("Solo");
     let chunk = vec![b'z'; 64 * 1024];
     // 64 MiB with no newline; a server buffering it would be noticed below.

@@ -7,14 +7,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Herd, eventually, now_text};
+use common::process::ProcessHerd;
+use common::{eventually, now_text};
 use nix::sys::signal::Signal;
 
 const ALL: &[&str] = &["Hill", "Jaquez", "Smith", "Campbell", "Singleton"];
 
 #[test]
 fn an_update_reaches_every_server_with_the_receivers_at_line() {
-    let herd = Herd::start_default();
+    let herd = ProcessHerd::start_default();
     let at = herd
         .client("Hill")
         .iamat("kiwi.cs.ucla.edu", "+34.068930-118.445127");
@@ -28,7 +29,7 @@ fn an_update_reaches_every_server_with_the_receivers_at_line() {
 
 #[test]
 fn an_older_report_is_not_flooded() {
-    let herd = Herd::start_default();
+    let herd = ProcessHerd::start_default();
     let newer = herd.client("Hill").request("IAMAT k +1+1 100.5");
     herd.await_everywhere(ALL, "k", &newer);
     let older = herd.client("Campbell").request("IAMAT k +2+2 100.49");
@@ -47,7 +48,7 @@ fn an_older_report_is_not_flooded() {
 
 #[test]
 fn many_clients_at_many_servers_converge() {
-    let herd = Herd::start_default();
+    let herd = ProcessHerd::start_default();
     let mut expected = Vec::new();
     for (i, name) in ALL.iter().cycle().take(50).enumerate() {
         let mut client = herd.client(name);
@@ -60,7 +61,7 @@ fn many_clients_at_many_servers_converge() {
 
 #[test]
 fn a_killed_server_catches_up_when_restarted() {
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     let before = herd.client("Hill").iamat("early", "+1+1");
     herd.await_everywhere(ALL, "early", &before);
     herd.kill("Campbell");
@@ -82,7 +83,7 @@ fn with_a_tree_edge_down_reports_take_the_held_links_around_it() {
     // only after a wait (see src/routes.rs). Hill's tree reaches Campbell
     // through Smith, and Campbell's reaches Hill through Smith: without
     // Smith, both go around by the links that wait.
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     herd.kill("Smith");
     let around = ["Hill", "Jaquez", "Campbell", "Singleton"];
     let from_hill = herd.client("Hill").iamat("west", "+1+1");
@@ -99,7 +100,7 @@ fn with_a_tree_edge_down_reports_take_the_held_links_around_it() {
 
 #[test]
 fn a_restarted_server_is_back_in_the_flood_within_half_a_second() {
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     herd.kill("Hill");
     herd.restart("Hill");
     let started = Instant::now();
@@ -116,7 +117,7 @@ fn a_restarted_server_is_back_in_the_flood_within_half_a_second() {
 
 #[test]
 fn a_server_cut_off_catches_up_when_the_cut_heals() {
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     // Campbell's neighbours are Smith and Singleton: kill both.
     herd.kill("Smith");
     herd.kill("Singleton");
@@ -133,7 +134,7 @@ fn a_server_cut_off_catches_up_when_the_cut_heals() {
 
 #[test]
 fn a_paused_server_catches_up_what_it_missed() {
-    let herd = Herd::start_default();
+    let herd = ProcessHerd::start_default();
     herd.signal("Smith", Signal::SIGSTOP);
     let during: Vec<String> = (0..20)
         .map(|i| herd.client("Hill").iamat(&format!("p{i}"), "+1+1"))
@@ -150,7 +151,7 @@ fn a_paused_server_catches_up_what_it_missed() {
 
 #[test]
 fn logs_show_peer_links_and_flooded_messages() {
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     let at = herd.client("Hill").iamat("logged", "+1+1");
     herd.await_everywhere(ALL, "logged", &at);
     herd.kill("Jaquez");
@@ -180,7 +181,7 @@ fn challenge(stream: &mut TcpStream) -> String {
 
 #[test]
 fn a_stranger_on_a_peer_port_changes_nothing() {
-    let herd = Herd::start_default();
+    let herd = ProcessHerd::start_default();
     let peer = herd.server("Hill").peer;
     let forged = format!("AT Smith +0.000000001 victim +1+1 {}", now_text());
 
@@ -239,15 +240,15 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
 
 #[test]
 fn a_server_with_another_secret_is_refused() {
-    let herd = Herd::start_default();
+    let herd = ProcessHerd::start_default();
     // A server claiming to be Smith, but with its own secret, on a new port.
-    let port = common::free_address();
+    let port = common::process::free_address();
     let config = std::fs::read_to_string(&herd.config_path)
         .unwrap()
         .replace(&herd.server("Smith").client.to_string(), &port.to_string())
         .replace(
             &herd.server("Smith").peer.to_string(),
-            &common::free_address().to_string(),
+            &common::process::free_address().to_string(),
         );
     let path = herd.dir.path().join("impostor.toml");
     std::fs::write(&path, config).unwrap();
@@ -288,7 +289,7 @@ fn bursts_crossing_the_herd_leave_every_newest_report_everywhere() {
     // and a link waits a moment between them (flood.rs), and the same
     // reports reach a server from two sides, so that it hears some from
     // the very neighbour it was about to send them to (store.rs).
-    let herd = Herd::start_default();
+    let herd = ProcessHerd::start_default();
     let ends = [("Hill", "h"), ("Campbell", "c")];
     let mut connections: Vec<_> = ends.iter().map(|(name, _)| herd.client(name)).collect();
     let mut acknowledged = Vec::new();
@@ -318,7 +319,7 @@ fn bursts_crossing_the_herd_leave_every_newest_report_everywhere() {
 
 #[test]
 fn the_load_tool_waits_for_the_herd_to_hold_its_reports() {
-    let herd = Herd::start_default();
+    let herd = ProcessHerd::start_default();
     let address = |name: &str| herd.server(name).client.to_string();
     let bench = |extra: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd-bench"))
@@ -346,7 +347,7 @@ fn the_load_tool_waits_for_the_herd_to_hold_its_reports() {
     let replies = report["replies"].as_f64().expect("a count");
     assert!(flooded > 0.0 && flooded <= replies / 0.5, "{report}");
     // A server outside the herd never holds them: the run fails, and says so.
-    let mut lone = Herd::start(&[("Lone", &[])]);
+    let mut lone = ProcessHerd::start(&[("Lone", &[])]);
     let (ok, report) = bench(&[
         "--flooded-to",
         &lone.server("Lone").client.to_string(),
@@ -368,7 +369,7 @@ fn the_load_tool_at_a_fixed_rate_sends_its_schedule_and_checks_every_reply() {
     // The open loop: request g of the run is due at g / rate; every one due
     // before the end is sent (or counted as not sent), and each reply is
     // checked. 2,000/s over 0.5 s is 1,000 requests across 4 connections.
-    let herd = Herd::start(&[("Lone", &[])]);
+    let herd = ProcessHerd::start(&[("Lone", &[])]);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_herd-bench"))
         .args(["--json", "iamat", "--addr"])
         .arg(herd.server("Lone").client.to_string())
@@ -404,7 +405,7 @@ fn the_load_tool_at_a_fixed_rate_sends_its_schedule_and_checks_every_reply() {
 
 #[test]
 fn the_load_tool_can_poll_its_sockets_instead_of_sleeping() {
-    let herd = Herd::start(&[("Lone", &[])]);
+    let herd = ProcessHerd::start(&[("Lone", &[])]);
     let bench = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_herd-bench"))
             .args(["--json", "iamat", "--addr"])
@@ -455,7 +456,7 @@ fn a_link_busy_for_longer_than_its_silence_limit_stays_up() {
     // silent. Catch-up keeps a link that busy: B comes up to find A holding
     // many reports it lacks, which A sends in frames of 256 back to back
     // (each followed by a busy link's 1 ms wait: 400 ms at least).
-    let mut herd = Herd::configure(
+    let mut herd = ProcessHerd::configure(
         &[("A", &["B"]), ("B", &[])],
         "[limits]\nlink_silence_ms = 300\n",
     );

@@ -8,7 +8,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Herd, LineClient, now_text};
+use common::process::ProcessHerd;
+use common::{LineClient, now_text};
 use socket2::{Domain, Socket, Type};
 
 const SOLO: &[(&str, &[&str])] = &[("Solo", &[])];
@@ -38,7 +39,7 @@ fn worst_round_trip(client: &mut LineClient) -> Duration {
         .unwrap()
 }
 
-fn resident_kb(herd: &Herd) -> u64 {
+fn resident_kb(herd: &ProcessHerd) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", herd.pid("Solo"))).unwrap();
     status
         .lines()
@@ -49,7 +50,7 @@ fn resident_kb(herd: &Herd) -> u64 {
 
 #[test]
 fn ten_thousand_connections_from_one_address_leave_room_for_others() {
-    let herd = Herd::start_with(SOLO, "[limits]\nmax_connections_per_ip = 500\n");
+    let herd = ProcessHerd::start_with(SOLO, "[limits]\nmax_connections_per_ip = 500\n");
     let address = herd.server("Solo").client;
     let mut honest = honest_client(address);
     let mut flood = Vec::new();
@@ -87,7 +88,7 @@ fn ten_thousand_connections_from_one_address_leave_room_for_others() {
 
 #[test]
 fn a_client_that_never_reads_cannot_grow_memory() {
-    let herd = Herd::start_with(SOLO, "[limits]\nidle_timeout_secs = 3\n");
+    let herd = ProcessHerd::start_with(SOLO, "[limits]\nidle_timeout_secs = 3\n");
     let address = herd.server("Solo").client;
     let mut honest = honest_client(address);
     honest.iamat("target", "+34.068930-118.445127");
@@ -144,7 +145,7 @@ fn a_client_that_never_reads_cannot_grow_memory() {
 
 #[test]
 fn a_slowloris_is_cut_off_at_the_idle_timeout() {
-    let herd = Herd::start_with(SOLO, "[limits]\nidle_timeout_secs = 2\n");
+    let herd = ProcessHerd::start_with(SOLO, "[limits]\nidle_timeout_secs = 2\n");
     let address = herd.server("Solo").client;
     let mut honest = honest_client(address);
     let mut slow = TcpStream::connect(address).unwrap();
@@ -171,7 +172,7 @@ fn a_slowloris_is_cut_off_at_the_idle_timeout() {
 
 #[test]
 fn random_bytes_get_answers_and_do_no_harm() {
-    let herd = Herd::start(SOLO);
+    let herd = ProcessHerd::start(SOLO);
     let address = herd.server("Solo").client;
     let mut honest = honest_client(address);
     let mut noise = TcpStream::connect(address).unwrap();

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Herd, LineClient, eventually, free_address};
+use common::process::ProcessHerd;
+use common::process::free_address;
+use common::{LineClient, eventually};
 use herd::config::{PlacesConfig, RemotePlacesConfig};
 use herd::places::NearbyQuery;
 
@@ -268,8 +270,8 @@ fn new_config(fake_url: &str, extra: &str) -> String {
 }
 
 /// A solo server using the fake; `kiwi` has reported from Westwood.
-fn herd_with(config: &str) -> (Herd, LineClient) {
-    let herd = Herd::start_with(SOLO, config);
+fn herd_with(config: &str) -> (ProcessHerd, LineClient) {
+    let herd = ProcessHerd::start_with(SOLO, config);
     let mut client = herd.client("Solo");
     client.iamat("kiwi", WESTWOOD);
     (herd, client)
@@ -601,7 +603,7 @@ fn the_key_may_come_from_the_environment() {
     });
     // No key in the config: the server must take $HERD_PLACES_KEY.
     let config = google_config(&fake.url(), "").replace(&format!("key = \"{KEY}\"\n"), "");
-    let herd = Herd::configure(SOLO, &config);
+    let herd = ProcessHerd::configure(SOLO, &config);
     let mut child = herd
         .command("Solo")
         .env("HERD_PLACES_KEY", "from-env")
@@ -618,7 +620,7 @@ fn the_key_may_come_from_the_environment() {
     let _ = child.wait();
 
     // Without either, the server refuses to start, saying why.
-    let herd = Herd::configure(SOLO, &config);
+    let herd = ProcessHerd::configure(SOLO, &config);
     let output = herd
         .command("Solo")
         .env_remove("HERD_PLACES_KEY")

@@ -10,7 +10,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use common::{Herd, herd_binary};
+use common::herd_binary;
+use common::process::ProcessHerd;
 use herd::places::osm::{OsmDatabase, OsmKind};
 use herd::places::sphere::haversine_m;
 
@@ -145,7 +146,7 @@ fn tags_map_onto_google_types_across_the_extract() {
 #[test]
 fn whatsat_is_answered_from_the_imported_database() {
     // The database path is relative to the config file's folder.
-    let mut herd = Herd::configure(
+    let mut herd = ProcessHerd::configure(
         SOLO,
         "[places]\nprovider = \"osm\"\ndatabase = \"helsinki.places\"\n",
     );
@@ -198,7 +199,7 @@ fn whatsat_is_answered_from_the_imported_database() {
 
 #[test]
 fn a_missing_or_foreign_database_stops_the_server_at_start() {
-    let herd = Herd::configure(
+    let herd = ProcessHerd::configure(
         SOLO,
         "[places]\nprovider = \"osm\"\ndatabase = \"nowhere.places\"\n",
     );
@@ -207,7 +208,7 @@ fn a_missing_or_foreign_database_stops_the_server_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nowhere.places"), "{stderr}");
 
-    let herd = Herd::configure(
+    let herd = ProcessHerd::configure(
         SOLO,
         "[places]\nprovider = \"osm\"\ndatabase = \"Helsinki.osm.pbf\"\n",
     );
