@@ -11,8 +11,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::Herd;
 use common::now_text;
-use common::process::ProcessHerd;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -20,9 +20,9 @@ const PAIR: &[(&str, &[&str])] = &[("Hill", &["Smith"]), ("Smith", &["Hill"])];
 
 /// Hill alone, with its neighbour Smith configured but not running: the
 /// test plays Smith, with nobody to take its place.
-fn hill_alone() -> ProcessHerd {
-    let mut herd = ProcessHerd::configure(PAIR, "");
-    assert!(herd.launch("Hill"));
+fn hill_alone() -> Herd {
+    let mut herd = Herd::configure(PAIR, "");
+    herd.launch("Hill");
     herd
 }
 
@@ -222,7 +222,7 @@ fn an_altered_or_repeated_frame_ends_the_link_and_is_not_applied() {
 
 #[test]
 fn a_server_not_configured_as_a_neighbour_is_refused_even_with_the_secret() {
-    let herd = ProcessHerd::start(&[
+    let herd = Herd::start(&[
         ("Hill", &["Smith"]),
         ("Smith", &["Hill"]),
         ("Campbell", &[]),
