@@ -10,8 +10,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use common::herd_binary;
 use common::process::ProcessHerd;
+use common::{Herd, herd_binary};
 use herd::places::osm::{OsmDatabase, OsmKind};
 use herd::places::sphere::haversine_m;
 
@@ -146,12 +146,12 @@ fn tags_map_onto_google_types_across_the_extract() {
 #[test]
 fn whatsat_is_answered_from_the_imported_database() {
     // The database path is relative to the config file's folder.
-    let mut herd = ProcessHerd::configure(
+    let mut herd = Herd::configure(
         SOLO,
         "[places]\nprovider = \"osm\"\ndatabase = \"helsinki.places\"\n",
     );
     import(&herd.dir.path().join("helsinki.places"));
-    assert!(herd.launch("Solo"));
+    herd.launch("Solo");
     let mut client = herd.client("Solo");
     // At Kiasma's door.
     client.iamat("helsinki.visitor", "+60.17194+024.93667");
@@ -199,6 +199,7 @@ fn whatsat_is_answered_from_the_imported_database() {
 
 #[test]
 fn a_missing_or_foreign_database_stops_the_server_at_start() {
+    // What `herd serve` says as it exits: a process's.
     let herd = ProcessHerd::configure(
         SOLO,
         "[places]\nprovider = \"osm\"\ndatabase = \"nowhere.places\"\n",
