@@ -367,7 +367,7 @@ async fn stopping_finishes_the_replies_in_flight_and_takes_under_a_second() {
     // replies it has begun, and does not wait more than a second for one
     // that cannot finish.
     let places = Arc::new(SlowPlaces::default());
-    let (setup, mut ports) = common::setup(SOLO, "Solo", places.clone());
+    let (setup, mut ports) = common::setup(SOLO, "Solo", Some(places.clone()));
     let (client, peer) = ports.pop().unwrap();
     let address = client.address();
     let client = tokio::net::TcpListener::from_std(client.listen()).unwrap();

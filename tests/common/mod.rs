@@ -344,12 +344,12 @@ impl Drop for RunningServer {
 
 /// The setup of server `name` of a herd of `topology`, and every server's
 /// ports, bound here, in `topology`'s order: for tests that run
-/// `server::run` themselves (on tokio's paused clock, say). Its store is
-/// kept in memory only.
+/// `server::run` themselves (on tokio's paused clock, say). Its places
+/// provider is `places`, else the default; its store is kept in memory only.
 pub fn setup(
     topology: &[(&str, &[&str])],
     name: &str,
-    places: Arc<dyn herd::places::Places>,
+    places: Option<Arc<dyn herd::places::Places>>,
 ) -> (ServerSetup, Vec<(Port, Port)>) {
     let ports: Vec<(Port, Port)> = topology
         .iter()
@@ -362,6 +362,9 @@ pub fn setup(
     let text = config_text(topology, &addresses, "");
     let config = HerdConfig::parse(&text, "test config", &std::env::temp_dir())
         .unwrap_or_else(|error| panic!("the test config: {error}\n{text}"));
+    let places = places.unwrap_or_else(|| {
+        herd::places::from_config(&config, name).expect("the default places provider")
+    });
     let mut setup = ServerSetup::from_config(&config, name, new_secret().into_bytes(), places)
         .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
     setup.storage = None;
