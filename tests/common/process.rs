@@ -232,20 +232,21 @@ impl ProcessHerd {
         }
     }
 
-    /// SIGTERMs server `name` and returns how long it took to exit.
-    pub fn terminate(&mut self, name: &str) -> Duration {
+    /// SIGTERMs server `name` and waits until it has exited, successfully.
+    pub fn terminate(&mut self, name: &str) {
         let mut child = self
             .server_mut(name)
             .child
             .take()
             .expect("server is running");
-        let started = Instant::now();
         kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-        while child.try_wait().expect("waiting for a server").is_none() {
-            assert!(started.elapsed() < PATIENCE, "{name} ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        started.elapsed()
+        let mut status = None;
+        super::eventually(&format!("{name} to exit on SIGTERM"), || {
+            status = child.try_wait().expect("waiting for a server");
+            status.is_some()
+        });
+        let status = status.expect("exited");
+        assert!(status.success(), "{name} exited with {status}");
     }
 
     /// Starts a stopped or killed server again on its own ports.
