@@ -144,6 +144,16 @@ fn a_slowloris_is_cut_off_at_the_idle_timeout() {
     let herd = Herd::start_with(SOLO, "[limits]\nidle_timeout_secs = 2\n");
     let address = herd.server("Solo").client;
     let mut honest = honest_client(address);
+    // Meanwhile, a connection that keeps completing lines is not idle, for
+    // all that it lasts longer than the timeout.
+    let busy = std::thread::spawn(move || {
+        let mut busy = TcpStream::connect(address).unwrap();
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(100)); // its pace: 3 s in all
+            busy.write_all(format!("IAMAT busy +1+1 {}\n", now_text()).as_bytes())
+                .expect("an active client is kept");
+        }
+    });
     let mut slow = TcpStream::connect(address).unwrap();
     let started = Instant::now();
     // One byte at a time, never a whole line: cut off after 2 s even
@@ -157,13 +167,7 @@ fn a_slowloris_is_cut_off_at_the_idle_timeout() {
         honest_round_trips(&mut honest);
     };
     assert!(cut >= Duration::from_secs(2), "cut after {cut:?}");
-    // A connection that keeps completing lines is not idle.
-    let mut busy = TcpStream::connect(address).unwrap();
-    for _ in 0..30 {
-        std::thread::sleep(Duration::from_millis(100)); // its pace: 3 s in all
-        busy.write_all(format!("IAMAT busy +1+1 {}\n", now_text()).as_bytes())
-            .expect("an active client is kept");
-    }
+    busy.join().expect("the busy client was kept");
 }
 
 #[test]
