@@ -517,8 +517,8 @@ fn connection_refused_is_retried_then_answered_unknown_error() {
     // Three refused attempts (max_attempts), then the answer: the attempts
     // ran out, not the time budget.
     eventually("the attempts to be counted", || {
-        herd.log("Solo")
-            .contains("upstream_calls=3 upstream_failures=3")
+        let log = herd.log("Solo");
+        log.contains("upstream_calls=3") && log.contains("upstream_failures=3")
     });
     let log = herd.log("Solo");
     assert!(log.contains("cannot connect"), "{log}");
@@ -607,8 +607,8 @@ fn the_circuit_breaker_stops_calls_to_a_failing_provider() {
     }
     assert_eq!(fake.calls(), 3);
     eventually("the rejections to be counted", || {
-        herd.log("Solo")
-            .contains("breaker_rejections=3 breaker_opened=1")
+        let log = herd.log("Solo");
+        log.contains("breaker_rejections=3") && log.contains("breaker_opened=1")
     });
     assert!(herd.log("Solo").contains("circuit breaker open"));
 }

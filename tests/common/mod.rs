@@ -272,7 +272,7 @@ impl RunningServer {
     }
 
     /// Runs a server from `setup` on listening sockets.
-    pub fn start_setup(
+    fn start_setup(
         setup: ServerSetup,
         client: std::net::TcpListener,
         peer: std::net::TcpListener,
