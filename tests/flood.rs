@@ -287,7 +287,9 @@ fn a_server_with_another_secret_is_refused() {
             &herd.server("Smith").peer.to_string(),
             &peer.address().to_string(),
         );
-    let config = herd::config::HerdConfig::parse(&config, "impostor", herd.dir.path()).unwrap();
+    // A folder of its own: Smith's store is the real Smith's.
+    let folder = herd.dir.path().join("impostor");
+    let config = herd::config::HerdConfig::parse(&config, "impostor", &folder).unwrap();
     let impostor = RunningServer::start(
         &config,
         "Smith",
