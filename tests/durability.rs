@@ -1,15 +1,20 @@
 //! The store on disk: restarts lose nothing acknowledged, catch-up after a
 //! restart costs what was missed, and damaged files are survived.
+//!
+//! The servers are processes (`common::process`): what is tested is what
+//! survives SIGKILL, which ends a process with no chance to close its files,
+//! and the log file `main.rs` writes.
 
 mod common;
 
-use common::{Herd, eventually};
+use common::eventually;
+use common::process::ProcessHerd;
 
 const ALL: &[&str] = &["Hill", "Jaquez", "Smith", "Campbell", "Singleton"];
 
 #[test]
 fn a_full_herd_sigkill_loses_nothing_acknowledged() {
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     let mut acknowledged = Vec::new();
     for (i, name) in ALL.iter().cycle().take(100).enumerate() {
         let mut client = herd.client(name);
@@ -26,7 +31,7 @@ fn a_full_herd_sigkill_loses_nothing_acknowledged() {
 
 #[test]
 fn a_lone_server_keeps_its_store_across_sigkill() {
-    let mut herd = Herd::start(&[("Solo", &[])]);
+    let mut herd = ProcessHerd::start(&[("Solo", &[])]);
     let at = herd.client("Solo").iamat("kept", "+1+1");
     herd.kill("Solo");
     herd.restart("Solo");
@@ -38,7 +43,7 @@ fn a_lone_server_keeps_its_store_across_sigkill() {
 
 #[test]
 fn catching_up_after_a_restart_sends_only_what_was_missed() {
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     for i in 0..300 {
         herd.client("Hill").iamat(&format!("bulk{i}"), "+1+1");
     }
@@ -68,7 +73,7 @@ fn catching_up_after_a_restart_sends_only_what_was_missed() {
         .map(|i| herd.client("Hill").iamat(&format!("missed{i}"), "+2+2"))
         .collect();
     herd.await_everywhere(&["Smith", "Singleton"], "missed2", &missed[2]);
-    let sent = |herd: &Herd, name: &str| herd.log(name).matches("sent to Campbell:").count();
+    let sent = |herd: &ProcessHerd, name: &str| herd.log(name).matches("sent to Campbell:").count();
     let (smith_before, singleton_before) = (sent(&herd, "Smith"), sent(&herd, "Singleton"));
     herd.restart("Campbell");
     for (i, at) in missed.iter().enumerate() {
@@ -86,7 +91,7 @@ fn catching_up_after_a_restart_sends_only_what_was_missed() {
     assert!(herd.client("Campbell").at_line_of("bulk7").is_some());
 }
 
-fn segments(herd: &Herd, name: &str) -> Vec<std::path::PathBuf> {
+fn segments(herd: &ProcessHerd, name: &str) -> Vec<std::path::PathBuf> {
     let dir = herd.log_dir().join("data").join(name);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -99,7 +104,7 @@ fn segments(herd: &Herd, name: &str) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_truncated_log_is_recovered_and_the_rest_caught_up() {
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     let ats: Vec<String> = (0..20)
         .map(|i| herd.client("Campbell").iamat(&format!("t{i}"), "+3+3"))
         .collect();
@@ -137,7 +142,7 @@ fn a_truncated_log_is_recovered_and_the_rest_caught_up() {
 
 #[test]
 fn a_garbled_log_is_survived() {
-    let mut herd = Herd::start_default();
+    let mut herd = ProcessHerd::start_default();
     let ats: Vec<String> = (0..20)
         .map(|i| herd.client("Smith").iamat(&format!("g{i}"), "+3+3"))
         .collect();
@@ -160,7 +165,7 @@ fn a_garbled_log_is_survived() {
 
 #[test]
 fn a_foreign_file_in_the_data_folder_is_a_clear_error() {
-    let mut herd = Herd::start(&[("Solo", &[])]);
+    let mut herd = ProcessHerd::start(&[("Solo", &[])]);
     herd.kill("Solo");
     let dir = herd.log_dir().join("data").join("Solo");
     // The server may not have made its folder yet: it listens first.

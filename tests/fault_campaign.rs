@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chaos::LinkProxies;
-use common::{DEFAULT_TOPOLOGY, Herd, eventually, now_text};
+use common::process::ProcessHerd;
+use common::{DEFAULT_TOPOLOGY, eventually, now_text};
 use nix::sys::signal::Signal;
 
 /// How long the herd may take to agree once everything is healed.
@@ -672,7 +673,7 @@ impl Journal {
 
 /// The herd under test, its per-server configs and its link proxies.
 struct Campaign {
-    herd: Herd,
+    herd: ProcessHerd,
     names: Vec<String>,
     configs: Vec<PathBuf>,
     proxies: LinkProxies,
@@ -692,7 +693,7 @@ impl Campaign {
     /// As [`Campaign::start`], with `extra` added to every config.
     fn start_with(extra: &str) -> Campaign {
         for _ in 0..5 {
-            let herd = Herd::configure(DEFAULT_TOPOLOGY, extra);
+            let herd = ProcessHerd::configure(DEFAULT_TOPOLOGY, extra);
             let names: Vec<String> = herd.servers.iter().map(|s| s.name.clone()).collect();
             let targets: Vec<(String, SocketAddr)> = herd
                 .servers

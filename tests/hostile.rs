@@ -1,6 +1,10 @@
 //! Hostile clients: many connections, slow writers, non-readers and noise,
-//! each while an honest client keeps getting prompt answers and the server's
+//! each while an honest client keeps getting answers and the server's
 //! memory stays bounded.
+//!
+//! The tests that measure the server's memory run it as a process of its
+//! own (`common::process`), whose memory is the server's alone; the others
+//! run it in the test's own process.
 
 mod common;
 
@@ -8,7 +12,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Herd, LineClient, now_text};
+use common::process::ProcessHerd;
+use common::{Herd, LineClient, PATIENCE, eventually, now_text};
 use socket2::{Domain, Socket, Type};
 
 const SOLO: &[(&str, &[&str])] = &[("Solo", &[])];
@@ -25,20 +30,18 @@ fn honest_client(server: SocketAddr) -> LineClient {
     LineClient::from_stream(stream)
 }
 
-/// The slowest of a few IAMAT round trips.
-fn worst_round_trip(client: &mut LineClient) -> Duration {
-    (0..5)
-        .map(|_| {
-            let started = Instant::now();
-            let reply = client.iamat("honest", "+1+1");
-            assert!(reply.starts_with("AT Solo "), "{reply}");
-            started.elapsed()
-        })
-        .max()
-        .unwrap()
+/// A few IAMAT round trips, each answered while the attack goes on (a
+/// server busy with the attacker would leave them unanswered until the
+/// client's read timeout).
+#[track_caller]
+fn honest_round_trips(client: &mut LineClient) {
+    for _ in 0..5 {
+        let reply = client.iamat("honest", "+1+1");
+        assert!(reply.starts_with("AT Solo "), "{reply}");
+    }
 }
 
-fn resident_kb(herd: &Herd) -> u64 {
+fn resident_kb(herd: &ProcessHerd) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", herd.pid("Solo"))).unwrap();
     status
         .lines()
@@ -49,7 +52,7 @@ fn resident_kb(herd: &Herd) -> u64 {
 
 #[test]
 fn ten_thousand_connections_from_one_address_leave_room_for_others() {
-    let herd = Herd::start_with(SOLO, "[limits]\nmax_connections_per_ip = 500\n");
+    let herd = ProcessHerd::start_with(SOLO, "[limits]\nmax_connections_per_ip = 500\n");
     let address = herd.server("Solo").client;
     let mut honest = honest_client(address);
     let mut flood = Vec::new();
@@ -59,7 +62,7 @@ fn ten_thousand_connections_from_one_address_leave_room_for_others() {
             Err(error) => panic!("connect failed after {}: {error}", flood.len()),
         }
     }
-    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+    honest_round_trips(&mut honest);
     // Past the per-address limit, connections are closed at once.
     for stream in &flood {
         stream.set_nonblocking(true).unwrap();
@@ -82,12 +85,12 @@ fn ten_thousand_connections_from_one_address_leave_room_for_others() {
         count_closed(&flood) >= 10_000 - 500
     });
     assert!(resident_kb(&herd) < 150 * 1024, "{} kB", resident_kb(&herd));
-    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+    honest_round_trips(&mut honest);
 }
 
 #[test]
 fn a_client_that_never_reads_cannot_grow_memory() {
-    let herd = Herd::start_with(SOLO, "[limits]\nidle_timeout_secs = 3\n");
+    let herd = ProcessHerd::start_with(SOLO, "[limits]\nidle_timeout_secs = 3\n");
     let address = herd.server("Solo").client;
     let mut honest = honest_client(address);
     honest.iamat("target", "+34.068930-118.445127");
@@ -109,37 +112,31 @@ fn a_client_that_never_reads_cannot_grow_memory() {
         }
     }
     assert!(sent >= 1000, "sent {sent}");
-    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+    honest_round_trips(&mut honest);
     let grown = resident_kb(&herd).saturating_sub(before);
     assert!(grown < 32 * 1024, "grew {grown} kB for a non-reader");
     // Keep asking without ever reading: once the server's replies have
     // waited the idle timeout, it gives up and resets the connection, which
     // a write then reports.
     let started = Instant::now();
-    let gave_up = loop {
-        std::thread::sleep(Duration::from_millis(100)); // the client's pace
-        match greedy.write_all(b"WHATSAT target 50 20\n") {
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
-                ) =>
-            {
-                break started.elapsed();
-            }
-            _ => assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the server never gave up"
-            ),
-        }
-        honest.iamat("honest", "+1+1");
-    };
+    eventually(
+        "the server to give up on the client that never reads",
+        || {
+            let gave_up = matches!(
+                greedy.write_all(b"WHATSAT target 50 20\n"),
+                Err(error) if matches!(error.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+            );
+            honest.iamat("honest", "+1+1");
+            gave_up
+        },
+    );
+    let gave_up = started.elapsed();
     assert!(
         gave_up >= Duration::from_secs(1),
         "gave up after {gave_up:?}"
     );
     assert!(resident_kb(&herd).saturating_sub(before) < 32 * 1024);
-    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+    honest_round_trips(&mut honest);
 }
 
 #[test]
@@ -147,6 +144,16 @@ fn a_slowloris_is_cut_off_at_the_idle_timeout() {
     let herd = Herd::start_with(SOLO, "[limits]\nidle_timeout_secs = 2\n");
     let address = herd.server("Solo").client;
     let mut honest = honest_client(address);
+    // Meanwhile, a connection that keeps completing lines is not idle, for
+    // all that it lasts longer than the timeout.
+    let busy = std::thread::spawn(move || {
+        let mut busy = TcpStream::connect(address).unwrap();
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(100)); // its pace: 3 s in all
+            busy.write_all(format!("IAMAT busy +1+1 {}\n", now_text()).as_bytes())
+                .expect("an active client is kept");
+        }
+    });
     let mut slow = TcpStream::connect(address).unwrap();
     let started = Instant::now();
     // One byte at a time, never a whole line: cut off after 2 s even
@@ -156,17 +163,11 @@ fn a_slowloris_is_cut_off_at_the_idle_timeout() {
         if slow.write_all(b"I").is_err() {
             break started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "never cut off");
-        assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+        assert!(started.elapsed() < PATIENCE, "never cut off");
+        honest_round_trips(&mut honest);
     };
     assert!(cut >= Duration::from_secs(2), "cut after {cut:?}");
-    // A connection that keeps completing lines is not idle.
-    let mut busy = TcpStream::connect(address).unwrap();
-    for _ in 0..30 {
-        std::thread::sleep(Duration::from_millis(100));
-        busy.write_all(format!("IAMAT busy +1+1 {}\n", now_text()).as_bytes())
-            .expect("an active client is kept");
-    }
+    busy.join().expect("the busy client was kept");
 }
 
 #[test]
@@ -200,5 +201,5 @@ fn random_bytes_get_answers_and_do_no_harm() {
         answered == lines || answered == lines + 1,
         "{answered} for {lines} lines"
     );
-    assert!(worst_round_trip(&mut honest) < Duration::from_secs(1));
+    honest_round_trips(&mut honest);
 }

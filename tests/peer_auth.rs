@@ -11,7 +11,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Herd, now_text};
+use common::Herd;
+use common::now_text;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -21,7 +22,7 @@ const PAIR: &[(&str, &[&str])] = &[("Hill", &["Smith"]), ("Smith", &["Hill"])];
 /// test plays Smith, with nobody to take its place.
 fn hill_alone() -> Herd {
     let mut herd = Herd::configure(PAIR, "");
-    assert!(herd.launch("Hill"));
+    herd.launch("Hill");
     herd
 }
 
@@ -230,4 +231,39 @@ fn a_server_not_configured_as_a_neighbour_is_refused_even_with_the_secret() {
     assert!(FakeNeighbour::join(peer, herd.secret().as_bytes(), "Campbell", "Hill").is_none());
     assert!(FakeNeighbour::join(peer, herd.secret().as_bytes(), "Smith", "Jaquez").is_none());
     assert!(FakeNeighbour::join(peer, b"wrong secret", "Smith", "Hill").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_neighbour_that_links_in_is_dialled_back_at_once() {
+    // SPEC §6: a server reconnects to a neighbour as soon as it comes back,
+    // not at the end of a backoff that grew while it was away. On tokio's
+    // paused clock: Hill's dials to Smith are refused until its backoff is
+    // long; then Smith comes back and links in, and Hill dials it with the
+    // clock held still, which no backoff timer could bring about.
+    let (setup, mut ports) = common::setup(PAIR, "Hill", None);
+    let secret = setup.secret.clone();
+    let (_, smith) = ports.pop().unwrap();
+    let (client, peer) = ports.pop().unwrap();
+    let hill_peer = peer.address();
+    let listen = |port: common::Port| tokio::net::TcpListener::from_std(port.listen()).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(herd::server::run(
+        setup,
+        listen(client),
+        listen(peer),
+        shutdown.clone(),
+    ));
+    // Smith's port is bound, not listening: refused, again and again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let smith = listen(smith);
+    common::with_clock_held("Hill to dial Smith back", async {
+        let joined = tokio::task::spawn_blocking(move || {
+            FakeNeighbour::join(hill_peer, &secret, "Smith", "Hill").is_some()
+        });
+        smith.accept().await.unwrap();
+        assert!(joined.await.unwrap(), "Smith welcomed");
+    })
+    .await;
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
 }

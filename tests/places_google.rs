@@ -1,24 +1,25 @@
 //! The Google providers (legacy Nearby Search and the Places API (New))
-//! against a fake Google server that each test starts on a free port and
+//! against a fake Google server that each test starts on port 0 and
 //! scripts: answers, statuses, HTTP errors, slowness, nonsense, refusal.
 //!
-//! Most tests go through a real `herd serve` process, as a client would;
-//! a few drive the library's provider directly where counting calls or
-//! timing needs it.
+//! Most tests go through a server in the test's own process, as a client
+//! would; the last ones drive the provider directly, on tokio's paused
+//! clock where the cache's lifetime or the breaker's cool-down must pass.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{Herd, LineClient, eventually, free_address};
+use common::process::ProcessHerd;
+use common::{Herd, LineClient, PATIENCE, Port, eventually, with_clock_held};
 use herd::config::{PlacesConfig, RemotePlacesConfig};
-use herd::places::NearbyQuery;
+use herd::places::{NearbyQuery, PlacesError};
 
 const SOLO: &[(&str, &[&str])] = &[("Solo", &[])];
 const KEY: &str = "test-key-7f3a9c SECRET";
@@ -65,8 +66,26 @@ enum Reply {
     Body(u16, String),
     /// The same, after a pause.
     Slow(Duration, Box<Reply>),
+    /// The same, once `Gate::open` is called (or after `PATIENCE`).
+    Held(Gate, Box<Reply>),
     /// Close the connection without answering.
     Hang,
+}
+
+/// Holds the fake's answers until the test lets them go.
+#[derive(Clone, Debug, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+
+    fn wait(&self) {
+        let open = self.0.0.lock().unwrap();
+        let _ = self.0.1.wait_timeout_while(open, PATIENCE, |open| !*open);
+    }
 }
 
 type Responder = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
@@ -180,7 +199,12 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         loop {
             match reply {
                 Reply::Slow(pause, then) => {
+                    // A slow provider: the pause is the point.
                     std::thread::sleep(pause);
+                    reply = *then;
+                }
+                Reply::Held(gate, then) => {
+                    gate.wait();
                     reply = *then;
                 }
                 Reply::Hang => return,
@@ -447,11 +471,10 @@ fn http_errors_nonsense_and_silence_answer_unknown_error() {
 
 #[test]
 fn a_slow_provider_times_out_and_holds_up_no_one_else() {
-    let fake = FakeGoogle::start(|request| match request.query("radius").unwrap() {
-        "1000" => Reply::Slow(
-            Duration::from_secs(10),
-            Box::new(Reply::Body(200, legacy_body(3))),
-        ),
+    let gate = Gate::default();
+    let held = gate.clone();
+    let fake = FakeGoogle::start(move |request| match request.query("radius").unwrap() {
+        "1000" => Reply::Held(held.clone(), Box::new(Reply::Body(200, legacy_body(3)))),
         _ => Reply::Body(200, legacy_body(3)),
     });
     let (herd, mut client) = herd_with(
@@ -462,55 +485,55 @@ fn a_slow_provider_times_out_and_holds_up_no_one_else() {
         let answer = whatsat(&mut client, "1", 5);
         (answer, started.elapsed())
     });
-    // Meanwhile, other clients of the same server are answered at once.
+    // Meanwhile, other clients of the same server are answered.
     let mut other = herd.client("Solo");
     eventually("the slow request to reach the fake", || fake.calls() >= 1);
-    let started = Instant::now();
     assert!(other.iamat("kiwi", WESTWOOD).starts_with("AT Solo"));
     assert_eq!(parse(&whatsat(&mut other, "2", 2))["status"], "OK");
     assert!(
         !slow.is_finished(),
         "the other client waited for the slow one"
     );
-    assert!(
-        started.elapsed() < Duration::from_millis(800),
-        "{:?}",
-        started.elapsed()
-    );
 
+    // The slow one is answered when its time is up, and the log says so.
     let (answer, took) = slow.join().unwrap();
     assert_eq!(answer, empty_answer("UNKNOWN_ERROR"));
     assert!(took >= Duration::from_millis(900), "{took:?}");
-    assert!(took < Duration::from_millis(3000), "{took:?}");
+    eventually("the timeout to be logged", || {
+        herd.log("Solo").contains("no answer within 1000 ms")
+    });
+    gate.open();
 }
 
 #[test]
 fn connection_refused_is_retried_then_answered_unknown_error() {
-    let nowhere = format!("http://{}", free_address());
-    let (herd, mut client) =
-        herd_with(&google_config(&nowhere, "").replace("timeout_ms = 1500", "timeout_ms = 2000"));
-    let started = Instant::now();
-    assert_eq!(whatsat(&mut client, "10", 5), empty_answer("UNKNOWN_ERROR"));
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
+    // A port bound but not listening refuses connections.
+    let nowhere = Port::any();
+    let (herd, mut client) = herd_with(
+        &google_config(&format!("http://{}", nowhere.address()), "")
+            .replace("timeout_ms = 1500", "timeout_ms = 2000"),
     );
-    eventually("the failure to be logged", || {
-        herd.log("Solo").contains("places request failed")
+    assert_eq!(whatsat(&mut client, "10", 5), empty_answer("UNKNOWN_ERROR"));
+    // Three refused attempts (max_attempts), then the answer: the attempts
+    // ran out, not the time budget.
+    eventually("the attempts to be counted", || {
+        let log = herd.log("Solo");
+        log.contains("upstream_calls=3") && log.contains("upstream_failures=3")
     });
     let log = herd.log("Solo");
     assert!(log.contains("cannot connect"), "{log}");
+    assert!(!log.contains("no answer within"), "{log}");
     assert!(!log.contains("7f3a9c"), "the key is in the log");
 }
 
 #[test]
 fn identical_concurrent_queries_make_one_upstream_call() {
-    let fake = FakeGoogle::start(|_| {
-        Reply::Slow(
-            Duration::from_millis(700),
-            Box::new(Reply::Body(200, legacy_body(20))),
-        )
+    // The fake holds its answer until all ten queries have been asked of the
+    // provider, so that they overlap however slow the machine.
+    let gate = Gate::default();
+    let held = gate.clone();
+    let fake = FakeGoogle::start(move |_| {
+        Reply::Held(held.clone(), Box::new(Reply::Body(200, legacy_body(20))))
     });
     let (herd, _client) = herd_with(&google_config(&fake.url(), ""));
     let clients: Vec<_> = (1..=10)
@@ -519,15 +542,16 @@ fn identical_concurrent_queries_make_one_upstream_call() {
             std::thread::spawn(move || parse(&whatsat(&mut client, "10", bound)))
         })
         .collect();
+    // The counters say so in the log.
+    eventually("the ten queries to be counted", || {
+        herd.log("Solo").contains("queries=10")
+    });
+    gate.open();
     for (bound, client) in (1..=10).zip(clients) {
         let answer = client.join().unwrap();
         assert_eq!(answer["results"].as_array().unwrap().len(), bound);
     }
     assert_eq!(fake.calls(), 1);
-    // The counters say so in the log.
-    eventually("the stats to be logged", || {
-        herd.log("Solo").contains("upstream_calls=1")
-    });
     let log = herd.log("Solo");
     let stats = log
         .lines()
@@ -535,13 +559,16 @@ fn identical_concurrent_queries_make_one_upstream_call() {
         .unwrap();
     assert!(stats.contains("queries=10"), "{stats}");
     assert!(stats.contains("coalesced=9"), "{stats}");
+    assert!(stats.contains("upstream_calls=1"), "{stats}");
 }
 
 #[test]
-fn answers_are_cached_until_they_expire() {
+fn answers_are_served_from_the_cache() {
+    // A lifetime no slow machine reaches; the expiry is
+    // `cached_answers_expire_after_their_lifetime`'s, on a paused clock.
     let fake = FakeGoogle::start(|_| Reply::Body(200, legacy_body(20)));
     let (herd, mut client) = herd_with(
-        &google_config(&fake.url(), "").replace("cache_ttl_secs = 0", "cache_ttl_secs = 1"),
+        &google_config(&fake.url(), "").replace("cache_ttl_secs = 0", "cache_ttl_secs = 3600"),
     );
     let first = whatsat(&mut client, "10", 3);
     assert_eq!(whatsat(&mut client, "10", 3), first);
@@ -556,9 +583,6 @@ fn answers_are_cached_until_they_expire() {
     // A different radius is a different question.
     whatsat(&mut client, "9", 3);
     assert_eq!(fake.calls(), 2);
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(whatsat(&mut client, "10", 3), first);
-    assert_eq!(fake.calls(), 3, "expired");
     eventually("the stats to be logged", || {
         herd.log("Solo").contains("cache_hits=2")
     });
@@ -566,28 +590,27 @@ fn answers_are_cached_until_they_expire() {
 
 #[test]
 fn the_circuit_breaker_stops_calls_to_a_failing_provider() {
+    // A cool-down no slow machine reaches; what comes after it is
+    // `the_breaker_lets_a_trial_through_after_its_cool_down`'s.
     let fake = FakeGoogle::start(|_| Reply::Body(503, "busy".into()));
-    let (_herd, mut client) = herd_with(&google_config(
+    let (herd, mut client) = herd_with(&google_config(
         &fake.url(),
-        "max_attempts = 1\nbreaker_failures = 3\nbreaker_cooldown_ms = 1000\n",
+        "max_attempts = 1\nbreaker_failures = 3\nbreaker_cooldown_ms = 3600000\n",
     ));
     for km in ["1", "2", "3"] {
         assert_eq!(whatsat(&mut client, km, 5), empty_answer("UNKNOWN_ERROR"));
     }
     assert_eq!(fake.calls(), 3);
-    // Open: answered at once, without asking.
-    let started = Instant::now();
+    // Open: answered without asking.
     for km in ["4", "5", "6"] {
         assert_eq!(whatsat(&mut client, km, 5), empty_answer("UNKNOWN_ERROR"));
     }
-    assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(fake.calls(), 3);
-    // After the cool-down, a recovered provider is asked again.
-    fake.set(|_| Reply::Body(200, legacy_body(4)));
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(parse(&whatsat(&mut client, "7", 5))["status"], "OK");
-    assert_eq!(parse(&whatsat(&mut client, "8", 5))["status"], "OK");
-    assert_eq!(fake.calls(), 5);
+    eventually("the rejections to be counted", || {
+        let log = herd.log("Solo");
+        log.contains("breaker_rejections=3") && log.contains("breaker_opened=1")
+    });
+    assert!(herd.log("Solo").contains("circuit breaker open"));
 }
 
 #[test]
@@ -600,8 +623,9 @@ fn the_key_may_come_from_the_environment() {
         }
     });
     // No key in the config: the server must take $HERD_PLACES_KEY.
+    // The environment is the process's: a `herd serve` process here.
     let config = google_config(&fake.url(), "").replace(&format!("key = \"{KEY}\"\n"), "");
-    let herd = Herd::configure(SOLO, &config);
+    let herd = ProcessHerd::configure(SOLO, &config);
     let mut child = herd
         .command("Solo")
         .env("HERD_PLACES_KEY", "from-env")
@@ -618,7 +642,7 @@ fn the_key_may_come_from_the_environment() {
     let _ = child.wait();
 
     // Without either, the server refuses to start, saying why.
-    let herd = Herd::configure(SOLO, &config);
+    let herd = ProcessHerd::configure(SOLO, &config);
     let output = herd
         .command("Solo")
         .env_remove("HERD_PLACES_KEY")
@@ -798,11 +822,15 @@ fn remote(fake: &FakeGoogle) -> RemotePlacesConfig {
 }
 
 fn query(limit: usize) -> NearbyQuery {
+    query_within("10000", limit)
+}
+
+fn query_within(radius_m: &str, limit: usize) -> NearbyQuery {
     NearbyQuery {
         lat: 34.06893,
         lng: -118.445127,
-        radius_m: 10_000.0,
-        radius_m_text: "10000".into(),
+        radius_m: radius_m.parse().unwrap(),
+        radius_m_text: radius_m.into(),
         limit,
     }
 }
@@ -838,27 +866,70 @@ async fn a_hundred_identical_queries_make_one_call_per_api() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_stay_within_the_time_budget() {
-    // Always over the limit: retried with backoff until the budget is spent.
-    let fake = FakeGoogle::start(|_| Reply::Body(200, status_body("OVER_QUERY_LIMIT")));
-    let config = PlacesConfig::Google(RemotePlacesConfig {
-        timeout_ms: 700,
-        max_attempts: 10,
+// The tests below run on tokio's paused clock, which moves only when told
+// (`tokio::time::advance`). Each request to the fake (real sockets, a real
+// thread) is awaited with the clock held still, so that no timer fires
+// merely because the runtime sat waiting for the fake's answer.
+
+#[tokio::test(start_paused = true)]
+async fn cached_answers_expire_after_their_lifetime() {
+    let fake = FakeGoogle::start(|_| Reply::Body(200, legacy_body(20)));
+    let provider = herd::places::provider(&PlacesConfig::Google(RemotePlacesConfig {
+        cache_ttl_secs: 1,
         ..remote(&fake)
-    });
-    let provider = herd::places::provider(&config).unwrap();
-    let started = Instant::now();
-    let error = provider.nearby(&query(5)).await.unwrap_err();
-    assert_eq!(
-        error,
-        herd::places::PlacesError::Status("OVER_QUERY_LIMIT".into())
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(800),
-        "{:?}",
-        started.elapsed()
-    );
-    let calls = fake.calls();
-    assert!((2..10).contains(&calls), "{calls} calls");
+    }))
+    .unwrap();
+    let ask = |query: NearbyQuery| {
+        let provider = provider.clone();
+        with_clock_held("an answer", async move { provider.nearby(&query).await })
+    };
+    let first = ask(query(3)).await.unwrap();
+    assert_eq!(first["results"].as_array().unwrap().len(), 3);
+    let more = ask(query(7)).await.unwrap();
+    assert_eq!(more["results"].as_array().unwrap().len(), 7);
+    assert_eq!(fake.calls(), 1, "served from the cache");
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert_eq!(ask(query(3)).await.unwrap(), first);
+    assert_eq!(fake.calls(), 1, "still fresh just before a second");
+    // A different radius is a different question.
+    ask(query_within("9000", 3)).await.unwrap();
+    assert_eq!(fake.calls(), 2);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(ask(query(3)).await.unwrap(), first);
+    assert_eq!(fake.calls(), 3, "expired at a second");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_lets_a_trial_through_after_its_cool_down() {
+    let fake = FakeGoogle::start(|_| Reply::Body(503, "busy".into()));
+    let provider = herd::places::provider(&PlacesConfig::Google(RemotePlacesConfig {
+        max_attempts: 1,
+        breaker_failures: 3,
+        breaker_cooldown_ms: 1_000,
+        cache_ttl_secs: 0,
+        ..remote(&fake)
+    }))
+    .unwrap();
+    let ask = |radius_m: &str| {
+        let provider = provider.clone();
+        let query = query_within(radius_m, 5);
+        with_clock_held("an answer", async move { provider.nearby(&query).await })
+    };
+    let open = |outcome: Result<Value, PlacesError>| matches!(outcome, Err(PlacesError::Unavailable(text)) if text.contains("circuit breaker"));
+    for radius_m in ["1000", "2000", "3000"] {
+        assert!(ask(radius_m).await.is_err());
+    }
+    assert_eq!(fake.calls(), 3);
+    // Open: answered without asking, until the cool-down is over.
+    assert!(open(ask("4000").await));
+    tokio::time::advance(Duration::from_millis(999)).await;
+    assert!(open(ask("5000").await));
+    assert_eq!(fake.calls(), 3);
+    // After it, one trial goes to the provider, which has recovered; its
+    // success closes the breaker.
+    fake.set(|_| Reply::Body(200, legacy_body(4)));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(ask("6000").await.unwrap()["status"], "OK");
+    assert_eq!(ask("7000").await.unwrap()["status"], "OK");
+    assert_eq!(fake.calls(), 5);
 }

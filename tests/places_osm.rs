@@ -10,6 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use common::process::ProcessHerd;
 use common::{Herd, herd_binary};
 use herd::places::osm::{OsmDatabase, OsmKind};
 use herd::places::sphere::haversine_m;
@@ -150,7 +151,7 @@ fn whatsat_is_answered_from_the_imported_database() {
         "[places]\nprovider = \"osm\"\ndatabase = \"helsinki.places\"\n",
     );
     import(&herd.dir.path().join("helsinki.places"));
-    assert!(herd.launch("Solo"));
+    herd.launch("Solo");
     let mut client = herd.client("Solo");
     // At Kiasma's door.
     client.iamat("helsinki.visitor", "+60.17194+024.93667");
@@ -198,7 +199,8 @@ fn whatsat_is_answered_from_the_imported_database() {
 
 #[test]
 fn a_missing_or_foreign_database_stops_the_server_at_start() {
-    let herd = Herd::configure(
+    // What `herd serve` says as it exits: a process's.
+    let herd = ProcessHerd::configure(
         SOLO,
         "[places]\nprovider = \"osm\"\ndatabase = \"nowhere.places\"\n",
     );
@@ -207,7 +209,7 @@ fn a_missing_or_foreign_database_stops_the_server_at_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nowhere.places"), "{stderr}");
 
-    let herd = Herd::configure(
+    let herd = ProcessHerd::configure(
         SOLO,
         "[places]\nprovider = \"osm\"\ndatabase = \"Helsinki.osm.pbf\"\n",
     );

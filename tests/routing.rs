@@ -2,10 +2,12 @@
 //! a report made at any live server reaches every other live server. How
 //! fast is measured by the load tool (BENCHMARKS.md); here, that it arrives
 //! while the server stays dead, and that the server catches up once back.
+//! Separate processes: a server dies by SIGKILL, and the per-message log
+//! lines are each process's own.
 
 mod common;
 
-use common::Herd;
+use common::process::ProcessHerd as Herd;
 
 #[test]
 fn with_any_one_server_dead_every_report_reaches_every_live_server() {

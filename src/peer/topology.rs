@@ -187,8 +187,10 @@ mod tests {
             Wait::Hold,
             "back towards the origin"
         );
-        assert_eq!(a.live_links(), 1);
-        assert_eq!(b.live_links(), 0, "B does not know A's claim yet");
+        assert_eq!((a.live_links(), b.live_links()), (1, 1));
+        let mut c = Topology::new("C", names(&["B"]));
+        assert_eq!(c.apply(&from_b), Learned::Newer);
+        assert_eq!(c.live_links(), 0, "C does not know A's claim yet");
         let mut table = a.table();
         table.sort();
         assert_eq!(table, vec![b"L A 10 B".to_vec(), b"L B 2 A C".to_vec()]);

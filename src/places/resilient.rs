@@ -665,6 +665,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn retries_stop_before_the_time_budget_is_spent() {
+        // Always over the limit: retried with backoff until the next pause
+        // would reach past the budget. The answer is then the provider's own
+        // status (not a timeout), given within the budget.
+        let provider = Resilient::new(
+            Scripted::new(
+                Duration::ZERO,
+                vec![Err(UpstreamError::status("OVER_QUERY_LIMIT", ""))],
+            ),
+            Settings {
+                timeout: Duration::from_millis(700),
+                max_attempts: 10,
+                ..settings()
+            },
+        );
+        let started = Instant::now();
+        assert_eq!(
+            provider.nearby(&query(60.17, 5)).await,
+            Err(PlacesError::Status("OVER_QUERY_LIMIT".into()))
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(700),
+            "{:?}",
+            started.elapsed()
+        );
+        let calls = calls(&provider);
+        assert!((2..10).contains(&calls), "{calls} calls");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_breaker_opens_answers_at_once_and_recovers() {
         let provider = Resilient::new(
             Scripted::new(

@@ -1,21 +1,29 @@
-//! Test support: run a herd of real `herd serve` processes on free ports and
-//! talk to them over TCP like a client would.
+//! Test support: a herd of servers run in this process through
+//! `herd::server::run`, on listeners bound to 127.0.0.1:0 before the config
+//! is written from their addresses; a small line client; `eventually`.
 //!
-//! Ports are found by binding port 0 and letting go; should another process
-//! take one in between, the server fails to bind, and the herd is started
-//! again on fresh ports. Waiting is always for a condition with a deadline
+//! `process` runs `herd serve` processes instead, for the tests where a
+//! separate process is the point (the command line, signals, the log file,
+//! a process's memory). Waiting is always for a condition with a deadline
 //! (`eventually`), never a bare sleep.
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod process;
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use herd::config::HerdConfig;
+use herd::server::{self, ServerSetup};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 /// The five-server herd of SPEC §1.
 pub const DEFAULT_TOPOLOGY: &[(&str, &[&str])] = &[
@@ -46,38 +54,6 @@ pub fn herd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_herd")
 }
 
-/// A free TCP port on 127.0.0.1, as far as the OS knows right now.
-pub fn free_address() -> SocketAddr {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    // Tests of one binary run in parallel: never hand the same port to two
-    // of them, even if the OS offers it again once released.
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    // Below the kernel's ephemeral range (32768 and up by default), so that
-    // no outgoing connection takes the port while a server is restarting;
-    // any port found bindable will do, else one the OS picks.
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let wanted = if tries < 100 {
-            rand::random_range(15_000..32_000u16)
-        } else {
-            0
-        };
-        let Ok(address) = TcpListener::bind(("127.0.0.1", wanted)).and_then(|l| l.local_addr())
-        else {
-            continue;
-        };
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if given
-            .get_or_insert_with(HashSet::new)
-            .insert(address.port())
-        {
-            return address;
-        }
-    }
-}
-
 /// A client time a little after now, unique per call within this process.
 pub fn now_text() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,19 +71,347 @@ pub fn now_text() -> String {
     format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000)
 }
 
-/// One server process of a test herd.
-pub struct ServerProcess {
+/// The text of a herd config: `extra` (top-level keys and tables such as
+/// `[limits]`), then each server of `topology` with its client and peer
+/// address from `addresses`, in the same order.
+pub fn config_text(
+    topology: &[(&str, &[&str])],
+    addresses: &[(SocketAddr, SocketAddr)],
+    extra: &str,
+) -> String {
+    // Top-level keys first: `extra` may open tables such as [limits].
+    let mut config = format!("log_dir = \"logs\"\n{extra}\n");
+    for ((name, neighbours), (client, peer)) in topology.iter().zip(addresses) {
+        let neighbours: Vec<String> = neighbours.iter().map(|n| format!("{n:?}")).collect();
+        let _ = write!(
+            config,
+            "\n[[servers]]\nname = {name:?}\nclient = \"{client}\"\npeer = \"{peer}\"\nneighbours = [{}]\n",
+            neighbours.join(", ")
+        );
+    }
+    config
+}
+
+/// A fresh random herd secret, as hex.
+pub fn new_secret() -> String {
+    let secret: [u8; 16] = rand::random();
+    secret.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ------------------------------------------------------------ ports
+
+/// A TCP port of 127.0.0.1 held by this process: bound, and listening only
+/// while a server runs on it. Bound but not listening, it refuses
+/// connections as a port whose server is down does, and no other socket
+/// can take it meanwhile, so a stopped server starts again on its own
+/// ports.
+pub struct Port {
+    socket: socket2::Socket,
+}
+
+impl Port {
+    /// A port the OS picks.
+    pub fn any() -> Port {
+        Port::at("127.0.0.1:0".parse().expect("an address")).expect("binding 127.0.0.1:0")
+    }
+
+    /// `address` bound again. SO_REUSEADDR, as the binary sets it, so that
+    /// the connections of an earlier server on it (in TIME_WAIT) are no
+    /// obstacle.
+    pub fn at(address: SocketAddr) -> std::io::Result<Port> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        Ok(Port { socket })
+    }
+
+    /// `address` bound again, once the socket that had it has let go. A
+    /// server's listener closes as it stops, a moment before the port is
+    /// bound here again; in that moment the kernel may lend the port (from
+    /// its ephemeral range) to some outgoing connection, which holds it a
+    /// while.
+    #[track_caller]
+    pub fn again(address: SocketAddr) -> Port {
+        let mut port = None;
+        eventually(&format!("{address} to be free again"), || {
+            port = Port::at(address).ok();
+            port.is_some()
+        });
+        port.expect("bound")
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.socket
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .expect("a bound IPv4 socket has an address")
+    }
+
+    /// Starts listening; the listener goes to a server.
+    pub fn listen(self) -> std::net::TcpListener {
+        // As deep as the binary's (the kernel caps it at somaxconn).
+        self.socket.listen(8192).expect("listening on a bound port");
+        self.socket
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        self.socket.into()
+    }
+}
+
+// ------------------------------------------------------------ logs
+
+/// What one server logged (every `tracing` event at INFO and above, from
+/// the threads of its runtime), as lines of `LEVEL fields message`.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Log {
+    fn on_event(&self, event: &tracing::Event<'_>, _context: Context<'_, S>) {
+        struct Fields {
+            fields: String,
+            message: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.message.push_str(value);
+                } else {
+                    let _ = write!(self.fields, " {}={value}", field.name());
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    let _ = write!(self.message, "{value:?}");
+                } else {
+                    let _ = write!(self.fields, " {}={value:?}", field.name());
+                }
+            }
+        }
+        let mut line = Fields {
+            fields: String::new(),
+            message: String::new(),
+        };
+        event.record(&mut line);
+        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            log,
+            "{}{} {}",
+            event.metadata().level(),
+            line.fields,
+            line.message
+        );
+    }
+}
+
+thread_local! {
+    /// The log this runtime thread's events go to, while the thread lives.
+    static LOG_GUARD: RefCell<Option<tracing::dispatcher::DefaultGuard>> =
+        const { RefCell::new(None) };
+}
+
+/// A runtime for one server, one worker thread as `herd up` gives each
+/// server, whose threads log to `log`. (A process has one global log; the
+/// servers of one test process each get theirs by being the default on
+/// their own runtime's threads.)
+fn server_runtime(name: &str, log: Log) -> tokio::runtime::Runtime {
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(log),
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("herd-{name}"))
+        .enable_all()
+        .on_thread_start(move || {
+            let guard = tracing::dispatcher::set_default(&dispatch);
+            LOG_GUARD.with(|slot| *slot.borrow_mut() = Some(guard));
+        })
+        .on_thread_stop(|| LOG_GUARD.with(|slot| drop(slot.borrow_mut().take())))
+        .build()
+        .expect("a runtime for a test server")
+}
+
+// ------------------------------------------------------------ one server
+
+/// One server running in this process, on a runtime of its own.
+pub struct RunningServer {
+    name: String,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: CancellationToken,
+    /// What `server::run` returned, once it has.
+    finished: mpsc::Receiver<Result<(), String>>,
+}
+
+impl RunningServer {
+    /// Runs server `name` of `config`, with the herd secret `secret` and
+    /// the places provider its config names, on `client` and `peer`.
+    pub fn start(
+        config: &HerdConfig,
+        name: &str,
+        secret: &str,
+        (client, peer): (Port, Port),
+        log: Log,
+    ) -> RunningServer {
+        let places = herd::places::from_config(config, name)
+            .unwrap_or_else(|error| panic!("{name}'s places provider: {error:#}"));
+        let setup = ServerSetup::from_config(config, name, secret.as_bytes().to_vec(), places)
+            .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
+        RunningServer::start_setup(setup, client.listen(), peer.listen(), log)
+    }
+
+    /// Runs a server from `setup` on listening sockets.
+    fn start_setup(
+        setup: ServerSetup,
+        client: std::net::TcpListener,
+        peer: std::net::TcpListener,
+        log: Log,
+    ) -> RunningServer {
+        let name = setup.name.clone();
+        let runtime = server_runtime(&name, log);
+        let shutdown = CancellationToken::new();
+        let (done, finished) = mpsc::channel();
+        let token = shutdown.clone();
+        let label = name.clone();
+        runtime.spawn(async move {
+            let outcome = async {
+                let client = tokio::net::TcpListener::from_std(client)?;
+                let peer = tokio::net::TcpListener::from_std(peer)?;
+                server::run(setup, client, peer, token).await
+            }
+            .await
+            .map_err(|error| format!("{error:#}"));
+            if let Err(error) = &outcome {
+                // Said at once: the test may be waiting on this server.
+                eprintln!("{label} stopped with an error: {error}");
+            }
+            let _ = done.send(outcome);
+        });
+        RunningServer {
+            name,
+            runtime: Some(runtime),
+            shutdown,
+            finished,
+        }
+    }
+
+    /// Stops the server as SIGTERM does (`server::run` returns once its
+    /// connections are done or the drain time is up) and waits for it.
+    /// Panics if it does not stop, or stopped with an error.
+    pub fn stop(mut self) {
+        let outcome = self.shut_down();
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(error)) => panic!("{} had stopped with an error: {error}", self.name),
+            None => panic!("{} did not stop", self.name),
+        }
+    }
+
+    /// Cancels, waits for `run` to return (at most `PATIENCE`), and drops
+    /// whatever tasks are left, closing their sockets.
+    fn shut_down(&mut self) -> Option<Result<(), String>> {
+        let runtime = self.runtime.take()?;
+        self.shutdown.cancel();
+        let outcome = self.finished.recv_timeout(PATIENCE).ok();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // (A runtime cannot wait for another from inside an async test.)
+            runtime.shutdown_background();
+        } else {
+            runtime.shutdown_timeout(PATIENCE);
+        }
+        outcome
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+// ------------------------------------------------------------ paused clock
+
+/// The setup of server `name` of a herd of `topology`, and every server's
+/// ports, bound here, in `topology`'s order: for tests that run
+/// `server::run` themselves (on tokio's paused clock, say). Its places
+/// provider is `places`, else the default; its store is kept in memory only.
+pub fn setup(
+    topology: &[(&str, &[&str])],
+    name: &str,
+    places: Option<Arc<dyn herd::places::Places>>,
+) -> (ServerSetup, Vec<(Port, Port)>) {
+    let ports: Vec<(Port, Port)> = topology
+        .iter()
+        .map(|_| (Port::any(), Port::any()))
+        .collect();
+    let addresses: Vec<(SocketAddr, SocketAddr)> = ports
+        .iter()
+        .map(|(client, peer)| (client.address(), peer.address()))
+        .collect();
+    let text = config_text(topology, &addresses, "");
+    let config = HerdConfig::parse(&text, "test config", &std::env::temp_dir())
+        .unwrap_or_else(|error| panic!("the test config: {error}\n{text}"));
+    let places = places.unwrap_or_else(|| {
+        herd::places::from_config(&config, name).expect("the default places provider")
+    });
+    let mut setup = ServerSetup::from_config(&config, name, new_secret().into_bytes(), places)
+        .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
+    setup.storage = None;
+    (setup, ports)
+}
+
+/// Awaits `future` with tokio's paused clock held still, for a test that
+/// waits on real sockets or threads: while a blocking task is in flight,
+/// tokio does not move a paused clock on (see `tokio::time::pause`), so no
+/// timer fires merely because the runtime sat idle waiting for the kernel.
+/// Fails the test if `future` is not done after `PATIENCE` of real time,
+/// as it never is if it waits on a timer.
+pub async fn with_clock_held<T>(what: &str, future: impl Future<Output = T>) -> T {
+    let (release, released) = mpsc::channel::<()>();
+    let mut holder = tokio::task::spawn_blocking(move || {
+        let _ = released.recv_timeout(PATIENCE);
+    });
+    tokio::select! {
+        output = future => {
+            drop(release);
+            holder.await.expect("the clock holder");
+            output
+        }
+        _ = &mut holder => panic!("{what}: not done after {PATIENCE:?} with the clock held"),
+    }
+}
+
+// ------------------------------------------------------------ a herd
+
+/// One server of a test herd: its addresses, and its listeners or its run.
+pub struct TestServer {
     pub name: String,
     pub client: SocketAddr,
     pub peer: SocketAddr,
-    child: Option<Child>,
+    /// The ports, held while the server is stopped.
+    ports: Option<(Port, Port)>,
+    running: Option<RunningServer>,
+    log: Log,
 }
 
-/// A herd of real server processes, stopped (by process id) when dropped.
+/// A herd of servers running in this process, stopped when dropped.
 pub struct Herd {
     pub dir: tempfile::TempDir,
+    /// The config, also written here (data and logs are relative to it).
     pub config_path: PathBuf,
-    pub servers: Vec<ServerProcess>,
+    pub config: HerdConfig,
+    pub servers: Vec<TestServer>,
     secret: String,
 }
 
@@ -125,58 +429,49 @@ impl Herd {
     /// Starts a herd, with `extra` TOML (top-level keys and tables such as
     /// `[limits]`) added to its config.
     pub fn start_with(topology: &[(&str, &[&str])], extra: &str) -> Herd {
-        for _ in 0..5 {
-            let mut herd = Herd::configure(topology, extra);
-            if herd.launch_all() {
-                return herd;
-            }
+        let mut herd = Herd::configure(topology, extra);
+        for (name, _) in topology {
+            herd.launch(name);
         }
-        panic!("could not start a herd on free ports five times in a row");
+        herd
     }
 
-    /// Writes a config on fresh free ports; starts nothing.
+    /// Binds every server's ports and writes the config from their
+    /// addresses; starts nothing.
     pub fn configure(topology: &[(&str, &[&str])], extra: &str) -> Herd {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let servers: Vec<ServerProcess> = topology
+        let ports: Vec<(Port, Port)> = topology
             .iter()
-            .map(|(name, _)| ServerProcess {
+            .map(|_| (Port::any(), Port::any()))
+            .collect();
+        let addresses: Vec<(SocketAddr, SocketAddr)> = ports
+            .iter()
+            .map(|(client, peer)| (client.address(), peer.address()))
+            .collect();
+        let text = config_text(topology, &addresses, extra);
+        let config_path = dir.path().join("herd.toml");
+        std::fs::write(&config_path, &text).expect("writing the test config");
+        let config = HerdConfig::parse(&text, &config_path.display().to_string(), dir.path())
+            .unwrap_or_else(|error| panic!("the test config: {error}\n{text}"));
+        let servers = topology
+            .iter()
+            .zip(ports)
+            .map(|((name, _), ports)| TestServer {
                 name: (*name).to_owned(),
-                client: free_address(),
-                peer: free_address(),
-                child: None,
+                client: ports.0.address(),
+                peer: ports.1.address(),
+                ports: Some(ports),
+                running: None,
+                log: Log::default(),
             })
             .collect();
-        // Top-level keys first: `extra` may open tables such as [limits].
-        let mut config = format!("log_dir = \"logs\"\n{extra}\n");
-        for ((name, neighbours), server) in topology.iter().zip(&servers) {
-            let neighbours: Vec<String> = neighbours.iter().map(|n| format!("{n:?}")).collect();
-            config.push_str(&format!(
-                "\n[[servers]]\nname = {name:?}\nclient = \"{}\"\npeer = \"{}\"\nneighbours = [{}]\n",
-                server.client,
-                server.peer,
-                neighbours.join(", ")
-            ));
-        }
-        let config_path = dir.path().join("herd.toml");
-        std::fs::write(&config_path, config).expect("writing the test config");
-        let secret: [u8; 16] = rand::random();
         Herd {
             dir,
             config_path,
+            config,
             servers,
-            secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+            secret: new_secret(),
         }
-    }
-
-    fn launch_all(&mut self) -> bool {
-        let names: Vec<String> = self.servers.iter().map(|s| s.name.clone()).collect();
-        for name in &names {
-            if !self.launch(name) {
-                self.stop_all();
-                return false;
-            }
-        }
-        true
     }
 
     /// The herd's shared secret.
@@ -184,127 +479,70 @@ impl Herd {
         &self.secret
     }
 
-    /// The command that runs server `name` of this herd.
-    pub fn command(&self, name: &str) -> Command {
-        self.command_with_config(name, &self.config_path)
+    /// Starts server `name` on its ports. It accepts at once: connections
+    /// wait in the listen backlog until it gets to them.
+    pub fn launch(&mut self, name: &str) {
+        let index = self.index(name);
+        let server = &mut self.servers[index];
+        assert!(server.running.is_none(), "{name} is already running");
+        let ports = server
+            .ports
+            .take()
+            .expect("a stopped server holds its ports");
+        server.running = Some(RunningServer::start(
+            &self.config,
+            name,
+            &self.secret,
+            ports,
+            server.log.clone(),
+        ));
     }
 
-    /// The command that runs server `name` of this herd from its own config
-    /// file `config` (the fault campaign gives each server one, in which its
-    /// neighbours' peer addresses are those of fault-injecting proxies).
-    pub fn command_with_config(&self, name: &str, config: &Path) -> Command {
-        let mut command = Command::new(herd_binary());
-        command
-            .arg("serve")
-            .arg(name)
-            .arg("--config")
-            .arg(config)
-            .env("HERD_SECRET", &self.secret)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
+    /// Stops server `name` (see `RunningServer::stop`); its ports refuse
+    /// connections until it is started again.
+    pub fn stop(&mut self, name: &str) {
+        let index = self.index(name);
+        let server = &mut self.servers[index];
+        server
+            .running
+            .take()
+            .unwrap_or_else(|| panic!("{name} is not running"))
+            .stop();
+        server.ports = Some((Port::again(server.client), Port::again(server.peer)));
     }
 
-    /// Starts server `name` and waits until it accepts clients. Returns
-    /// false if it exited instead (its port was taken, say).
-    pub fn launch(&mut self, name: &str) -> bool {
-        let config = self.config_path.clone();
-        self.launch_with_config(name, &config)
+    /// Starts a stopped server again on its own ports.
+    pub fn restart(&mut self, name: &str) {
+        self.launch(name);
     }
 
-    /// `launch`, with the server reading its own config file `config`.
-    pub fn launch_with_config(&mut self, name: &str, config: &Path) -> bool {
-        let mut child = self
-            .command_with_config(name, config)
-            .spawn()
-            .expect("spawning herd serve");
-        let client = self.server(name).client;
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if TcpStream::connect(client).is_ok() {
-                break;
+    /// Stops every running server: all are told at once, then waited for.
+    pub fn stop_all(&mut self) {
+        for server in &self.servers {
+            if let Some(running) = &server.running {
+                running.shutdown.cancel();
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
-                eprintln!("{name} exited at start ({status}): {stderr}");
-                return false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} never listened on {client}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
         }
-        self.server_mut(name).child = Some(child);
-        true
+        let names: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|s| s.running.is_some())
+            .map(|s| s.name.clone())
+            .collect();
+        for name in names {
+            self.stop(&name);
+        }
     }
 
-    pub fn server(&self, name: &str) -> &ServerProcess {
+    fn index(&self, name: &str) -> usize {
         self.servers
             .iter()
-            .find(|s| s.name == name)
+            .position(|s| s.name == name)
             .unwrap_or_else(|| panic!("no server {name} in this herd"))
     }
 
-    fn server_mut(&mut self, name: &str) -> &mut ServerProcess {
-        self.servers
-            .iter_mut()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no server {name} in this herd"))
-    }
-
-    /// The process id of a running server.
-    pub fn pid(&self, name: &str) -> Pid {
-        let child = self.server(name).child.as_ref().expect("server is running");
-        Pid::from_raw(child.id() as i32)
-    }
-
-    /// Sends `signal` to server `name` (its own process only).
-    pub fn signal(&self, name: &str, signal: Signal) {
-        kill(self.pid(name), signal).expect("signalling a server we started");
-    }
-
-    /// How server `name`'s process ended, if it has (reaping it), without
-    /// waiting; `None` while it runs (or is stopped) or was never started.
-    pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
-        let child = self.server_mut(name).child.as_mut()?;
-        child.try_wait().ok().flatten()
-    }
-
-    /// SIGKILLs server `name` and reaps it.
-    pub fn kill(&mut self, name: &str) {
-        if let Some(mut child) = self.server_mut(name).child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERMs server `name` and returns how long it took to exit.
-    pub fn terminate(&mut self, name: &str) -> Duration {
-        let mut child = self
-            .server_mut(name)
-            .child
-            .take()
-            .expect("server is running");
-        let started = Instant::now();
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-        while child.try_wait().expect("waiting for a server").is_none() {
-            assert!(started.elapsed() < PATIENCE, "{name} ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        started.elapsed()
-    }
-
-    /// Starts a stopped or killed server again on its own ports.
-    pub fn restart(&mut self, name: &str) {
-        assert!(
-            self.launch(name),
-            "{name} could not start again on its ports"
-        );
+    pub fn server(&self, name: &str) -> &TestServer {
+        &self.servers[self.index(name)]
     }
 
     /// A new client connection to server `name`.
@@ -312,26 +550,16 @@ impl Herd {
         LineClient::connect(self.server(name).client)
     }
 
-    /// The text of server `name`'s log file.
+    /// What server `name` has logged so far, over all its runs.
     pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log")))
-            .unwrap_or_default()
-    }
-
-    pub fn log_dir(&self) -> &Path {
-        self.dir.path()
+        self.server(name).log.text()
     }
 
     /// Waits until WHATSAT for `client_id` at every listed server shows the
     /// AT line `expected`.
     #[track_caller]
     pub fn await_everywhere(&self, names: &[&str], client_id: &str, expected: &str) {
-        for name in names {
-            let mut client = self.client(name);
-            eventually(&format!("{name} to know {expected}"), || {
-                client.at_line_of(client_id).as_deref() == Some(expected)
-            });
-        }
+        await_everywhere(|name| self.server(name).client, names, client_id, expected);
     }
 
     /// Waits until every listed server holds, for every client in
@@ -339,31 +567,60 @@ impl Herd {
     /// the last AT reply made for it.
     #[track_caller]
     pub fn await_newest(&self, names: &[&str], acknowledged: &[(String, String)]) {
-        let mut newest: Vec<(&str, &str)> = Vec::new();
-        for (client, at) in acknowledged {
-            match newest.iter_mut().find(|(c, _)| c == client) {
-                Some(entry) => entry.1 = at,
-                None => newest.push((client, at)),
-            }
-        }
-        for (client, at) in newest {
-            self.await_everywhere(names, client, at);
-        }
-    }
-
-    pub fn stop_all(&mut self) {
-        let names: Vec<String> = self.servers.iter().map(|s| s.name.clone()).collect();
-        for name in names {
-            self.kill(&name);
-        }
+        await_newest(|name| self.server(name).client, names, acknowledged);
     }
 }
 
 impl Drop for Herd {
     fn drop(&mut self) {
-        self.stop_all();
+        // All told at once, then waited for, before the folder goes.
+        for server in &self.servers {
+            if let Some(running) = &server.running {
+                running.shutdown.cancel();
+            }
+        }
+        for server in &mut self.servers {
+            drop(server.running.take());
+        }
     }
 }
+
+/// `Herd::await_everywhere` for any herd, given where its servers listen.
+#[track_caller]
+pub fn await_everywhere(
+    address_of: impl Fn(&str) -> SocketAddr,
+    names: &[&str],
+    client_id: &str,
+    expected: &str,
+) {
+    for name in names {
+        let mut client = LineClient::connect(address_of(name));
+        eventually(&format!("{name} to know {expected}"), || {
+            client.at_line_of(client_id).as_deref() == Some(expected)
+        });
+    }
+}
+
+/// `Herd::await_newest` for any herd, given where its servers listen.
+#[track_caller]
+pub fn await_newest(
+    address_of: impl Fn(&str) -> SocketAddr,
+    names: &[&str],
+    acknowledged: &[(String, String)],
+) {
+    let mut newest: Vec<(&str, &str)> = Vec::new();
+    for (client, at) in acknowledged {
+        match newest.iter_mut().find(|(c, _)| c == client) {
+            Some(entry) => entry.1 = at,
+            None => newest.push((client, at)),
+        }
+    }
+    for (client, at) in newest {
+        await_everywhere(&address_of, names, client, at);
+    }
+}
+
+// ------------------------------------------------------------ clients
 
 /// A blocking line client with timeouts, for tests.
 pub struct LineClient {
