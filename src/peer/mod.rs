@@ -149,22 +149,25 @@ impl Links {
     }
 
     /// The sending link to neighbour `index` came up or went down: this
-    /// server's claim changes, the trees are worked out again at once, and
-    /// the herd is told. A link that comes up is sent the whole table.
+    /// server's claim changes, the trees are marked to be worked out again
+    /// before the next frame, and the herd is told. A link that comes up is
+    /// sent the whole table; one that goes down is sent nothing until then.
     fn link_changed(&self, index: usize, up: bool) {
         let mut topology = self.lock_topology();
-        if up {
+        {
             let mut queue = self.control[index]
                 .lock()
                 .expect("control lock is never poisoned");
             queue.clear();
-            for line in topology.table() {
-                wire::push_line(&mut queue, &line);
+            if up {
+                for line in topology.table() {
+                    wire::push_line(&mut queue, &line);
+                }
             }
         }
         if let Some(line) = topology.set_link(index, up, version_clock()) {
             self.stale.store(true, Ordering::Release);
-            self.flood(&line, None);
+            self.flood(&topology, &line, None);
         }
         if up {
             self.control_ready[index].notify_one();
@@ -177,11 +180,11 @@ impl Links {
         match topology.apply(line) {
             Learned::Newer => {
                 self.stale.store(true, Ordering::Release);
-                self.flood(line, Some(from));
+                self.flood(&topology, line, Some(from));
             }
             Learned::AboutMe => {
                 let line = topology.reannounce(version_clock());
-                self.flood(&line, None);
+                self.flood(&topology, &line, None);
             }
             Learned::Known => {}
             Learned::Malformed => {
@@ -190,10 +193,11 @@ impl Links {
         }
     }
 
-    /// Queues a link-state line for every neighbour but `except`.
-    fn flood(&self, line: &[u8], except: Option<usize>) {
+    /// Queues a link-state line for every neighbour but `except` whose
+    /// link is up (one that comes up is sent the whole table).
+    fn flood(&self, topology: &Topology, line: &[u8], except: Option<usize>) {
         for (index, queue) in self.control.iter().enumerate() {
-            if Some(index) != except {
+            if Some(index) != except && topology.is_up(index) {
                 wire::push_line(
                     &mut queue.lock().expect("control lock is never poisoned"),
                     line,

@@ -433,6 +433,10 @@ async fn receive(links: &Links, stream: TcpStream, shutdown: &CancellationToken)
         old.cancel();
     }
     info!("link up: receiving from {name}");
+    links
+        .replica
+        .store()
+        .forget_early(crate::replica::store::Source::Neighbour(index));
     let receiver = Receiver::new(index, run);
     let outcome = tokio::select! {
         outcome = receive_frames(links, &receiver, &name, &key, &mut reader, &mut writer) => outcome,

@@ -576,6 +576,10 @@ impl Sim {
         let run = sender_replica.run();
         let head = sender_replica.store().head();
         let cursor = self.nodes[to].replica.cursor_for(at_to, run);
+        self.nodes[to]
+            .replica
+            .store()
+            .forget_early(Source::Neighbour(at_to));
         let start = start_from(cursor.run, cursor.seq, run, head);
         let d = &mut self.directions[direction];
         d.epoch += 1;
@@ -642,6 +646,8 @@ impl Sim {
         for direction in 0..self.directions.len() {
             let d = &mut self.directions[direction];
             if d.from == server && Some(d.at_from) != except && d.session.is_some() {
+                // (A direction that is down gets the whole table when it
+                // comes up, as `Links::flood` does.)
                 wire::push_line(&mut d.control, line);
                 self.poll_at(direction, self.now);
             }

@@ -68,6 +68,11 @@ impl Topology {
         Some(self.reannounce(clock))
     }
 
+    /// Whether the link to neighbour `index` is up, as last set.
+    pub fn is_up(&self, index: usize) -> bool {
+        self.up.get(index).copied().unwrap_or(false)
+    }
+
     /// This server's claim as a new link-state line, versioned above
     /// `clock` and every version it is known by.
     pub fn reannounce(&mut self, clock: u64) -> Vec<u8> {

@@ -93,24 +93,37 @@ pub trait Places: Send + Sync {
     }
 }
 
+/// Why a places provider could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the places provider needs an API key: set `key` in [places] or ${KEY_ENV}")]
+    NoKey,
+    #[error("places base_url {url:?}: {reason}")]
+    BaseUrl { url: String, reason: String },
+    #[error("the places HTTP client: {0}")]
+    Client(String),
+    #[error("the places database: {0}")]
+    Database(String),
+}
+
 /// The places provider of server `name` of `config`: the server's own
 /// `[servers.places]`, else the herd's `[places]`.
-pub fn from_config(config: &HerdConfig, name: &str) -> anyhow::Result<Arc<dyn Places>> {
+pub fn from_config(config: &HerdConfig, name: &str) -> Result<Arc<dyn Places>, SetupError> {
     provider(config.places_for(name))
 }
 
 /// The provider a places config describes.
-pub fn provider(places: &PlacesConfig) -> anyhow::Result<Arc<dyn Places>> {
+pub fn provider(places: &PlacesConfig) -> Result<Arc<dyn Places>, SetupError> {
     let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
     Ok(match places {
         PlacesConfig::Geonames => Arc::new(geonames::GeoNames::new()),
         PlacesConfig::Google(remote) | PlacesConfig::GoogleNew(remote) => {
-            let key = remote.key.clone().or_else(|| env(KEY_ENV)).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the places provider needs an API key: set `key` in [places] or ${KEY_ENV}"
-                )
-            })?;
-            let client = remote::http_client(remote.max_concurrent).map_err(anyhow::Error::msg)?;
+            let key = remote
+                .key
+                .clone()
+                .or_else(|| env(KEY_ENV))
+                .ok_or(SetupError::NoKey)?;
+            let client = remote::http_client(remote.max_concurrent).map_err(SetupError::Client)?;
             let settings = resilient_settings(remote);
             if matches!(places, PlacesConfig::Google(_)) {
                 let base_url = remote
@@ -137,7 +150,7 @@ pub fn provider(places: &PlacesConfig) -> anyhow::Result<Arc<dyn Places>> {
             }
         }
         PlacesConfig::Osm(osm_config) => {
-            Arc::new(osm::OsmPlaces::open(&osm_config.database).map_err(anyhow::Error::msg)?)
+            Arc::new(osm::OsmPlaces::open(&osm_config.database).map_err(SetupError::Database)?)
         }
     })
 }
@@ -157,11 +170,14 @@ pub fn resilient_settings(remote: &RemotePlacesConfig) -> resilient::Settings {
 }
 
 /// An http or https URL, so that a typo is found at start, not per query.
-fn check_base_url(base_url: &str) -> anyhow::Result<()> {
-    let url = reqwest::Url::parse(base_url)
-        .map_err(|error| anyhow::anyhow!("places base_url {base_url:?}: {error}"))?;
+fn check_base_url(base_url: &str) -> Result<(), SetupError> {
+    let wrong = |reason: String| SetupError::BaseUrl {
+        url: base_url.to_owned(),
+        reason,
+    };
+    let url = reqwest::Url::parse(base_url).map_err(|error| wrong(error.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
-        anyhow::bail!("places base_url {base_url:?} must be an http or https URL without a query");
+        return Err(wrong("must be an http or https URL without a query".into()));
     }
     Ok(())
 }

@@ -18,7 +18,6 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use osmpbf::{Element, ElementReader};
 
@@ -84,19 +83,53 @@ impl Scan {
     }
 }
 
+/// Why an import failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Pbf {
+        path: std::path::PathBuf,
+        source: osmpbf::Error,
+    },
+    #[error("{0} holds no named places (is it an OSM extract?)")]
+    NoPlaces(std::path::PathBuf),
+    #[error("writing the places database: {0}")]
+    Database(String),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImportError {
+    let path = path.to_owned();
+    move |source| ImportError::Io { what, path, source }
+}
+
+fn pbf(path: &Path) -> impl FnOnce(osmpbf::Error) -> ImportError {
+    let path = path.to_owned();
+    move |source| ImportError::Pbf { path, source }
+}
+
 /// Imports the extract at `input` into a new database at `output`, with a
 /// progress bar on standard error when `show_progress` is set (and it is a
 /// terminal).
-pub fn import(input: &Path, output: &Path, show_progress: bool) -> anyhow::Result<ImportSummary> {
+pub fn import(
+    input: &Path,
+    output: &Path,
+    show_progress: bool,
+) -> Result<ImportSummary, ImportError> {
     let size = std::fs::metadata(input)
-        .with_context(|| format!("reading {}", input.display()))?
+        .map_err(io("reading", input))?
         .len();
 
     // Pass 1: places, settlements, and which nodes the places' ways need.
     let bar = progress_bar(show_progress, size, "1/2 finding places");
     let scan = reader(input, &bar)?
         .par_map_reduce(scan_element, Scan::default, Scan::merge)
-        .with_context(|| format!("reading {}", input.display()))?;
+        .map_err(pbf(input))?;
     bar.finish();
     let Scan {
         mut found,
@@ -147,7 +180,7 @@ pub fn import(input: &Path, output: &Path, show_progress: bool) -> anyhow::Resul
                     a
                 },
             )
-            .with_context(|| format!("reading {}", input.display()))?;
+            .map_err(pbf(input))?;
         bar.finish();
         for (at, lat_e7, lon_e7) in located {
             locations[at] = Some((lat_e7, lon_e7));
@@ -202,12 +235,9 @@ pub fn import(input: &Path, output: &Path, show_progress: bool) -> anyhow::Resul
         |name| name.to_string_lossy().into_owned(),
     );
     if places.is_empty() {
-        bail!(
-            "{} holds no named places (is it an OSM extract?)",
-            input.display()
-        );
+        return Err(ImportError::NoPlaces(input.to_owned()));
     }
-    let bytes = write_database(&places, &source).map_err(anyhow::Error::msg)?;
+    let bytes = write_database(&places, &source).map_err(ImportError::Database)?;
     summary.places = places.len();
     summary.bytes = bytes.len();
 
@@ -215,13 +245,11 @@ pub fn import(input: &Path, output: &Path, show_progress: bool) -> anyhow::Resul
     let mut temporary = output.as_os_str().to_owned();
     temporary.push(".partial");
     let temporary = std::path::PathBuf::from(temporary);
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
+    let mut file = std::fs::File::create(&temporary).map_err(io("creating", &temporary))?;
     file.write_all(&bytes)
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, output)
-        .with_context(|| format!("renaming {} to {}", temporary.display(), output.display()))?;
+        .map_err(io("writing", &temporary))?;
+    std::fs::rename(&temporary, output).map_err(io("renaming into place", &temporary))?;
     spinner.finish_and_clear();
     Ok(summary)
 }
@@ -229,9 +257,9 @@ pub fn import(input: &Path, output: &Path, show_progress: bool) -> anyhow::Resul
 fn reader(
     input: &Path,
     bar: &ProgressBar,
-) -> anyhow::Result<ElementReader<std::io::BufReader<indicatif::ProgressBarIter<std::fs::File>>>> {
-    let file =
-        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+) -> Result<ElementReader<std::io::BufReader<indicatif::ProgressBarIter<std::fs::File>>>, ImportError>
+{
+    let file = std::fs::File::open(input).map_err(io("opening", input))?;
     Ok(ElementReader::new(std::io::BufReader::with_capacity(
         1 << 20,
         bar.wrap_read(file),

@@ -797,6 +797,18 @@ impl Store {
         }
     }
 
+    /// Forgets what neighbour `source` announced about reports not yet
+    /// here: its link was lost, and a neighbour that comes back may have
+    /// lost them too (a restart without its data folder).
+    pub fn forget_early(&self, source: Source) {
+        let bit = neighbour_bit(source);
+        let mut inner = self.lock();
+        inner.early.retain(|_, (_, bits)| {
+            *bits &= !bit;
+            *bits != 0
+        });
+    }
+
     /// Puts back a report replayed from disk under its old sequence number,
     /// if it is newer than what is there. Numbers only ever grow: the head
     /// moves past `seq`.
@@ -1276,6 +1288,11 @@ mod tests {
             store.still_to_send(emu, (0, 0), &mut out),
             "0 announced an older one"
         );
+        // An early announcement forgotten with its link marks nothing.
+        store.announced(b"owl", time("7"), Source::Neighbour(1));
+        store.forget_early(Source::Neighbour(1));
+        let owl = picked(&store, update(&store, "owl", "7", Source::Client).unwrap());
+        assert!(store.still_to_send(owl, (1, 0), &mut out), "forgotten");
         // A client's announcement, or one from a neighbour past the 32nd,
         // marks nothing.
         store.announced(b"kiwi", time("1"), Source::Neighbour(40));
