@@ -1,7 +1,7 @@
 //! Builds the embedded GeoNames places index (read by `src/places/geonames.rs`).
 //!
 //! A server must listen within 100 ms of launch, so nothing about the index
-//! may cost start-up time: this script parses `data/geonames/cities1000.csv`,
+//! may cost start-up time: this script parses `assets/geonames/cities1000.csv`,
 //! arranges the places as an implicit k-d tree over unit vectors, and writes
 //! one little-endian blob to `$OUT_DIR/geonames.bin` that the binary embeds
 //! and reads in place.
@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Where the places come from, relative to the crate root.
-const CSV_PATH: &str = "data/geonames/cities1000.csv";
+const CSV_PATH: &str = "assets/geonames/cities1000.csv";
 /// The columns `CSV_PATH` must have, in this order.
 const HEADER: [&str; 6] = ["lat", "lon", "name", "admin1", "admin2", "cc"];
 /// Identifies the format; `geonames.rs` checks it.

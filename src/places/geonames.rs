@@ -1,7 +1,7 @@
 //! The offline places provider: GeoNames' places of 1000 or more people,
 //! built into the binary.
 //!
-//! `build.rs` turns `data/geonames/cities1000.csv` into a k-d tree over
+//! `build.rs` turns `assets/geonames/cities1000.csv` into a k-d tree over
 //! points on the unit sphere and writes it as one blob (its doc comment has
 //! the layout), which this module embeds and reads in place. Nothing is
 //! decoded up front, so the provider costs neither start-up time nor a slow
@@ -371,7 +371,10 @@ mod tests {
 
     /// The CSV's records, read independently of build.rs.
     fn csv_rows() -> Vec<Vec<String>> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/geonames/cities1000.csv");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets/geonames/cities1000.csv"
+        );
         let text = std::fs::read_to_string(path).expect("the places CSV is in the repository");
         let mut rows = Vec::new();
         for line in text.lines() {
