@@ -9,7 +9,11 @@
 //!
 //! Files in `DIR`: `log-NNNNNN.herd` segments, appended to, and at most one
 //! `snap-NNNNNN.herd`, the live state as of the start of segment NNNNNN.
-//! Replay reads the snapshot, then every segment from NNNNNN on.
+//! Replay reads the snapshot, then every segment from NNNNNN on. `lock`
+//! holds the process id of the server using the folder, under an advisory
+//! lock (`flock`) held from before the replay until the storage is closed:
+//! two servers appending to one log would each replay the other's reports
+//! as their own.
 //!
 //! Records: `u32 length | u32 crc32 | payload`, payload one of
 //! - `R seq:u64 at_line` — an accepted report (its stored AT line);
@@ -24,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -80,6 +86,55 @@ pub enum StorageError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is not a herd log (bad header); move it out of the data folder")]
     Foreign { path: PathBuf },
+    /// Another server (another process, or another server of this one)
+    /// holds the folder's lock.
+    #[error(
+        "data folder {} is in use by {}; two servers cannot share one (give each its own data_dir, or stop the other)",
+        dir.display(),
+        holder_text(*pid)
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
+}
+
+fn holder_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".to_owned(),
+    }
+}
+
+/// The name of the lock file in a data folder.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the advisory lock of data folder `dir` and writes our process id
+/// into its lock file; names the holder if another has it.
+fn lock_folder(dir: &Path) -> Result<Flock<File>, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    // Not truncated on open: the holder's process id must stay readable.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            // The holder may not have written its id yet: then it is unknown.
+            let _ = file.read_to_string(&mut text);
+            return Err(StorageError::Locked {
+                dir: dir.to_owned(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        Err((_, errno)) => return Err(io_error(&path)(errno.into())),
+    };
+    lock.set_len(0)
+        .and_then(|()| writeln!(&mut *lock, "{}", std::process::id()))
+        .map_err(io_error(&path))?;
+    Ok(lock)
 }
 
 struct Inner {
@@ -110,6 +165,9 @@ pub struct Storage {
     synced: Mutex<SyncState>,
     sync_wakeup: Condvar,
     synced_watch: tokio::sync::watch::Sender<u64>,
+    /// The folder's lock, let go by `close` (or when dropped): a server
+    /// started again in the same process takes it at once.
+    lock: Mutex<Option<Flock<File>>>,
 }
 
 #[derive(Default)]
@@ -139,6 +197,7 @@ impl Storage {
         restore: &mut dyn FnMut(u64, &[u8]),
     ) -> Result<(Arc<Storage>, Recovered), StorageError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock = lock_folder(dir)?;
         let (snapshot, segments) = list(dir)?;
         let mut replayed = Replayed {
             recovered: Recovered::default(),
@@ -186,6 +245,7 @@ impl Storage {
             synced: Mutex::new(SyncState::default()),
             sync_wakeup: Condvar::new(),
             synced_watch,
+            lock: Mutex::new(Some(lock)),
         });
         // Reserve numbering before any is handed out, durably.
         storage
@@ -217,6 +277,7 @@ impl Storage {
         }
         self.synced.lock().expect("sync lock").stop = true;
         self.sync_wakeup.notify_all();
+        self.lock.lock().expect("folder lock").take();
     }
 
     fn sync_loop(&self) {
@@ -797,6 +858,36 @@ mod tests {
         std::fs::write(&segment, bytes).unwrap();
         let (_, _, reports) = open(dir.path());
         assert_eq!(reports.len(), 1);
+    }
+
+    #[test]
+    fn a_folder_in_use_is_refused_naming_the_process_until_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _, _) = open(dir.path());
+        let open_again = || {
+            Storage::open(
+                dir.path(),
+                Durability::None,
+                Duration::from_millis(10),
+                &mut |_, _| {},
+            )
+        };
+        let error = open_again().err().expect("the folder is locked");
+        assert!(
+            matches!(&error, StorageError::Locked { pid: Some(pid), .. } if *pid == std::process::id()),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("in use by process {}", std::process::id())),
+            "{error}"
+        );
+        storage.close();
+        let (again, _) = open_again().expect("closed: the lock is free");
+        drop(again);
+        // Dropped without close (as a crash would): free as well.
+        open_again().expect("dropped: the lock is free");
     }
 
     #[test]
