@@ -90,6 +90,9 @@ pub async fn run(
     peer_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    // Names this run in the log: the `listening` line and every reference
+    // to a places answer logged earlier in the run carry it.
+    let run = crate::log::timestamp(std::time::SystemTime::now());
     let names = setup.neighbours.iter().map(|n| n.name.clone()).collect();
     let replica = Arc::new(Replica::open(setup.storage, names).await?);
     let timing = Timing {
@@ -108,7 +111,7 @@ pub async fn run(
     let clients = Arc::new(Clients {
         name: setup.name.clone(),
         replica: replica.clone(),
-        answers: Answers::new(setup.places),
+        answers: Answers::new(setup.places, run.clone()),
         limits: setup.limits,
         stats: stats.clone(),
     });
@@ -116,6 +119,7 @@ pub async fn run(
         server = %setup.name,
         client = %client_listener.local_addr()?,
         peer = %peer_listener.local_addr()?,
+        %run,
         "listening"
     );
     let tasks = TaskTracker::new();

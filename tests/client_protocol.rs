@@ -453,48 +453,92 @@ fn every_message_is_logged_with_a_timestamp() {
 #[test]
 fn a_repeated_places_answer_is_logged_in_full_once_then_by_number() {
     // The log file is the process's, set up by `main.rs`.
-    let herd = ProcessHerd::start(SOLO);
-    let mut client = herd.client("Solo");
-    let at = client.iamat("repeat", "+34.068930-118.445127");
-    let mut answers = Vec::new();
-    for _ in 0..3 {
-        client.send_line("WHATSAT repeat 10 2");
-        answers.push(client.read_answer());
-    }
-    assert!(answers.iter().all(|answer| *answer == answers[0]));
-    assert_eq!(answers[0].0, at);
+    let mut herd = ProcessHerd::start(SOLO);
+    let at = herd.client("Solo").iamat("repeat", "+34.068930-118.445127");
+    let ask_three_times = |herd: &ProcessHerd| {
+        let mut client = herd.client("Solo");
+        let answers: Vec<(String, String)> = (0..3)
+            .map(|_| {
+                client.send_line("WHATSAT repeat 10 2");
+                client.read_answer()
+            })
+            .collect();
+        assert!(answers.iter().all(|answer| *answer == answers[0]));
+        assert_eq!(answers[0].0, at);
+        answers
+    };
+    let answers = ask_three_times(&herd);
     let first_name = serde_json::from_str::<serde_json::Value>(&answers[0].1).unwrap()["results"]
         [0]["name"]
         .as_str()
         .unwrap()
         .to_owned();
-    eventually("the three answers to be logged", || {
-        herd.log("Solo")
-            .lines()
+    let sent_lines = |log: &str| -> Vec<String> {
+        log.lines()
             .filter(|l| l.contains(&format!("sent: {at}\\n")))
-            .count()
-            == 3
+            .map(str::to_owned)
+            .collect()
+    };
+    eventually("the three answers to be logged", || {
+        sent_lines(&herd.log("Solo")).len() == 3
+    });
+    // A second run of the server numbers its answers from 1 again, in the
+    // same log file.
+    herd.terminate("Solo");
+    herd.restart("Solo");
+    ask_three_times(&herd);
+    eventually("the second run's answers to be logged", || {
+        sent_lines(&herd.log("Solo")).len() == 6
     });
     let log = herd.log("Solo");
-    let sent: Vec<&str> = log
+    let runs: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains(&format!("sent: {at}\\n")))
+        .filter(|l| l.contains(" listening"))
+        .map(|l| {
+            let run = l
+                .split(" run=")
+                .nth(1)
+                .expect("the listening line names its run");
+            run.split(' ').next().unwrap()
+        })
         .collect();
-    // The first carries the whole JSON, escaped onto one line, and a number;
-    // the others carry the same number and refer to it.
-    assert!(sent[0].contains("places=1 "), "{}", sent[0]);
-    assert!(sent[0].contains(&first_name), "{}", sent[0]);
-    assert!(
-        sent[0].contains(r#"\n   "status" : "OK"\n}\n"#),
-        "{}",
-        sent[0]
-    );
-    for line in &sent[1..] {
+    assert_eq!(runs.len(), 2, "{log}");
+    assert_ne!(runs[0], runs[1]);
+    let sent = sent_lines(&log);
+    for (run, sent) in runs.iter().zip(sent.chunks(3)) {
+        // The first carries the whole JSON, escaped onto one line, with its
+        // number and run; the others refer to it by both.
+        let name = format!("places=1 run={run} ");
+        assert!(sent[0].contains(&name), "{}", sent[0]);
+        assert!(sent[0].contains(&first_name), "{}", sent[0]);
         assert!(
-            line.contains("places=1 ") && line.ends_with(r"\n(places answer 1 as first sent)\n"),
-            "{line}"
+            sent[0].contains(r#"\n   "status" : "OK"\n}\n"#),
+            "{}",
+            sent[0]
         );
-        assert!(!line.contains(&first_name), "{line}");
+        for line in &sent[1..] {
+            assert!(
+                line.contains(&name)
+                    && line.ends_with(&format!(
+                        r"\n(places answer 1 of run {run} as first sent)\n"
+                    )),
+                "{line}"
+            );
+            assert!(!line.contains(&first_name), "{line}");
+        }
+    }
+    // Each reference names exactly one answer written in full in the file.
+    for reference in sent.iter().filter(|l| l.contains("as first sent")) {
+        let (_, tail) = reference.rsplit_once("(places answer ").unwrap();
+        let (number, rest) = tail.split_once(" of run ").unwrap();
+        let run = rest.split(' ').next().unwrap();
+        let full = sent
+            .iter()
+            .filter(|l| {
+                l.contains(&format!("places={number} run={run} ")) && !l.contains("as first sent")
+            })
+            .count();
+        assert_eq!(full, 1, "{reference}");
     }
 }
 

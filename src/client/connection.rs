@@ -156,14 +156,25 @@ async fn answer(
         // only, numbered; later sends of the same answer refer to it. For a
         // server answering many WHATSATs about the same places, this keeps
         // the log (and the disk writes behind it) to a few lines per answer.
+        // The reference names the run as well as the number: numbers start
+        // again in each run of the server, and runs share a log file.
         Answered::Places { at_line, rendered } if rendered.number != 0 => {
             let number = rendered.number.to_string();
-            let head = ["address=", address, " places=", &number, " sent: "];
+            let run = clients.answers.run();
+            let head = [
+                "address=", address, " places=", &number, " run=", run, " sent: ",
+            ];
             if rendered.logged_before() {
                 log.line_with_tail(
                     &head,
                     &at_line,
-                    &["\\n(places answer ", &number, " as first sent)\\n"],
+                    &[
+                        "\\n(places answer ",
+                        &number,
+                        " of run ",
+                        run,
+                        " as first sent)\\n",
+                    ],
                 );
             } else {
                 log.line_with_tail(&head, &at_line, &["\\n", &rendered.logged, "\\n"]);

@@ -543,6 +543,13 @@ impl std::fmt::Display for Show<'_> {
     }
 }
 
+/// `now` as the log writes its times: `2026-11-22T00:31:02.114528Z`.
+pub fn timestamp(now: SystemTime) -> String {
+    let mut out = String::with_capacity(27);
+    write_timestamp(&mut out, now);
+    out
+}
+
 /// `2026-11-22T00:31:02.114528Z`: RFC 3339 in UTC with microseconds.
 ///
 /// The part up to the seconds is formatted once per second per thread.

@@ -22,8 +22,9 @@ pub struct RenderedPlaces {
     pub json: String,
     /// The same, escaped for a one-line log entry.
     pub logged: String,
-    /// For an answer kept in the answer cache, its number in this run's log
-    /// (from 1); 0 for an answer used once.
+    /// For an answer kept in the answer cache, its number in this run of
+    /// the server (from 1); 0 for an answer used once. With the run (see
+    /// [`Answers::run`]) it names the answer in the log.
     pub number: u64,
     /// Whether the answer has been written to the log in full.
     logged_once: AtomicBool,
@@ -67,15 +68,26 @@ pub struct Answers {
     rendered: Mutex<HashMap<AnswerKey, Arc<RenderedPlaces>>>,
     /// How many answers have entered the cache (their log numbers).
     numbered: AtomicU64,
+    /// This run of the server, as its log names it.
+    run: String,
 }
 
 impl Answers {
-    pub fn new(places: Arc<dyn Places>) -> Self {
+    /// Answers from `places` for the run of the server called `run` in its
+    /// log (its start time), which log references to answers carry: numbers
+    /// start again at 1 in each run, and runs share a log file.
+    pub fn new(places: Arc<dyn Places>, run: String) -> Self {
         Self {
             places,
             rendered: Mutex::default(),
             numbered: AtomicU64::new(0),
+            run,
         }
+    }
+
+    /// The run this server's answer numbers belong to.
+    pub fn run(&self) -> &str {
+        &self.run
     }
 
     /// The rendered answer to a query, from the cache when the provider's
@@ -149,7 +161,10 @@ mod tests {
 
     #[tokio::test]
     async fn fixed_answers_are_rendered_once_and_numbered() {
-        let answers = Answers::new(Arc::new(super::super::geonames::GeoNames::new()));
+        let answers = Answers::new(
+            Arc::new(super::super::geonames::GeoNames::new()),
+            "2026-11-22T00:31:02.114528Z".into(),
+        );
         let query = NearbyQuery {
             lat: 34.068930,
             lng: -118.445127,
