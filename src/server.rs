@@ -30,6 +30,9 @@ pub struct ServerSetup {
     pub limits: Limits,
     /// Where to keep the store on disk; `None` keeps it in memory only.
     pub storage: Option<StorageSetup>,
+    /// Told once the server has its store open and takes connections: what
+    /// `herd serve` reports as ready. Dropped unsent if it fails to start.
+    pub ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ServerSetup {
@@ -64,6 +67,7 @@ impl ServerSetup {
                 durability: config.storage.durability,
                 sync_interval: Duration::from_millis(config.storage.sync_interval_ms),
             }),
+            ready: None,
         })
     }
 }
@@ -125,6 +129,10 @@ pub async fn run(
     let tasks = TaskTracker::new();
     links.start(peer_listener, &tasks, &shutdown);
     tasks.spawn(replica.clone().compact_now_and_then(shutdown.clone()));
+    if let Some(ready) = setup.ready {
+        // Whoever waits may have gone; the server runs all the same.
+        let _ = ready.send(());
+    }
     client::accept(&clients, client_listener, &tasks, &shutdown).await;
     tasks.close();
     if tokio::time::timeout(DRAIN_TIME, tasks.wait())

@@ -15,9 +15,14 @@ use common::{DEFAULT_TOPOLOGY, herd_binary, now_text};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// Runs `herd ARGS` in an empty folder: the embedded default config keeps
+/// its data (and the secret `herd up` makes) in `./data`, and a folder
+/// where a herd once ran would have one.
 fn herd(args: &[&str]) -> std::process::Output {
+    let folder = tempfile::tempdir().unwrap();
     Command::new(herd_binary())
         .args(args)
+        .current_dir(folder.path())
         .env_remove("HERD_SECRET")
         .output()
         .expect("running herd")
@@ -203,4 +208,65 @@ fn up_runs_the_whole_herd_and_stops_it_on_sigterm() {
             TcpListener::bind(server.client).is_ok()
         });
     }
+}
+
+#[test]
+fn serve_says_ready_on_its_notify_socket_once_it_listens() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let herd_config = ProcessHerd::configure(&[("Solo", &[])], "");
+    let name = format!("herd-cli-test-{}", std::process::id());
+    let socket = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
+    socket.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let mut server = herd_config
+        .command("Solo")
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .spawn()
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    let read = socket.recv(&mut buffer).expect("a notification");
+    let said = String::from_utf8_lossy(&buffer[..read]).into_owned();
+    assert!(said.lines().any(|l| l == "READY=1"), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l == format!("MAINPID={}", server.id())),
+        "{said}"
+    );
+    // Ready means ready: it answers at once.
+    let mut client = common::LineClient::connect(herd_config.server("Solo").client);
+    assert!(client.iamat("ready", "+1+1").starts_with("AT Solo "));
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    let read = socket.recv(&mut buffer).expect("a notification");
+    assert!(
+        String::from_utf8_lossy(&buffer[..read])
+            .lines()
+            .any(|l| l == "STOPPING=1")
+    );
+    assert!(server.wait().unwrap().success());
+}
+
+#[test]
+fn a_second_server_on_a_data_folder_in_use_is_refused_naming_the_first() {
+    let herd_config = ProcessHerd::start(&[("Solo", &[])]);
+    let first = herd_config.pid("Solo");
+    // Another "Solo" on other ports, told to keep its store in the first's
+    // data folder.
+    let data_dir = herd_config.dir.path().join("data");
+    let impostor = ProcessHerd::configure(
+        &[("Solo", &[])],
+        &format!("[storage]\ndata_dir = {:?}\n", data_dir.to_str().unwrap()),
+    );
+    let output = impostor.command("Solo").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} is in use by process {first}",
+            data_dir.join("Solo").display()
+        )),
+        "{stderr}"
+    );
+    // The first is undisturbed.
+    let mut client = herd_config.client("Solo");
+    assert!(client.iamat("still-here", "+1+1").starts_with("AT Solo "));
 }

@@ -1,5 +1,6 @@
 //! The `herd` command line: one module per subcommand, and what they share.
 
+mod notify;
 mod places;
 mod serve;
 mod talk;

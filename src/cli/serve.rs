@@ -5,24 +5,31 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use herd::config::SECRET_ENV;
 use herd::server::{self, ServerSetup};
 
-use super::{HerdArgs, server_runtime};
+use super::up::{RESTART_NOTE_ENV, SUPERVISOR_ENV};
+use super::{HerdArgs, notify, server_runtime};
 
 pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Result<()> {
+    die_with_supervisor()?;
     let config = args.load()?;
     let server_config = config.server(name)?.clone();
-    let Some(secret) = config.secret_or_env() else {
+    let Some(secret) = config.find_secret()? else {
         bail!(
-            "no herd secret: set `secret` in the config or ${SECRET_ENV} (the same for every server); `herd up` makes one for you"
+            "no herd secret: set `secret` in the config or ${SECRET_ENV} (the same for every server), or run `herd up` once, which keeps one in {}",
+            config.secret_file().display()
         );
     };
     let _log_guard = init_logging(&config.log_dir, name)?;
+    if let Ok(note) = std::env::var(RESTART_NOTE_ENV) {
+        warn!(%note, "started again by herd up");
+    }
     raise_open_file_limit();
     let places = herd::places::from_config(&config, name)?;
-    let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)?;
+    let mut setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)?;
     server_runtime(threads)?.block_on(async {
         let shutdown = CancellationToken::new();
         let on_signal = cancel_on_signal(shutdown.clone()).context("handling signals")?;
@@ -39,9 +46,45 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
             )
         })?;
         tokio::spawn(on_signal);
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        setup.ready = Some(ready);
+        tokio::spawn(tell_readiness(is_ready, shutdown.clone()));
         server::run(setup, client, peer, shutdown).await?;
         Ok(())
     })
+}
+
+/// Under `herd up` (which sets `$HERD_SUPERVISOR_PID`), has the kernel send
+/// this process SIGTERM when `herd up` dies, however it dies, so that no
+/// server outlives it holding its ports and data folder.
+fn die_with_supervisor() -> anyhow::Result<()> {
+    let Ok(supervisor) = std::env::var(SUPERVISOR_ENV) else {
+        return Ok(());
+    };
+    let supervisor: i32 = supervisor
+        .parse()
+        .with_context(|| format!("${SUPERVISOR_ENV} is not a process id: {supervisor:?}"))?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .context("asking to be stopped with herd up")?;
+    // herd up may have died before the signal was asked for, and then none
+    // will come: this process has been handed to another parent already.
+    if nix::unistd::getppid().as_raw() != supervisor {
+        bail!("herd up (process {supervisor}) is gone");
+    }
+    Ok(())
+}
+
+/// Says `READY=1` on `$NOTIFY_SOCKET` (see `notify`) once the server is
+/// ready, and `STOPPING=1` once it is asked to stop.
+async fn tell_readiness(is_ready: tokio::sync::oneshot::Receiver<()>, shutdown: CancellationToken) {
+    if is_ready.await.is_err() {
+        return;
+    }
+    if let Err(error) = notify::notify("READY=1") {
+        warn!(%error, "could not say the server is ready on $NOTIFY_SOCKET");
+    }
+    shutdown.cancelled().await;
+    let _ = notify::notify("STOPPING=1");
 }
 
 /// Binds `address` with a listen backlog deep enough for bursts of

@@ -1,129 +1,433 @@
-//! `herd up`: every server of the herd on this machine, one process each,
-//! supervised until Ctrl-C.
+//! `herd up`: every server of the herd on this machine, one `herd serve`
+//! process each, supervised until Ctrl-C or SIGTERM.
+//!
+//! A server has started when it says so itself: each is given a notify
+//! socket of its own (`$NOTIFY_SOCKET`, see `notify`) and sends `READY=1`
+//! once its store is open and it listens. A server that fails to start
+//! stops the herd; one that dies later is started again after a pause,
+//! unless it keeps dying, which stops the herd too. Either way `herd up`
+//! exits non-zero with the reason. The servers die with `herd up`, even
+//! with a SIGKILL (see `serve::die_with_supervisor`).
 
-use std::io::Write;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use tokio::net::TcpStream;
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use herd::config::SECRET_ENV;
+use herd::config::secret::read_or_create_secret;
+use herd::config::{SECRET_ENV, ServerConfig};
 
+use super::notify::{self, NOTIFY_SOCKET};
 use super::serve::cancel_on_signal;
-use super::{HerdArgs, runtime};
+use super::{HerdArgs, server_runtime};
 
-/// Runs the herd of `args` until Ctrl-C or SIGTERM.
+/// Set by `herd up` for the servers it starts: its own process id, so that
+/// a server can ask to die with it.
+pub(crate) const SUPERVISOR_ENV: &str = "HERD_SUPERVISOR_PID";
+/// Set by `herd up` for a server it starts again: why, for its log.
+pub(crate) const RESTART_NOTE_ENV: &str = "HERD_RESTART_NOTE";
+
+/// How long a server may take to say it is ready (replaying a large store
+/// takes a while) before it is taken for hung.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a server gets to stop on SIGTERM before it is killed; a server
+/// needs about a second.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// A server that dies more than `MAX_RESTARTS` times within
+/// `RESTART_WINDOW` is given up on: it would only die again.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// The pause before the first restart within the window, doubled for each
+/// further one up to `MAX_RESTART_DELAY`.
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+
+/// Runs the herd of `args` until Ctrl-C or SIGTERM, or until a server
+/// cannot be kept running.
 pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
     let config = args.load()?;
-    let secret = config.secret_or_env().unwrap_or_else(|| {
-        let bytes: [u8; 32] = rand::random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let secret = match config.secret_or_env() {
+        Some(secret) => secret,
+        // Kept in a file, so that a server can also be run by hand
+        // (`herd serve NAME` finds it) and a later `herd up` uses it again.
+        None => read_or_create_secret(&config.secret_file())?,
+    };
+    let launch = Arc::new(Launch {
+        exe: std::env::current_exe().context("finding the herd binary")?,
+        config: args.config.clone(),
+        log_dir: config.log_dir.clone(),
+        secret,
     });
-    let exe = std::env::current_exe().context("finding the herd binary")?;
-    runtime()?.block_on(async {
-        // Before any child exists, so that Ctrl-C or SIGTERM always stops
+    // One thread: every server is spawned from it, and a server's death
+    // signal (see `serve::die_with_supervisor`) follows the thread that
+    // spawned it, not the process.
+    server_runtime(1)?.block_on(async {
+        // Before any server exists, so that Ctrl-C or SIGTERM always stops
         // them rather than killing this process alone.
         let stop = CancellationToken::new();
         tokio::spawn(cancel_on_signal(stop.clone()).context("handling signals")?);
-        let mut children = Vec::new();
-        for server in &config.servers {
-            let mut command = tokio::process::Command::new(&exe);
-            command
-                .arg("serve")
-                .arg(&server.name)
-                // All the servers share this machine: one thread each keeps
-                // their tasks from waking each other across CPUs.
-                .arg("--threads")
-                .arg("1")
-                .env(SECRET_ENV, &secret);
-            if let Some(path) = &args.config {
-                command.arg("--config").arg(path);
-            }
-            command.arg("--log-dir").arg(&config.log_dir);
-            let child = command
-                .spawn()
-                .with_context(|| format!("starting {}", server.name))?;
-            children.push((server, child));
+        let (events_sender, mut events) = mpsc::unbounded_channel();
+        let mut supervisors = JoinSet::new();
+        for (index, server) in config.servers.iter().enumerate() {
+            supervisors.spawn(supervise(
+                index,
+                server.clone(),
+                launch.clone(),
+                events_sender.clone(),
+                stop.clone(),
+            ));
         }
-        // Report each server once it answers on its client port.
-        let mut ready = true;
-        for (server, child) in &mut children {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            loop {
-                if TcpStream::connect(&server.client).await.is_ok() {
-                    println!(
-                        "{:<10} clients {:<21} peers {:<21} log {}",
-                        server.name,
-                        server.client,
-                        server.peer,
-                        config
-                            .log_dir
-                            .join(format!("{}.log", server.name))
-                            .display()
-                    );
-                    break;
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    eprintln!("herd: {} exited at start ({status})", server.name);
-                    ready = false;
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    eprintln!(
-                        "herd: {} is not listening on {} after 5 s",
-                        server.name, server.client
-                    );
-                    ready = false;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        if ready {
-            println!("herd of {} servers is up; Ctrl-C stops it", children.len());
-            let _ = std::io::stdout().flush();
-            let mut watch = tokio::time::interval(Duration::from_millis(200));
-            let mut exited = vec![false; children.len()];
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    _ = watch.tick() => {}
-                }
-                for (i, (server, child)) in children.iter_mut().enumerate() {
-                    if !exited[i]
-                        && let Ok(Some(status)) = child.try_wait()
-                    {
-                        eprintln!(
-                            "herd: {} exited ({status}); the others keep running",
-                            server.name
-                        );
-                        exited[i] = true;
+        drop(events_sender);
+        let mut pids: Vec<Option<u32>> = vec![None; config.servers.len()];
+        let mut all_up = false;
+        let outcome = loop {
+            tokio::select! {
+                Some(Ready { index, pid, restart }) = events.recv() => {
+                    let name = &config.servers[index].name;
+                    if restart > 0 {
+                        println!("{name:<10} pid {pid:<8} up again (restart {restart})");
+                    }
+                    pids[index] = Some(pid);
+                    if !all_up && pids.iter().all(Option::is_some) {
+                        all_up = true;
+                        for (server, pid) in config.servers.iter().zip(&pids) {
+                            println!(
+                                "{:<10} pid {:<8} clients {:<21} peers {:<21} log {}",
+                                server.name,
+                                pid.expect("every server is up"),
+                                server.client,
+                                server.peer,
+                                config.log_dir.join(format!("{}.log", server.name)).display()
+                            );
+                        }
+                        println!("herd of {} servers is up; Ctrl-C stops it", pids.len());
                     }
                 }
+                Some(joined) = supervisors.join_next() => {
+                    match joined {
+                        Ok(Ok(())) => {}
+                        Ok(Err(reason)) => break Err(reason),
+                        Err(join) => std::panic::resume_unwind(join.into_panic()),
+                    }
+                }
+                else => break Ok(()),
             }
+        };
+        // Whatever ended it, every server stops now.
+        stop.cancel();
+        while supervisors.join_next().await.is_some() {}
+        outcome.map_err(anyhow::Error::msg)
+    })
+}
+
+/// A server has said it is ready (`restart` 0 the first time).
+struct Ready {
+    index: usize,
+    pid: u32,
+    restart: usize,
+}
+
+/// What every server of this herd is started with.
+struct Launch {
+    exe: PathBuf,
+    config: Option<PathBuf>,
+    log_dir: PathBuf,
+    secret: String,
+}
+
+impl Launch {
+    fn spawn(&self, name: &str, notify_socket: &str, note: Option<&str>) -> std::io::Result<Child> {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("serve")
+            .arg(name)
+            // All the servers share this machine: one thread each keeps
+            // their tasks from waking each other across CPUs.
+            .arg("--threads")
+            .arg("1")
+            .arg("--log-dir")
+            .arg(&self.log_dir)
+            .env(SECRET_ENV, &self.secret)
+            .env(SUPERVISOR_ENV, std::process::id().to_string())
+            .env(NOTIFY_SOCKET, notify_socket)
+            // A process group of its own: Ctrl-C in the terminal reaches
+            // herd up alone, which stops the servers in order.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(path) = &self.config {
+            command.arg("--config").arg(path);
         }
-        for (_, child) in &children {
-            if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
+        match note {
+            Some(note) => command.env(RESTART_NOTE_ENV, note),
+            None => command.env_remove(RESTART_NOTE_ENV),
+        };
+        command.spawn()
+    }
+}
+
+/// Keeps server `index` running until `stop`: starts it, waits for it to
+/// say it is ready, and starts it again when it dies. Returns why the herd
+/// must stop, if it must: the server did not start, or keeps dying.
+async fn supervise(
+    index: usize,
+    server: ServerConfig,
+    launch: Arc<Launch>,
+    events: mpsc::UnboundedSender<Ready>,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let name = server.name.as_str();
+    // In Linux's abstract namespace: nothing to clean up, no path length.
+    let notify_name = format!("@herd-up-{}-{index}", std::process::id());
+    let socket = bind_notify_socket(&notify_name)
+        .map_err(|error| format!("{name}: cannot make its notify socket: {error}"))?;
+    let mut policy = RestartPolicy::default();
+    let mut restart = 0;
+    let mut note = None;
+    loop {
+        // A notification its last run sent is no news of this one.
+        let mut scratch = [0u8; 512];
+        while socket.try_recv(&mut scratch).is_ok() {}
+        let child = launch
+            .spawn(name, &notify_name, note.as_deref())
+            .map_err(|error| format!("{name}: cannot start herd serve: {error}"))?;
+        let mut running = Running::new(name, child);
+        let started = tokio::select! {
+            () = stop.cancelled() => {
+                running.stop().await;
+                return Ok(());
             }
-        }
-        for (server, child) in &mut children {
-            match tokio::time::timeout(Duration::from_secs(3), child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    eprintln!("herd: {} did not stop; killing it", server.name);
-                    let _ = child.kill().await;
+            ready = await_ready(&socket) => ready.map_err(|error| {
+                format!("its notify socket failed: {error}")
+            }),
+            status = running.child.wait() => Err(running.describe_exit(status).await),
+            () = tokio::time::sleep(START_TIMEOUT) => {
+                running.stop().await;
+                Err(format!("did not say it was ready within {} s", START_TIMEOUT.as_secs()))
+            }
+        };
+        let death = match started {
+            Ok(()) => {
+                let _ = events.send(Ready {
+                    index,
+                    pid: running.pid,
+                    restart,
+                });
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        running.stop().await;
+                        return Ok(());
+                    }
+                    status = running.child.wait() => running.describe_exit(status).await,
                 }
             }
+            Err(failure) if restart == 0 => return Err(format!("{name} did not start: {failure}")),
+            Err(failure) => failure,
+        };
+        let Some(delay) = policy.next_delay(Instant::now()) else {
+            return Err(format!(
+                "{name} keeps dying ({MAX_RESTARTS} restarts within {} s), the last time: {death}; stopping the herd",
+                RESTART_WINDOW.as_secs()
+            ));
+        };
+        restart += 1;
+        eprintln!(
+            "herd: {name} {death}; starting it again in {delay:?} (restart {restart}; more than {MAX_RESTARTS} within {} s stop the herd)",
+            RESTART_WINDOW.as_secs()
+        );
+        note = Some(format!("restart {restart}; the last run {death}"));
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
         }
-        if ready {
-            Ok(())
-        } else {
-            bail!("the herd did not start")
+    }
+}
+
+fn bind_notify_socket(name: &str) -> std::io::Result<UnixDatagram> {
+    let socket = std::os::unix::net::UnixDatagram::bind_addr(&notify::socket_address(name)?)?;
+    socket.set_nonblocking(true)?;
+    UnixDatagram::from_std(socket)
+}
+
+/// Waits for a `READY=1` on `socket`.
+async fn await_ready(socket: &UnixDatagram) -> std::io::Result<()> {
+    let mut buffer = [0u8; 512];
+    loop {
+        let read = socket.recv(&mut buffer).await?;
+        if notify::says_ready(&buffer[..read]) {
+            return Ok(());
         }
-    })
+    }
+}
+
+/// One run of a server: its process, and the task that passes on what it
+/// writes to standard error.
+struct Running {
+    name: String,
+    pid: u32,
+    child: Child,
+    /// Ends at the end of the server's standard error, with its last line.
+    stderr: Option<tokio::task::JoinHandle<Option<String>>>,
+}
+
+impl Running {
+    fn new(name: &str, mut child: Child) -> Self {
+        let stderr = child.stderr.take().map(|stderr| {
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                let mut last = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    // A server's errors start "herd: NAME: " or "herd: ";
+                    // said here once, the server named.
+                    let line = line.strip_prefix("herd: ").unwrap_or(&line);
+                    let line = line
+                        .strip_prefix(name.as_str())
+                        .and_then(|rest| rest.strip_prefix(": "))
+                        .unwrap_or(line)
+                        .to_owned();
+                    eprintln!("herd: {name}: {line}");
+                    last = Some(line);
+                }
+                last
+            })
+        });
+        Self {
+            name: name.to_owned(),
+            pid: child
+                .id()
+                .expect("a child just spawned has not been reaped"),
+            child,
+            stderr,
+        }
+    }
+
+    /// How the server ended, with its last word on standard error when it
+    /// exited with an error.
+    async fn describe_exit(&mut self, status: std::io::Result<ExitStatus>) -> String {
+        let last_line = match self.stderr.take() {
+            // It has exited, so its standard error ends soon.
+            Some(task) => tokio::time::timeout(STOP_GRACE, task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten(),
+            None => None,
+        };
+        let status = match status {
+            Ok(status) => status,
+            Err(error) => return format!("could not be waited for: {error}"),
+        };
+        match (status.code(), status.signal()) {
+            (Some(code), _) => match last_line {
+                Some(line) if code != 0 => format!("exited with status {code}: {line}"),
+                _ => format!("exited with status {code}"),
+            },
+            (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+                Ok(signal) => format!("was killed by {signal}"),
+                Err(_) => format!("was killed by signal {signal}"),
+            },
+            (None, None) => format!("ended ({status})"),
+        }
+    }
+
+    /// SIGTERM, and SIGKILL if that does not stop it in time.
+    async fn stop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("herd: {} did not stop; killing it", self.name);
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// When to start a dead server again, and when to give up on it.
+#[derive(Default)]
+struct RestartPolicy {
+    /// When the restarts within the window were decided, oldest first.
+    recent: VecDeque<Instant>,
+}
+
+impl RestartPolicy {
+    /// The pause before starting again a server that died at `now`, or
+    /// `None` if it has been started again `MAX_RESTARTS` times within
+    /// `RESTART_WINDOW` already.
+    fn next_delay(&mut self, now: Instant) -> Option<Duration> {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&at| now.saturating_duration_since(at) >= RESTART_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= MAX_RESTARTS {
+            return None;
+        }
+        let doublings = u32::try_from(self.recent.len()).unwrap_or(u32::MAX).min(16);
+        self.recent.push_back(now);
+        Some((FIRST_RESTART_DELAY * 2u32.pow(doublings)).min(MAX_RESTART_DELAY))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_and_a_crash_loop_is_given_up() {
+        let mut policy = RestartPolicy::default();
+        let start = Instant::now();
+        let delays: Vec<Option<Duration>> = (0..=MAX_RESTARTS)
+            .map(|i| policy.next_delay(start + Duration::from_secs(i as u64)))
+            .collect();
+        assert_eq!(delays[0], Some(FIRST_RESTART_DELAY));
+        assert_eq!(delays[1], Some(FIRST_RESTART_DELAY * 2));
+        assert_eq!(delays[2], Some(FIRST_RESTART_DELAY * 4));
+        assert!(delays[..MAX_RESTARTS].iter().all(Option::is_some));
+        assert_eq!(delays[MAX_RESTARTS], None, "one restart too many");
+        // Once the first restart is out of the window, one more is allowed.
+        let later = start + RESTART_WINDOW + Duration::from_secs(1);
+        assert!(policy.next_delay(later).is_some());
+        // A server that ran well for a long while starts again at once.
+        let mut policy = RestartPolicy::default();
+        policy.next_delay(start);
+        policy.next_delay(start + Duration::from_secs(1));
+        assert_eq!(
+            policy.next_delay(start + 3 * RESTART_WINDOW),
+            Some(FIRST_RESTART_DELAY)
+        );
+    }
+
+    #[test]
+    fn pauses_stop_growing() {
+        let mut policy = RestartPolicy::default();
+        let start = Instant::now();
+        let mut last = Duration::ZERO;
+        for i in 0..MAX_RESTARTS {
+            last = policy
+                .next_delay(start + Duration::from_millis(i as u64))
+                .unwrap();
+        }
+        assert!(last <= MAX_RESTART_DELAY);
+    }
 }

@@ -15,10 +15,11 @@ use toml::Spanned;
 
 use crate::replica::storage::Durability;
 
-/// The embedded default herd: SPEC §1 on 127.0.0.1, client ports
-/// 12000–12004, peer ports 12010–12014.
+pub mod secret;
 pub mod shape;
 
+/// The embedded default herd: SPEC §1 on 127.0.0.1, client ports
+/// 12000–12004, peer ports 12010–12014.
 pub const DEFAULT_CONFIG: &str = include_str!("default_herd.toml");
 
 /// The environment variable that holds the herd's shared secret when the
@@ -482,6 +483,20 @@ impl HerdConfig {
             .clone()
             .or_else(|| std::env::var(SECRET_ENV).ok())
             .filter(|s| !s.is_empty())
+    }
+
+    /// Where `herd up` keeps the secret it makes: `DATA_DIR/secret`.
+    pub fn secret_file(&self) -> PathBuf {
+        self.storage.data_dir.join(secret::SECRET_FILE)
+    }
+
+    /// The shared secret: the config's, else `$HERD_SECRET`, else the one
+    /// `herd up` keeps in [`HerdConfig::secret_file`].
+    pub fn find_secret(&self) -> Result<Option<String>, secret::SecretError> {
+        match self.secret_or_env() {
+            Some(secret) => Ok(Some(secret)),
+            None => secret::read_secret(&self.secret_file()),
+        }
     }
 
     /// The config as TOML text, which [`HerdConfig::parse`] reads back

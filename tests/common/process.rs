@@ -164,10 +164,13 @@ impl ProcessHerd {
 
     /// `launch`, with the server reading its own config file `config`.
     pub fn launch_with_config(&mut self, name: &str, config: &Path) -> bool {
-        let mut child = self
-            .command_with_config(name, config)
-            .spawn()
-            .expect("spawning herd serve");
+        let command = self.command_with_config(name, config);
+        self.launch_command(name, command)
+    }
+
+    /// `launch`, with the server run by `command` (from `command`, changed).
+    pub fn launch_command(&mut self, name: &str, mut command: Command) -> bool {
+        let mut child = command.spawn().expect("spawning herd serve");
         let client = self.server(name).client;
         let deadline = Instant::now() + PATIENCE;
         loop {
