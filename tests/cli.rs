@@ -270,3 +270,108 @@ fn a_second_server_on_a_data_folder_in_use_is_refused_naming_the_first() {
     let mut client = herd_config.client("Solo");
     assert!(client.iamat("still-here", "+1+1").starts_with("AT Solo "));
 }
+
+#[test]
+fn client_in_a_terminal_edits_recalls_and_reports_a_closed_connection_at_once() {
+    let mut herd_in_process = common::Herd::start(&[("Solo", &[])]);
+    let address = herd_in_process.server("Solo").client.to_string();
+    let mut command = Command::new(herd_binary());
+    command.args(["client", &address]);
+    // A pseudo-terminal: standard input and output are a terminal.
+    let patience = common::PATIENCE.as_millis() as u64;
+    let mut session = rexpect::session::spawn_command(command, Some(patience)).unwrap();
+    session.exp_string("> ").unwrap();
+    // A typo mended with the line editor: a stray character rubbed out,
+    // and the cursor moved back over the time to mend the location.
+    let time = now_text();
+    session
+        .send(&format!("IAMAT pty +9+2 {time}X\x7f"))
+        .unwrap();
+    for _ in 0..=time.len() {
+        session.send("\x1b[D").unwrap();
+    }
+    session.send("\x7f1\r").unwrap();
+    session.flush().unwrap();
+    session.exp_string("AT Solo ").unwrap();
+    session.exp_string(&format!(" pty +9+1 {time}")).unwrap();
+    // The line again from history (up arrow), and the prompt after it.
+    session.send("\x1b[A\r").unwrap();
+    session.flush().unwrap();
+    session.exp_string("AT Solo ").unwrap();
+    session.exp_string(&format!(" pty +9+1 {time}")).unwrap();
+    session.exp_string("> ").unwrap();
+    // The server goes away while the prompt waits: said at once, and the
+    // session ends.
+    herd_in_process.stop("Solo");
+    session.exp_string("closed the connection").unwrap();
+    session.exp_eof().unwrap();
+    match session.process().wait().unwrap() {
+        nix::sys::wait::WaitStatus::Exited(_, code) => assert_ne!(code, 0),
+        other => panic!("herd client ended with {other:?}"),
+    }
+}
+
+#[test]
+fn client_without_a_terminal_is_a_pipe_that_reports_a_closed_connection() {
+    use std::io::Write;
+    let mut herd_in_process = common::Herd::start(&[("Solo", &[])]);
+    let address = herd_in_process.server("Solo").client.to_string();
+    let spawn = || {
+        Command::new(herd_binary())
+            .args(["client", &address])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Lines in, answers out, as a pipe: all of standard input, then the
+    // answers to the end.
+    let mut client = spawn();
+    let time = now_text();
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("IAMAT piped +1+1 {time}\nbogus\n").as_bytes())
+        .unwrap();
+    let output = client.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("AT Solo "), "{text}");
+    assert!(
+        text.ends_with(&format!(" piped +1+1 {time}\n? bogus\n")),
+        "{text}"
+    );
+
+    // The server goes away while standard input is still open: the client
+    // says so and ends, without waiting for more input.
+    let mut client = spawn();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin
+        .write_all(format!("IAMAT piped +1+2 {now}\n", now = now_text()).as_bytes())
+        .unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("AT Solo "), "{line}");
+    herd_in_process.stop("Solo");
+    let mut status = None;
+    common::eventually("herd client to end", || {
+        status = client.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(!status.unwrap().success());
+    let mut stderr = String::new();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains(&format!("{address} closed the connection")),
+        "{stderr}"
+    );
+    drop(stdin);
+}

@@ -147,7 +147,13 @@ pub fn main() -> ExitCode {
             lines,
             timeout,
         } => runtime().and_then(|rt| rt.block_on(talk::send(&address, lines, timeout))),
-        Command::Client { address } => runtime().and_then(|rt| rt.block_on(talk::client(&address))),
+        Command::Client { address } => runtime().and_then(|rt| {
+            let result = rt.block_on(talk::client(&address));
+            // A read of standard input may be under way on a thread of the
+            // runtime; it must not hold up the end of a closed session.
+            rt.shutdown_background();
+            result
+        }),
         Command::Config {
             servers,
             topology,

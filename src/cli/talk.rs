@@ -47,33 +47,183 @@ pub(crate) async fn send(
 }
 
 /// Talks to a server interactively: lines from standard input, answers
-/// to standard output.
+/// to standard output. In a terminal, lines can be edited and recalled
+/// (`interactive`); otherwise standard input is sent as it comes (`piped`).
+/// Either way, a server that closes the connection ends the session at
+/// once, with an error.
 pub(crate) async fn client(address: &str) -> anyhow::Result<()> {
     let stream = TcpStream::connect(address)
         .await
         .with_context(|| format!("connecting to {address}"))?;
-    if std::io::stdin().is_terminal() {
-        eprintln!("connected to {address}; type IAMAT or WHATSAT lines, Ctrl-D to finish");
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        interactive(address, stream).await
+    } else {
+        piped(address, stream).await
     }
-    let (reader, mut writer) = stream.into_split();
-    let printer = tokio::spawn(async move {
-        let mut reader = reader;
+}
+
+/// Standard input to the server as it comes, everything the server says to
+/// standard output, until standard input ends (then the server's last
+/// answers) or the server closes the connection.
+async fn piped(address: &str, stream: TcpStream) -> anyhow::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut printer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
-        let mut buffer = vec![0u8; 64 * 1024];
-        while let Ok(read) = reader.read(&mut buffer).await {
-            if read == 0 || stdout.write_all(&buffer[..read]).await.is_err() {
-                break;
-            }
-            let _ = stdout.flush().await;
-        }
+        let copied = tokio::io::copy(&mut reader, &mut stdout).await;
+        let _ = stdout.flush().await;
+        copied
     });
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut line = Vec::new();
-    while stdin.read_until(b'\n', &mut line).await? > 0 {
-        writer.write_all(&line).await?;
-        line.clear();
+    loop {
+        tokio::select! {
+            // Cancel-safe with a buffer kept across calls: what was read
+            // before the other branch won stays in `line`.
+            read = stdin.read_until(b'\n', &mut line) => {
+                if read? == 0 {
+                    break;
+                }
+                if writer.write_all(&line).await.is_err() {
+                    let _ = printer.await;
+                    return Err(closed(address));
+                }
+                line.clear();
+            }
+            _ = &mut printer => return Err(closed(address)),
+        }
     }
+    // EOF tells the server to answer everything and close (SPEC §2).
     writer.shutdown().await?;
-    printer.await?;
+    printer.await??;
     Ok(())
+}
+
+fn closed(address: &str) -> anyhow::Error {
+    anyhow::anyhow!("{address} closed the connection")
+}
+
+/// A line editor with history (rustyline) on its own thread; each line is
+/// sent and its answer printed before the next prompt. While the prompt
+/// waits, a server that closes the connection ends the session at once.
+async fn interactive(address: &str, stream: TcpStream) -> anyhow::Result<()> {
+    use nix::sys::termios;
+    // The editor puts the terminal in raw mode while it reads a line; a
+    // session ended under it puts the terminal back as it found it.
+    let terminal = termios::tcgetattr(std::io::stdin()).context("reading terminal settings")?;
+    let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
+    let mut printer = editor
+        .create_external_printer()
+        .context("starting the line editor")?;
+    let (want_line, wanted) = std::sync::mpsc::channel::<()>();
+    let (line_sender, mut lines) = tokio::sync::mpsc::channel::<Option<String>>(1);
+    std::thread::spawn(move || {
+        while wanted.recv().is_ok() {
+            let line = match editor.readline("> ") {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    Some(line)
+                }
+                // Ctrl-D, Ctrl-C, or a terminal gone: the session ends.
+                Err(_) => None,
+            };
+            let ended = line.is_none();
+            if line_sender.blocking_send(line).is_err() || ended {
+                return;
+            }
+        }
+    });
+    eprintln!("connected to {address}; type IAMAT or WHATSAT lines, Ctrl-D to finish");
+    let (mut reader, mut writer) = stream.into_split();
+    let mut stdout = tokio::io::stdout();
+    let mut received = Vec::with_capacity(64 * 1024);
+    loop {
+        let _ = want_line.send(());
+        let line = loop {
+            tokio::select! {
+                line = lines.recv() => break line.flatten(),
+                read = reader.read_buf(&mut received) => {
+                    if !matches!(read, Ok(read) if read > 0) {
+                        let _ = termios::tcsetattr(
+                            std::io::stdin(),
+                            termios::SetArg::TCSANOW,
+                            &terminal,
+                        );
+                        eprintln!();
+                        return Err(closed(address));
+                    }
+                    // The server speaks only when spoken to; should it say
+                    // more, it is shown above the prompt.
+                    let _ = rustyline::ExternalPrinter::print(
+                        &mut printer,
+                        String::from_utf8_lossy(&received).into_owned(),
+                    );
+                    received.clear();
+                }
+            }
+        };
+        let Some(line) = line else {
+            writer.shutdown().await?;
+            tokio::io::copy(&mut reader, &mut stdout).await?;
+            stdout.flush().await?;
+            return Ok(());
+        };
+        if writer
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return Err(closed(address));
+        }
+        loop {
+            if let Some(length) = answer_length(&line, &received) {
+                stdout.write_all(&received[..length]).await?;
+                stdout.flush().await?;
+                received.drain(..length);
+                break;
+            }
+            if !matches!(reader.read_buf(&mut received).await, Ok(read) if read > 0) {
+                stdout.write_all(&received).await?;
+                stdout.flush().await?;
+                return Err(closed(address));
+            }
+        }
+    }
+}
+
+/// How many bytes at the start of `received` make the whole answer to the
+/// request `line`, once they have all arrived: one line, but for WHATSAT
+/// an AT line, JSON and a blank line (SPEC §3).
+fn answer_length(line: &str, received: &[u8]) -> Option<usize> {
+    let first_line = memchr::memchr(b'\n', received)? + 1;
+    let places_follow =
+        line.split_ascii_whitespace().next() == Some("WHATSAT") && received.starts_with(b"AT ");
+    if !places_follow {
+        return Some(first_line);
+    }
+    memchr::memmem::find(&received[first_line..], b"\n\n").map(|at| first_line + at + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer_length;
+
+    #[test]
+    fn an_answer_is_a_line_or_for_whatsat_a_line_json_and_a_blank_line() {
+        assert_eq!(
+            answer_length("IAMAT a +1+1 1", b"AT S +0.1 a +1+1 1\nAT"),
+            Some(19)
+        );
+        assert_eq!(answer_length("IAMAT a +1+1 1", b"AT S +0.1 a +1+"), None);
+        assert_eq!(answer_length("bogus", b"? bogus\n"), Some(8));
+        assert_eq!(
+            answer_length("WHATSAT a 9 9", b"? WHATSAT a 9 9\n"),
+            Some(16)
+        );
+        let whatsat = b"AT S +0.1 a +1+1 1\n{\n   \"results\" : []\n}\n\n";
+        assert_eq!(answer_length("WHATSAT a 5 1", whatsat), Some(whatsat.len()));
+        assert_eq!(
+            answer_length("WHATSAT a 5 1", &whatsat[..whatsat.len() - 1]),
+            None
+        );
+    }
 }
