@@ -320,3 +320,70 @@ fn the_secret_up_makes_is_kept_for_servers_run_by_hand() {
     up.await_up();
     assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret);
 }
+
+#[test]
+fn the_quick_start_leaves_a_clone_clean() {
+    // The README's `cargo run --release -- up` in a clone: the default
+    // config, relative folders, the project's .gitignore. Here on free
+    // ports, in a fresh repository holding only what the clone would.
+    let git = |dir: &Path, args: &[&str]| {
+        Command::new("git")
+            .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+    };
+    let clone = tempfile::tempdir().unwrap();
+    if !git(clone.path(), &["init", "-q"]).is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no git to check the status with");
+        return;
+    }
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".gitignore"),
+        clone.path().join(".gitignore"),
+    )
+    .unwrap();
+    let mut config = herd::config::DEFAULT_CONFIG.to_owned();
+    for port in (12000..=12004).chain(12010..=12014) {
+        let free = common::process::free_address();
+        config = config.replace(&format!("127.0.0.1:{port}\""), &format!("{free}\""));
+    }
+    std::fs::write(clone.path().join("herd.toml"), &config).unwrap();
+    let committed = git(clone.path(), &["add", "."])
+        .and_then(|_| git(clone.path(), &["commit", "-q", "-m", "clone"]))
+        .unwrap();
+    assert!(committed.status.success(), "{committed:?}");
+
+    let mut up = Up::start(&clone.path().join("herd.toml"));
+    up.await_up();
+    let hill = herd::config::HerdConfig::parse(&config, "herd.toml", clone.path())
+        .unwrap()
+        .server("Hill")
+        .unwrap()
+        .client
+        .parse()
+        .unwrap();
+    common::LineClient::connect(hill).iamat("clean", "+1+1");
+    kill(up.pid(), Signal::SIGTERM).unwrap();
+    assert!(up.wait().success(), "{}", up.stderr());
+    // It did write its store, secret and logs...
+    for written in ["data/Hill", "data/secret", "logs/Hill.log"] {
+        assert!(clone.path().join(written).exists(), "{written}");
+    }
+    // ...and git sees none of it.
+    let status = git(
+        clone.path(),
+        &["status", "--porcelain", "--untracked-files=all"],
+    )
+    .unwrap();
+    assert!(status.status.success());
+    assert_eq!(String::from_utf8_lossy(&status.stdout), "");
+    // Nor does the .gitignore hide a source file of the project (such as
+    // the places data build.rs reads), when the tests run in a checkout.
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Ok(ignored) = git(project, &["ls-files", "-i", "-c", "--exclude-standard"])
+        && ignored.status.success()
+    {
+        assert_eq!(String::from_utf8_lossy(&ignored.stdout), "");
+    }
+}
