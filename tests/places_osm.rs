@@ -223,18 +223,32 @@ fn a_missing_or_foreign_database_stops_the_server_at_start() {
 #[test]
 fn importing_something_else_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let bogus = dir.path().join("bogus.osm.pbf");
-    std::fs::write(&bogus, b"this is not a protocol buffer at all").unwrap();
     let out = dir.path().join("out.places");
-    let output = Command::new(herd_binary())
-        .args(["places", "import"])
-        .arg(&bogus)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("bogus.osm.pbf"), "{stderr}");
-    assert!(!out.exists());
+    // Text, an OSM XML extract, and nothing at all: none is an OSM PBF.
+    let others: [(&str, &[u8]); 3] = [
+        ("bogus.osm.pbf", b"this is not a protocol buffer at all"),
+        (
+            "helsinki.osm",
+            b"<?xml version='1.0' encoding='UTF-8'?>\n<osm version=\"0.6\">\n</osm>\n",
+        ),
+        ("empty.osm.pbf", b""),
+    ];
+    for (name, bytes) in others {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let output = Command::new(herd_binary())
+            .args(["places", "import"])
+            .arg(&path)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{name} is not an OSM PBF file")),
+            "{stderr}"
+        );
+        assert!(!out.exists());
+    }
 }

@@ -97,6 +97,11 @@ pub enum ImportError {
         path: std::path::PathBuf,
         source: osmpbf::Error,
     },
+    #[error(
+        "{} is not an OSM PBF file (an .osm.pbf extract, such as Geofabrik and BBBike publish)",
+        .0.display()
+    )]
+    NotPbf(std::path::PathBuf),
     #[error("{0} holds no named places (is it an OSM extract?)")]
     NoPlaces(std::path::PathBuf),
     #[error("writing the places database: {0}")]
@@ -124,6 +129,9 @@ pub fn import(
     let size = std::fs::metadata(input)
         .map_err(io("reading", input))?
         .len();
+    if !looks_like_pbf(input).map_err(io("reading", input))? {
+        return Err(ImportError::NotPbf(input.to_owned()));
+    }
 
     // Pass 1: places, settlements, and which nodes the places' ways need.
     let bar = progress_bar(show_progress, size, "1/2 finding places");
@@ -252,6 +260,23 @@ pub fn import(
     std::fs::rename(&temporary, output).map_err(io("renaming into place", &temporary))?;
     spinner.finish_and_clear();
     Ok(summary)
+}
+
+/// Whether the file at `path` starts as an OSM PBF file must: the length
+/// of the first blob header (a 4-byte big-endian length, under 64 KiB),
+/// then that header, whose first field is its type, "OSMHeader". Anything
+/// else would otherwise fail in the decoder with a message about sizes.
+fn looks_like_pbf(path: &Path) -> std::io::Result<bool> {
+    const START: &[u8] = b"\x0a\x09OSMHeader";
+    let mut head = [0u8; 4 + START.len()];
+    let mut file = std::fs::File::open(path)?;
+    match std::io::Read::read_exact(&mut file, &mut head) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(error) => return Err(error),
+    }
+    let header_length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    Ok((START.len() as u32..=64 * 1024).contains(&header_length) && head[4..] == *START)
 }
 
 fn reader(
