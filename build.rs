@@ -60,6 +60,7 @@ fn main() {
     println!("cargo::rerun-if-changed={CSV_PATH}");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=src/places/kdtree_build.rs");
+    tell_version();
 
     let text = std::fs::read_to_string(&csv_path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", csv_path.display()));
@@ -67,6 +68,32 @@ fn main() {
     let blob = build_blob(&rows);
     let out = PathBuf::from(out_dir).join("geonames.bin");
     std::fs::write(&out, blob).unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+}
+
+/// Sets `HERD_VERSION` for `herd --version`: the package version and, in
+/// a git checkout, the commit it is built from. A build without git (a
+/// source tarball, or no git installed) says the version alone.
+fn tell_version() {
+    let version = std::env::var("CARGO_PKG_VERSION").expect("cargo sets CARGO_PKG_VERSION");
+    let git = |args: &[&str]| -> Option<String> {
+        let output = std::process::Command::new("git").args(args).output().ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        (output.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => println!("cargo::rustc-env=HERD_VERSION={version} (commit {commit})"),
+        None => println!("cargo::rustc-env=HERD_VERSION={version}"),
+    }
+    // Built again when HEAD moves: a checkout, or a commit on the branch.
+    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name])
+            && Path::new(&path).exists()
+        {
+            println!("cargo::rerun-if-changed={path}");
+        }
+    }
 }
 
 /// Reads the places; any surprise in our own shipped data stops the build.

@@ -69,6 +69,58 @@ fn help_explains_the_commands() {
     }
 }
 
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let output = herd(&["--version"]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("herd {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    // Built from a git checkout, as the tests are: the commit is named.
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    match commit {
+        Ok(commit) if commit.status.success() => {
+            let commit = String::from_utf8(commit.stdout).unwrap();
+            assert!(
+                text.contains(&format!("(commit {})", commit.trim())),
+                "{text}"
+            );
+        }
+        _ => eprintln!("not a git checkout, or no git: the commit is not checked"),
+    }
+}
+
+#[test]
+fn completions_and_the_manual_come_from_the_command_line_definition() {
+    for (shell, mark) in [
+        ("bash", "complete -F _herd"),
+        ("zsh", "#compdef herd"),
+        ("fish", "complete -c herd"),
+    ] {
+        let output = herd(&["completions", shell]);
+        assert!(output.status.success(), "{shell}: {output:?}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        assert!(script.contains(mark), "{shell}: {script}");
+        assert!(
+            script.contains("serve") && script.contains("places"),
+            "{shell}"
+        );
+    }
+    fails_with(&["completions", "cmd.exe"], "invalid value");
+    let output = herd(&["man"]);
+    assert!(output.status.success(), "{output:?}");
+    let page = String::from_utf8(output.stdout).unwrap();
+    assert!(page.contains(".TH herd 1"), "{page}");
+    for command in ["serve", "up", "client", "completions"] {
+        assert!(page.contains(command), "{command}: {page}");
+    }
+}
+
 #[track_caller]
 fn fails_with(args: &[&str], needle: &str) {
     let output = herd(args);

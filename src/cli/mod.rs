@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use herd::config::HerdConfig;
 
@@ -18,7 +18,7 @@ use herd::config::HerdConfig;
 /// (IAMAT), the servers flood each newer location to one another, and any
 /// server answers what is near a client (WHATSAT).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = env!("HERD_VERSION"), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,6 +89,17 @@ enum Command {
         #[command(subcommand)]
         command: PlacesCommand,
     },
+    /// Print a shell completion script for herd.
+    ///
+    /// For bash: `herd completions bash > ~/.local/share/bash-completion/completions/herd`;
+    /// for zsh, into a folder of $fpath as `_herd`; for fish:
+    /// `herd completions fish > ~/.config/fish/completions/herd.fish`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print herd's manual page (roff), e.g. `herd man > herd.1; man ./herd.1`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +181,16 @@ pub fn main() -> ExitCode {
         Command::Places {
             command: PlacesCommand::Import { extract, out },
         } => places::import(&extract, &out),
+        Command::Completions { shell } => {
+            // Made in memory first: the generator panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "herd", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("writing the completion script")
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the manual page"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
