@@ -111,6 +111,8 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
                             );
                         }
                         println!("herd of {} servers is up; Ctrl-C stops it", pids.len());
+                        // herd up run by systemd (Type=notify) is ready now.
+                        let _ = notify::notify("READY=1");
                     }
                 }
                 Some(joined) = supervisors.join_next() => {
