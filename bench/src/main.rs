@@ -23,25 +23,15 @@
 //! or a connection failed. A server's memory and open files (`--pid`) are
 //! read from `/proc`, so those figures need the server on this machine.
 
-#[path = "herd_bench/conns.rs"]
 mod conns;
-#[path = "herd_bench/echo.rs"]
 mod echo;
-#[path = "herd_bench/fill.rs"]
 mod fill;
-#[path = "herd_bench/line.rs"]
 mod line;
-#[path = "herd_bench/load.rs"]
 mod load;
-#[path = "herd_bench/process.rs"]
 mod process;
-#[path = "herd_bench/propagate.rs"]
 mod propagate;
-#[path = "herd_bench/reply.rs"]
 mod reply;
-#[path = "herd_bench/startup.rs"]
 mod startup;
-#[path = "herd_bench/stats.rs"]
 mod stats;
 
 use std::process::ExitCode;
