@@ -137,3 +137,39 @@ fn the_load_tool_can_poll_its_sockets_instead_of_sleeping() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--busy-poll needs --threads 1"), "{stderr}");
 }
+
+#[test]
+fn the_load_tool_checks_every_whatsat_answer_against_the_seeded_location() {
+    let herd = Herd::start(&[("Lone", &[])]);
+    let lone = herd.address("Lone");
+    let output = bench(&[
+        "--json",
+        "whatsat",
+        "--addr",
+        &lone,
+        "--conns",
+        "2",
+        "--depth",
+        "2",
+        "--radius",
+        "10",
+        "--bound",
+        "3",
+        "--warmup",
+        "0",
+        "--duration",
+        "0.3",
+    ]);
+    let report = report(&output);
+    assert!(output.status.success(), "{report}");
+    let replies = report["replies"].as_u64().expect("a count");
+    assert!(replies > 0, "{report}");
+    assert_eq!(report["invalid"], 0, "{report}");
+    // Every answer carried a places status, and each was counted.
+    let statuses = report["statuses"].as_object().expect("statuses");
+    let counted: u64 = statuses
+        .values()
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(counted, replies, "{report}");
+}
