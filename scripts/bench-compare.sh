@@ -121,9 +121,11 @@ load_wanted() { [[ ",$LOADS," == *",$1,"* ]]; }
 if [[ -z ${HERD_BENCH:-} ]]; then
     HERD_BENCH="$ROOT/target/release/herd-bench"
     if ((BUILD)); then
-        # The load tool is the workspace's bench/ package; its binary
-        # lands in the workspace's target/ like herd's.
-        (cd "$ROOT" && cargo build --release -p herd-bench) >&2 \
+        # The load tool is the workspace's bench/ package; its binary lands
+        # in the workspace's target/ like herd's. Both are built with the
+        # whole workspace's features (--workspace), as `cargo run --release`
+        # builds herd, so that neither command builds herd a second time.
+        (cd "$ROOT" && cargo build --release --workspace --bin herd-bench) >&2 \
             || { say "herd-bench does not build"; exit 1; }
     fi
 fi
@@ -131,7 +133,7 @@ fi
 if wants herd && [[ -z ${HERD_BIN:-} ]]; then
     HERD_BIN="$ROOT/target/release/herd"
     if ((BUILD)); then
-        (cd "$ROOT" && cargo build --release -p herd --bin herd) >&2 || note "herd does not build"
+        (cd "$ROOT" && cargo build --release --workspace --bin herd) >&2 || note "herd does not build"
     fi
 fi
 if wants herd && [[ ! -x ${HERD_BIN:-} ]]; then
