@@ -312,11 +312,21 @@ impl Replica {
         }
     }
 
-    /// Writes out and syncs what the log holds: at shutdown.
+    /// Writes out and syncs what the log holds, and lets go of the data
+    /// folder: at shutdown.
     pub fn close(&self) {
         if let Some(storage) = &self.storage {
             storage.close();
         }
+    }
+}
+
+impl Drop for Replica {
+    /// A server that ends without `close` (an error after the store was
+    /// opened) still stops its sync thread and lets go of its data folder,
+    /// which a server started again in the same process needs.
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
