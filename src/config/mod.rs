@@ -247,6 +247,47 @@ impl Default for StorageConfig {
     }
 }
 
+/// The core database that keeps every report a server accepts from its
+/// own clients (`[history]`; absent, nothing is archived).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Which database: only `sqlite` for now.
+    pub database: HistoryDatabase,
+    /// The SQLite file, shared by the servers of this machine; relative to
+    /// the config's folder. Absent: `history.sqlite` in `storage.data_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Reports received longer ago than this many days are deleted; 0
+    /// keeps them for ever.
+    pub retention_days: u64,
+    /// Reports written to the database in one transaction, at most.
+    pub batch_size: usize,
+    /// How often a server looks for new reports to archive, in
+    /// milliseconds; also how soon it tries again after a failure.
+    pub interval_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            database: HistoryDatabase::Sqlite,
+            path: None,
+            retention_days: 0,
+            batch_size: 1_000,
+            interval_ms: 200,
+        }
+    }
+}
+
+/// The kinds of core database herd can archive to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryDatabase {
+    #[default]
+    Sqlite,
+}
+
 /// One server of the herd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServerConfig {
@@ -275,6 +316,9 @@ pub struct HerdConfig {
     pub places: PlacesConfig,
     pub limits: Limits,
     pub storage: StorageConfig,
+    /// The core database; `None` archives nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryConfig>,
     pub servers: Vec<ServerConfig>,
 }
 
@@ -289,6 +333,7 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     storage: StorageConfig,
+    history: Option<HistoryConfig>,
     servers: Vec<Spanned<RawServer>>,
 }
 
@@ -430,6 +475,19 @@ impl HerdConfig {
         let log_dir = base.join(raw.log_dir.as_deref().unwrap_or("logs"));
         let mut storage = raw.storage;
         storage.data_dir = base.join(&storage.data_dir);
+        let mut history = raw.history;
+        if let Some(history) = &mut history {
+            if history.batch_size == 0 || history.interval_ms == 0 {
+                return Err(error_at(
+                    None,
+                    "history.batch_size and interval_ms must be greater than zero".into(),
+                ));
+            }
+            history.path = Some(match &history.path {
+                Some(path) => base.join(path),
+                None => storage.data_dir.join("history.sqlite"),
+            });
+        }
         let servers = raw
             .servers
             .into_iter()
@@ -457,6 +515,7 @@ impl HerdConfig {
             places,
             limits: raw.limits,
             storage,
+            history,
         })
     }
 

@@ -128,6 +128,7 @@ pub fn generate(n: usize, shape: Shape, base_port: u16) -> Result<HerdConfig, St
         places: PlacesConfig::default(),
         limits: Limits::default(),
         storage: StorageConfig::default(),
+        history: None,
         servers: (0..n)
             .map(|i| ServerConfig {
                 name: name(i),
