@@ -166,7 +166,8 @@ impl Port {
 // ------------------------------------------------------------ logs
 
 /// What one server logged (every `tracing` event at INFO and above, from
-/// the threads of its runtime), as lines of `LEVEL fields message`.
+/// the threads of its runtime), as lines of `LEVEL message fields`, as
+/// the log file has them.
 #[derive(Clone, Default)]
 pub struct Log(Arc<Mutex<String>>);
 
@@ -206,10 +207,10 @@ impl<S: tracing::Subscriber> Layer<S> for Log {
         let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(
             log,
-            "{}{} {}",
+            "{} {}{}",
             event.metadata().level(),
-            line.fields,
-            line.message
+            line.message,
+            line.fields
         );
     }
 }
