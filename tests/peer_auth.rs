@@ -72,6 +72,7 @@ impl FakeNeighbour {
             secret,
             &[
                 b"hello",
+                b"2",
                 from.as_bytes(),
                 to.as_bytes(),
                 run.as_bytes(),
@@ -80,7 +81,7 @@ impl FakeNeighbour {
             ],
         );
         let hello = format!(
-            "HERD-HELLO {from} {to} {run} {} {}\n",
+            "HERD-HELLO 2 {from} {to} {run} {} {}\n",
             hex(&nonce_a),
             hex(&tag)
         );
@@ -188,7 +189,8 @@ fn a_recorded_session_replayed_is_refused() {
     );
     assert_eq!(hill.at_line_of("recorded").as_deref(), Some(newer.as_str()));
     common::eventually("Hill to log the refusal", || {
-        herd.log("Hill").contains("failed authentication")
+        herd.log("Hill")
+            .contains("claiming to be Smith: authentication failed")
     });
 }
 
