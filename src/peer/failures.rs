@@ -9,7 +9,10 @@
 //! `FIRST_GAP` up to `MOST_GAP`, which a long outage then repeats. A kind
 //! of failure not yet warned about in the run (the neighbour was down and
 //! now refuses our secret, say) is warned about at once: what went wrong
-//! has changed, and the operator fixing it needs to know.
+//! has changed, and the operator fixing it needs to know. A failure the
+//! caller expects for a moment (a neighbour started with this server may
+//! not listen yet) can be counted without a warning; the first one that
+//! is not is warned about, with the count so far.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +35,8 @@ pub struct Failures<K> {
 struct Run<K> {
     first: Instant,
     failures: u64,
-    last_warned: Instant,
+    /// When the last warning of the run was; `None` before the first.
+    last_warned: Option<Instant>,
     gap: Duration,
     kinds_warned: Vec<K>,
 }
@@ -53,32 +57,42 @@ impl<K: PartialEq> Failures<K> {
     /// Notes a failure of kind `kind` at `now`; returns the run so far if
     /// this one is to be warned about.
     pub fn failed(&mut self, kind: K, now: Instant) -> Option<Outage> {
-        let Some(run) = &mut self.run else {
-            self.run = Some(Run {
-                first: now,
-                failures: 1,
-                last_warned: now,
-                gap: FIRST_GAP,
-                kinds_warned: vec![kind],
-            });
-            return Some(Outage {
-                failures: 1,
-                lasted: Duration::ZERO,
-            });
-        };
+        self.note(kind, now, false)
+    }
+
+    /// Notes a failure that is to be expected for now: counted, never
+    /// warned about.
+    pub fn failed_quietly(&mut self, kind: K, now: Instant) {
+        self.note(kind, now, true);
+    }
+
+    fn note(&mut self, kind: K, now: Instant, quiet: bool) -> Option<Outage> {
+        let run = self.run.get_or_insert_with(|| Run {
+            first: now,
+            failures: 0,
+            last_warned: None,
+            gap: FIRST_GAP,
+            kinds_warned: Vec::new(),
+        });
         run.failures += 1;
+        if quiet {
+            return None;
+        }
         let new_kind = !run.kinds_warned.contains(&kind);
-        let due = now.saturating_duration_since(run.last_warned) >= run.gap;
+        let due = match run.last_warned {
+            None => true,
+            Some(at) => now.saturating_duration_since(at) >= run.gap,
+        };
         if !new_kind && !due {
             return None;
         }
         if new_kind && run.kinds_warned.len() < KINDS {
             run.kinds_warned.push(kind);
         }
-        if due {
+        if due && run.last_warned.is_some() {
             run.gap = (run.gap * 2).min(MOST_GAP);
         }
-        run.last_warned = now;
+        run.last_warned = Some(now);
         Some(Outage {
             failures: run.failures,
             lasted: now.saturating_duration_since(run.first),
@@ -86,9 +100,10 @@ impl<K: PartialEq> Failures<K> {
     }
 
     /// Notes that the link works at `now`; returns the run of failures it
-    /// ends, if there was one.
+    /// ends, if one was warned about (quiet ones end quietly).
     pub fn succeeded(&mut self, now: Instant) -> Option<Outage> {
         let run = self.run.take()?;
+        run.last_warned?;
         Some(Outage {
             failures: run.failures,
             lasted: now.saturating_duration_since(run.first),
@@ -189,6 +204,27 @@ mod tests {
         // A new run starts afresh, with a warning at its first failure.
         let later = start + Duration::from_secs(10);
         assert_eq!(failures.failed(1, later).map(|o| o.failures), Some(1));
+    }
+
+    #[test]
+    fn failures_expected_for_now_are_counted_but_not_warned_about() {
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        let mut failures = Failures::new();
+        failures.failed_quietly("refused", ms(0));
+        failures.failed_quietly("refused", ms(400));
+        // The first that is not expected is warned about, with the count.
+        let outage = failures.failed("refused", ms(800)).expect("warned");
+        assert_eq!(outage.failures, 3);
+        assert_eq!(outage.lasted, Duration::from_millis(800));
+        assert!(failures.failed("refused", ms(1200)).is_none());
+        assert!(failures.failed("refused", ms(1800)).is_some());
+        // A run that was never told ends without a word.
+        let mut quiet = Failures::new();
+        quiet.failed_quietly("refused", ms(0));
+        assert!(quiet.failing());
+        assert_eq!(quiet.succeeded(ms(100)), None);
+        assert!(!quiet.failing());
     }
 
     #[test]

@@ -33,6 +33,10 @@ const HANDSHAKE_TIME: Duration = Duration::from_secs(2);
 /// neighbour that comes back dials us, which wakes our dialler at once.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(400);
+/// Neighbours started with this server (a whole herd at once) may not
+/// listen yet: not reaching one this soon after start is no warning. A
+/// neighbour that answers and refuses is warned about at once.
+const START_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a link, or an attempt at one, ended. The text of a failed attempt
 /// starts with its reason in a few words (`connection refused`, `timed
@@ -91,6 +95,18 @@ impl LinkError {
     /// The kind of failure, which decides when a warning is new.
     pub(super) fn kind(&self) -> std::mem::Discriminant<LinkError> {
         std::mem::discriminant(self)
+    }
+
+    /// Whether the neighbour could not be reached at all, rather than
+    /// answering wrongly: what a neighbour not started yet looks like.
+    fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            LinkError::ConnectionRefused
+                | LinkError::Io(_)
+                | LinkError::TimedOut(_)
+                | LinkError::ClosedInHandshake
+        )
     }
 }
 
@@ -187,6 +203,7 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
     let address = &neighbour.peer_address;
     let mut backoff = BACKOFF_FIRST;
     let mut failures = Failures::new();
+    let grace_ends = Instant::now() + START_GRACE;
     loop {
         let attempt = async {
             // Shorter than the handshake's time, so that a dial lost to a
@@ -225,6 +242,10 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
                         .err()
                         .map_or("shutting down".to_owned(), |e| e.to_string())
                 );
+            }
+            Err(error) if error.is_unreachable() && Instant::now() < grace_ends => {
+                debug!("cannot link to {name} at {address} yet: {error}");
+                failures.failed_quietly(error.kind(), now);
             }
             Err(error) => match failures.failed(error.kind(), now) {
                 Some(outage) if outage.failures == 1 => {

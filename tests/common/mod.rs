@@ -483,6 +483,13 @@ impl Herd {
     /// Starts server `name` on its ports. It accepts at once: connections
     /// wait in the listen backlog until it gets to them.
     pub fn launch(&mut self, name: &str) {
+        let secret = self.secret.clone();
+        self.launch_with_secret(name, &secret);
+    }
+
+    /// Starts server `name` on its ports with `secret` for the herd's
+    /// secret (another herd's, say).
+    pub fn launch_with_secret(&mut self, name: &str, secret: &str) {
         let index = self.index(name);
         let server = &mut self.servers[index];
         assert!(server.running.is_none(), "{name} is already running");
@@ -493,10 +500,27 @@ impl Herd {
         server.running = Some(RunningServer::start(
             &self.config,
             name,
-            &self.secret,
+            secret,
             ports,
             server.log.clone(),
         ));
+    }
+
+    /// Server `name`'s peer port, listening, for a test to play that
+    /// server on; it is started no more.
+    pub fn take_listener(&mut self, name: &str) -> std::net::TcpListener {
+        let index = self.index(name);
+        let server = &mut self.servers[index];
+        assert!(server.running.is_none(), "{name} is running");
+        let (_, peer) = server
+            .ports
+            .take()
+            .expect("a stopped server holds its ports");
+        let listener = peer.listen();
+        listener
+            .set_nonblocking(false)
+            .expect("a blocking listener");
+        listener
     }
 
     /// Stops server `name` (see `RunningServer::stop`); its ports refuse
