@@ -26,6 +26,8 @@ impl Secret {
         mac
     }
 
+    /// The MAC of a hello from `from` to `to` in our protocol version, over
+    /// the dialler's run and both nonces (the listener's challenge first).
     fn hello_mac(
         &self,
         from: &str,
@@ -47,8 +49,7 @@ impl Secret {
         ])
     }
 
-    /// The tag of a hello from `from` to `to` in our protocol version, over
-    /// the dialler's run and both nonces (the listener's challenge first).
+    /// The tag of a hello from `from` to `to`.
     pub fn hello_tag(
         &self,
         from: &str,
