@@ -164,6 +164,82 @@ async fn warnings_about_a_neighbour_that_stays_down_come_at_a_falling_rate() {
     );
 }
 
+/// Spins until `condition` holds, with tokio's paused clock held still
+/// (see `common::with_clock_held`): for what real sockets bring about.
+async fn until_held(what: &str, condition: impl Fn() -> bool) {
+    common::with_clock_held(what, async {
+        while !condition() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_neighbour_restarting_is_no_warning_but_one_that_stays_away_is() {
+    // On tokio's paused clock: Smith stops and is back a second later, as
+    // a restart is; Hill fails to reach it meanwhile, and says nothing but
+    // that the link went down and came up. Then Smith stops for good, and
+    // Hill warns once Smith has had two seconds to come back.
+    let log = Log::default();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(log.clone()),
+    );
+    let (mut setups, ports) = common::setups(PAIR, &["Hill", "Smith", "Smith"], None);
+    let (smith_again, smith, hill) = (
+        setups.pop().unwrap(),
+        setups.pop().unwrap(),
+        setups.pop().unwrap(),
+    );
+    let mut ports = ports.into_iter();
+    let (hill_client, hill_peer) = ports.next().unwrap();
+    let (smith_client, smith_peer) = ports.next().unwrap();
+    let smith_addresses = (smith_client.address(), smith_peer.address());
+    let listen = |port: common::Port| tokio::net::TcpListener::from_std(port.listen()).unwrap();
+    let start = |setup, (client, peer): (common::Port, common::Port)| {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = herd::server::run(setup, listen(client), listen(peer), stop.clone());
+        (stop, tokio::spawn(run))
+    };
+    let (hill_stop, hill_run) = start(hill, (hill_client, hill_peer));
+    let (smith_stop, smith_run) = start(smith, (smith_client, smith_peer));
+    until_held("both links up", || {
+        let text = log.text();
+        text.contains("all links up: sending to Smith")
+            && text.contains("all links up: sending to Hill")
+    })
+    .await;
+
+    smith_stop.cancel();
+    smith_run.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = (
+        common::Port::again(smith_addresses.0),
+        common::Port::again(smith_addresses.1),
+    );
+    let (smith_stop, smith_run) = start(smith_again, again);
+    until_held("Hill's link to Smith up again", || {
+        log.text().matches("link up: sending to Smith").count() == 2
+    })
+    .await;
+    let text = log.text();
+    assert!(text.contains("link down: sending to Smith"), "{text}");
+    assert!(!text.contains("WARN"), "{text}");
+    assert!(!text.contains("after failing"), "{text}");
+
+    smith_stop.cancel();
+    smith_run.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let warnings = warnings_about(&log.text(), "Smith");
+    let (tries, lasted, line) = warnings.first().expect("a warning");
+    assert!(*tries > 1, "{line}");
+    assert!(*lasted >= Duration::from_millis(1900), "{line}");
+    hill_stop.cancel();
+    hill_run.await.unwrap().unwrap();
+}
+
 /// A server process that is killed when the test ends.
 struct Killed(Child);
 

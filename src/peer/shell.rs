@@ -33,10 +33,12 @@ const HANDSHAKE_TIME: Duration = Duration::from_secs(2);
 /// neighbour that comes back dials us, which wakes our dialler at once.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(400);
-/// Neighbours started with this server (a whole herd at once) may not
-/// listen yet: not reaching one this soon after start is no warning. A
-/// neighbour that answers and refuses is warned about at once.
-const START_GRACE: Duration = Duration::from_secs(2);
+/// A neighbour may be out of reach for a moment for ordinary reasons: not
+/// listening yet when the whole herd starts together, or stopping or
+/// restarting when its link has just gone down. Not reaching it within
+/// this time after this server starts, or after the link went down, is no
+/// warning. A neighbour that answers and refuses is warned about at once.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// Why a link, or an attempt at one, ended. The text of a failed attempt
 /// starts with its reason in a few words (`connection refused`, `timed
@@ -203,7 +205,7 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
     let address = &neighbour.peer_address;
     let mut backoff = BACKOFF_FIRST;
     let mut failures = Failures::new();
-    let grace_ends = Instant::now() + START_GRACE;
+    let mut grace_ends = Instant::now() + GRACE;
     loop {
         let attempt = async {
             // Shorter than the handshake's time, so that a dial lost to a
@@ -236,6 +238,7 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
                 let outcome = send_updates(&links, index, link, &shutdown).await;
                 links.stats.links_down.bump();
                 links.link_changed(index, false);
+                grace_ends = Instant::now() + GRACE;
                 info!(
                     "link down: sending to {name}: {}",
                     outcome

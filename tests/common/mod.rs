@@ -352,6 +352,16 @@ pub fn setup(
     name: &str,
     places: Option<Arc<dyn herd::places::Places>>,
 ) -> (ServerSetup, Vec<(Port, Port)>) {
+    let (mut setups, ports) = setups(topology, &[name], places);
+    (setups.pop().expect("one setup"), ports)
+}
+
+/// `setup` for each of `names`, all of one herd, with one secret.
+pub fn setups(
+    topology: &[(&str, &[&str])],
+    names: &[&str],
+    places: Option<Arc<dyn herd::places::Places>>,
+) -> (Vec<ServerSetup>, Vec<(Port, Port)>) {
     let ports: Vec<(Port, Port)> = topology
         .iter()
         .map(|_| (Port::any(), Port::any()))
@@ -363,13 +373,21 @@ pub fn setup(
     let text = config_text(topology, &addresses, "");
     let config = HerdConfig::parse(&text, "test config", &std::env::temp_dir())
         .unwrap_or_else(|error| panic!("the test config: {error}\n{text}"));
-    let places = places.unwrap_or_else(|| {
-        herd::places::from_config(&config, name).expect("the default places provider")
-    });
-    let mut setup = ServerSetup::from_config(&config, name, new_secret().into_bytes(), places)
-        .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
-    setup.storage = None;
-    (setup, ports)
+    let secret = new_secret();
+    let setups = names
+        .iter()
+        .map(|name| {
+            let places = places.clone().unwrap_or_else(|| {
+                herd::places::from_config(&config, name).expect("the default places provider")
+            });
+            let mut setup =
+                ServerSetup::from_config(&config, name, secret.clone().into_bytes(), places)
+                    .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
+            setup.storage = None;
+            setup
+        })
+        .collect();
+    (setups, ports)
 }
 
 /// Awaits `future` with tokio's paused clock held still, for a test that
