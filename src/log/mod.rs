@@ -5,7 +5,9 @@
 //! a thread-local buffer and one short lock to append it to a shared
 //! buffer; a background thread writes the shared buffer out in large
 //! chunks. Nothing is dropped: if the disk falls behind by more than
-//! `MAX_PENDING` bytes, events wait for the writer instead.
+//! `MAX_PENDING` bytes, events wait for the writer instead. The thread also
+//! rotates the file by size (`file`); `terminal` shows the operator's
+//! events on a terminal as well.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
