@@ -153,6 +153,7 @@ pub async fn run(
         server = %setup.name,
         client = %client_listener.local_addr()?,
         peer = %peer_listener.local_addr()?,
+        peer_protocol = crate::peer::PROTOCOL_VERSION,
         "listening"
     );
     let tasks = TaskTracker::new();
