@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config;
+pub mod history;
 pub mod log;
 pub mod peer;
 pub mod places;

@@ -2,6 +2,7 @@
 //! client side, started on bound listeners and stopped together.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -10,7 +11,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::client::{self, Clients};
-use crate::config::{HerdConfig, Limits, UnknownServer};
+use crate::config::{HerdConfig, HistoryConfig, Limits, UnknownServer};
+use crate::history::archiver::{self, ArchiverSetup};
 use crate::peer::{Links, Neighbour, Timing};
 use crate::places::Places;
 use crate::places::render::Answers;
@@ -33,6 +35,10 @@ pub struct ServerSetup {
     /// Told once the server has its store open and takes connections: what
     /// `herd serve` reports as ready. Dropped unsent if it fails to start.
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The core database to archive this server's own clients' reports
+    /// to; `None` archives nothing. Needs `storage`: the archive reads the
+    /// store log.
+    pub history: Option<HistoryConfig>,
 }
 
 impl ServerSetup {
@@ -66,8 +72,10 @@ impl ServerSetup {
                 dir: config.storage.data_dir.join(name),
                 durability: config.storage.durability,
                 sync_interval: Duration::from_millis(config.storage.sync_interval_ms),
+                archived: None,
             }),
             ready: None,
+            history: config.history.clone(),
         })
     }
 }
@@ -98,12 +106,41 @@ pub async fn run(
     // to a places answer logged earlier in the run carry it.
     let run = crate::log::timestamp(std::time::SystemTime::now());
     let names = setup.neighbours.iter().map(|n| n.name.clone()).collect();
-    let replica = Arc::new(Replica::open(setup.storage, names).await?);
+    let mut storage = setup.storage;
+    let history = match (setup.history, &mut storage) {
+        (Some(history), Some(storage)) => {
+            let archived = Arc::new(AtomicU64::new(0));
+            storage.archived = Some(archived.clone());
+            Some((history, archived))
+        }
+        (Some(_), None) => {
+            warn!("[history] needs a store on disk to archive from; archiving nothing");
+            None
+        }
+        (None, _) => None,
+    };
+    let replica = Arc::new(Replica::open(storage, names).await?);
+    let stats = Arc::new(ServerStats::default());
+    if let Some((config, archived)) = history {
+        archiver::start(
+            ArchiverSetup {
+                server: setup.name.clone(),
+                run: replica.run(),
+                log_dir: replica
+                    .log_dir()
+                    .expect("a replica opened with storage has a log")
+                    .to_owned(),
+                config,
+                archived,
+                stats: stats.clone(),
+            },
+            shutdown.clone(),
+        )?;
+    }
     let timing = Timing {
         silence: setup.limits.link_silence(),
         heartbeat: setup.limits.link_heartbeat(),
     };
-    let stats = Arc::new(ServerStats::default());
     let links = Arc::new(Links::new(
         &setup.name,
         setup.neighbours,
@@ -124,6 +161,7 @@ pub async fn run(
         client = %client_listener.local_addr()?,
         peer = %peer_listener.local_addr()?,
         %run,
+        peer_protocol = crate::peer::PROTOCOL_VERSION,
         "listening"
     );
     let tasks = TaskTracker::new();
@@ -159,6 +197,8 @@ pub async fn run(
         updates_stored = s.updates_stored.get(),
         links_up = s.links_up.get(),
         links_down = s.links_down.get(),
+        reports_archived = s.reports_archived.get(),
+        archive_failures = s.archive_failures.get(),
         "stopped"
     );
     Ok(())

@@ -35,13 +35,19 @@ struct Up {
 
 impl Up {
     fn start(config: &Path) -> Up {
+        Up::start_with_stderr(config, Stdio::piped())
+    }
+
+    /// `start`, with standard error going to `stderr` (a terminal, say);
+    /// `Up::stderr` has only what went to a pipe.
+    fn start_with_stderr(config: &Path, stderr: Stdio) -> Up {
         let mut child = Command::new(herd_binary())
             .args(["up", "--config"])
             .arg(config)
             .env_remove("HERD_SECRET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("starting herd up");
         let (sender, lines) = mpsc::channel();
@@ -55,20 +61,9 @@ impl Up {
             }
         });
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(read) = pipe.read(&mut buffer) {
-                if read == 0 {
-                    break;
-                }
-                collected
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..read]));
-            }
-        });
+        if let Some(pipe) = child.stderr.take() {
+            collect(pipe, stderr.clone());
+        }
         Up {
             child,
             lines,
@@ -152,6 +147,19 @@ impl Drop for Up {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Appends what `from` gives to `into`, as it comes, until it ends.
+fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        // Ends at the end of the pipe, or when a terminal's other side is gone.
+        while let Ok(read @ 1..) = from.read(&mut buffer) {
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buffer[..read]));
+        }
+    });
 }
 
 /// Whether process `pid` is gone (or a zombie no one has reaped yet:
@@ -386,4 +394,26 @@ fn the_quick_start_leaves_a_clone_clean() {
     {
         assert_eq!(String::from_utf8_lossy(&ignored.stdout), "");
     }
+}
+
+#[test]
+fn up_in_a_terminal_passes_on_what_its_servers_tell_the_operator() {
+    use nix::pty::openpty;
+    let herd = ProcessHerd::configure(PAIR, "");
+    let pty = openpty(None, None).expect("a pseudo-terminal");
+    let mut up = Up::start_with_stderr(&herd.config_path, Stdio::from(pty.slave));
+    let terminal = Arc::new(Mutex::new(String::new()));
+    collect(std::fs::File::from(pty.master), terminal.clone());
+    let pids = up.await_up();
+    // A restarted server warns that it was started again: a warning, so
+    // the operator sees it, with the server's name, on herd up's terminal.
+    kill(pids["A"], Signal::SIGKILL).unwrap();
+    assert!(up.await_line("up again (restart 1)").is_some());
+    eventually("A's warning on herd up's terminal", || {
+        terminal
+            .lock()
+            .unwrap()
+            .contains("WARN [A] started again by herd up")
+    });
+    assert!(!terminal.lock().unwrap().contains("INFO"));
 }

@@ -10,6 +10,7 @@
 //! with a SIGKILL (see `serve::die_with_supervisor`).
 
 use std::collections::VecDeque;
+use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -36,6 +37,10 @@ use super::{HerdArgs, server_runtime};
 pub(crate) const SUPERVISOR_ENV: &str = "HERD_SUPERVISOR_PID";
 /// Set by `herd up` for a server it starts again: why, for its log.
 pub(crate) const RESTART_NOTE_ENV: &str = "HERD_RESTART_NOTE";
+/// Set by `herd up` when its own standard error is a terminal: the server
+/// writes the operator's events to its standard error as it would to a
+/// terminal (see `herd::log::terminal`), and herd up passes them on.
+pub(crate) const OPERATOR_LINES_ENV: &str = "HERD_OPERATOR_LINES";
 
 /// How long a server may take to say it is ready (replaying a large store
 /// takes a while) before it is taken for hung.
@@ -176,6 +181,11 @@ impl Launch {
             Some(note) => command.env(RESTART_NOTE_ENV, note),
             None => command.env_remove(RESTART_NOTE_ENV),
         };
+        if std::io::stderr().is_terminal() {
+            command.env(OPERATOR_LINES_ENV, "1");
+        } else {
+            command.env_remove(OPERATOR_LINES_ENV);
+        }
         command.spawn()
     }
 }
@@ -280,7 +290,8 @@ struct Running {
     name: String,
     pid: u32,
     child: Child,
-    /// Ends at the end of the server's standard error, with its last line.
+    /// Ends at the end of the server's standard error, with the last line
+    /// the server said as `herd: ...` (its error, when it fails).
     stderr: Option<tokio::task::JoinHandle<Option<String>>>,
 }
 
@@ -292,16 +303,21 @@ impl Running {
                 let mut lines = BufReader::new(stderr).lines();
                 let mut last = None;
                 while let Ok(Some(line)) = lines.next_line().await {
-                    // A server's errors start "herd: NAME: " or "herd: ";
-                    // said here once, the server named.
-                    let line = line.strip_prefix("herd: ").unwrap_or(&line);
-                    let line = line
+                    // The operator's events name their server already
+                    // (`WARN [Hill] ...`): passed on as they are.
+                    let Some(said) = line.strip_prefix("herd: ") else {
+                        eprintln!("{line}");
+                        continue;
+                    };
+                    // A server's own errors and warnings start "herd: NAME: "
+                    // or "herd: "; said here with the server named once.
+                    let said = said
                         .strip_prefix(name.as_str())
                         .and_then(|rest| rest.strip_prefix(": "))
-                        .unwrap_or(line)
+                        .unwrap_or(said)
                         .to_owned();
-                    eprintln!("herd: {name}: {line}");
-                    last = Some(line);
+                    eprintln!("herd: {name}: {said}");
+                    last = Some(said);
                 }
                 last
             })
