@@ -221,7 +221,7 @@ async fn supervise(
                 running.stop().await;
                 return Ok(());
             }
-            ready = await_ready(&socket) => ready.map_err(|error| {
+            ready = await_ready(&socket, running.pid) => ready.map_err(|error| {
                 format!("its notify socket failed: {error}")
             }),
             status = running.child.wait() => Err(running.describe_exit(status).await),
@@ -269,19 +269,61 @@ async fn supervise(
 
 fn bind_notify_socket(name: &str) -> std::io::Result<UnixDatagram> {
     let socket = std::os::unix::net::UnixDatagram::bind_addr(&notify::socket_address(name)?)?;
+    // The kernel names each datagram's sender: any local process may send
+    // to a name in the abstract namespace, and only the server's own word
+    // counts.
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)?;
     socket.set_nonblocking(true)?;
     UnixDatagram::from_std(socket)
 }
 
-/// Waits for a `READY=1` on `socket`.
-async fn await_ready(socket: &UnixDatagram) -> std::io::Result<()> {
+/// Waits for a `READY=1` on `socket` from process `pid`.
+async fn await_ready(socket: &UnixDatagram, pid: u32) -> std::io::Result<()> {
     let mut buffer = [0u8; 512];
     loop {
-        let read = socket.recv(&mut buffer).await?;
-        if notify::says_ready(&buffer[..read]) {
-            return Ok(());
+        socket.readable().await?;
+        let received = socket.try_io(tokio::io::Interest::READABLE, || {
+            receive_with_sender(socket, &mut buffer)
+        });
+        match received {
+            Ok((read, sender)) => {
+                if says_ready_itself(&buffer[..read], sender, pid) {
+                    return Ok(());
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
         }
     }
+}
+
+/// Whether `datagram`, sent by process `sender`, is process `pid` saying
+/// it is ready.
+fn says_ready_itself(datagram: &[u8], sender: Option<i32>, pid: u32) -> bool {
+    sender.is_some() && sender == i32::try_from(pid).ok() && notify::says_ready(datagram)
+}
+
+/// One datagram from `socket` into `buffer`: its length, and the process id
+/// the kernel gives for its sender.
+fn receive_with_sender(
+    socket: &UnixDatagram,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, Option<i32>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut parts = [std::io::IoSliceMut::new(buffer)];
+    let mut control = nix::cmsg_space!(UnixCredentials);
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut parts,
+        Some(&mut control),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    let sender = message.cmsgs()?.find_map(|part| match part {
+        ControlMessageOwned::ScmCredentials(credentials) => Some(credentials.pid()),
+        _ => None,
+    });
+    Ok((message.bytes, sender))
 }
 
 /// One run of a server: its process, and the task that passes on what it
@@ -434,6 +476,40 @@ mod tests {
             policy.next_delay(start + 3 * RESTART_WINDOW),
             Some(FIRST_RESTART_DELAY)
         );
+    }
+
+    #[test]
+    fn only_the_server_itself_can_say_it_is_ready() {
+        assert!(says_ready_itself(b"READY=1\nMAINPID=7\n", Some(7), 7));
+        assert!(
+            !says_ready_itself(b"READY=1\n", Some(8), 7),
+            "another process"
+        );
+        assert!(
+            !says_ready_itself(b"READY=1\n", None, 7),
+            "a sender unknown"
+        );
+        assert!(!says_ready_itself(b"STOPPING=1\n", Some(7), 7));
+    }
+
+    #[tokio::test]
+    async fn the_kernel_names_the_sender_of_a_notification() {
+        let name = format!("@herd-up-unit-test-{}", std::process::id());
+        let socket = bind_notify_socket(&name).unwrap();
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        sender
+            .send_to_addr(b"READY=1\n", &notify::socket_address(&name).unwrap())
+            .unwrap();
+        let mut buffer = [0u8; 64];
+        socket.readable().await.unwrap();
+        let (read, pid) = receive_with_sender(&socket, &mut buffer).unwrap();
+        assert_eq!(&buffer[..read], b"READY=1\n");
+        assert_eq!(pid, i32::try_from(std::process::id()).ok());
+        // And so readiness from this process, as the server, is taken.
+        sender
+            .send_to_addr(b"READY=1\n", &notify::socket_address(&name).unwrap())
+            .unwrap();
+        await_ready(&socket, std::process::id()).await.unwrap();
     }
 
     #[test]
