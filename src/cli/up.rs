@@ -81,7 +81,9 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
         // them rather than killing this process alone.
         let stop = CancellationToken::new();
         tokio::spawn(cancel_on_signal(stop.clone()).context("handling signals")?);
-        let (events_sender, mut events) = mpsc::unbounded_channel();
+        // A supervisor sends one event per start of its server, and waits
+        // for room: room for one from each is plenty.
+        let (events_sender, mut events) = mpsc::channel(config.servers.len().max(1));
         let mut supervisors = JoinSet::new();
         for (index, server) in config.servers.iter().enumerate() {
             supervisors.spawn(supervise(
@@ -130,7 +132,9 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
                 else => break Ok(()),
             }
         };
-        // Whatever ended it, every server stops now.
+        // Whatever ended it, every server stops now; a supervisor with an
+        // event to tell must not wait for room that will never come.
+        drop(events);
         stop.cancel();
         while supervisors.join_next().await.is_some() {}
         outcome.map_err(anyhow::Error::msg)
@@ -197,7 +201,7 @@ async fn supervise(
     index: usize,
     server: ServerConfig,
     launch: Arc<Launch>,
-    events: mpsc::UnboundedSender<Ready>,
+    events: mpsc::Sender<Ready>,
     stop: CancellationToken,
 ) -> Result<(), String> {
     let name = server.name.as_str();
@@ -232,11 +236,13 @@ async fn supervise(
         };
         let death = match started {
             Ok(()) => {
-                let _ = events.send(Ready {
-                    index,
-                    pid: running.pid,
-                    restart,
-                });
+                let _ = events
+                    .send(Ready {
+                        index,
+                        pid: running.pid,
+                        restart,
+                    })
+                    .await;
                 tokio::select! {
                     () = stop.cancelled() => {
                         running.stop().await;
