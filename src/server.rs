@@ -96,7 +96,7 @@ pub async fn run(
         silence: setup.limits.link_silence(),
         heartbeat: setup.limits.link_heartbeat(),
     };
-    let stats = Arc::new(ServerStats::default());
+    let stats = Arc::new(ServerStats::new(setup.neighbours.len()));
     let links = Arc::new(Links::new(
         &setup.name,
         setup.neighbours,

@@ -14,6 +14,32 @@ use super::Clients;
 use super::handler::{Answered, handle};
 use crate::log::MessageLines;
 use crate::protocol::framing::{Frame, LineFramer};
+use crate::stats::{Command, ServerStats};
+
+/// The lines answered since replies were last written, by command, and
+/// when the bytes they came in were read: a line's latency runs from that
+/// read to the write of its reply, counted once per batch.
+struct Unreplied {
+    read_at: std::time::Instant,
+    lines: [u64; Command::ALL.len()],
+}
+
+impl Unreplied {
+    fn answered(&mut self, command: Command) {
+        self.lines[command as usize] += 1;
+    }
+
+    /// The replies were written: times every line answered since.
+    fn replied(&mut self, stats: &ServerStats) {
+        let took = self.read_at.elapsed();
+        for command in Command::ALL {
+            stats
+                .latency(command)
+                .observe_many(took, self.lines[command as usize]);
+        }
+        self.lines = [0; Command::ALL.len()];
+    }
+}
 
 /// Serves one client connection until it closes, idles out or the server
 /// stops.
@@ -36,6 +62,10 @@ pub async fn serve(
     // line they hold (they arrived together), from which IAMAT's skew is
     // counted. One clock reading per read, not per line.
     let mut received = now_nanos();
+    let mut unreplied = Unreplied {
+        read_at: std::time::Instant::now(),
+        lines: [0; Command::ALL.len()],
+    };
     // One idle timer and one shutdown waiter for the connection's life,
     // rather than a new one registered and dropped at every read: the
     // timer is moved on only when it fires early (lines came meanwhile).
@@ -48,16 +78,19 @@ pub async fn serve(
         let mut log = MessageLines::start();
         while let Some(frame) = framer.next_frame() {
             answered = true;
-            answer(clients, frame, received, &address_text, &mut out, &mut log).await;
+            let command = answer(clients, frame, received, &address_text, &mut out, &mut log).await;
+            unreplied.answered(command);
             // A client that does not read its replies stops being read.
             if out.len() >= limits.max_unsent_bytes {
                 log.restamp();
                 reply(clients, &mut stream, &mut out, idle).await?;
+                unreplied.replied(&clients.stats);
             }
         }
         drop(log);
         if !out.is_empty() {
             reply(clients, &mut stream, &mut out, idle).await?;
+            unreplied.replied(&clients.stats);
         }
         // Idle means no complete line (bytes alone do not count: a slowloris
         // client is cut off too); one clock reading per batch of lines.
@@ -96,13 +129,19 @@ pub async fn serve(
                 // EOF: answer what is left, then close.
                 if let Some(frame) = framer.finish() {
                     let mut log = MessageLines::start();
-                    answer(clients, frame, received, &address_text, &mut out, &mut log).await;
+                    let command =
+                        answer(clients, frame, received, &address_text, &mut out, &mut log).await;
+                    unreplied.answered(command);
                     drop(log);
                     reply(clients, &mut stream, &mut out, idle).await?;
+                    unreplied.replied(&clients.stats);
                 }
                 break;
             }
-            Ok(_) => received = now_nanos(),
+            Ok(_) => {
+                received = now_nanos();
+                unreplied.read_at = std::time::Instant::now();
+            }
             Err(error) => return Err(error),
         }
     }
@@ -130,7 +169,7 @@ async fn reply(
     Ok(())
 }
 
-/// Answers one line into `out` and logs both.
+/// Answers one line into `out` and logs both; says what the line was.
 async fn answer(
     clients: &Clients,
     frame: Frame,
@@ -138,7 +177,7 @@ async fn answer(
     address: &str,
     out: &mut Vec<u8>,
     log: &mut MessageLines,
-) {
+) -> Command {
     match &frame {
         Frame::Line(line) => log.line(&["address=", address, " received: "], line),
         Frame::TooLong(head) => log.line(
@@ -168,6 +207,7 @@ async fn answer(
             } else {
                 log.line_with_tail(&head, &at_line, &["\\n", &rendered.logged, "\\n"]);
             }
+            Command::Whatsat
         }
         Answered::Places { at_line, rendered } => {
             // A remote provider's answer, maybe seconds later.
@@ -177,13 +217,15 @@ async fn answer(
                 &at_line,
                 &["\\n", &rendered.logged, "\\n"],
             );
+            Command::Whatsat
         }
-        Answered::Line => {
+        Answered::Line(command) => {
             let reply = &out[start..];
             log.line(
                 &["address=", address, " sent: "],
                 reply.strip_suffix(b"\n").unwrap_or(reply),
             );
+            command
         }
     }
 }

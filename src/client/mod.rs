@@ -72,6 +72,7 @@ pub async fn accept(
             if let Err(error) = connection::serve(&clients, stream, address, &shutdown).await {
                 debug!(%address, %error, "client connection ended with an error");
             }
+            clients.stats.connections_closed.bump();
             drop((permit, slot));
         });
     }
