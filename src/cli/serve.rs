@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use herd::config::SECRET_ENV;
-use herd::server::{self, ServerSetup};
+use herd::server::{self, Listeners, ServerSetup};
 
 use super::{HerdArgs, server_runtime};
 
@@ -38,8 +38,19 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
                 server_config.peer
             )
         })?;
+        let admin = match &server_config.admin {
+            Some(address) => Some(listen(address).await.with_context(|| {
+                format!("{name}: cannot listen for the admin port on {address}")
+            })?),
+            None => None,
+        };
         tokio::spawn(on_signal);
-        server::run(setup, client, peer, shutdown).await?;
+        let listeners = Listeners {
+            client,
+            peer,
+            admin,
+        };
+        server::serve(setup, listeners, shutdown).await?;
         Ok(())
     })
 }

@@ -53,10 +53,11 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
             loop {
                 if TcpStream::connect(&server.client).await.is_ok() {
                     println!(
-                        "{:<10} clients {:<21} peers {:<21} log {}",
+                        "{:<10} clients {:<21} peers {:<21} admin {:<21} log {}",
                         server.name,
                         server.client,
                         server.peer,
+                        server.admin.as_deref().unwrap_or("-"),
                         config
                             .log_dir
                             .join(format!("{}.log", server.name))

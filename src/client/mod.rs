@@ -26,7 +26,7 @@ pub struct Clients {
     /// The server's name, which its AT lines carry.
     pub name: String,
     pub replica: Arc<Replica>,
-    pub answers: Answers,
+    pub answers: Arc<Answers>,
     pub limits: Limits,
     pub stats: Arc<ServerStats>,
 }
