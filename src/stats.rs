@@ -160,15 +160,7 @@ impl Histogram {
 
     /// The histogram as read now.
     pub fn snapshot(&self) -> HistogramCounts {
-        let mut cumulative = 0;
-        let buckets = self
-            .buckets
-            .iter()
-            .map(|bucket| {
-                cumulative += bucket.get();
-                cumulative
-            })
-            .collect();
+        let buckets = self.buckets.iter().map(Counter::get).collect();
         HistogramCounts {
             buckets,
             sum_seconds: self.sum_nanos.get() as f64 / 1e9,
@@ -179,8 +171,9 @@ impl Histogram {
 /// A [`Histogram`] read at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HistogramCounts {
-    /// Cumulative counts: observations up to each bound of
-    /// [`BUCKET_BOUNDS_NANOS`], then all of them.
+    /// Observations in each bucket: up to the first bound of
+    /// [`BUCKET_BOUNDS_NANOS`], then above one bound up to the next, then
+    /// above the last.
     pub buckets: Vec<u64>,
     pub sum_seconds: f64,
 }
@@ -188,10 +181,11 @@ pub struct HistogramCounts {
 impl HistogramCounts {
     /// How many observations there were.
     pub fn count(&self) -> u64 {
-        self.buckets.last().copied().unwrap_or(0)
+        self.buckets.iter().sum()
     }
 
-    /// (upper bound in seconds, cumulative count) per bucket, `+Inf` last.
+    /// (upper bound in seconds, count in the bucket) per bucket, `+Inf`
+    /// last, as the encoders take them (they add them up).
     pub fn bounded(&self) -> Vec<(f64, u64)> {
         BUCKET_BOUNDS_NANOS
             .iter()
@@ -521,10 +515,10 @@ mod tests {
         let counts = histogram.snapshot();
         let bounded = counts.bounded();
         assert_eq!(bounded[0], (0.00005, 1));
-        assert_eq!(bounded[1], (0.0001, 2));
-        assert_eq!(bounded[6], (0.005, 4), "3 ms is under 5 ms");
-        assert_eq!(bounded[16].1, 4, "60 s is above 10 s");
-        assert_eq!(bounded[17], (f64::INFINITY, 5));
+        assert_eq!(bounded[1], (0.0001, 1));
+        assert_eq!(bounded[6], (0.005, 2), "3 ms is under 5 ms");
+        assert_eq!(bounded[16].1, 0, "60 s is above 10 s");
+        assert_eq!(bounded[17], (f64::INFINITY, 1));
         assert_eq!(counts.count(), 5);
         assert!((counts.sum_seconds - 60.006101).abs() < 1e-9);
     }
