@@ -8,6 +8,7 @@
 #       [--loads LIST] [--duration S] [--warmup S] [--conns N] [--depth D]
 #       [--rate R] [--whatsat-rate R] [--samples N] [--launches N]
 #       [--fill-clients N] [--fill-baselines] [--idle N] [--no-build]
+#       [--charts DIR]
 #
 # BASELINES_DIR holds asyncio_herd.py, node_herd.js and fake_places.py (the
 # shared baselines folder). Each measurement starts the contender afresh on
@@ -32,12 +33,15 @@
 # --fill-baselines  run the memory load on the baselines too (slow)
 # --idle N        idle connections of the idle load (20000; fewer if the
 #                 open-file limit does not allow them, with a note)
+# --charts DIR    where to write the charts, throughput.svg (herd against
+#                 the baselines, per load) and propagation.svg (propagation
+#                 latency by percentile): target/bench-compare by default
 #
 # Environment: HERD_BENCH and HERD_BIN override the binaries (else they are
 # built with cargo); BENCH_THREADS sets herd-bench --threads (default 1).
 set -uo pipefail
 
-usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 COMMAND_LINE="scripts/bench-compare.sh $*"
 ALL_LOADS="iamat-herd,iamat-herd-spread,iamat-rate,iamat-single,propagate,whatsat-geonames,whatsat-geonames-rate,whatsat-google,whatsat-google-nocache,startup,fill,idle"
@@ -57,6 +61,7 @@ FILL_BASELINES=0
 IDLE=20000
 OUT=""
 UPDATE_DOC=""
+CHARTS=""
 BUILD=1
 CONTENDERS="herd,asyncio,node,echo"
 LOADS="$ALL_LOADS"
@@ -79,6 +84,7 @@ while (($#)); do
         --idle) IDLE="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --update-doc) UPDATE_DOC="$2"; shift 2 ;;
+        --charts) CHARTS="$2"; shift 2 ;;
         --contenders) CONTENDERS="$2"; shift 2 ;;
         --loads) LOADS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -100,6 +106,8 @@ if [[ -n $UPDATE_DOC ]] && ! grep -q '^<!-- bench-compare:begin -->$' "$UPDATE_D
     exit 2
 fi
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CHARTS="${CHARTS:-$ROOT/target/bench-compare}"
+mkdir -p "$CHARTS" && CHARTS="$(cd "$CHARTS" && pwd)" || { echo "cannot make $CHARTS" >&2; exit 2; }
 BENCH_THREADS="${BENCH_THREADS:-1}"
 
 say() { echo "bench-compare: $*" >&2; }
@@ -113,7 +121,11 @@ load_wanted() { [[ ",$LOADS," == *",$1,"* ]]; }
 if [[ -z ${HERD_BENCH:-} ]]; then
     HERD_BENCH="$ROOT/target/release/herd-bench"
     if ((BUILD)); then
-        (cd "$ROOT" && cargo build --release --bin herd-bench) >&2 \
+        # The load tool is the workspace's bench/ package; its binary lands
+        # in the workspace's target/ like herd's. Both are built with the
+        # whole workspace's features (--workspace), as `cargo run --release`
+        # builds herd, so that neither command builds herd a second time.
+        (cd "$ROOT" && cargo build --release --workspace --bin herd-bench) >&2 \
             || { say "herd-bench does not build"; exit 1; }
     fi
 fi
@@ -121,7 +133,7 @@ fi
 if wants herd && [[ -z ${HERD_BIN:-} ]]; then
     HERD_BIN="$ROOT/target/release/herd"
     if ((BUILD)); then
-        (cd "$ROOT" && cargo build --release --bin herd) >&2 || note "herd does not build"
+        (cd "$ROOT" && cargo build --release --workspace --bin herd) >&2 || note "herd does not build"
     fi
 fi
 if wants herd && [[ ! -x ${HERD_BIN:-} ]]; then
@@ -150,6 +162,7 @@ fi
 WORK="$(mktemp -d /tmp/bench-compare.XXXXXX)"
 RESULTS="$WORK/results.tsv"
 STEAL="$WORK/steal.tsv"   # per herd-bench run: row, contender, run, % of CPU time stolen
+PROPAGATION="$WORK/propagation.tsv"   # per propagation run: contender, percentile, ms
 : >"$RESULTS"
 # Private copies, so that a rebuild during the session changes nothing.
 mkdir "$WORK/bin"
@@ -377,9 +390,9 @@ bench() {
         return 1
     fi
     printf '%s\n' "$json" >"$WORK/last.json"
-    python3 - "$row" "$contender" "$kind" "$RESULTS" "$WORK/last.json" <<'EOF'
+    python3 - "$row" "$contender" "$kind" "$RESULTS" "$WORK/last.json" "$PROPAGATION" <<'EOF'
 import json, sys
-row, contender, kind, results, path = sys.argv[1:]
+row, contender, kind, results, path, propagation = sys.argv[1:]
 d = json.load(open(path))
 ms = lambda summary, key: summary[key] / 1000
 if kind == "load":
@@ -399,6 +412,11 @@ elif kind == "prop":
                ("IAMAT round trip p50 (ms)", ms(d["iamat_latency_us"], "p50")),
                ("IAMAT round trip p99 (ms)", ms(d["iamat_latency_us"], "p99")),
                ("mean time between polls (ms)", t["mean_poll_interval_us"] / 1000)]
+    # The whole distribution, for the chart only.
+    with open(propagation, "a") as f:
+        for key, label in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"),
+                           ("p99_9", "p99.9"), ("max", "max")):
+            f.write("%s\t%s\t%r\n" % (contender, label, ms(t["latency_us"], key)))
 elif kind == "startup":
     figures = [("launch to accepting, p50 (ms)", ms(d["accepting_us"], "p50")),
                ("launch to accepting, worst (ms)", ms(d["accepting_us"], "max")),
@@ -788,6 +806,58 @@ EOF
 } >"$REPORT"
 cat "$REPORT"
 [[ -n $OUT ]] && cp "$REPORT" "$OUT"
+
+# ------------------------------------------------------------------ charts
+
+# The medians of the table, as herd-bench chart reads them (group, series,
+# value): throughput per load and contender, and propagation latency per
+# percentile and contender.
+python3 - "$RESULTS" "$PROPAGATION" "$WORK/throughput.chart" "$WORK/propagation.chart" <<'EOF'
+import statistics, sys
+results, propagation, throughput_out, propagation_out = sys.argv[1:]
+NAMES = {"herd": "herd", "asyncio": "asyncio", "node": "node", "echo": "loopback limit"}
+METRICS = {"throughput (req/s)": "", "throughput until held by all (req/s)": ", until held by all"}
+def medians(rows):
+    values = {}
+    for key, contender, value in rows:
+        values.setdefault(key, {}).setdefault(contender, []).append(value)
+    return [(key, contender, statistics.median(v))
+            for key, by in values.items() for contender in NAMES if (v := by.get(contender))]
+def throughput():
+    for line in open(results):
+        row, metric, contender, value = line.rstrip("\n").split("\t")
+        if metric in METRICS and float(value) > 0:
+            yield row + METRICS[metric], contender, float(value)
+def latency():
+    try:
+        for line in open(propagation):
+            contender, percentile, value = line.rstrip("\n").split("\t")
+            yield percentile, contender, float(value)
+    except FileNotFoundError:
+        return
+for rows, out in ((throughput(), throughput_out), (latency(), propagation_out)):
+    with open(out, "w") as f:
+        for group, contender, value in medians(rows):
+            f.write("%s\t%s\t%r\n" % (group, NAMES[contender], value))
+EOF
+CHARTED=()
+# Each contender keeps its colour whoever took part.
+SERIES=(--series "herd,asyncio,node,loopback limit")
+if [[ -s $WORK/throughput.chart ]] && "$HERD_BENCH" chart "${SERIES[@]}" --log --unit req/s \
+    --title "Throughput: herd against the baselines (medians of $RUNS run(s))" \
+    <"$WORK/throughput.chart" >"$CHARTS/throughput.svg"; then
+    CHARTED+=(throughput.svg)
+fi
+if [[ -s $WORK/propagation.chart ]] && "$HERD_BENCH" chart "${SERIES[@]}" --unit ms \
+    --title "Propagation Hill -> Campbell, light load: latency by percentile (medians of $RUNS run(s))" \
+    <"$WORK/propagation.chart" >"$CHARTS/propagation.svg"; then
+    CHARTED+=(propagation.svg)
+fi
+if ((${#CHARTED[@]})); then
+    say "charts in $CHARTS: ${CHARTED[*]}"
+else
+    say "no charts: no throughput or propagation figures in this run"
+fi
 if [[ -n $UPDATE_DOC ]]; then
     python3 - "$UPDATE_DOC" "$REPORT" <<'EOF'
 import sys

@@ -24,16 +24,16 @@ impl Secret {
         mac
     }
 
-    /// The tag of a hello from `from` to `to`, over the dialler's run and
+    /// The MAC of a hello from `from` to `to`, over the dialler's run and
     /// both nonces (the listener's challenge first).
-    pub fn hello_tag(
+    fn hello_mac(
         &self,
         from: &str,
         to: &str,
         run: &str,
         nonce_b: &[u8],
         nonce_a: &[u8],
-    ) -> [u8; 32] {
+    ) -> HmacSha256 {
         self.mac(&[
             b"hello",
             from.as_bytes(),
@@ -42,9 +42,21 @@ impl Secret {
             nonce_b,
             nonce_a,
         ])
-        .finalize()
-        .into_bytes()
-        .into()
+    }
+
+    /// The tag of a hello from `from` to `to`.
+    pub fn hello_tag(
+        &self,
+        from: &str,
+        to: &str,
+        run: &str,
+        nonce_b: &[u8],
+        nonce_a: &[u8],
+    ) -> [u8; 32] {
+        self.hello_mac(from, to, run, nonce_b, nonce_a)
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Whether `tag` is the tag of that hello (compared in constant time).
@@ -56,16 +68,9 @@ impl Secret {
         (nonce_b, nonce_a): (&[u8], &[u8]),
         tag: &[u8],
     ) -> bool {
-        self.mac(&[
-            b"hello",
-            from.as_bytes(),
-            to.as_bytes(),
-            run.as_bytes(),
-            nonce_b,
-            nonce_a,
-        ])
-        .verify_slice(tag)
-        .is_ok()
+        self.hello_mac(from, to, run, nonce_b, nonce_a)
+            .verify_slice(tag)
+            .is_ok()
     }
 
     fn welcome_mac(

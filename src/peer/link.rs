@@ -453,6 +453,17 @@ mod tests {
         assert_eq!(held.oldest(), None);
     }
 
+    /// Polls `sender` with no link-state lines waiting.
+    fn poll(
+        sender: &mut Sender,
+        store: &Store,
+        routes: &Routes,
+        now: Instant,
+        frame: &mut Vec<u8>,
+    ) -> Step {
+        sender.poll(store, routes, now, &mut Vec::new(), frame, |_| {})
+    }
+
     fn triangle_routes_at_a() -> Routes {
         let herd = [("A", vec!["B", "C"]), ("B", vec!["C"]), ("C", vec![])];
         Routes::configured("A", &["B", "C"], &herd)
@@ -479,13 +490,13 @@ mod tests {
         let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
         let store = replica.store();
         let t0 = Instant::now();
-        let (mut frame, mut control) = (Vec::new(), Vec::new());
+        let mut frame = Vec::new();
         let mut to_c = Sender::new(1, 0, 0);
         let from_b = at_line("B", "kiwi", "5");
         replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
             Timestamp::parse(b"5")
         });
-        let step = to_c.poll(store, &routes, t0, &mut control, &mut frame, |_| {});
+        let step = poll(&mut to_c, store, &routes, t0, &mut frame);
         assert_eq!(
             step,
             Step::Frame {
@@ -500,7 +511,7 @@ mod tests {
             ["C 0"],
             "not complete past a held report"
         );
-        let step = to_c.poll(store, &routes, t0, &mut control, &mut frame, |_| {});
+        let step = poll(&mut to_c, store, &routes, t0, &mut frame);
         assert_eq!(
             step,
             Step::Idle {
@@ -508,14 +519,7 @@ mod tests {
             }
         );
         assert_eq!(to_c.held(), 1);
-        let step = to_c.poll(
-            store,
-            &routes,
-            t0 + LAZY_HOLD,
-            &mut control,
-            &mut frame,
-            |_| {},
-        );
+        let step = poll(&mut to_c, store, &routes, t0 + LAZY_HOLD, &mut frame);
         assert_eq!(
             step,
             Step::Frame {
@@ -531,7 +535,7 @@ mod tests {
             Timestamp::parse(b"6")
         });
         let t1 = t0 + LAZY_HOLD * 2;
-        to_c.poll(store, &routes, t1, &mut control, &mut frame, |_| {});
+        poll(&mut to_c, store, &routes, t1, &mut frame);
         assert_eq!(lines(&frame, b'H'), ["H pear 6"]);
         let receiver = Receiver::new(1, 9);
         receiver.frame(
@@ -541,14 +545,7 @@ mod tests {
             |_| {},
             |_| panic!("well-formed"),
         );
-        let step = to_c.poll(
-            store,
-            &routes,
-            t1 + LAZY_HOLD,
-            &mut control,
-            &mut frame,
-            |_| {},
-        );
+        let step = poll(&mut to_c, store, &routes, t1 + LAZY_HOLD, &mut frame);
         assert_eq!(step, Step::Idle { until: None });
         // The heartbeat still tells C how far it is complete.
         to_c.heartbeat(&mut frame);
@@ -574,18 +571,11 @@ mod tests {
             Timestamp::parse(b"5")
         });
         let now = Instant::now();
-        let (mut frame, mut control) = (Vec::new(), Vec::new());
+        let mut frame = Vec::new();
         let mut to_c = Sender::new(1, 0, 0);
         // C holds it already: no payload and no hold, only the announcement
         // that spares C its own hold for us.
-        let step = to_c.poll(
-            replica.store(),
-            &routes,
-            now,
-            &mut control,
-            &mut frame,
-            |_| {},
-        );
+        let step = poll(&mut to_c, replica.store(), &routes, now, &mut frame);
         assert_eq!(
             step,
             Step::Frame {
@@ -595,14 +585,7 @@ mod tests {
         );
         assert_eq!(lines(&frame, b'H'), ["H kiwi 5"]);
         assert!(lines(&frame, b'U').is_empty());
-        let step = to_c.poll(
-            replica.store(),
-            &routes,
-            now,
-            &mut control,
-            &mut frame,
-            |_| {},
-        );
+        let step = poll(&mut to_c, replica.store(), &routes, now, &mut frame);
         assert_eq!(step, Step::Idle { until: None });
     }
 
@@ -613,10 +596,11 @@ mod tests {
         let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
         let (mut frame, mut control) = (Vec::new(), b"L A 3 B\n".to_vec());
         let mut to_b = Sender::new(0, 0, 0);
+        let now = Instant::now();
         let step = to_b.poll(
             replica.store(),
             &routes,
-            Instant::now(),
+            now,
             &mut control,
             &mut frame,
             |_| {},
@@ -656,17 +640,13 @@ mod tests {
             ));
         }
         let now = Instant::now();
-        let (mut frame, mut control) = (Vec::new(), Vec::new());
+        let mut frame = Vec::new();
         let mut sent = 0;
         let mut to_b = Sender::new(0, 0, replica.store().head());
-        let step = to_b.poll(
-            replica.store(),
-            &routes,
-            now,
-            &mut control,
-            &mut frame,
-            |_| sent += 1,
-        );
+        let mut none = Vec::new();
+        let step = to_b.poll(replica.store(), &routes, now, &mut none, &mut frame, |_| {
+            sent += 1
+        });
         assert_eq!(
             step,
             Step::Frame {
@@ -675,14 +655,7 @@ mod tests {
             }
         );
         assert_eq!(sent, BATCH);
-        let step = to_b.poll(
-            replica.store(),
-            &routes,
-            now,
-            &mut control,
-            &mut frame,
-            |_| {},
-        );
+        let step = poll(&mut to_b, replica.store(), &routes, now, &mut frame);
         assert_eq!(
             step,
             Step::Frame {
@@ -692,14 +665,7 @@ mod tests {
         );
         assert!(wire::payload(&frame).ends_with(format!("C {}\n", BATCH + 10).as_bytes()));
         assert_eq!(
-            to_b.poll(
-                replica.store(),
-                &routes,
-                now,
-                &mut control,
-                &mut frame,
-                |_| {}
-            ),
+            poll(&mut to_b, replica.store(), &routes, now, &mut frame),
             Step::Idle { until: None }
         );
     }

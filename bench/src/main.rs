@@ -17,31 +17,23 @@
 //!     herd-bench conns --addr 127.0.0.1:12000 --idle 20000 --pid "$SERVER_PID"
 //!     herd-bench fill --addr 127.0.0.1:12000 --clients 1000000 --pid "$SERVER_PID"
 //!     herd-bench startup --addr 127.0.0.1:12000 --launches 10 -- herd serve Hill
+//!     herd-bench chart --title "IAMAT throughput" --unit req/s --log <figures.tsv >chart.svg
 //!
 //! Every run stops by itself; `--json` prints one JSON object instead of a
 //! table; the exit status is non-zero when any reply was invalid, missing,
 //! or a connection failed. A server's memory and open files (`--pid`) are
 //! read from `/proc`, so those figures need the server on this machine.
 
-#[path = "herd_bench/conns.rs"]
+mod chart;
 mod conns;
-#[path = "herd_bench/echo.rs"]
 mod echo;
-#[path = "herd_bench/fill.rs"]
 mod fill;
-#[path = "herd_bench/line.rs"]
 mod line;
-#[path = "herd_bench/load.rs"]
 mod load;
-#[path = "herd_bench/process.rs"]
 mod process;
-#[path = "herd_bench/propagate.rs"]
 mod propagate;
-#[path = "herd_bench/reply.rs"]
 mod reply;
-#[path = "herd_bench/startup.rs"]
 mod startup;
-#[path = "herd_bench/stats.rs"]
 mod stats;
 
 use std::process::ExitCode;
@@ -195,6 +187,23 @@ enum Command {
         /// The server command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Draws a grouped bar chart as SVG on standard output, from lines
+    /// `group<TAB>series<TAB>value` on standard input (one bar per series
+    /// in each group; `scripts/bench-compare.sh` draws its charts so).
+    Chart {
+        #[arg(long)]
+        title: String,
+        /// The values' unit, written after each value and on the axis.
+        #[arg(long, default_value = "")]
+        unit: String,
+        /// A logarithmic axis, for values that differ by orders of magnitude.
+        #[arg(long)]
+        log: bool,
+        /// Series in the order they take, and so their colours (comma
+        /// separated), whether or not each has values; others follow.
+        #[arg(long, value_delimiter = ',')]
+        series: Vec<String>,
     },
     /// Helper of `conns`: holds idle connections until standard input ends.
     #[command(hide = true)]
@@ -425,6 +434,25 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             // threads sleep more precisely than the runtime's timer.
             let report = startup::run(config)?;
             (report.ok(), report.to_json(), report.to_table())
+        }
+        Command::Chart {
+            title,
+            unit,
+            log,
+            series,
+        } => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+                .context("reading the figures from standard input")?;
+            let chart = chart::Chart {
+                title,
+                unit,
+                log,
+                series,
+                points: chart::parse_points(&input)?,
+            };
+            print!("{}", chart::render(&chart)?);
+            return Ok(true);
         }
         Command::Hold {
             addr,

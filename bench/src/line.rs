@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use crate::reply::{Kind, reply_end};
+use crate::reply::{ClientTime, Kind, reply_end};
 
 /// Resolves `HOST:PORT`, refusing anything outside the loopback range
 /// unless `allow_remote` (load is only ever meant for this machine).
@@ -32,6 +32,18 @@ pub fn unix_nanos() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_nanos())
         .unwrap_or(0)
+}
+
+/// The wall clock as a client time (without `unix_nanos`'s 128-bit
+/// division: the load reads it for every batch of requests).
+pub fn wall_clock() -> ClientTime {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| ClientTime {
+            secs: since.as_secs(),
+            nanos: since.subsec_nanos(),
+        })
+        .unwrap_or_default()
 }
 
 /// A short id that makes client ids differ between runs of this tool.

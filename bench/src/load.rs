@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
-use crate::line::{LineConn, run_id, unix_nanos};
+use crate::line::{LineConn, run_id, unix_nanos, wall_clock};
 use crate::reply::{self, Client, ClientTime, Clock, Kind};
 use crate::stats::{Batch, Shards, Summary};
 
@@ -632,8 +632,9 @@ struct Connection {
     /// The last IAMAT acknowledged: which client, and its time.
     last_acked: Option<(usize, ClientTime)>,
     clock: Clock,
-    /// The client time the location was seeded with (WHATSAT).
-    seeded: Option<ClientTime>,
+    /// What the AT line of every WHATSAT answer echoes: the client's
+    /// fields as seeded (WHATSAT).
+    seeded: Option<Vec<u8>>,
     /// The last places JSON checked on this connection, and its status.
     checked: reply::CheckedJson,
 }
@@ -714,7 +715,7 @@ async fn open_one(
                 reply::sample(&reply)
             );
         }
-        seeded = Some(time);
+        seeded = Some(client.echo(time).into_bytes());
     }
     Ok(Connection {
         index,
@@ -740,34 +741,109 @@ struct Pending {
     time: ClientTime,
     /// Which of the connection's clients it reported (IAMAT).
     client: usize,
+    /// The length of its fields in `Sent::echoes` (IAMAT).
+    echo_len: usize,
 }
 
-/// Appends the next request to `out` and remembers it as pending.
-fn queue(
-    connection: &mut Connection,
-    request: &Request,
-    pending: &mut VecDeque<Pending>,
-    out: &mut String,
-    intended: Instant,
-    now: Instant,
-) {
-    let time = connection.clock.next(unix_nanos());
-    let client = connection.turn;
-    match request {
-        Request::Iamat { .. } => {
-            connection.turn = (client + 1) % connection.clients;
-            connection.reporting(client).write_iamat(time, out);
+/// The requests of one connection sent and not yet answered, in order.
+#[derive(Default)]
+struct Sent {
+    pending: VecDeque<Pending>,
+    /// The fields each pending IAMAT sent, one after another from
+    /// `echo_start`: what its AT reply must end with.
+    echoes: Vec<u8>,
+    echo_start: usize,
+}
+
+impl Sent {
+    /// Appends the next request to `out` and remembers it as pending.
+    /// `wall` is the wall clock, read once for the whole batch.
+    fn queue(
+        &mut self,
+        connection: &mut Connection,
+        request: &Request,
+        out: &mut String,
+        wall: ClientTime,
+        intended: Instant,
+        now: Instant,
+    ) {
+        let time = connection.clock.next_at(wall);
+        let client = connection.turn;
+        let mut echo_len = 0;
+        match request {
+            Request::Iamat { .. } => {
+                connection.turn = (client + 1) % connection.clients;
+                let start = out.len();
+                connection.reporting(client).write_iamat(time, out);
+                // Its fields: the line less "IAMAT " and the newline.
+                let fields = &out.as_bytes()[start + "IAMAT ".len()..out.len() - 1];
+                self.echoes.extend_from_slice(fields);
+                echo_len = fields.len();
+            }
+            Request::Whatsat { radius_km, bound } => {
+                connection.client.write_whatsat(radius_km, *bound, out)
+            }
         }
-        Request::Whatsat { radius_km, bound } => {
-            connection.client.write_whatsat(radius_km, *bound, out)
+        self.pending.push_back(Pending {
+            intended,
+            queued: now,
+            time,
+            client,
+            echo_len,
+        });
+    }
+
+    /// The oldest pending request, taken, and the fields its reply echoes.
+    fn answered(&mut self) -> Option<(Pending, &[u8])> {
+        let sent = self.pending.pop_front()?;
+        let echo = self.echo_start..self.echo_start + sent.echo_len;
+        self.echo_start = echo.end;
+        Some((sent, &self.echoes[echo]))
+    }
+
+    /// Lets go of the fields of answered requests (after a batch of them).
+    fn forget_answered(&mut self) {
+        if self.pending.is_empty() {
+            self.echoes.clear();
+            self.echo_start = 0;
+        } else if self.echo_start > 16 * 1024 {
+            self.echoes.drain(..self.echo_start);
+            self.echo_start = 0;
         }
     }
-    pending.push_back(Pending {
-        intended,
-        queued: now,
-        time,
-        client,
+
+    fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// Reads what `stream` holds into the spare capacity of `input`.
+///
+/// A read that leaves room in the buffer has emptied the socket, so its
+/// readiness is cleared there and then, as tokio's own `poll_read` does:
+/// the next wait is for new bytes. (`try_read` clears it only when a read
+/// would block, which cost a second `recvfrom` that found nothing after
+/// every batch of replies.) The readiness cleared is the one the read
+/// started from: bytes that arrive meanwhile set it again.
+fn read_available(stream: &TcpStream, input: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut drained = None;
+    let read = stream.try_io(Interest::READABLE, || {
+        let room = input.capacity() - input.len();
+        let read = stream.try_read_buf(input)?;
+        if read > 0 && read < room {
+            drained = Some(read);
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(read)
     });
+    match drained {
+        Some(read) => Ok(read),
+        None => read,
+    }
 }
 
 /// Drives one connection until the end of the run, then waits for the
@@ -797,7 +873,7 @@ async fn drive_inner(
     let mut input: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut in_start = 0;
     let mut scanned = 0;
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut pending = Sent::default();
     let mut latency = Batch::new(connection.index, &plan.latency);
     let mut service = Batch::new(connection.index, &plan.service);
     // Request `k` of this connection is request `k * conns + index` of the
@@ -819,19 +895,22 @@ async fn drive_inner(
         let sending = now < plan.end;
         if sending {
             match plan.interval {
-                None => {
+                None if pending.len() < plan.depth => {
+                    let wall = wall_clock();
                     while pending.len() < plan.depth {
-                        queue(connection, &plan.request, &mut pending, &mut out, now, now);
+                        pending.queue(connection, &plan.request, &mut out, wall, now, now);
                         stats.sent += 1;
                     }
                 }
-                Some(_) => {
+                None => {}
+                Some(_) if next_intended <= now && pending.len() < plan.open_loop_cap => {
+                    let wall = wall_clock();
                     while next_intended <= now && pending.len() < plan.open_loop_cap {
-                        queue(
+                        pending.queue(
                             connection,
                             &plan.request,
-                            &mut pending,
                             &mut out,
+                            wall,
                             next_intended,
                             now,
                         );
@@ -840,6 +919,7 @@ async fn drive_inner(
                         next_intended = intended_at(sent_here);
                     }
                 }
+                Some(_) => {}
             }
         } else if pending.is_empty() {
             break Ok(());
@@ -895,7 +975,7 @@ async fn drive_inner(
         if input.capacity() - input.len() < 16 * 1024 {
             input.reserve(64 * 1024);
         }
-        let closed = match connection.stream.try_read_buf(&mut input) {
+        let closed = match read_available(&connection.stream, &mut input) {
             Ok(0) => true,
             Ok(_) => false,
             Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
@@ -908,18 +988,14 @@ async fn drive_inner(
             let reply = &input[in_start..in_start + len];
             in_start += len;
             stats.replies += 1;
-            let Some(sent) = pending.pop_front() else {
+            let Some((sent, echoed)) = pending.answered() else {
                 stats.invalid("a reply to no request", reply);
                 continue;
             };
             let checked = match &plan.request {
                 Request::Iamat { .. } => {
                     let line = &reply[..reply.len() - 1];
-                    let checked = reply::check_iamat_reply(
-                        line,
-                        connection.reporting(sent.client),
-                        sent.time,
-                    );
+                    let checked = reply::check_at_line(line, echoed);
                     if checked.is_ok() {
                         connection.last_acked = Some((sent.client, sent.time));
                     }
@@ -928,17 +1004,12 @@ async fn drive_inner(
                 Request::Whatsat { bound, .. } => {
                     let seeded = connection
                         .seeded
+                        .as_deref()
                         .expect("WHATSAT connections are seeded when opened");
-                    reply::check_whatsat_answer_with(
-                        reply,
-                        &connection.client,
-                        seeded,
-                        *bound,
-                        &mut connection.checked,
-                    )
-                    .map(|status| {
-                        *stats.statuses.entry(status).or_default() += 1;
-                    })
+                    reply::check_whatsat_answer_with(reply, seeded, *bound, &mut connection.checked)
+                        .map(|status| {
+                            *stats.statuses.entry(status).or_default() += 1;
+                        })
                 }
             };
             if let Err(why) = checked {
@@ -952,6 +1023,7 @@ async fn drive_inner(
                 }
             }
         }
+        pending.forget_answered();
         if in_start == input.len() {
             input.clear();
             in_start = 0;
