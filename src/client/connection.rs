@@ -16,11 +16,11 @@ use crate::log::MessageLines;
 use crate::protocol::framing::{Frame, LineFramer};
 use crate::stats::{Command, ServerStats};
 
-/// The lines answered since replies were last written, by command, and
-/// when the bytes they came in were read: a line's latency runs from that
-/// read to the write of its reply, counted once per batch.
+/// The lines answered since replies were last written, by command. A
+/// line's latency runs from the read its bytes came in (the receipt time
+/// IAMAT's skew is counted from) to the write of its reply: one clock
+/// reading per batch of replies.
 struct Unreplied {
-    read_at: std::time::Instant,
     lines: [u64; Command::ALL.len()],
 }
 
@@ -29,9 +29,11 @@ impl Unreplied {
         self.lines[command as usize] += 1;
     }
 
-    /// The replies were written: times every line answered since.
-    fn replied(&mut self, stats: &ServerStats) {
-        let took = self.read_at.elapsed();
+    /// The replies to lines read at `received` were written: times every
+    /// line answered since.
+    fn replied(&mut self, stats: &ServerStats, received: i128) {
+        let nanos = u64::try_from(now_nanos() - received).unwrap_or(0);
+        let took = Duration::from_nanos(nanos);
         for command in Command::ALL {
             stats
                 .latency(command)
@@ -63,7 +65,6 @@ pub async fn serve(
     // counted. One clock reading per read, not per line.
     let mut received = now_nanos();
     let mut unreplied = Unreplied {
-        read_at: std::time::Instant::now(),
         lines: [0; Command::ALL.len()],
     };
     // One idle timer and one shutdown waiter for the connection's life,
@@ -84,13 +85,13 @@ pub async fn serve(
             if out.len() >= limits.max_unsent_bytes {
                 log.restamp();
                 reply(clients, &mut stream, &mut out, idle).await?;
-                unreplied.replied(&clients.stats);
+                unreplied.replied(&clients.stats, received);
             }
         }
         drop(log);
         if !out.is_empty() {
             reply(clients, &mut stream, &mut out, idle).await?;
-            unreplied.replied(&clients.stats);
+            unreplied.replied(&clients.stats, received);
         }
         // Idle means no complete line (bytes alone do not count: a slowloris
         // client is cut off too); one clock reading per batch of lines.
@@ -134,14 +135,11 @@ pub async fn serve(
                     unreplied.answered(command);
                     drop(log);
                     reply(clients, &mut stream, &mut out, idle).await?;
-                    unreplied.replied(&clients.stats);
+                    unreplied.replied(&clients.stats, received);
                 }
                 break;
             }
-            Ok(_) => {
-                received = now_nanos();
-                unreplied.read_at = std::time::Instant::now();
-            }
+            Ok(_) => received = now_nanos(),
             Err(error) => return Err(error),
         }
     }
