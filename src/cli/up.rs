@@ -81,6 +81,27 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        if ready && config.servers.iter().all(|server| server.admin.is_some()) {
+            // What `herd status` checks: every server answers and every
+            // link is up, both ways.
+            let herd = herd::admin::HerdMap::from_config(&config, None);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let view =
+                    herd::admin::status::herd_view(&herd, None, Duration::from_secs(1)).await;
+                match super::status::problems(&view) {
+                    None => {
+                        println!("all {} links are up", view.links.len());
+                        break;
+                    }
+                    Some(problems) if tokio::time::Instant::now() > deadline => {
+                        eprintln!("herd: not healthy after 5 s: {problems}");
+                        break;
+                    }
+                    Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
         if ready {
             println!("herd of {} servers is up; Ctrl-C stops it", children.len());
             let _ = std::io::stdout().flush();
