@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod history;
 pub mod log;
 pub mod peer;
 pub mod places;

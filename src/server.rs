@@ -3,6 +3,7 @@
 //! together.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -12,7 +13,8 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Admin, HerdMap, Sources};
 use crate::client::{self, Clients};
-use crate::config::{HerdConfig, Limits, UnknownServer};
+use crate::config::{HerdConfig, HistoryConfig, Limits, UnknownServer};
+use crate::history::archiver::{self, ArchiverSetup};
 use crate::peer::{Links, Neighbour, Timing};
 use crate::places::Places;
 use crate::places::render::Answers;
@@ -32,6 +34,10 @@ pub struct ServerSetup {
     pub limits: Limits,
     /// Where to keep the store on disk; `None` keeps it in memory only.
     pub storage: Option<StorageSetup>,
+    /// The core database to archive this server's own clients' reports
+    /// to; `None` archives nothing. Needs `storage`: the archive reads the
+    /// store log.
+    pub history: Option<HistoryConfig>,
     /// The herd as configured, for the admin port's view of it.
     pub herd: HerdMap,
 }
@@ -67,7 +73,9 @@ impl ServerSetup {
                 dir: config.storage.data_dir.join(name),
                 durability: config.storage.durability,
                 sync_interval: Duration::from_millis(config.storage.sync_interval_ms),
+                archived: None,
             }),
+            history: config.history.clone(),
             herd: HerdMap::from_config(config, Some(name)),
         })
     }
@@ -142,12 +150,41 @@ pub async fn serve(
         None => None,
     };
     let names = setup.neighbours.iter().map(|n| n.name.clone()).collect();
-    let replica = Arc::new(Replica::open(setup.storage, names).await?);
+    let mut storage = setup.storage;
+    let history = match (setup.history, &mut storage) {
+        (Some(history), Some(storage)) => {
+            let archived = Arc::new(AtomicU64::new(0));
+            storage.archived = Some(archived.clone());
+            Some((history, archived))
+        }
+        (Some(_), None) => {
+            warn!("[history] needs a store on disk to archive from; archiving nothing");
+            None
+        }
+        (None, _) => None,
+    };
+    let replica = Arc::new(Replica::open(storage, names).await?);
+    let stats = Arc::new(ServerStats::new(setup.neighbours.len()));
+    if let Some((config, archived)) = history {
+        archiver::start(
+            ArchiverSetup {
+                server: setup.name.clone(),
+                run: replica.run(),
+                log_dir: replica
+                    .log_dir()
+                    .expect("a replica opened with storage has a log")
+                    .to_owned(),
+                config,
+                archived,
+                stats: stats.clone(),
+            },
+            shutdown.clone(),
+        )?;
+    }
     let timing = Timing {
         silence: setup.limits.link_silence(),
         heartbeat: setup.limits.link_heartbeat(),
     };
-    let stats = Arc::new(ServerStats::new(setup.neighbours.len()));
     let links = Arc::new(Links::new(
         &setup.name,
         setup.neighbours,
@@ -171,6 +208,7 @@ pub async fn serve(
         client = %client_address,
         peer = %peer_address,
         admin = admin.as_ref().map_or("none", |(_, address)| address.as_str()),
+        peer_protocol = crate::peer::PROTOCOL_VERSION,
         "listening"
     );
     links.start(peer_listener, &tasks, &shutdown);
@@ -217,6 +255,8 @@ pub async fn serve(
         updates_stored = s.updates_stored.get(),
         links_up = s.links_up.get(),
         links_down = s.links_down.get(),
+        reports_archived = s.reports_archived.get(),
+        archive_failures = s.archive_failures.get(),
         "stopped"
     );
     Ok(())

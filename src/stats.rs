@@ -262,6 +262,10 @@ pub struct ServerStats {
     /// Times a sending link came up, and went down.
     pub links_up: Counter,
     pub links_down: Counter,
+    /// Reports written to the core database, and rounds of the archiver
+    /// that failed (the database unreachable, locked or refusing).
+    pub reports_archived: Counter,
+    pub archive_failures: Counter,
     /// Per neighbour, in the order the links number them.
     pub neighbours: Vec<NeighbourStats>,
 }

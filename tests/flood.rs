@@ -224,7 +224,7 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
     // Plain lines, as a client of the original herd might send.
     let mut stranger = TcpStream::connect(peer).unwrap();
     let hello = challenge(&mut stranger);
-    assert!(hello.starts_with("HERD-CHALLENGE 1 "), "{hello}");
+    assert!(hello.starts_with("HERD-CHALLENGE 2 "), "{hello}");
     stranger
         .write_all(format!("HERD-PEER Smith\n{forged}\n").as_bytes())
         .unwrap();
@@ -238,7 +238,7 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
     stranger
         .write_all(
             format!(
-                "HERD-HELLO Smith Hill 7 {} {}\n",
+                "HERD-HELLO 2 Smith Hill 7 {} {}\n",
                 "00".repeat(16),
                 "ab".repeat(32)
             )
@@ -270,7 +270,7 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
     }
     // The log is written in the background: wait for the line.
     eventually("Hill to log the refusal", || {
-        herd.log("Hill").contains("peer refused")
+        herd.log("Hill").contains("refused a link from")
     });
 }
 
@@ -302,7 +302,8 @@ fn a_server_with_another_secret_is_refused() {
         .write_all(format!("IAMAT forged +1+1 {}\n", now_text()).as_bytes())
         .unwrap();
     eventually("Hill to refuse the impostor's link", || {
-        herd.log("Hill").contains("failed authentication")
+        herd.log("Hill")
+            .contains("does not share this herd's secret")
     });
     let marker = herd.client("Smith").iamat("marker", "+1+1");
     herd.await_everywhere(ALL, "marker", &marker);

@@ -72,6 +72,7 @@ impl FakeNeighbour {
             secret,
             &[
                 b"hello",
+                b"2",
                 from.as_bytes(),
                 to.as_bytes(),
                 run.as_bytes(),
@@ -80,7 +81,7 @@ impl FakeNeighbour {
             ],
         );
         let hello = format!(
-            "HERD-HELLO {from} {to} {run} {} {}\n",
+            "HERD-HELLO 2 {from} {to} {run} {} {}\n",
             hex(&nonce_a),
             hex(&tag)
         );
@@ -188,7 +189,8 @@ fn a_recorded_session_replayed_is_refused() {
     );
     assert_eq!(hill.at_line_of("recorded").as_deref(), Some(newer.as_str()));
     common::eventually("Hill to log the refusal", || {
-        herd.log("Hill").contains("failed authentication")
+        herd.log("Hill")
+            .contains("claiming to be Smith: authentication failed")
     });
 }
 
@@ -231,6 +233,72 @@ fn a_server_not_configured_as_a_neighbour_is_refused_even_with_the_secret() {
     assert!(FakeNeighbour::join(peer, herd.secret().as_bytes(), "Campbell", "Hill").is_none());
     assert!(FakeNeighbour::join(peer, herd.secret().as_bytes(), "Smith", "Jaquez").is_none());
     assert!(FakeNeighbour::join(peer, b"wrong secret", "Smith", "Hill").is_none());
+    // Each refusal is told as what it is.
+    for refusal in [
+        ": wrong herd: Campbell is not a neighbour of Hill",
+        " claiming to be Smith: wrong herd: its hello is for Jaquez, and this is Hill",
+        " claiming to be Smith: authentication failed: it does not share this herd's secret",
+    ] {
+        common::eventually(refusal, || herd.log("Hill").contains(refusal));
+    }
+}
+
+/// Reads one handshake line, without its `\n`; empty at the end.
+fn read_line(reader: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    line.trim_end_matches('\n').to_owned()
+}
+
+#[test]
+fn a_hello_of_another_protocol_version_is_refused_and_both_sides_say_so() {
+    // Smith dials Hill speaking a version 3 that Hill does not know: its
+    // hello names it second. Hill refuses and says why; Smith, which has
+    // read Hill's challenge, knows Hill's version for its own log.
+    let herd = hill_alone();
+    let stream = TcpStream::connect(herd.server("Hill").peer).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let challenge = read_line(&mut reader);
+    assert!(challenge.starts_with("HERD-CHALLENGE 2 "), "{challenge}");
+    (&stream).write_all(b"HERD-HELLO 3 Smith Hill\n").unwrap();
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    assert!(!rest.contains("HERD-WELCOME"), "{rest}");
+    let refusal =
+        "claiming to be Smith: protocol version: it speaks peer protocol 3, this server 2";
+    common::eventually("Hill to refuse Smith's version", || {
+        herd.log("Hill").contains(refusal)
+    });
+}
+
+#[test]
+fn a_listener_of_another_protocol_version_is_told_ours_and_both_sides_say_so() {
+    // Hill dials a Smith of version 3: it answers the challenge with a
+    // hello of its own version, so that Smith can say why the link fails,
+    // and says so itself.
+    let mut herd = Herd::configure(PAIR, "");
+    let smith = herd.take_listener("Smith");
+    herd.launch("Hill");
+    let (stream, _) = smith.accept().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (&stream)
+        .write_all(format!("HERD-CHALLENGE 3 {}\n", "00".repeat(16)).as_bytes())
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    assert_eq!(read_line(&mut reader), "HERD-HELLO 2 Hill Smith");
+    assert_eq!(read_line(&mut reader), "", "Hill closes");
+    let warning = format!(
+        "WARN cannot link to Smith at {}: protocol version: Smith speaks peer protocol 3, this server 2",
+        herd.server("Smith").peer
+    );
+    common::eventually("Hill to say Smith speaks another version", || {
+        herd.log("Hill").contains(&warning)
+    });
 }
 
 #[tokio::test(start_paused = true)]

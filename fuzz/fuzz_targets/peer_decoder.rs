@@ -3,7 +3,8 @@
 //! The input is treated as a frame payload as `receive_frames` treats it:
 //! split at `\n`, empty lines skipped, each line a payload line
 //! (`U <seq> <AT line>` or `C <seq>`). Each line also goes through the
-//! handshake parser (`HERD-HELLO ...`) and the AT-line checker on its own.
+//! handshake parsers (`HERD-HELLO ...`, `HERD-CHALLENGE ...`) and the
+//! AT-line checker on its own.
 //! Besides "never panics", it checks that whatever is accepted is
 //! well-formed and means what its text says. See `fuzz/README.md`.
 
@@ -141,15 +142,19 @@ fn check_at_line(line: &[u8]) {
 }
 
 fn check_hello(line: &str) {
+    let _ = herd::peer::wire::parse_challenge(line);
+    if let Some((version, _)) = herd::peer::wire::hello_version(line) {
+        assert!(version.bytes().all(|b| b.is_ascii_digit()), "{line:?}");
+    }
     let Some(hello) = parse_hello(line) else {
         return;
     };
     let parts: Vec<&str> = line.split(' ').collect();
-    assert_eq!(parts.len(), 6);
-    assert_eq!(parts[0], "HERD-HELLO");
+    assert_eq!(parts.len(), 7);
+    assert_eq!((parts[0], parts[1]), ("HERD-HELLO", herd::peer::PROTOCOL_VERSION));
     assert_eq!(
         (hello.from, hello.to, hello.run_text),
-        (parts[1], parts[2], parts[3])
+        (parts[2], parts[3], parts[4])
     );
     assert_eq!(hello.run_text.parse::<u64>().ok(), Some(hello.run));
     assert_eq!(hello.nonce.len(), 16);
@@ -158,7 +163,8 @@ fn check_hello(line: &str) {
     // to the same hello.
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let again = format!(
-        "HERD-HELLO {} {} {} {} {}",
+        "HERD-HELLO {} {} {} {} {} {}",
+        herd::peer::PROTOCOL_VERSION,
         hello.from,
         hello.to,
         hello.run,

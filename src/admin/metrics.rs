@@ -451,6 +451,20 @@ impl Collector for ServerCollector {
             )?;
         }
 
+        // The core database.
+        counter(
+            e,
+            "history_reports_archived",
+            "Reports written to the core database ([history]).",
+            s.reports_archived.get(),
+        )?;
+        counter(
+            e,
+            "history_archive_failures",
+            "Rounds of the archiver that failed.",
+            s.archive_failures.get(),
+        )?;
+
         // The message log (one per process).
         counter(
             e,

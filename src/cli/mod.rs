@@ -1,5 +1,6 @@
 //! The `herd` command line: one module per subcommand, and what they share.
 
+mod history;
 mod places;
 mod serve;
 mod status;
@@ -99,6 +100,44 @@ enum Command {
         #[arg(long, default_value_t = 12000, requires = "servers")]
         base_port: u16,
     },
+    /// A client's archived reports, newest first; or the clients seen near
+    /// a place; or erase a client, from the core database ([history]).
+    ///
+    /// Examples: `herd history kiwi --since 1795300000 --limit 10`;
+    /// `herd history --near 34.07,-118.44 --radius 5 --json`;
+    /// `herd history --forget kiwi`.
+    History {
+        /// The client id whose reports to list.
+        client: Option<String>,
+        /// Only reports whose client time is at or after this POSIX time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only reports whose client time is at or before this POSIX time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Reports listed at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// List the reports within --radius of LAT,LNG instead.
+        #[arg(
+            long,
+            value_name = "LAT,LNG",
+            conflicts_with = "client",
+            allow_hyphen_values = true
+        )]
+        near: Option<String>,
+        /// The radius of --near, in kilometres.
+        #[arg(long = "radius", value_name = "KM", requires = "near")]
+        radius_km: Option<f64>,
+        /// Delete every archived report of this client, and say how many.
+        #[arg(long, alias = "erase", value_name = "CLIENT", conflicts_with_all = ["client", "near"])]
+        forget: Option<String>,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        herd: HerdArgs,
+    },
     /// Work with places data.
     Places {
         #[command(subcommand)]
@@ -180,6 +219,29 @@ pub fn main() -> ExitCode {
         Command::Places {
             command: PlacesCommand::Import { extract, out },
         } => places::import(&extract, &out),
+        Command::History {
+            client,
+            since,
+            until,
+            limit,
+            near,
+            radius_km,
+            forget,
+            json,
+            herd,
+        } => history::history(
+            &herd,
+            &history::Query {
+                client,
+                since,
+                until,
+                limit,
+                near,
+                radius_km,
+                forget,
+                json,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

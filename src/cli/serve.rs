@@ -19,7 +19,16 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
             "no herd secret: set `secret` in the config or ${SECRET_ENV} (the same for every server); `herd up` makes one for you"
         );
     };
-    let _log_guard = init_logging(&config.log_dir, name)?;
+    let rotation = (config.logging.max_file_mb > 0).then(|| herd::log::Rotation {
+        max_bytes: config.logging.max_file_mb.saturating_mul(1 << 20),
+        keep_files: config.logging.keep_files,
+    });
+    let _log_guard = init_logging(&config.log_dir, name, rotation)?;
+    for warning in &config.warnings {
+        // At start, to the journal or terminal as well as the log.
+        eprintln!("herd: warning: {warning}");
+        tracing::warn!(target: herd::log::OPERATOR, "{warning}");
+    }
     raise_open_file_limit();
     let places = herd::places::from_config(&config, name)?;
     let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)?;
@@ -109,21 +118,34 @@ pub(crate) fn cancel_on_signal(
 
 /// Sends every event to `LOG_DIR/NAME.log` through a background writer, so
 /// that logging every message costs the hot path a formatted line and one
-/// short lock, not a write.
-fn init_logging(log_dir: &Path, name: &str) -> anyhow::Result<herd::log::FlushGuard> {
+/// short lock, not a write; and, when standard error is a terminal, the
+/// operator's events there too.
+fn init_logging(
+    log_dir: &Path,
+    name: &str,
+    rotation: Option<herd::log::Rotation>,
+) -> anyhow::Result<herd::log::FlushGuard> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("creating log folder {}", log_dir.display()))?;
     let path = log_dir.join(format!("{name}.log"));
-    let (layer, guard) = herd::log::FileLayer::open(&path)
+    let (layer, guard) = herd::log::FileLayer::open(&path, rotation)
         .with_context(|| format!("opening log file {}", path.display()))?;
     layer.take_message_lines();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("HERD_LOG").unwrap_or_else(|_| "info".into());
+    let terminal = std::io::stderr().is_terminal().then(|| {
+        herd::log::terminal::TerminalLayer::new(name).with_filter(
+            tracing_subscriber::filter::filter_fn(herd::log::terminal::TerminalLayer::wants),
+        )
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(layer)
+        .with(terminal)
         .init();
     Ok(guard)
 }

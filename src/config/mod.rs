@@ -44,6 +44,23 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Something in a herd file that works but is most likely a mistake,
+/// naming where it is. The server starts, and says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The file, or `<embedded default>`.
+    pub origin: String,
+    /// The 1-based line it is about.
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.origin, self.line, self.message)
+    }
+}
+
 /// A server name the herd config does not have.
 #[derive(Debug, thiserror::Error)]
 #[error("no server {name:?} in the herd; it has {known}")]
@@ -225,6 +242,26 @@ impl Default for Limits {
     }
 }
 
+/// How each server's log file is kept from filling the disk.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A log file is rotated before it grows past this many MiB; 0 never
+    /// rotates it (for an outside logrotate).
+    pub max_file_mb: u64,
+    /// Rotated files kept per server; older ones are removed.
+    pub keep_files: usize,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            max_file_mb: 256,
+            keep_files: 4,
+        }
+    }
+}
+
 /// Where and how each server keeps its store on disk.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -245,6 +282,47 @@ impl Default for StorageConfig {
             sync_interval_ms: 100,
         }
     }
+}
+
+/// The core database that keeps every report a server accepts from its
+/// own clients (`[history]`; absent, nothing is archived).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Which database: only `sqlite` for now.
+    pub database: HistoryDatabase,
+    /// The SQLite file, shared by the servers of this machine; relative to
+    /// the config's folder. Absent: `history.sqlite` in `storage.data_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Reports received longer ago than this many days are deleted; 0
+    /// keeps them for ever.
+    pub retention_days: u64,
+    /// Reports written to the database in one transaction, at most.
+    pub batch_size: usize,
+    /// How often a server looks for new reports to archive, in
+    /// milliseconds; also how soon it tries again after a failure.
+    pub interval_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            database: HistoryDatabase::Sqlite,
+            path: None,
+            retention_days: 0,
+            batch_size: 1_000,
+            interval_ms: 200,
+        }
+    }
+}
+
+/// The kinds of core database herd can archive to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryDatabase {
+    #[default]
+    Sqlite,
 }
 
 /// One server of the herd.
@@ -279,7 +357,14 @@ pub struct HerdConfig {
     pub places: PlacesConfig,
     pub limits: Limits,
     pub storage: StorageConfig,
+    /// The core database; `None` archives nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryConfig>,
+    pub logging: LoggingConfig,
     pub servers: Vec<ServerConfig>,
+    /// What looks like a mistake, for each server to say as it starts.
+    #[serde(skip)]
+    pub warnings: Vec<ConfigWarning>,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +378,9 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     storage: StorageConfig,
+    history: Option<HistoryConfig>,
+    #[serde(default)]
+    logging: LoggingConfig,
     servers: Vec<Spanned<RawServer>>,
 }
 
@@ -431,6 +519,29 @@ impl HerdConfig {
             }
         }
 
+        // A server with no link at all floods nothing and hears nothing:
+        // in a herd of one that is the point, in a larger one an oversight.
+        let warnings = if raw.servers.len() > 1 {
+            raw.servers
+                .iter()
+                .zip(&neighbours)
+                .filter(|(_, neighbours)| neighbours.is_empty())
+                .map(|(server, _)| {
+                    let name = &server.get_ref().name;
+                    ConfigWarning {
+                        origin: origin.to_owned(),
+                        line: line_of(text, name.span().start),
+                        message: format!(
+                            "{} has no neighbours: no report reaches it from the herd, and none of its own leaves it",
+                            name.get_ref()
+                        ),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+
         let mut places = raw.places;
         places
             .prepare(base)
@@ -438,6 +549,19 @@ impl HerdConfig {
         let log_dir = base.join(raw.log_dir.as_deref().unwrap_or("logs"));
         let mut storage = raw.storage;
         storage.data_dir = base.join(&storage.data_dir);
+        let mut history = raw.history;
+        if let Some(history) = &mut history {
+            if history.batch_size == 0 || history.interval_ms == 0 {
+                return Err(error_at(
+                    None,
+                    "history.batch_size and interval_ms must be greater than zero".into(),
+                ));
+            }
+            history.path = Some(match &history.path {
+                Some(path) => base.join(path),
+                None => storage.data_dir.join("history.sqlite"),
+            });
+        }
         let servers = raw
             .servers
             .into_iter()
@@ -466,6 +590,9 @@ impl HerdConfig {
             places,
             limits: raw.limits,
             storage,
+            history,
+            logging: raw.logging,
+            warnings,
         })
     }
 
@@ -678,6 +805,56 @@ mod tests {
         assert_eq!(herd.limits.link_heartbeat(), Duration::from_millis(100));
         let default = parse(TWO).unwrap();
         assert_eq!(default.limits.link_silence(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_server_with_no_neighbours_in_a_larger_herd_is_a_warning() {
+        assert!(parse(TWO).unwrap().warnings.is_empty());
+        let lonely = format!(
+            "{TWO}\n[[servers]]\nname = \"C\"\nclient = \"127.0.0.1:5\"\npeer = \"127.0.0.1:6\"\n"
+        );
+        let warnings = parse(&lonely).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].line, 13);
+        assert!(
+            warnings[0]
+                .to_string()
+                .starts_with("test.toml:13: C has no neighbours"),
+            "{}",
+            warnings[0]
+        );
+        // Named by another is a neighbour too.
+        let linked = lonely.replace("neighbours = [\"B\"]", "neighbours = [\"B\", \"C\"]");
+        assert!(parse(&linked).unwrap().warnings.is_empty());
+        // A herd of one has nobody to link to.
+        let one = "[[servers]]\nname = \"A\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n";
+        assert!(parse(one).unwrap().warnings.is_empty());
+        assert!(HerdConfig::embedded().warnings.is_empty());
+    }
+
+    #[test]
+    fn logging_rotates_by_default_and_can_be_told_otherwise() {
+        let default = parse(TWO).unwrap().logging;
+        assert_eq!(default, LoggingConfig::default());
+        assert!(default.max_file_mb > 0 && default.keep_files > 0);
+        let set = parse(&format!(
+            "{TWO}\n[logging]\nmax_file_mb = 0\nkeep_files = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            set.logging,
+            LoggingConfig {
+                max_file_mb: 0,
+                keep_files: 2
+            }
+        );
+        let again = HerdConfig::parse(&set.to_toml(), "again", Path::new("/")).unwrap();
+        assert_eq!(again.logging, set.logging);
+        fails(
+            &format!("{TWO}\n[logging]\nmax_size = 1\n"),
+            13,
+            "unknown field",
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::{HerdConfig, Limits, PlacesConfig, ServerConfig, StorageConfig};
+use super::{HerdConfig, Limits, LoggingConfig, PlacesConfig, ServerConfig, StorageConfig};
 
 /// How the servers of a generated herd are linked.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -128,6 +128,8 @@ pub fn generate(n: usize, shape: Shape, base_port: u16) -> Result<HerdConfig, St
         places: PlacesConfig::default(),
         limits: Limits::default(),
         storage: StorageConfig::default(),
+        history: None,
+        logging: LoggingConfig::default(),
         servers: (0..n)
             .map(|i| ServerConfig {
                 name: name(i),
@@ -138,6 +140,7 @@ pub fn generate(n: usize, shape: Shape, base_port: u16) -> Result<HerdConfig, St
                 places: None,
             })
             .collect(),
+        warnings: Vec::new(),
     })
 }
 

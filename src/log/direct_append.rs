@@ -83,11 +83,11 @@ impl DirectAppend {
     /// Appends `pieces` in order; returns the bytes appended. If a direct
     /// write fails, this and every later append go through the page cache
     /// instead (see [`DirectAppend::take_failure`]); nothing is lost.
-    pub fn append(&mut self, pieces: &[Vec<u8>]) -> io::Result<u64> {
-        let total = pieces.iter().map(|piece| piece.len() as u64).sum();
+    pub fn append<P: AsRef<[u8]>>(&mut self, pieces: &[P]) -> io::Result<u64> {
+        let total = pieces.iter().map(|piece| piece.as_ref().len() as u64).sum();
         if self.failed {
             for piece in pieces {
-                (&self.append).write_all(piece)?;
+                (&self.append).write_all(piece.as_ref())?;
             }
             return Ok(total);
         }
@@ -101,7 +101,7 @@ impl DirectAppend {
             self.resume_at(actual)?;
         }
         for (i, piece) in pieces.iter().enumerate() {
-            let mut rest = &piece[..];
+            let mut rest = piece.as_ref();
             while !rest.is_empty() {
                 let n = (STAGING - self.len).min(rest.len());
                 let at = self.window + self.len;
@@ -117,7 +117,7 @@ impl DirectAppend {
             }
         }
         if let Err(error) = self.write_blocks() {
-            self.fall_back(error, &[], &[])?;
+            self.fall_back::<&[u8]>(error, &[], &[])?;
             return Ok(total);
         }
         self.write_tail()?;
@@ -175,7 +175,12 @@ impl DirectAppend {
     /// the window holds past the file's actual end (a direct write that
     /// failed may have written part of its blocks), then `rest` and
     /// `later`; every later append goes that way too.
-    fn fall_back(&mut self, error: io::Error, rest: &[u8], later: &[Vec<u8>]) -> io::Result<()> {
+    fn fall_back<P: AsRef<[u8]>>(
+        &mut self,
+        error: io::Error,
+        rest: &[u8],
+        later: &[P],
+    ) -> io::Result<()> {
         self.failed = true;
         self.failure = Some(error);
         let end = self.append.metadata()?.len();
@@ -186,10 +191,15 @@ impl DirectAppend {
         }
         (&self.append).write_all(rest)?;
         for piece in later {
-            (&self.append).write_all(piece)?;
+            (&self.append).write_all(piece.as_ref())?;
         }
         self.len = 0;
         Ok(())
+    }
+
+    /// The file's length as it is now, whoever changed it last.
+    pub fn file_len(&self) -> io::Result<u64> {
+        Ok(self.append.metadata()?.len())
     }
 
     /// Direct writes made so far.

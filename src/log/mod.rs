@@ -5,12 +5,15 @@
 //! a thread-local buffer and one short lock to append it to a shared
 //! buffer; a background thread writes the shared buffer out in large
 //! chunks. Nothing is dropped: if the disk falls behind by more than
-//! `MAX_PENDING` bytes, events wait for the writer instead.
+//! `MAX_PENDING` bytes, events wait for the writer instead. The thread also
+//! rotates the file by size (`file`); `terminal` shows the operator's
+//! events on a terminal as well.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{IoSlice, Write as _};
+use std::io::Write as _;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,16 +23,21 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
 pub mod direct_append;
+pub mod file;
 pub(crate) mod page_cache;
+pub mod terminal;
 
-use crate::log::direct_append::DirectAppend;
-use crate::log::page_cache::PageCacheTrim;
+use crate::log::file::{LogFile, Sink};
+pub use crate::log::file::{Rotation, rotated_files};
+
+/// The target of the events an operator must see: a neighbour that cannot
+/// be linked, or links again, or a config that looks wrong. A server
+/// running in a terminal also writes them to its standard error
+/// ([`terminal::TerminalLayer`]), with every warning.
+pub const OPERATOR: &str = "herd::operator";
 
 /// How far the writer may fall behind before events wait for it.
 const MAX_PENDING: usize = 32 * 1024 * 1024;
-/// How much of the log is written between two requests to drop its written
-/// pages from the page cache.
-const TRIM_EVERY: u64 = 1 << 20;
 /// How often the writer thread writes out what is pending.
 const WRITE_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -84,30 +92,23 @@ impl FileLayer {
     /// (`direct_append::open_direct`), and the guard that flushes it at
     /// exit. The page cache is the fallback if direct writes fail.
     pub fn new_direct(file: File, direct: File) -> (Self, FlushGuard) {
-        Self::with_sink(Sink::direct(file, direct), MAX_PENDING)
+        Self::with_file(LogFile::fixed(Sink::direct(file, direct)), MAX_PENDING)
     }
 
     /// A layer appending to the file at `path`, created if need be, whole
     /// blocks written directly where the file system allows it (see
-    /// [`crate::log::direct_append`]), through the page cache otherwise; and the
+    /// [`crate::log::direct_append`]), through the page cache otherwise,
+    /// and rotated as `rotation` says (see [`crate::log::file`]); and the
     /// guard that flushes it at exit.
-    pub fn open(path: &std::path::Path) -> std::io::Result<(Self, FlushGuard)> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        Ok(match crate::log::direct_append::open_direct(path) {
-            Ok(direct) => Self::new_direct(file, direct),
-            Err(_) => Self::new(file),
-        })
+    pub fn open(path: &Path, rotation: Option<Rotation>) -> std::io::Result<(Self, FlushGuard)> {
+        Ok(Self::with_file(LogFile::open(path, rotation)?, MAX_PENDING))
     }
 
     fn with_limit(file: File, max_pending: usize) -> (Self, FlushGuard) {
-        Self::with_sink(Sink::buffered(file), max_pending)
+        Self::with_file(LogFile::fixed(Sink::buffered(file)), max_pending)
     }
 
-    fn with_sink(sink: Sink, max_pending: usize) -> (Self, FlushGuard) {
+    fn with_file(file: LogFile, max_pending: usize) -> (Self, FlushGuard) {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             max_pending,
@@ -118,7 +119,7 @@ impl FileLayer {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("herd-log".into())
-                .spawn(move || write_loop(&shared, sink))
+                .spawn(move || write_loop(&shared, file))
                 .expect("spawning the log writer thread")
         };
         (
@@ -217,13 +218,11 @@ pub struct MessageLines {
 }
 
 impl MessageLines {
-    /// Starts a batch; its lines go nowhere if no log takes message lines
-    /// or INFO is filtered out.
+    /// Starts a batch; its lines go nowhere if no log takes message lines.
+    /// They do not depend on the events' filter (`HERD_LOG`): every
+    /// message in and out is logged, whatever the verbosity.
     pub fn start() -> Self {
-        let log = MESSAGE_LOG
-            .get()
-            .filter(|_| tracing::enabled!(Level::INFO))
-            .map(|shared| &**shared);
+        let log = MESSAGE_LOG.get().map(|shared| &**shared);
         Self {
             buffer: MESSAGE_BUFFER.with(|buffer| std::mem::take(&mut *buffer.borrow_mut())),
             stamp: String::new(),
@@ -284,68 +283,7 @@ impl Drop for MessageLines {
     }
 }
 
-/// Where the writer's pieces go.
-enum Sink {
-    /// Whole blocks straight to the disk, the rest through the page cache
-    /// (see `direct_append`).
-    Direct(DirectAppend),
-    /// All through the page cache, whose written pages are dropped as they
-    /// reach the disk.
-    Buffered { file: File, cache: PageCacheTrim },
-}
-
-impl Sink {
-    fn buffered(file: File) -> Self {
-        // Once a MiB, as the store log: under load that is every piece or
-        // two; a quiet server's pieces are a few lines each, and advising
-        // each would start the write-back of the same last page again and
-        // again.
-        let cache = PageCacheTrim::new(&file, TRIM_EVERY);
-        Sink::Buffered { file, cache }
-    }
-
-    fn direct(file: File, direct: File) -> Self {
-        match DirectAppend::new(file, direct) {
-            Ok(direct) => Sink::Direct(direct),
-            Err((file, error)) => {
-                eprintln!("herd: writing the log through the page cache: {error}");
-                Sink::buffered(file)
-            }
-        }
-    }
-
-    /// Appends `pieces`; returns the bytes written.
-    fn write(&mut self, pieces: &[Vec<u8>]) -> std::io::Result<u64> {
-        match self {
-            Sink::Direct(direct) => {
-                let written = direct.append(pieces);
-                // (Once direct writes fail, `DirectAppend` goes on through
-                // the page cache, without trimming it: a file system that
-                // opens files for direct writes and then refuses them is
-                // rare enough.)
-                if let Some(error) = direct.take_failure() {
-                    eprintln!(
-                        "herd: direct writes to the log failed ({error}); writing through the page cache from now on"
-                    );
-                }
-                written
-            }
-            Sink::Buffered { file, cache } => {
-                let written = write_pieces(file, pieces)?;
-                cache.written(file, written);
-                Ok(written)
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Sink::Buffered { file, .. } = self {
-            let _ = file.flush();
-        }
-    }
-}
-
-fn write_loop(shared: &Shared, mut sink: Sink) {
+fn write_loop(shared: &Shared, mut file: LogFile) {
     let mut pieces: Vec<Vec<u8>> = Vec::new();
     let mut last_write = Instant::now();
     loop {
@@ -389,7 +327,7 @@ fn write_loop(shared: &Shared, mut sink: Sink) {
             // A log that cannot be written is not worth stopping a server
             // for; the error goes to stderr once per write.
             let started = Instant::now();
-            match sink.write(&pieces) {
+            match file.write(&pieces) {
                 Ok(bytes) => crate::stats::MESSAGE_LOG.bytes_written.add(bytes),
                 Err(error) => eprintln!("herd: writing the log failed: {error}"),
             }
@@ -409,34 +347,11 @@ fn write_loop(shared: &Shared, mut sink: Sink) {
         if closing {
             let pending = shared.pending.lock().expect("log lock");
             if pending.bytes == 0 {
-                sink.flush();
+                file.flush();
                 return;
             }
         }
     }
-}
-
-/// Writes `pieces` in order, as few system calls as the kernel allows (one
-/// `writev` for up to 1,024 of them); returns the bytes written.
-fn write_pieces(file: &mut File, pieces: &[Vec<u8>]) -> std::io::Result<u64> {
-    let mut written = 0u64;
-    for group in pieces.chunks(1024) {
-        let mut slices: Vec<IoSlice<'_>> = group
-            .iter()
-            .filter(|piece| !piece.is_empty())
-            .map(|piece| IoSlice::new(piece))
-            .collect();
-        let mut slices = &mut slices[..];
-        while !slices.is_empty() {
-            let n = file.write_vectored(slices)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            written += n as u64;
-            IoSlice::advance_slices(&mut slices, n);
-        }
-    }
-    Ok(written)
 }
 
 impl Drop for FlushGuard {
@@ -450,25 +365,40 @@ impl Drop for FlushGuard {
 }
 
 thread_local! {
-    /// The line being formatted, and its message (which goes last).
+    /// The line being formatted, and its fields (which go after the
+    /// message).
     static LINE: RefCell<(String, String)> = RefCell::new((String::with_capacity(512), String::with_capacity(512)));
 }
 
 impl<S: Subscriber> Layer<S> for FileLayer {
     fn on_event(&self, event: &Event<'_>, _context: Context<'_, S>) {
         LINE.with(|buffers| {
-            let (line, message) = &mut *buffers.borrow_mut();
-            line.clear();
-            message.clear();
-            write_timestamp(line, SystemTime::now());
-            line.push_str(level_name(*event.metadata().level()));
-            event.record(&mut LineVisitor { line, message });
-            line.push(' ');
-            line.push_str(message);
-            line.push('\n');
+            let (line, fields) = &mut *buffers.borrow_mut();
+            format_event(event, "", line, fields);
             self.shared.append(line.as_bytes());
         });
     }
+}
+
+/// Formats `event` into `line` as the log writes it: the timestamp, the
+/// level, `prefix`, the message, then the fields as ` name=value`, and a
+/// `\n`. The message comes first so that a person reads what happened
+/// before the details. `fields` is scratch space.
+pub(crate) fn format_event(
+    event: &Event<'_>,
+    prefix: &str,
+    line: &mut String,
+    fields: &mut String,
+) {
+    line.clear();
+    fields.clear();
+    write_timestamp(line, SystemTime::now());
+    line.push_str(level_name(*event.metadata().level()));
+    line.push(' ');
+    line.push_str(prefix);
+    event.record(&mut LineVisitor { line, fields });
+    line.push_str(fields);
+    line.push('\n');
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -481,26 +411,27 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// Writes fields as ` name=value`, and the message apart, for the end.
+/// Writes the message into the line, and the fields as ` name=value`
+/// apart, for the end.
 struct LineVisitor<'a> {
     line: &'a mut String,
-    message: &'a mut String,
+    fields: &'a mut String,
 }
 
 impl Visit for LineVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message.push_str(value);
+            self.line.push_str(value);
         } else {
-            let _ = write!(self.line, " {}={}", field.name(), value);
+            let _ = write!(self.fields, " {}={}", field.name(), value);
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
+            let _ = write!(self.line, "{value:?}");
         } else {
-            let _ = write!(self.line, " {}={:?}", field.name(), value);
+            let _ = write!(self.fields, " {}={:?}", field.name(), value);
         }
     }
 }
@@ -666,16 +597,18 @@ mod tests {
             drop(lines);
             tracing::info!("sent to Smith: AT Hill +0.1 b +1+1 1");
         });
-        // With INFO filtered out, nothing is written.
+        // With INFO events filtered out, messages are still logged.
         let quiet =
             tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::WARN);
         tracing::subscriber::with_default(quiet, || {
-            MessageLines::start().line(&["sent to ", "Smith", ": "], b"filtered");
+            tracing::info!("filtered");
+            MessageLines::start().line(&["sent to ", "Smith", ": "], b"not filtered");
         });
         drop(guard);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[4].ends_with("  INFO sent to Smith: not filtered"));
         assert!(lines[0].ends_with("  INFO before"));
         assert!(
             lines[1].ends_with("  INFO sent to Smith: AT Hill +0.1 a +1+1 1"),
@@ -714,11 +647,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1001);
         assert!(
-            lines[0].ends_with("  INFO neighbour=Smith sent 0"),
+            lines[0].ends_with("  INFO sent 0 neighbour=Smith"),
             "{}",
             lines[0]
         );
-        assert!(lines[999].ends_with(" sent 999"));
+        assert!(lines[999].ends_with(" sent 999 neighbour=Smith"));
         assert!(lines[1000].ends_with("  WARN last"));
         assert!(lines[0].starts_with("20") && lines[0].as_bytes()[10] == b'T');
     }
@@ -730,7 +663,7 @@ mod tests {
         let path = dir.path().join("direct.log");
         std::fs::write(&path, "an earlier run's last line\n").unwrap();
         // (Where the file system has no O_DIRECT, the fallback's path.)
-        let (layer, guard) = FileLayer::open(&path).unwrap();
+        let (layer, guard) = FileLayer::open(&path, None).unwrap();
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             for i in 0..50_000 {
@@ -745,6 +678,113 @@ mod tests {
         for (i, line) in lines[1..].iter().enumerate() {
             assert!(line.ends_with(&format!("  INFO line {i}")), "{line}");
         }
+    }
+
+    /// Writes `lines` numbered lines from each of `writers` threads, of
+    /// uneven lengths, some one by one and some in long buffers handed over
+    /// whole (as `MessageLines` hands them), to a log rotated as `rotation`
+    /// says; returns the files left, oldest first, the current one last.
+    fn write_rotated(
+        dir: &Path,
+        writers: usize,
+        lines: usize,
+        rotation: Rotation,
+    ) -> Vec<std::path::PathBuf> {
+        let path = dir.join("Hill.log");
+        let (layer, guard) = FileLayer::open(&path, Some(rotation)).unwrap();
+        let shared = layer.shared.clone();
+        std::thread::scope(|scope| {
+            for writer in 0..writers {
+                let shared = &shared;
+                scope.spawn(move || {
+                    let mut buffer = Vec::new();
+                    for i in 0..lines {
+                        let line = format!("w{writer} {i:06} {}\n", "x".repeat(i % 151));
+                        if (writer + i / 1000) % 2 == 0 {
+                            shared.append_buffer(&mut buffer);
+                            shared.append(line.as_bytes());
+                        } else {
+                            buffer.extend_from_slice(line.as_bytes());
+                            if buffer.len() >= 3 * HAND_OVER {
+                                shared.append_buffer(&mut buffer);
+                            }
+                        }
+                    }
+                    shared.append_buffer(&mut buffer);
+                });
+            }
+        });
+        drop(guard);
+        let mut files = rotated_files(&path).unwrap();
+        files.push(path);
+        files
+    }
+
+    /// Every file of a rotated log holds whole lines and stays within the
+    /// limit; together they hold every line once, in each writer's order.
+    #[test]
+    fn a_rotated_log_loses_and_tears_no_line_and_keeps_within_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let max_bytes = 64 * 1024;
+        let rotation = Rotation {
+            max_bytes,
+            keep_files: 1000,
+        };
+        let files = write_rotated(dir.path(), 4, 20_000, rotation);
+        let mut next = [0usize; 4];
+        let mut total = 0;
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            total += text.len();
+            assert!(text.len() as u64 <= max_bytes, "{file:?}: {}", text.len());
+            assert!(
+                text.is_empty() || text.ends_with('\n'),
+                "{file:?} ends mid-line"
+            );
+            for line in text.lines() {
+                let (writer, rest) = line.split_once(' ').expect("a whole line");
+                let writer: usize = writer[1..].parse().expect("a whole line");
+                let (number, padding) = rest.split_once(' ').expect("a whole line");
+                let number: usize = number.parse().unwrap();
+                assert_eq!(number, next[writer], "{file:?}: {line}");
+                assert_eq!(padding, "x".repeat(number % 151), "{file:?}: torn");
+                next[writer] += 1;
+            }
+        }
+        assert_eq!(next, [20_000; 4]);
+        // Rotated files are full to within a line of the limit.
+        let full = total as u64 / max_bytes;
+        assert!(files.len() as u64 > full, "{} files", files.len());
+        for file in &files[..files.len() - 1] {
+            let size = std::fs::metadata(file).unwrap().len();
+            assert!(size > max_bytes - 200, "{file:?}: {size}");
+        }
+    }
+
+    /// Only the newest rotated files are kept; they and the current file
+    /// end the log with no gap.
+    #[test]
+    fn a_rotated_log_keeps_only_its_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let rotation = Rotation {
+            max_bytes: 32 * 1024,
+            keep_files: 3,
+        };
+        let files = write_rotated(dir.path(), 1, 10_000, rotation);
+        assert_eq!(files.len(), 4, "{files:?}");
+        let mut seen: Option<usize> = None;
+        for file in &files {
+            for line in std::fs::read_to_string(file).unwrap().lines() {
+                let number: usize = line.split(' ').nth(1).unwrap().parse().unwrap();
+                if let Some(last) = seen {
+                    assert_eq!(number, last + 1, "a gap in {file:?}");
+                }
+                seen = Some(number);
+            }
+        }
+        // The last line is there: what was removed is the oldest.
+        assert_eq!(seen, Some(9_999));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
     }
 
     /// Under a steady stream of lines the writer still writes one piece

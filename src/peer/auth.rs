@@ -4,6 +4,8 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use super::wire::PROTOCOL_VERSION;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The herd's shared secret.
@@ -24,8 +26,8 @@ impl Secret {
         mac
     }
 
-    /// The MAC of a hello from `from` to `to`, over the dialler's run and
-    /// both nonces (the listener's challenge first).
+    /// The MAC of a hello from `from` to `to` in our protocol version, over
+    /// the dialler's run and both nonces (the listener's challenge first).
     fn hello_mac(
         &self,
         from: &str,
@@ -34,8 +36,11 @@ impl Secret {
         nonce_b: &[u8],
         nonce_a: &[u8],
     ) -> HmacSha256 {
+        // The version is covered, so that no one between two servers can
+        // make them believe they speak another version than they do.
         self.mac(&[
             b"hello",
+            PROTOCOL_VERSION.as_bytes(),
             from.as_bytes(),
             to.as_bytes(),
             run.as_bytes(),
@@ -195,6 +200,12 @@ mod tests {
         assert!(secret.verify_hello("A", "B", "42", (b"nb", b"na"), &tag));
         assert!(!secret.verify_hello("A", "C", "42", (b"nb", b"na"), &tag));
         assert!(!Secret::new(b"other".to_vec()).verify_hello("A", "B", "42", (b"nb", b"na"), &tag));
+        // The version is part of what a hello's tag covers.
+        let unversioned = secret
+            .mac(&[b"hello", b"A", b"B", b"42", b"nb", b"na"])
+            .finalize()
+            .into_bytes();
+        assert_ne!(tag[..], unversioned[..]);
         let tag = secret.welcome_tag("A", "B", ("1", "2"), (b"na", b"nb"));
         assert!(secret.verify_welcome("A", "B", ("1", "2"), (b"na", b"nb"), &tag));
         assert!(!secret.verify_welcome("A", "B", ("1", "3"), (b"na", b"nb"), &tag));

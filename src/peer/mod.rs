@@ -14,10 +14,12 @@
 //! The wing's rooms: `wire` (the format), `auth` (MACs and frame keys),
 //! `topology` (which links of the herd are up, flooded as link state),
 //! `routes` (each origin's tree over the live links), `link` (the
-//! decisions, no IO), `shell` (the tasks that own sockets and timers) and
-//! `sim` (an in-memory network that drives `link` for tests).
+//! decisions, no IO), `failures` (when a failing link is worth a warning),
+//! `shell` (the tasks that own sockets and timers) and `sim` (an in-memory
+//! network that drives `link` for tests).
 
 pub mod auth;
+pub mod failures;
 pub mod link;
 pub mod routes;
 mod shell;
@@ -35,13 +37,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::log::OPERATOR;
 use crate::replica::Replica;
 use crate::stats::ServerStats;
 use auth::Secret;
+use failures::Failures;
 use routes::Routes;
 use topology::{Learned, Topology};
 
-pub use wire::{Hello, PayloadLine, parse_hello, parse_payload_line};
+pub use shell::LinkError;
+pub use wire::{Hello, PROTOCOL_VERSION, PayloadLine, parse_hello, parse_payload_line};
 
 /// A configured neighbour.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +87,9 @@ pub struct Links {
     /// The receiving session of each neighbour, cancelled when a newer one
     /// from the same neighbour replaces it.
     sessions: Mutex<Vec<Option<CancellationToken>>>,
+    /// Refused attempts to link in, per neighbour claimed, then one for
+    /// diallers that claim no neighbour: what to warn about.
+    incoming: Mutex<Vec<Failures<std::mem::Discriminant<LinkError>>>>,
 }
 
 impl Links {
@@ -111,6 +119,7 @@ impl Links {
             stats,
             wake: (0..count).map(|_| Notify::new()).collect(),
             sessions: Mutex::new(vec![None; count]),
+            incoming: Mutex::new((0..=count).map(|_| Failures::new()).collect()),
         }
     }
 
@@ -182,6 +191,10 @@ impl Links {
         }
         if up {
             self.control_ready[index].notify_one();
+            if (0..self.neighbours.len()).all(|other| topology.is_up(other)) {
+                let names: Vec<&str> = self.neighbours.iter().map(|n| n.name.as_str()).collect();
+                info!(target: OPERATOR, "all links up: sending to {}", names.join(", "));
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! dialler per neighbour, and one task per link direction. They read and
 //! write bytes and wait; every decision is `link`'s.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,13 @@ use tracing::{debug, info, warn};
 
 use super::Links;
 use super::auth::FrameKey;
+use super::failures::{Failures, human};
 use super::link::{Receiver, Sender, Step, Then, start_from};
-use super::wire::{Hello, MAX_FRAME, TAG_BYTES, parse_hello};
-use crate::log::{MessageLines, Show};
+use super::wire::{
+    self, Challenge, Hello, MAX_FRAME, PROTOCOL_VERSION, Refusal, TAG_BYTES, hello_version,
+    parse_challenge, parse_hello,
+};
+use crate::log::{MessageLines, OPERATOR, Show};
 use crate::replica::store::Applied;
 
 /// Time to establish a TCP connection to a neighbour.
@@ -28,24 +33,39 @@ const HANDSHAKE_TIME: Duration = Duration::from_secs(2);
 /// neighbour that comes back dials us, which wakes our dialler at once.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(400);
+/// A neighbour may be out of reach for a moment for ordinary reasons: not
+/// listening yet when the whole herd starts together, or stopping or
+/// restarting when its link has just gone down. Not reaching it within
+/// this time after this server starts, or after the link went down, is no
+/// warning. A neighbour that answers and refuses is warned about at once.
+const GRACE: Duration = Duration::from_secs(2);
 
-/// Why a link, or an attempt at one, ended.
+/// Why a link, or an attempt at one, ended. The text of a failed attempt
+/// starts with its reason in a few words (`connection refused`, `timed
+/// out`, `authentication failed`, `wrong herd`, `protocol version`), which
+/// an operator can grep for.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error("{0} timed out")]
+    #[error("connection refused")]
+    ConnectionRefused,
+    #[error("network error: {0}")]
+    Io(std::io::Error),
+    #[error("timed out ({0})")]
     TimedOut(&'static str),
+    #[error("closed during the handshake")]
+    ClosedInHandshake,
     #[error("not a herd peer port")]
     NotHerd,
     #[error("refused: {0}")]
     Refused(String),
     #[error("malformed {0}")]
     Malformed(&'static str),
-    #[error("{0}")]
-    Unknown(String),
-    #[error("{0}")]
+    #[error("wrong herd: {0}")]
+    WrongHerd(String),
+    #[error("authentication failed: {0}")]
     Authentication(String),
+    #[error("protocol version: {0}")]
+    Version(String),
     #[error("{0} silent for {1:?}")]
     Silent(String, Duration),
     #[error("closed by {0}")]
@@ -54,15 +74,90 @@ pub enum LinkError {
     TooLarge(usize),
 }
 
+impl From<std::io::Error> for LinkError {
+    fn from(error: std::io::Error) -> Self {
+        match error.kind() {
+            std::io::ErrorKind::ConnectionRefused => LinkError::ConnectionRefused,
+            _ => LinkError::Io(error),
+        }
+    }
+}
+
 impl LinkError {
     /// Whether the peer spoke and was not believed, rather than the network
-    /// failing: only that is worth a warning on a lossy network.
-    fn is_refusal(&self) -> bool {
-        !matches!(self, LinkError::Io(_))
+    /// failing or a stranger hanging up: only that is worth a warning on a
+    /// peer port, which anyone may knock on.
+    pub(super) fn is_refusal(&self) -> bool {
+        !matches!(
+            self,
+            LinkError::Io(_) | LinkError::ConnectionRefused | LinkError::ClosedInHandshake
+        )
+    }
+
+    /// The kind of failure, which decides when a warning is new.
+    pub(super) fn kind(&self) -> std::mem::Discriminant<LinkError> {
+        std::mem::discriminant(self)
+    }
+
+    /// Whether the neighbour could not be reached at all, rather than
+    /// answering wrongly: what a neighbour not started yet looks like.
+    fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            LinkError::ConnectionRefused
+                | LinkError::Io(_)
+                | LinkError::TimedOut(_)
+                | LinkError::ClosedInHandshake
+        )
     }
 }
 
 type Result<T> = std::result::Result<T, LinkError>;
+
+impl Links {
+    /// Tells the operator, at a falling rate per neighbour (and for all
+    /// strangers together), that a dialler was refused on our peer port.
+    fn refused(&self, claimed: Option<usize>, address: SocketAddr, error: &LinkError) {
+        let now = Instant::now().into_std();
+        if !error.is_refusal() {
+            debug!("peer handshake from {address} failed: {error}");
+            return;
+        }
+        let outage = {
+            let mut incoming = self
+                .incoming
+                .lock()
+                .expect("incoming lock is never poisoned");
+            let bucket = claimed.unwrap_or(self.neighbours.len());
+            incoming[bucket].failed(error.kind(), now)
+        };
+        let who = match claimed {
+            Some(index) => format!("{address} claiming to be {}", self.neighbours[index].name),
+            None => address.to_string(),
+        };
+        match outage {
+            Some(outage) if outage.failures == 1 => {
+                warn!(target: OPERATOR, "refused a link from {who}: {error}");
+            }
+            Some(outage) => warn!(
+                target: OPERATOR,
+                refused_tries = outage.failures,
+                failing_for = %human(outage.lasted),
+                "refused a link from {who}: {error}"
+            ),
+            None => debug!("refused a link from {who}: {error}"),
+        }
+    }
+
+    /// Notes that neighbour `index` linked in; returns the run of refusals
+    /// this ends, if there was one.
+    fn welcomed(&self, index: usize) -> Option<super::failures::Outage> {
+        self.incoming
+            .lock()
+            .expect("incoming lock is never poisoned")[index]
+            .succeeded(Instant::now().into_std())
+    }
+}
 
 /// Starts the peer listener and one dialler per neighbour.
 pub(super) fn start(
@@ -93,7 +188,7 @@ pub(super) fn start(
             let links = links.clone();
             let shutdown = shutdown.clone();
             inner_tasks.spawn(async move {
-                if let Err(error) = receive(&links, stream, &shutdown).await {
+                if let Err(error) = receive(&links, stream, address, &shutdown).await {
                     debug!(%address, %error, "peer connection ended");
                 }
             });
@@ -106,14 +201,18 @@ pub(super) fn start(
 /// Keeps the link to neighbour `index` up, streaming our updates over it.
 async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken) {
     let neighbour = &links.neighbours[index];
+    let name = &neighbour.name;
+    let address = &neighbour.peer_address;
     let mut backoff = BACKOFF_FIRST;
+    let mut failures = Failures::new();
+    let mut grace_ends = Instant::now() + GRACE;
     loop {
         let attempt = async {
             // Shorter than the handshake's time, so that a dial lost to a
             // dead network is retried soon after the network heals.
-            let stream = timeout(CONNECT_TIME, TcpStream::connect(&neighbour.peer_address))
+            let stream = timeout(CONNECT_TIME, TcpStream::connect(address))
                 .await
-                .map_err(|_| LinkError::TimedOut("connect"))??;
+                .map_err(|_| LinkError::TimedOut("connecting"))??;
             stream.set_nodelay(true)?;
             dial_handshake(&links, index, stream).await
         };
@@ -121,9 +220,18 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
             attempt = timeout(HANDSHAKE_TIME, attempt) => attempt,
             () = shutdown.cancelled() => return,
         };
-        match attempt {
-            Ok(Ok(link)) => {
-                info!("link up: sending to {}", neighbour.name);
+        let now = Instant::now().into_std();
+        match attempt.unwrap_or(Err(LinkError::TimedOut("handshake"))) {
+            Ok(link) => {
+                match failures.succeeded(now) {
+                    Some(outage) => info!(
+                        target: OPERATOR,
+                        failed_tries = outage.failures,
+                        failing_for = %human(outage.lasted),
+                        "link up: sending to {name}, after failing"
+                    ),
+                    None => info!("link up: sending to {name}"),
+                }
                 links.stats.links_up.bump();
                 if let Some(stats) = links.stats.neighbour(index) {
                     stats.set_sending(true);
@@ -136,16 +244,30 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
                     stats.set_sending(false);
                 }
                 links.link_changed(index, false);
+                grace_ends = Instant::now() + GRACE;
                 info!(
-                    "link down: sending to {}: {}",
-                    neighbour.name,
+                    "link down: sending to {name}: {}",
                     outcome
                         .err()
                         .map_or("shutting down".to_owned(), |e| e.to_string())
                 );
             }
-            Ok(Err(error)) => debug!(neighbour = %neighbour.name, %error, "cannot link"),
-            Err(_) => debug!(neighbour = %neighbour.name, "handshake timed out"),
+            Err(error) if error.is_unreachable() && Instant::now() < grace_ends => {
+                debug!("cannot link to {name} at {address} yet: {error}");
+                failures.failed_quietly(error.kind(), now);
+            }
+            Err(error) => match failures.failed(error.kind(), now) {
+                Some(outage) if outage.failures == 1 => {
+                    warn!(target: OPERATOR, "cannot link to {name} at {address}: {error}");
+                }
+                Some(outage) => warn!(
+                    target: OPERATOR,
+                    failed_tries = outage.failures,
+                    failing_for = %human(outage.lasted),
+                    "cannot link to {name} at {address}: {error}"
+                ),
+                None => debug!("cannot link to {name} at {address}: {error}"),
+            },
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
@@ -167,25 +289,33 @@ struct OutgoingLink {
 
 async fn dial_handshake(links: &Links, index: usize, stream: TcpStream) -> Result<OutgoingLink> {
     let neighbour = &links.neighbours[index];
+    let name = &neighbour.name;
     let head = links.replica.store().head();
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let challenge = read_short_line(&mut reader).await?;
-    let nonce_b = match challenge.split(' ').collect::<Vec<_>>()[..] {
-        ["HERD-CHALLENGE", "1", nonce] => {
-            hex::decode(nonce).map_err(|_| LinkError::Malformed("nonce"))?
+    let nonce_b = match parse_challenge(&challenge) {
+        Some(Challenge::Ours { nonce }) => nonce,
+        Some(Challenge::Other { version }) => {
+            // Say what we speak before closing, so that the other side can
+            // tell its operator too.
+            let hello = wire::other_version_hello(&links.me, name);
+            let _ = writer.write_all(hello.as_bytes()).await;
+            return Err(LinkError::Version(format!(
+                "{name} speaks peer protocol {version}, this server {PROTOCOL_VERSION}"
+            )));
         }
-        _ => return Err(LinkError::NotHerd),
+        None => return Err(LinkError::NotHerd),
     };
     let nonce_a: [u8; 16] = rand::random();
     let run = links.replica.run().to_string();
     let tag = links
         .secret
-        .hello_tag(&links.me, &neighbour.name, &run, &nonce_b, &nonce_a);
+        .hello_tag(&links.me, name, &run, &nonce_b, &nonce_a);
     let hello = format!(
-        "HERD-HELLO {} {} {} {} {}\n",
+        "HERD-HELLO {PROTOCOL_VERSION} {} {} {} {} {}\n",
         links.me,
-        neighbour.name,
+        name,
         run,
         hex::encode(nonce_a),
         hex::encode(tag)
@@ -194,19 +324,27 @@ async fn dial_handshake(links: &Links, index: usize, stream: TcpStream) -> Resul
     let welcome = read_short_line(&mut reader).await?;
     let ["HERD-WELCOME", cursor_run, cursor_seq, tag] = welcome.split(' ').collect::<Vec<_>>()[..]
     else {
-        return Err(LinkError::Refused(welcome));
+        return Err(match Refusal::parse(&welcome) {
+            Some(Refusal::Secret) => LinkError::Authentication(format!(
+                "{name} does not share this herd's secret (it refused our hello)"
+            )),
+            Some(Refusal::Neighbour) => LinkError::WrongHerd(format!(
+                "{name} does not take {} for a neighbour (is its herd config another?)",
+                links.me
+            )),
+            None => LinkError::Refused(welcome),
+        });
     };
     let tag = hex::decode(tag).map_err(|_| LinkError::Malformed("welcome"))?;
     if !links.secret.verify_welcome(
         &links.me,
-        &neighbour.name,
+        name,
         (cursor_run, cursor_seq),
         (&nonce_a, &nonce_b),
         &tag,
     ) {
         return Err(LinkError::Authentication(format!(
-            "{} does not know the herd secret",
-            neighbour.name
+            "the server answering as {name} does not share this herd's secret"
         )));
     }
     let parse = |text: &str| {
@@ -368,74 +506,37 @@ async fn write_frame(
     // A stopped neighbour must not hold this link forever.
     timeout(silence, writer.write_all(frame))
         .await
-        .map_err(|_| LinkError::TimedOut("write"))??;
+        .map_err(|_| LinkError::TimedOut("writing"))??;
     Ok(())
 }
 
 // --------------------------------------------------------------- receiving
 
 /// Serves one connection to our peer port: a neighbour sending its updates.
-async fn receive(links: &Links, stream: TcpStream, shutdown: &CancellationToken) -> Result<()> {
+async fn receive(
+    links: &Links,
+    stream: TcpStream,
+    address: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<()> {
     stream.set_nodelay(true)?;
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
-    let nonce_b: [u8; 16] = rand::random();
-    let (index, run, key) = timeout(HANDSHAKE_TIME, async {
-        writer
-            .write_all(format!("HERD-CHALLENGE 1 {}\n", hex::encode(nonce_b)).as_bytes())
-            .await?;
-        let hello = read_short_line(&mut reader).await?;
-        let Some(Hello {
-            from,
-            to,
-            run_text,
-            run,
-            nonce: nonce_a,
-            tag,
-        }) = parse_hello(&hello)
-        else {
-            return Err(LinkError::Malformed("hello"));
-        };
-        let index = links
-            .neighbour_index(from.as_bytes())
-            .filter(|_| to == links.me)
-            .ok_or_else(|| {
-                LinkError::Unknown(format!("{from} is not a neighbour of {}", links.me))
-            })?;
-        if !links
-            .secret
-            .verify_hello(from, to, run_text, (&nonce_b, &nonce_a), &tag)
-        {
-            return Err(LinkError::Authentication(format!(
-                "hello claiming to be {from} failed authentication"
-            )));
-        }
-        let cursor = links.replica.cursor_for(index, run);
-        let (cursor_run, cursor_seq) = (cursor.run.to_string(), cursor.seq.to_string());
-        let tag =
-            links
-                .secret
-                .welcome_tag(from, to, (&cursor_run, &cursor_seq), (&nonce_a, &nonce_b));
-        writer
-            .write_all(
-                format!(
-                    "HERD-WELCOME {cursor_run} {cursor_seq} {}\n",
-                    hex::encode(tag)
-                )
-                .as_bytes(),
-            )
-            .await?;
-        Ok((index, run, links.secret.session_key(&nonce_a, &nonce_b)))
-    })
+    // The neighbour the hello claims to come from, once it names one.
+    let mut claimed = None;
+    let handshake = timeout(
+        HANDSHAKE_TIME,
+        welcome(links, &mut reader, &mut writer, &mut claimed),
+    )
     .await
-    .map_err(|_| LinkError::TimedOut("handshake"))?
-    .inspect_err(|error| {
-        if error.is_refusal() {
-            warn!(%error, "peer refused");
-        } else {
-            debug!(%error, "peer handshake failed");
+    .unwrap_or(Err(LinkError::TimedOut("handshake")));
+    let (index, run, key) = match handshake {
+        Ok(welcomed) => welcomed,
+        Err(error) => {
+            links.refused(claimed, address, &error);
+            return Err(error);
         }
-    })?;
+    };
 
     let name = links.neighbours[index].name.clone();
     // This neighbour is up: dial it now rather than at the next backoff.
@@ -449,7 +550,15 @@ async fn receive(links: &Links, stream: TcpStream, shutdown: &CancellationToken)
     {
         old.cancel();
     }
-    info!("link up: receiving from {name}");
+    match links.welcomed(index) {
+        Some(outage) => info!(
+            target: OPERATOR,
+            refused_tries = outage.failures,
+            failing_for = %human(outage.lasted),
+            "link up: receiving from {name}, after refusing it"
+        ),
+        None => info!("link up: receiving from {name}"),
+    }
     let stats = links.stats.neighbour(index);
     if let Some(stats) = stats {
         stats.set_receiving(true);
@@ -477,6 +586,81 @@ async fn receive(links: &Links, stream: TcpStream, shutdown: &CancellationToken)
             .map_or("replaced or shutting down".to_owned(), |e| e.to_string())
     );
     outcome
+}
+
+/// The listener's side of the handshake: challenges the dialler, checks
+/// its hello, and welcomes it with our cursor for it. Sets `claimed` to
+/// the neighbour the hello names, if it names one, so that a refusal can
+/// be told against it.
+async fn welcome(
+    links: &Links,
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+    claimed: &mut Option<usize>,
+) -> Result<(usize, u64, FrameKey)> {
+    let nonce_b: [u8; 16] = rand::random();
+    writer
+        .write_all(wire::challenge_line(&nonce_b).as_bytes())
+        .await?;
+    let line = read_short_line(reader).await?;
+    let Some((version, from)) = hello_version(&line) else {
+        return Err(LinkError::Malformed("hello"));
+    };
+    *claimed = from.and_then(|from| links.neighbour_index(from.as_bytes()));
+    if version != PROTOCOL_VERSION {
+        // It has closed, or will: it cannot speak our version either.
+        return Err(LinkError::Version(format!(
+            "it speaks peer protocol {version}, this server {PROTOCOL_VERSION}"
+        )));
+    }
+    let Some(Hello {
+        from,
+        to,
+        run_text,
+        run,
+        nonce: nonce_a,
+        tag,
+    }) = parse_hello(&line)
+    else {
+        return Err(LinkError::Malformed("hello"));
+    };
+    // The secret first: only a server of this herd learns from the
+    // answer whether it is a neighbour.
+    if !links
+        .secret
+        .verify_hello(from, to, run_text, (&nonce_b, &nonce_a), &tag)
+    {
+        let _ = writer.write_all(Refusal::Secret.line().as_bytes()).await;
+        return Err(LinkError::Authentication(
+            "it does not share this herd's secret (its hello failed authentication)".into(),
+        ));
+    }
+    let Some(index) = links
+        .neighbour_index(from.as_bytes())
+        .filter(|_| to == links.me)
+    else {
+        let _ = writer.write_all(Refusal::Neighbour.line().as_bytes()).await;
+        return Err(LinkError::WrongHerd(if to == links.me {
+            format!("{from} is not a neighbour of {to} (is its herd config another?)")
+        } else {
+            format!("its hello is for {to}, and this is {}", links.me)
+        }));
+    };
+    let cursor = links.replica.cursor_for(index, run);
+    let (cursor_run, cursor_seq) = (cursor.run.to_string(), cursor.seq.to_string());
+    let tag = links
+        .secret
+        .welcome_tag(from, to, (&cursor_run, &cursor_seq), (&nonce_a, &nonce_b));
+    writer
+        .write_all(
+            format!(
+                "HERD-WELCOME {cursor_run} {cursor_seq} {}\n",
+                hex::encode(tag)
+            )
+            .as_bytes(),
+        )
+        .await?;
+    Ok((index, run, links.secret.session_key(&nonce_a, &nonce_b)))
 }
 
 async fn receive_frames(
@@ -507,7 +691,7 @@ async fn receive_frames(
         // blake3::Hash compares in constant time.
         if key.tag(counter, body) != *tag {
             return Err(LinkError::Authentication(format!(
-                "frame from {name} failed authentication"
+                "a frame from {name} failed its tag"
             )));
         }
         counter += 1;
@@ -547,7 +731,7 @@ async fn receive_frames(
             let seq = complete.unwrap_or(0);
             timeout(silence, writer.write_all(format!("ACK {seq}\n").as_bytes()))
                 .await
-                .map_err(|_| LinkError::TimedOut("ack"))??;
+                .map_err(|_| LinkError::TimedOut("acknowledging"))??;
             last_ack = Instant::now();
         }
     }
@@ -561,11 +745,7 @@ async fn read_short_line(reader: &mut BufReader<OwnedReadHalf>) -> Result<String
         .read_until(b'\n', &mut line)
         .await?;
     if read < 512 && line.last() != Some(&b'\n') {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed during the handshake",
-        )
-        .into());
+        return Err(LinkError::ClosedInHandshake);
     }
     if line.last() != Some(&b'\n') {
         return Err(LinkError::Malformed("handshake line (too long)"));

@@ -57,7 +57,65 @@ pub fn parse_payload_line(line: &[u8]) -> Option<PayloadLine<'_>> {
     }
 }
 
-/// The fields of a `HERD-HELLO` line.
+/// The version of the peer protocol this server speaks. A link comes up
+/// only between servers of the same version: each side of a handshake
+/// names its version second on its first line, a word every version keeps,
+/// so that servers of any two versions can tell each other what they speak.
+/// Version 2 added the version to the hello, and announcement (`H`) and
+/// link-state (`L`) lines to frames.
+pub const PROTOCOL_VERSION: &str = "2";
+
+/// A listener's `HERD-CHALLENGE <version> <nonce>` line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Challenge<'a> {
+    /// Our version, with the listener's nonce.
+    Ours { nonce: Vec<u8> },
+    /// Another version, whose other fields mean nothing to us.
+    Other { version: &'a str },
+}
+
+/// Parses a challenge line; `None` if it is not one.
+pub fn parse_challenge(line: &str) -> Option<Challenge<'_>> {
+    let mut fields = line.split(' ');
+    if fields.next()? != "HERD-CHALLENGE" {
+        return None;
+    }
+    let version = fields.next().filter(|v| is_version(v))?;
+    if version != PROTOCOL_VERSION {
+        return Some(Challenge::Other { version });
+    }
+    let nonce = decode_hex(fields.next()?).filter(|n| n.len() == 16)?;
+    fields.next().is_none().then_some(Challenge::Ours { nonce })
+}
+
+/// The challenge a listener of our version sends.
+pub fn challenge_line(nonce: &[u8]) -> String {
+    format!("HERD-CHALLENGE {PROTOCOL_VERSION} {}\n", hex::encode(nonce))
+}
+
+/// The version a `HERD-HELLO` line is in, and the server it claims to come
+/// from when it names one; `None` if it is no hello at all.
+pub fn hello_version(line: &str) -> Option<(&str, Option<&str>)> {
+    let mut fields = line.split(' ');
+    if fields.next()? != "HERD-HELLO" {
+        return None;
+    }
+    let version = fields.next().filter(|v| is_version(v))?;
+    Some((version, fields.next()))
+}
+
+/// The hello a dialler sends a listener of another version before it
+/// closes: its version and both names, so that the listener can say whom
+/// it could not link with and why.
+pub fn other_version_hello(from: &str, to: &str) -> String {
+    format!("HERD-HELLO {PROTOCOL_VERSION} {from} {to}\n")
+}
+
+fn is_version(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 9 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The fields of a `HERD-HELLO` line of our version.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Hello<'a> {
     pub from: &'a str,
@@ -69,12 +127,17 @@ pub struct Hello<'a> {
     pub tag: Vec<u8>,
 }
 
-/// Parses a `HERD-HELLO` line; `None` if it is malformed.
+/// Parses a `HERD-HELLO` line of our version; `None` if it is malformed
+/// or of another version.
 pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
-    let ["HERD-HELLO", from, to, run_text, nonce, tag] = line.split(' ').collect::<Vec<_>>()[..]
+    let ["HERD-HELLO", version, from, to, run_text, nonce, tag] =
+        line.split(' ').collect::<Vec<_>>()[..]
     else {
         return None;
     };
+    if version != PROTOCOL_VERSION {
+        return None;
+    }
     Some(Hello {
         from,
         to,
@@ -83,6 +146,39 @@ pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
         nonce: decode_hex(nonce).filter(|n| n.len() == 16)?,
         tag: decode_hex(tag).filter(|t| t.len() == 32)?,
     })
+}
+
+/// Why a listener refused a hello, as it tells the dialler in a
+/// `HERD-REFUSED <reason>` line before it closes. The line is not
+/// authenticated: it only lets the dialler say what went wrong, and
+/// nothing is believed from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The hello's MAC did not verify: the dialler's herd secret is not
+    /// the listener's.
+    Secret,
+    /// The dialler is not one of the listener's neighbours, or the hello
+    /// was meant for another server.
+    Neighbour,
+}
+
+impl Refusal {
+    /// The line that says so, with its `\n`.
+    pub fn line(self) -> &'static str {
+        match self {
+            Refusal::Secret => "HERD-REFUSED secret\n",
+            Refusal::Neighbour => "HERD-REFUSED neighbour\n",
+        }
+    }
+
+    /// The refusal a `HERD-REFUSED` line gives, if it is one we know.
+    pub fn parse(line: &str) -> Option<Refusal> {
+        match line {
+            "HERD-REFUSED secret" => Some(Refusal::Secret),
+            "HERD-REFUSED neighbour" => Some(Refusal::Neighbour),
+            _ => None,
+        }
+    }
 }
 
 /// The number and AT line of an update line (`U <seq> <AT line>`), the AT
@@ -243,19 +339,80 @@ mod tests {
 
     #[test]
     fn hello_lines() {
-        let line = format!("HERD-HELLO A B 42 {} {}", "ab".repeat(16), "cd".repeat(32));
+        let line = format!(
+            "HERD-HELLO 2 A B 42 {} {}",
+            "ab".repeat(16),
+            "cd".repeat(32)
+        );
         let hello = parse_hello(&line).unwrap();
         assert_eq!((hello.from, hello.to, hello.run), ("A", "B", 42));
-        assert!(parse_hello("HERD-HELLO A B 42 00 00").is_none());
+        assert_eq!(hello_version(&line), Some(("2", Some("A"))));
+        assert!(parse_hello("HERD-HELLO 2 A B 42 00 00").is_none());
         assert!(parse_hello(&line.replace("42", "x")).is_none());
         assert!(parse_hello(&format!("{line} extra")).is_none());
+        // A hello of version 1 had no version; one of another version is
+        // not ours, but says what it is.
+        assert!(parse_hello(&line.replace("HELLO 2 ", "HELLO ")).is_none());
+        let three = line.replace("HELLO 2 ", "HELLO 3 ");
+        assert!(parse_hello(&three).is_none());
+        assert_eq!(hello_version(&three), Some(("3", Some("A"))));
+        assert_eq!(
+            hello_version(other_version_hello("A", "B").trim_end()),
+            Some(("2", Some("A")))
+        );
+        assert_eq!(hello_version("HERD-HELLO 7"), Some(("7", None)));
+        assert_eq!(hello_version("HERD-HELLO A B"), None);
+        assert_eq!(hello_version("HERD-PEER 2 A"), None);
+    }
+
+    #[test]
+    fn challenge_lines() {
+        let nonce = [0xab; 16];
+        let line = challenge_line(&nonce);
+        assert!(line.starts_with("HERD-CHALLENGE 2 ") && line.ends_with('\n'));
+        assert_eq!(
+            parse_challenge(line.trim_end()),
+            Some(Challenge::Ours {
+                nonce: nonce.to_vec()
+            })
+        );
+        assert_eq!(
+            parse_challenge(&format!("HERD-CHALLENGE 1 {}", "00".repeat(16))),
+            Some(Challenge::Other { version: "1" })
+        );
+        assert_eq!(
+            parse_challenge("HERD-CHALLENGE 12 anything at all"),
+            Some(Challenge::Other { version: "12" })
+        );
+        for bad in [
+            "HERD-CHALLENGE",
+            "HERD-CHALLENGE 2",
+            "HERD-CHALLENGE 2 00",
+            "HERD-CHALLENGE x 00",
+            "HERD-CHALLENGE -2 00",
+            "SSH-2.0-OpenSSH_9.6",
+        ] {
+            assert_eq!(parse_challenge(bad), None, "{bad}");
+        }
+        assert_eq!(parse_challenge(&format!("{} extra", line.trim_end())), None);
+    }
+
+    #[test]
+    fn refusals_round_trip() {
+        for refusal in [Refusal::Secret, Refusal::Neighbour] {
+            assert_eq!(Refusal::parse(refusal.line().trim_end()), Some(refusal));
+        }
+        assert_eq!(Refusal::parse("HERD-REFUSED mood"), None);
     }
 
     proptest::proptest! {
         #[test]
         fn peer_parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = parse_payload_line(&bytes);
-            let _ = parse_hello(&String::from_utf8_lossy(&bytes));
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse_hello(&text);
+            let _ = hello_version(&text);
+            let _ = parse_challenge(&text);
         }
     }
 }

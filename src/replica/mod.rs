@@ -17,7 +17,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ pub struct StorageSetup {
     pub dir: PathBuf,
     pub durability: Durability,
     pub sync_interval: Duration,
+    /// Set when an archive reads the log (see `src/history/`): how far it
+    /// has read for good. Reports are then logged in the order of their
+    /// numbers, and compaction keeps the segments it has not passed.
+    pub archived: Option<Arc<AtomicU64>>,
 }
 
 /// What one neighbour has sent us: its run id and the sequence number up to
@@ -58,6 +62,12 @@ pub struct Replica {
     /// Updates were accepted since the links were last told (see
     /// [`Replica::announce`]).
     unannounced: AtomicBool,
+    /// How far an archive has read the log for good, if one does.
+    archived: Option<Arc<AtomicU64>>,
+    /// Held from numbering a report to logging it while an archive reads
+    /// the log, so that the log holds reports in the order of their
+    /// numbers and a number is a position an archive can resume from.
+    in_order: Option<Mutex<()>>,
 }
 
 impl Replica {
@@ -75,6 +85,7 @@ impl Replica {
         let Some(setup) = setup else {
             return Ok(Self::in_memory(neighbours, rand::random::<u64>() | 1));
         };
+        let archived = setup.archived.clone();
         let (store, storage, recovered) = tokio::task::spawn_blocking(move || {
             let store = Store::new();
             // Each report goes into the store as it is read from disk.
@@ -93,13 +104,18 @@ impl Replica {
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
         store.continue_from(recovered.next_seq);
         storage.start_syncer();
-        Ok(Self::with(
+        let mut replica = Self::with(
             store,
             Some(storage),
             recovered.run,
             neighbours,
             &recovered.cursors,
-        ))
+        );
+        if archived.is_some() {
+            replica.in_order = Some(Mutex::new(()));
+        }
+        replica.archived = archived;
+        Ok(replica)
     }
 
     /// A replica over `store` that continues run `run` with the cursors
@@ -127,6 +143,8 @@ impl Replica {
             cursors: Mutex::new(cursors),
             accepted: watch::Sender::new(0),
             unannounced: AtomicBool::new(false),
+            archived: None,
+            in_order: None,
         }
     }
 
@@ -154,6 +172,7 @@ impl Replica {
     /// `client_time`) if it is newer, logs it and marks it for the links.
     /// Returns whether it was newer.
     pub fn accept(&self, at_line: &[u8], client_time: Timestamp, source: Source) -> bool {
+        let _in_order = self.lock_in_order();
         let Some(seq) = self.store.update(at_line, client_time, source) else {
             return false;
         };
@@ -170,11 +189,24 @@ impl Replica {
         source: Source,
         client_time: impl FnOnce() -> Option<Timestamp>,
     ) -> Applied {
+        let _in_order = self.lock_in_order();
         let applied = self.store.apply(at_line, source, client_time);
         if let Applied::Stored(seq) = applied {
             self.stored(seq, at_line);
         }
         applied
+    }
+
+    fn lock_in_order(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.in_order
+            .as_ref()
+            .map(|lock| lock.lock().expect("order lock is never poisoned"))
+    }
+
+    /// The folder of the store log, for an archive to read it; `None` for
+    /// a replica in memory.
+    pub fn log_dir(&self) -> Option<&std::path::Path> {
+        self.storage.as_deref().map(Storage::dir)
     }
 
     fn stored(&self, seq: u64, at_line: &[u8]) {
@@ -286,10 +318,17 @@ impl Replica {
                 _ = every.tick() => {}
                 () = shutdown.cancelled() => return,
             }
+            let archived = self.archived.clone();
+            if let Some(archived) = &archived
+                && let Err(error) = storage.release_archived(archived.load(Ordering::Acquire))
+            {
+                warn!(%error, "deleting archived store log segments failed");
+            }
             if !storage.wants_compaction(self.store.len()) {
                 continue;
             }
             let (replica, storage) = (self.clone(), storage.clone());
+            let archived_now = archived.map(|archived| move || archived.load(Ordering::Acquire));
             let outcome = tokio::task::spawn_blocking(move || {
                 storage.compact(
                     || replica.cursor_list(),
@@ -308,6 +347,7 @@ impl Replica {
                             next = reached;
                         }
                     },
+                    archived_now.as_ref().map(|now| now as &dyn Fn() -> u64),
                 )
             })
             .await;

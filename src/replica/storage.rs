@@ -99,6 +99,12 @@ struct Inner {
     reserved: u64,
     run: u64,
     compacting: bool,
+    /// The highest sequence number appended, so that a compaction knows
+    /// which numbers the segments it would delete hold.
+    last_seq: u64,
+    /// Segments below `.0`, kept after a compaction because an archive had
+    /// not yet passed `.1`, the highest number they hold.
+    held: Option<(u64, u64)>,
 }
 
 /// The open log of one server.
@@ -185,6 +191,8 @@ impl Storage {
                 reserved: recovered.next_seq,
                 run: recovered.run,
                 compacting: false,
+                last_seq: 0,
+                held: None,
             }),
             synced: Mutex::new(SyncState::default()),
             sync_wakeup: Condvar::new(),
@@ -206,6 +214,11 @@ impl Storage {
             "store recovered"
         );
         Ok((storage, recovered))
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Starts the background thread that writes and fsyncs on the interval.
@@ -262,6 +275,7 @@ impl Storage {
     pub fn append_report(&self, seq: u64, at_line: &[u8]) {
         let mut inner = self.inner.lock().expect("storage lock");
         encode_report(&mut inner.buffer, seq, at_line);
+        inner.last_seq = inner.last_seq.max(seq);
         self.stats.records.bump();
         if seq + RESERVE_STEP / 2 >= inner.reserved {
             // Once per half a million updates: extend the reservation,
@@ -424,12 +438,17 @@ impl Storage {
     ///
     /// `cursors` and `reports` are called after the switch to a new
     /// segment, so whatever they miss is in that segment, which is kept.
+    /// With `archived` (how far an archive has read the log for good), the
+    /// old segments are deleted only once it has passed every number they
+    /// hold; until then they are kept, and [`Storage::release_archived`]
+    /// deletes them later.
     pub fn compact(
         &self,
         cursors: impl FnOnce() -> Vec<(String, u64, u64)>,
         mut reports: impl FnMut(&mut ReportSink<'_>),
+        archived: Option<&dyn Fn() -> u64>,
     ) -> Result<(), StorageError> {
-        let (segment, run, reserved) = {
+        let (segment, run, reserved, last_seq) = {
             let mut inner = self.inner.lock().expect("storage lock");
             if inner.compacting {
                 return Ok(());
@@ -444,7 +463,7 @@ impl Storage {
             inner.trim = PageCacheTrim::new(&inner.file, TRIM_EVERY);
             inner.segment = segment;
             inner.since_snapshot = 0;
-            (segment, inner.run, inner.reserved)
+            (segment, inner.run, inner.reserved, inner.last_seq)
         };
         let result = self.write_snapshot(segment, run, reserved, cursors(), &mut reports);
         self.inner.lock().expect("storage lock").compacting = false;
@@ -455,11 +474,39 @@ impl Storage {
         for old in snapshots.into_iter().filter(|&n| n < segment) {
             let _ = std::fs::remove_file(self.dir.join(snapshot_name(old)));
         }
-        for old in segments.into_iter().filter(|&n| n < segment) {
-            let _ = std::fs::remove_file(self.dir.join(segment_name(old)));
+        // Replay starts at the snapshot, so older segments matter only to
+        // an archive that has not read them yet.
+        if archived.is_none_or(|archived| archived() >= last_seq) {
+            self.remove_segments_below(segment, segments);
+        } else {
+            self.inner.lock().expect("storage lock").held = Some((segment, last_seq));
         }
         info!(segment, "store log compacted");
         Ok(())
+    }
+
+    /// Deletes the segments a compaction kept for an archive, once it has
+    /// read past `archived`.
+    pub fn release_archived(&self, archived: u64) -> Result<(), StorageError> {
+        let held = {
+            let mut inner = self.inner.lock().expect("storage lock");
+            match inner.held {
+                Some((_, last_seq)) if archived >= last_seq => inner.held.take(),
+                _ => None,
+            }
+        };
+        if let Some((segment, _)) = held {
+            let (_, segments) = list_all(&self.dir)?;
+            self.remove_segments_below(segment, segments);
+            info!(segment, "archived store log segments deleted");
+        }
+        Ok(())
+    }
+
+    fn remove_segments_below(&self, segment: u64, segments: Vec<u64>) {
+        for old in segments.into_iter().filter(|&n| n < segment) {
+            let _ = std::fs::remove_file(self.dir.join(segment_name(old)));
+        }
     }
 
     fn write_snapshot(
@@ -515,6 +562,144 @@ impl Storage {
             .and_then(|d| d.sync_all())
             .map_err(io_error(&self.dir))?;
         Ok(())
+    }
+}
+
+/// Reads the report records of a data folder's segments, oldest first, as
+/// they are written: an archive's view of the log. It reads only what was
+/// handed to the OS, and stops at a record not yet wholly written, to try
+/// it again on the next call.
+pub struct LogTail {
+    dir: PathBuf,
+    segment: Option<u64>,
+    reader: Option<io::BufReader<File>>,
+    /// Where the next record starts in the current segment.
+    offset: u64,
+    /// The segment's length as last read, and whether the reader is at
+    /// `offset`.
+    length: u64,
+    positioned: bool,
+    payload: Vec<u8>,
+}
+
+impl LogTail {
+    /// A reader from the oldest segment of `dir` on.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            segment: None,
+            reader: None,
+            offset: 0,
+            length: 0,
+            positioned: false,
+            payload: Vec::new(),
+        }
+    }
+
+    /// The next report record, its number and AT line; `None` when every
+    /// record written so far has been read.
+    pub fn next_report(&mut self) -> Result<Option<(u64, &[u8])>, StorageError> {
+        loop {
+            if self.reader.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            if self.read_one()? {
+                if self.is_report() {
+                    break;
+                }
+                continue;
+            }
+            // At the end of what is written. The writer finishes a segment
+            // before it creates the next one, so once a newer one is seen,
+            // one more read gets everything this one will ever hold.
+            let newer = self.newer_segment()?;
+            if self.read_one()? {
+                if self.is_report() {
+                    break;
+                }
+                continue;
+            }
+            match newer {
+                Some(_) => self.reader = None,
+                None => return Ok(None),
+            }
+        }
+        let seq = u64::from_le_bytes(self.payload[1..9].try_into().expect("8 bytes"));
+        Ok(Some((seq, &self.payload[9..])))
+    }
+
+    fn is_report(&self) -> bool {
+        self.payload.first() == Some(&b'R') && self.payload.len() >= 9
+    }
+
+    fn newer_segment(&self) -> Result<Option<u64>, StorageError> {
+        let (_, segments) = list_all(&self.dir)?;
+        Ok(segments
+            .into_iter()
+            .find(|&n| self.segment.is_none_or(|current| n > current)))
+    }
+
+    /// Opens the segment after the current one; whether there is one.
+    fn open_next(&mut self) -> Result<bool, StorageError> {
+        let Some(next) = self.newer_segment()? else {
+            return Ok(false);
+        };
+        let path = self.dir.join(segment_name(next));
+        self.segment = Some(next);
+        match File::open(&path) {
+            Ok(file) => {
+                self.reader = Some(io::BufReader::with_capacity(1 << 16, file));
+                self.offset = 0;
+                self.length = 0;
+                self.positioned = false;
+                Ok(true)
+            }
+            // Deleted since it was listed: an archive had read it already.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(error) => Err(io_error(&path)(error)),
+        }
+    }
+
+    /// Reads the record at `offset` into `payload`; `false` if it is not
+    /// wholly there (yet), leaving `offset` where it was.
+    fn read_one(&mut self) -> Result<bool, StorageError> {
+        let path = self.dir.join(segment_name(self.segment.unwrap_or(0)));
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(false);
+        };
+        // The file's length is read again only when what was known of it
+        // is used up, and the reader seeks only after a failed read.
+        for fresh in [false, true] {
+            if fresh {
+                let length = reader.get_ref().metadata().map_err(io_error(&path))?.len();
+                if length == self.length {
+                    return Ok(false);
+                }
+                self.length = length;
+            }
+            if self.offset == 0 {
+                if self.length < MAGIC.len() as u64 {
+                    continue;
+                }
+                self.offset = MAGIC.len() as u64;
+                self.positioned = false;
+            }
+            if !self.positioned {
+                io::Seek::seek(reader, io::SeekFrom::Start(self.offset))
+                    .map_err(io_error(&path))?;
+                self.positioned = true;
+            }
+            let left = self.length.saturating_sub(self.offset);
+            if left == 0 {
+                continue;
+            }
+            if read_record(reader, left, &mut self.payload).map_err(io_error(&path))? {
+                self.offset += 8 + self.payload.len() as u64;
+                return Ok(true);
+            }
+            self.positioned = false;
+        }
+        Ok(false)
     }
 }
 
@@ -879,6 +1064,7 @@ mod tests {
                         put(*seq, line);
                     }
                 },
+                None,
             )
             .unwrap();
         storage.append_report(101, b"AT Hill +0.1 new +1+1 1");
@@ -893,5 +1079,47 @@ mod tests {
         assert_eq!(again.run, recovered.run);
         assert_eq!(reports.len(), 11);
         assert_eq!(again.cursors["Smith"], (5, 6));
+    }
+
+    #[tokio::test]
+    async fn the_tail_reads_every_report_in_order_across_segments_and_waits_for_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _, _) = open(dir.path());
+        let mut tail = LogTail::new(dir.path());
+        let read = |tail: &mut LogTail| {
+            let mut seqs = Vec::new();
+            while let Some((seq, line)) = tail.next_report().unwrap() {
+                assert!(line.starts_with(b"AT Hill"));
+                seqs.push(seq);
+            }
+            seqs
+        };
+        assert_eq!(read(&mut tail), Vec::<u64>::new());
+        for seq in 1..=5 {
+            storage.append_report(seq, format!("AT Hill +0.1 c +1+1 {seq}").as_bytes());
+        }
+        assert_eq!(read(&mut tail), Vec::<u64>::new(), "not yet written out");
+        storage.commit().await.unwrap();
+        assert_eq!(read(&mut tail), vec![1, 2, 3, 4, 5]);
+        // A compaction with an archive behind keeps the old segment for it.
+        storage.append_report(6, b"AT Hill +0.1 c +1+1 6");
+        storage
+            .compact(
+                Vec::new,
+                |put| put(6, b"AT Hill +0.1 c +1+1 6"),
+                Some(&|| 5),
+            )
+            .unwrap();
+        storage.append_report(7, b"AT Hill +0.1 c +1+1 7");
+        storage.commit().await.unwrap();
+        assert_eq!(read(&mut tail), vec![6, 7], "the old segment, then the new");
+        let segments = || list_all(dir.path()).unwrap().1.len();
+        assert_eq!(segments(), 2);
+        storage.release_archived(5).unwrap();
+        assert_eq!(segments(), 2, "the archive has not passed 6 yet");
+        storage.release_archived(7).unwrap();
+        assert_eq!(segments(), 1);
+        let mut again = LogTail::new(dir.path());
+        assert_eq!(read(&mut again), vec![7]);
     }
 }

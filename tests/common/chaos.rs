@@ -5,8 +5,8 @@
 //! address is that server's proxy, so every link connection passes through
 //! the proxy of the server it dials. The proxy relays bytes both ways and
 //! learns who is dialling from the handshake: the listening server sends
-//! `HERD-CHALLENGE 1 <hex>` first, then the dialler sends
-//! `HERD-HELLO <from> <to> <run> <nonce> <mac>`. While the link {from, to} is
+//! `HERD-CHALLENGE 2 <hex>` first, then the dialler sends
+//! `HERD-HELLO 2 <from> <to> <run> <nonce> <mac>`. While the link {from, to} is
 //! cut, its connections are closed and new ones are closed as soon as their
 //! hello shows whose they are; healing lets the next dial through. A link
 //! can also fail silently (`swallow`): its connections stay open and every
@@ -275,7 +275,7 @@ fn relay(shared: &Arc<Shared>, dialler: TcpStream, to: &str, upstream: SocketAdd
     let fields: Vec<&str> = hello.split(' ').collect();
     // Anything else (a stranger) is relayed as is and never cut.
     let from = match fields[..] {
-        ["HERD-HELLO", from, claimed_to, ..] if claimed_to == to => Some(from.to_owned()),
+        ["HERD-HELLO", _version, from, claimed_to, ..] if claimed_to == to => Some(from.to_owned()),
         _ => None,
     };
     let mut id = None;

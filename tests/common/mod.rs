@@ -181,7 +181,8 @@ impl Port {
 // ------------------------------------------------------------ logs
 
 /// What one server logged (every `tracing` event at INFO and above, from
-/// the threads of its runtime), as lines of `LEVEL fields message`.
+/// the threads of its runtime), as lines of `LEVEL message fields`, as
+/// the log file has them.
 #[derive(Clone, Default)]
 pub struct Log(Arc<Mutex<String>>);
 
@@ -221,10 +222,10 @@ impl<S: tracing::Subscriber> Layer<S> for Log {
         let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(
             log,
-            "{}{} {}",
+            "{} {}{}",
             event.metadata().level(),
-            line.fields,
-            line.message
+            line.message,
+            line.fields
         );
     }
 }
@@ -388,6 +389,16 @@ pub fn setup(
     name: &str,
     places: Option<Arc<dyn herd::places::Places>>,
 ) -> (ServerSetup, Vec<(Port, Port)>) {
+    let (mut setups, ports) = setups(topology, &[name], places);
+    (setups.pop().expect("one setup"), ports)
+}
+
+/// `setup` for each of `names`, all of one herd, with one secret.
+pub fn setups(
+    topology: &[(&str, &[&str])],
+    names: &[&str],
+    places: Option<Arc<dyn herd::places::Places>>,
+) -> (Vec<ServerSetup>, Vec<(Port, Port)>) {
     let ports: Vec<(Port, Port)> = topology
         .iter()
         .map(|_| (Port::any(), Port::any()))
@@ -399,13 +410,21 @@ pub fn setup(
     let text = config_text(topology, &addresses, "");
     let config = HerdConfig::parse(&text, "test config", &std::env::temp_dir())
         .unwrap_or_else(|error| panic!("the test config: {error}\n{text}"));
-    let places = places.unwrap_or_else(|| {
-        herd::places::from_config(&config, name).expect("the default places provider")
-    });
-    let mut setup = ServerSetup::from_config(&config, name, new_secret().into_bytes(), places)
-        .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
-    setup.storage = None;
-    (setup, ports)
+    let secret = new_secret();
+    let setups = names
+        .iter()
+        .map(|name| {
+            let places = places.clone().unwrap_or_else(|| {
+                herd::places::from_config(&config, name).expect("the default places provider")
+            });
+            let mut setup =
+                ServerSetup::from_config(&config, name, secret.clone().into_bytes(), places)
+                    .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
+            setup.storage = None;
+            setup
+        })
+        .collect();
+    (setups, ports)
 }
 
 /// Awaits `future` with tokio's paused clock held still, for a test that
@@ -551,6 +570,13 @@ impl Herd {
     /// Starts server `name` on its ports. It accepts at once: connections
     /// wait in the listen backlog until it gets to them.
     pub fn launch(&mut self, name: &str) {
+        let secret = self.secret.clone();
+        self.launch_with_secret(name, &secret);
+    }
+
+    /// Starts server `name` on its ports with `secret` for the herd's
+    /// secret (another herd's, say).
+    pub fn launch_with_secret(&mut self, name: &str, secret: &str) {
         let index = self.index(name);
         let server = &mut self.servers[index];
         assert!(server.running.is_none(), "{name} is already running");
@@ -561,11 +587,28 @@ impl Herd {
         server.running = Some(RunningServer::start_with_admin(
             &self.config,
             name,
-            &self.secret,
+            secret,
             ports,
             server.admin_port.take(),
             server.log.clone(),
         ));
+    }
+
+    /// Server `name`'s peer port, listening, for a test to play that
+    /// server on; it is started no more.
+    pub fn take_listener(&mut self, name: &str) -> std::net::TcpListener {
+        let index = self.index(name);
+        let server = &mut self.servers[index];
+        assert!(server.running.is_none(), "{name} is running");
+        let (_, peer) = server
+            .ports
+            .take()
+            .expect("a stopped server holds its ports");
+        let listener = peer.listen();
+        listener
+            .set_nonblocking(false)
+            .expect("a blocking listener");
+        listener
     }
 
     /// Stops server `name` (see `RunningServer::stop`); its ports refuse

@@ -1,0 +1,81 @@
+//! `herd history`: a client's archived reports, the clients seen near a
+//! place, and erasure, from the core database of `[history]`.
+
+use anyhow::{Context, bail};
+
+use herd::history::{self, Circle, Report, Window};
+use herd::protocol::time::Timestamp;
+
+use super::HerdArgs;
+
+/// What `herd history` was asked.
+pub(crate) struct Query {
+    pub client: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: usize,
+    pub near: Option<String>,
+    pub radius_km: Option<f64>,
+    pub forget: Option<String>,
+    pub json: bool,
+}
+
+pub(crate) fn history(herd: &HerdArgs, query: &Query) -> anyhow::Result<()> {
+    let config = herd.load()?;
+    let Some(history_config) = &config.history else {
+        bail!("the herd config has no [history] table: nothing is archived");
+    };
+    let mut database = history::open(history_config).context("opening the core database")?;
+    if let Some(client) = &query.forget {
+        let gone = database.forget(client.as_bytes())?;
+        println!("forgot {client}: {gone} reports deleted from the core database");
+        return Ok(());
+    }
+    let window = Window {
+        since: query.since.as_deref().map_or(Ok(i64::MIN), time)?,
+        until: query.until.as_deref().map_or(Ok(i64::MAX), time)?,
+    };
+    let reports = match (&query.client, &query.near) {
+        (Some(client), None) => database.client_history(client.as_bytes(), window, query.limit)?,
+        (None, Some(near)) => {
+            let Some(radius_km) = query.radius_km.filter(|r| r.is_finite() && *r > 0.0) else {
+                bail!("--near needs --radius KM, greater than zero");
+            };
+            let (lat, lng) = near
+                .split_once(',')
+                .and_then(|(lat, lng)| Some((lat.trim().parse().ok()?, lng.trim().parse().ok()?)))
+                .filter(|&(lat, lng): &(f64, f64)| lat.abs() <= 90.0 && lng.abs() <= 180.0)
+                .context("--near takes LAT,LNG in degrees, e.g. 34.07,-118.44")?;
+            let circle = Circle {
+                lat,
+                lng,
+                radius_km,
+            };
+            database.near(circle, window, query.limit)?
+        }
+        _ => bail!("give a CLIENT, or --near LAT,LNG --radius KM, or --forget CLIENT"),
+    };
+    print(&reports, query.json)
+}
+
+/// POSIX time in seconds, as in IAMAT (`1795311039.489223042`).
+fn time(text: &str) -> anyhow::Result<i64> {
+    let time = Timestamp::parse(text.as_bytes())
+        .with_context(|| format!("{text:?} is not a POSIX time in seconds"))?;
+    Ok(i64::try_from(time.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn print(reports: &[Report], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+        return Ok(());
+    }
+    for report in reports {
+        let client_id = String::from_utf8_lossy(&report.client_id);
+        println!(
+            "{}  {}  {}  {}  skew {}",
+            report.client_time, client_id, report.location, report.server, report.skew
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! The archiver: one thread per server that reads the server's store log
+//! behind the writer and writes its own clients' reports to the core
+//! database, in batches, each in one transaction with its cursor.
+//!
+//! The log is the queue: nothing on the client's path waits for the
+//! database or even knows of it. While the database cannot be reached the
+//! archiver holds one batch, stops reading, and tries again every interval;
+//! the log keeps everything after it (compaction keeps the segments the
+//! archive has not passed, see `Replica`'s `archived`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{CoreDatabase, HistoryError, Report};
+use crate::config::HistoryConfig;
+use crate::replica::Cursor;
+use crate::replica::storage::LogTail;
+use crate::stats::ServerStats;
+
+/// How often old reports are looked for, when `retention_days` is set.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// Reports deleted per transaction by retention.
+const RETENTION_BATCH: usize = 1_000;
+
+/// What the archiver of one server needs.
+pub struct ArchiverSetup {
+    /// The server's name: the AT lines whose origin it is are its own.
+    pub server: String,
+    /// The server's run id, which numbers its log.
+    pub run: u64,
+    /// The server's store log folder.
+    pub log_dir: PathBuf,
+    pub config: HistoryConfig,
+    /// Set to how far the archive has read the log for good.
+    pub archived: Arc<AtomicU64>,
+    pub stats: Arc<ServerStats>,
+}
+
+/// Starts the archiver's thread; it stops soon after `shutdown`.
+pub fn start(setup: ArchiverSetup, shutdown: CancellationToken) -> std::io::Result<()> {
+    let stop = shutdown.clone();
+    let thread = std::thread::Builder::new()
+        .name("herd-archive".into())
+        .spawn(move || Archiver::new(setup).run(&stop))?;
+    // Wake the thread from its wait as soon as the server stops.
+    let waker = thread.thread().clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        waker.unpark();
+    });
+    Ok(())
+}
+
+struct Archiver {
+    setup: ArchiverSetup,
+    database: Option<Box<dyn CoreDatabase>>,
+    /// What the database holds as this server's cursor.
+    committed: Option<Cursor>,
+    tail: Option<LogTail>,
+    /// The number of the last record read, and the own reports read since
+    /// `committed` and not yet written.
+    read_to: u64,
+    pending: Vec<Report>,
+    /// Set while the database fails, so that an outage is logged once.
+    failing: bool,
+    next_retention: Instant,
+}
+
+impl Archiver {
+    fn new(setup: ArchiverSetup) -> Self {
+        Self {
+            setup,
+            database: None,
+            committed: None,
+            tail: None,
+            read_to: 0,
+            pending: Vec::new(),
+            failing: false,
+            next_retention: Instant::now(),
+        }
+    }
+
+    fn run(mut self, stop: &CancellationToken) {
+        let interval = Duration::from_millis(self.setup.config.interval_ms);
+        while !stop.is_cancelled() {
+            match self.round() {
+                // A full batch: there may be more at once (catching up).
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => self.failed(&error),
+            }
+            std::thread::park_timeout(interval);
+        }
+    }
+
+    /// Connects if needed, reads on, writes a batch; whether the batch
+    /// was full.
+    fn round(&mut self) -> Result<bool, HistoryError> {
+        if self.database.is_none() {
+            let mut database = super::open(&self.setup.config)?;
+            self.committed = database.cursor(&self.setup.server)?;
+            self.database = Some(database);
+            // Read the log again from its start, skipping what is archived:
+            // a cursor of another run (a new data folder) counts as none.
+            self.read_to = match self.committed {
+                Some(cursor) if cursor.run == self.setup.run => cursor.seq,
+                _ => 0,
+            };
+            self.setup.archived.store(self.read_to, Ordering::Release);
+            self.tail = Some(LogTail::new(&self.setup.log_dir));
+            self.pending.clear();
+        }
+        let batch_size = self.setup.config.batch_size;
+        let tail = self.tail.as_mut().expect("set with the database");
+        while self.pending.len() < batch_size {
+            let Some((seq, at_line)) = tail.next_report().unwrap_or_else(|error| {
+                warn!(%error, "reading the store log for the archive failed");
+                None
+            }) else {
+                break;
+            };
+            if seq <= self.read_to {
+                continue;
+            }
+            self.read_to = seq;
+            let own = at_line
+                .split(|&b| b == b' ')
+                .nth(1)
+                .is_some_and(|origin| origin == self.setup.server.as_bytes());
+            if own && let Some(report) = Report::from_at_line(at_line) {
+                self.pending.push(report);
+            }
+        }
+        let full = self.pending.len() >= batch_size;
+        let to = Cursor {
+            run: self.setup.run,
+            seq: self.read_to,
+        };
+        if self.committed != Some(to) {
+            let database = self.database.as_mut().expect("connected above");
+            match database.archive(&self.setup.server, self.committed, to, &self.pending) {
+                Ok(()) => {}
+                Err(error @ HistoryError::CursorMoved { .. }) => {
+                    // Start again from what the database holds.
+                    self.database = None;
+                    return Err(error);
+                }
+                Err(error) => return Err(error),
+            }
+            self.committed = Some(to);
+            self.setup.archived.store(to.seq, Ordering::Release);
+            self.setup
+                .stats
+                .reports_archived
+                .add(self.pending.len() as u64);
+            self.pending.clear();
+            if self.failing {
+                self.failing = false;
+                info!(
+                    archived_to = to.seq,
+                    "core database reachable again; archiving"
+                );
+            }
+        }
+        self.expire_old()?;
+        Ok(full)
+    }
+
+    fn expire_old(&mut self) -> Result<(), HistoryError> {
+        let days = self.setup.config.retention_days;
+        if days == 0 || Instant::now() < self.next_retention {
+            return Ok(());
+        }
+        let database = self.database.as_mut().expect("connected");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let before = now.saturating_sub(
+            i64::try_from(days.saturating_mul(86_400_000_000_000)).unwrap_or(i64::MAX),
+        );
+        let mut expired = 0;
+        loop {
+            let gone = database.expire(before, RETENTION_BATCH)?;
+            expired += gone;
+            if gone < RETENTION_BATCH as u64 {
+                break;
+            }
+        }
+        if expired > 0 {
+            info!(expired, days, "old reports deleted from the core database");
+        }
+        self.next_retention = Instant::now() + RETENTION_EVERY;
+        Ok(())
+    }
+
+    fn failed(&mut self, error: &HistoryError) {
+        self.setup.stats.archive_failures.add(1);
+        if !self.failing {
+            self.failing = true;
+            warn!(%error, "archiving to the core database failed; the store log keeps the reports until it is back");
+        }
+    }
+}
