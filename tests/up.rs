@@ -352,7 +352,7 @@ fn the_quick_start_leaves_a_clone_clean() {
     )
     .unwrap();
     let mut config = herd::config::DEFAULT_CONFIG.to_owned();
-    for port in (12000..=12004).chain(12010..=12014) {
+    for port in (12000..=12004).chain(12010..=12014).chain(12020..=12024) {
         let free = common::process::free_address();
         config = config.replace(&format!("127.0.0.1:{port}\""), &format!("{free}\""));
     }

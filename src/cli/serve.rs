@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use herd::config::SECRET_ENV;
-use herd::server::{self, ServerSetup};
+use herd::server::{self, Listeners, ServerSetup};
 
 use super::up::{RESTART_NOTE_ENV, SUPERVISOR_ENV};
 use super::{HerdArgs, notify, server_runtime};
@@ -54,11 +54,22 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
                 server_config.peer
             )
         })?;
+        let admin = match &server_config.admin {
+            Some(address) => Some(listen(address).await.with_context(|| {
+                format!("{name}: cannot listen for the admin port on {address}")
+            })?),
+            None => None,
+        };
         tokio::spawn(on_signal);
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         setup.ready = Some(ready);
         tokio::spawn(tell_readiness(is_ready, shutdown.clone()));
-        server::run(setup, client, peer, shutdown).await?;
+        let listeners = Listeners {
+            client,
+            peer,
+            admin,
+        };
+        server::serve(setup, listeners, shutdown).await?;
         Ok(())
     })
 }

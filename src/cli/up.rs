@@ -109,13 +109,17 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
                         all_up = true;
                         for (server, pid) in config.servers.iter().zip(&pids) {
                             println!(
-                                "{:<10} pid {:<8} clients {:<21} peers {:<21} log {}",
+                                "{:<10} pid {:<8} clients {:<21} peers {:<21} admin {:<21} log {}",
                                 server.name,
                                 pid.expect("every server is up"),
                                 server.client,
                                 server.peer,
+                                server.admin.as_deref().unwrap_or("-"),
                                 config.log_dir.join(format!("{}.log", server.name)).display()
                             );
+                        }
+                        if config.servers.iter().all(|server| server.admin.is_some()) {
+                            await_links(&config).await;
                         }
                         println!("herd of {} servers is up; Ctrl-C stops it", pids.len());
                         // herd up run by systemd (Type=notify) is ready now.
@@ -139,6 +143,27 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
         while supervisors.join_next().await.is_some() {}
         outcome.map_err(anyhow::Error::msg)
     })
+}
+
+/// Waits, for at most 5 s, until every server answers on its admin port
+/// and every link is up both ways, as `herd status` checks, and says so.
+async fn await_links(config: &herd::config::HerdConfig) {
+    let herd = herd::admin::HerdMap::from_config(config, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let view = herd::admin::status::herd_view(&herd, None, Duration::from_secs(1)).await;
+        match super::status::problems(&view) {
+            None => {
+                println!("all {} links are up", view.links.len());
+                return;
+            }
+            Some(problems) if tokio::time::Instant::now() > deadline => {
+                eprintln!("herd: not healthy after 5 s: {problems}");
+                return;
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 /// A server has said it is ready (`restart` 0 the first time).
