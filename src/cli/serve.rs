@@ -6,7 +6,10 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use herd::config::SECRET_ENV;
+use herd::peer::auth::Keyring;
 use herd::server::{self, ServerSetup};
 
 use super::{HerdArgs, server_runtime};
@@ -14,11 +17,13 @@ use super::{HerdArgs, server_runtime};
 pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Result<()> {
     let config = args.load()?;
     let server_config = config.server(name)?.clone();
-    let Some(secret) = config.secret_or_env() else {
+    let secrets = config.secrets_or_env();
+    if secrets.is_empty() {
         bail!(
             "no herd secret: set `secret` in the config or ${SECRET_ENV} (the same for every server); `herd up` makes one for you"
         );
-    };
+    }
+    let keyring = Arc::new(Keyring::new(&secrets).context("reading the herd secrets")?);
     let rotation = (config.logging.max_file_mb > 0).then(|| herd::log::Rotation {
         max_bytes: config.logging.max_file_mb.saturating_mul(1 << 20),
         keep_files: config.logging.keep_files,
@@ -31,7 +36,7 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
     }
     raise_open_file_limit();
     let places = herd::places::from_config(&config, name)?;
-    let setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)?;
+    let setup = ServerSetup::from_config(&config, name, keyring.clone(), places)?;
     server_runtime(threads)?.block_on(async {
         let shutdown = CancellationToken::new();
         let on_signal = cancel_on_signal(shutdown.clone()).context("handling signals")?;
@@ -48,6 +53,7 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
             )
         })?;
         tokio::spawn(on_signal);
+        tokio::spawn(reload_secrets_on_hangup(args.clone(), keyring).context("handling SIGHUP")?);
         server::run(setup, client, peer, shutdown).await?;
         Ok(())
     })
@@ -102,6 +108,41 @@ pub(crate) fn cancel_on_signal(
             _ = int.recv() => {}
         }
         token.cancel();
+    })
+}
+
+/// On SIGHUP, reads the herd secrets again from the config (and
+/// `$HERD_SECRET`) and uses them from the next handshake on: how a running
+/// server moves to a new secret (docs/deploy.md). Links that are up stay
+/// up; a config that no longer loads changes nothing.
+fn reload_secrets_on_hangup(
+    args: HerdArgs,
+    keyring: Arc<Keyring>,
+) -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            let reloaded = args.load().and_then(|config| {
+                Ok(keyring.replace(&config.secrets_or_env())?)
+            });
+            match reloaded {
+                Ok(()) => {
+                    let keys = keyring.keys().ids();
+                    let ids: Vec<String> = keys.iter().map(ToString::to_string).collect();
+                    tracing::info!(
+                        target: herd::log::OPERATOR,
+                        "herd secrets reloaded: dialling with key {}, accepting {}",
+                        ids[0],
+                        ids.join(", ")
+                    );
+                }
+                Err(error) => tracing::warn!(
+                    target: herd::log::OPERATOR,
+                    "herd secrets not reloaded, keeping those in use: {error:#}"
+                ),
+            }
+        }
     })
 }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd::config::HerdConfig;
+use herd::peer::auth::Keyring;
 use herd::server::{self, ServerSetup};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -90,6 +91,11 @@ pub fn config_text(
         );
     }
     config
+}
+
+/// A keyring of one herd secret.
+pub fn keyring(secret: &str) -> Arc<Keyring> {
+    Arc::new(Keyring::new(&[secret]).expect("a test secret is not empty"))
 }
 
 /// A fresh random herd secret, as hex.
@@ -251,6 +257,8 @@ pub struct RunningServer {
     name: String,
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
+    /// The herd secrets it accepts, which a test may replace as it runs.
+    pub keyring: Arc<Keyring>,
     /// What `server::run` returned, once it has.
     finished: mpsc::Receiver<Result<(), String>>,
 }
@@ -267,7 +275,7 @@ impl RunningServer {
     ) -> RunningServer {
         let places = herd::places::from_config(config, name)
             .unwrap_or_else(|error| panic!("{name}'s places provider: {error:#}"));
-        let setup = ServerSetup::from_config(config, name, secret.as_bytes().to_vec(), places)
+        let setup = ServerSetup::from_config(config, name, keyring(secret), places)
             .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
         RunningServer::start_setup(setup, client.listen(), peer.listen(), log)
     }
@@ -280,6 +288,7 @@ impl RunningServer {
         log: Log,
     ) -> RunningServer {
         let name = setup.name.clone();
+        let keyring = setup.keyring.clone();
         let runtime = server_runtime(&name, log);
         let shutdown = CancellationToken::new();
         let (done, finished) = mpsc::channel();
@@ -303,6 +312,7 @@ impl RunningServer {
             name,
             runtime: Some(runtime),
             shutdown,
+            keyring,
             finished,
         }
     }
@@ -381,7 +391,7 @@ pub fn setups(
                 herd::places::from_config(&config, name).expect("the default places provider")
             });
             let mut setup =
-                ServerSetup::from_config(&config, name, secret.clone().into_bytes(), places)
+                ServerSetup::from_config(&config, name, keyring(&secret), places)
                     .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
             setup.storage = None;
             setup
@@ -522,6 +532,17 @@ impl Herd {
             ports,
             server.log.clone(),
         ));
+    }
+
+    /// The herd secrets running server `name` accepts, to replace while
+    /// it runs.
+    pub fn keyring(&self, name: &str) -> Arc<Keyring> {
+        self.server(name)
+            .running
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} is not running"))
+            .keyring
+            .clone()
     }
 
     /// Server `name`'s peer port, listening, for a test to play that
