@@ -123,9 +123,9 @@ fn reload_secrets_on_hangup(
     let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
         while hangup.recv().await.is_some() {
-            let reloaded = args.load().and_then(|config| {
-                Ok(keyring.replace(&config.secrets_or_env())?)
-            });
+            let reloaded = args
+                .load()
+                .and_then(|config| Ok(keyring.replace(&config.secrets_or_env())?));
             match reloaded {
                 Ok(()) => {
                     let keys = keyring.keys().ids();

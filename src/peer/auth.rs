@@ -98,11 +98,15 @@ impl Key {
     }
 
     fn builder<'a>(&'a self, prologue: &'a [u8]) -> snow::Builder<'a> {
-        snow::Builder::new(NOISE_PARAMS.parse().expect("the Noise parameters are valid"))
-            .prologue(prologue)
-            .expect("a prologue is always accepted")
-            .psk(0, &self.psk)
-            .expect("NNpsk0 has a psk at position 0")
+        snow::Builder::new(
+            NOISE_PARAMS
+                .parse()
+                .expect("the Noise parameters are valid"),
+        )
+        .prologue(prologue)
+        .expect("a prologue is always accepted")
+        .psk(0, &self.psk)
+        .expect("NNpsk0 has a psk at position 0")
     }
 
     /// The dialler's side of a handshake bound to `prologue` (the opening
@@ -138,7 +142,10 @@ impl Keys {
             return Err(AuthError::EmptySecret);
         }
         Ok(Keys(
-            secrets.iter().map(|secret| Key::new(secret.as_ref())).collect(),
+            secrets
+                .iter()
+                .map(|secret| Key::new(secret.as_ref()))
+                .collect(),
         ))
     }
 
@@ -171,7 +178,10 @@ impl Keyring {
 
     /// The keys as they are now.
     pub fn keys(&self) -> Arc<Keys> {
-        self.0.lock().expect("keyring lock is never poisoned").clone()
+        self.0
+            .lock()
+            .expect("keyring lock is never poisoned")
+            .clone()
     }
 
     /// Accepts `secrets` from now on, dialling with the first.
@@ -291,7 +301,11 @@ impl Session {
 mod tests {
     use super::*;
 
-    fn pair(dialler: &Key, listener: &Key, prologues: (&[u8], &[u8])) -> Result<(Session, Session), AuthError> {
+    fn pair(
+        dialler: &Key,
+        listener: &Key,
+        prologues: (&[u8], &[u8]),
+    ) -> Result<(Session, Session), AuthError> {
         let mut initiator = dialler.initiator(prologues.0);
         let mut responder = listener.responder(prologues.1);
         let hello = initiator.write(b"A B 7");

@@ -391,7 +391,11 @@ mod tests {
         assert!(parse_hello("HERD-HELLO 3  B 0a1b2c3d").is_none());
         // A hello of version 2 had a run, nonce and MAC in the clear; one
         // of another version is not ours, but says what it is.
-        let two = format!("HERD-HELLO 2 A B 42 {} {}", "ab".repeat(16), "cd".repeat(32));
+        let two = format!(
+            "HERD-HELLO 2 A B 42 {} {}",
+            "ab".repeat(16),
+            "cd".repeat(32)
+        );
         assert!(parse_hello(&two).is_none());
         assert_eq!(hello_version(&two), Some(("2", Some("A"))));
         assert_eq!(
@@ -417,7 +421,10 @@ mod tests {
             parse_hello_payload(&hello_payload("A", "B", 42)),
             Some(("A", "B", 42))
         );
-        assert_eq!(parse_welcome_payload(&welcome_payload(42, 7)), Some((42, 7)));
+        assert_eq!(
+            parse_welcome_payload(&welcome_payload(42, 7)),
+            Some((42, 7))
+        );
         assert_eq!(parse_hello_payload(b"A B"), None);
         assert_eq!(parse_hello_payload(b"A B x"), None);
         assert_eq!(parse_welcome_payload(b"1 2 3"), None);

@@ -270,12 +270,24 @@ impl RunningServer {
         config: &HerdConfig,
         name: &str,
         secret: &str,
+        ports: (Port, Port),
+        log: Log,
+    ) -> RunningServer {
+        RunningServer::start_with_secrets(config, name, &[secret], ports, log)
+    }
+
+    /// `start`, accepting `secrets` and dialling with the first.
+    pub fn start_with_secrets(
+        config: &HerdConfig,
+        name: &str,
+        secrets: &[&str],
         (client, peer): (Port, Port),
         log: Log,
     ) -> RunningServer {
         let places = herd::places::from_config(config, name)
             .unwrap_or_else(|error| panic!("{name}'s places provider: {error:#}"));
-        let setup = ServerSetup::from_config(config, name, keyring(secret), places)
+        let keyring = Arc::new(Keyring::new(secrets).expect("test secrets are not empty"));
+        let setup = ServerSetup::from_config(config, name, keyring, places)
             .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
         RunningServer::start_setup(setup, client.listen(), peer.listen(), log)
     }
@@ -390,9 +402,8 @@ pub fn setups(
             let places = places.clone().unwrap_or_else(|| {
                 herd::places::from_config(&config, name).expect("the default places provider")
             });
-            let mut setup =
-                ServerSetup::from_config(&config, name, keyring(&secret), places)
-                    .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
+            let mut setup = ServerSetup::from_config(&config, name, keyring(&secret), places)
+                .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
             setup.storage = None;
             setup
         })
@@ -518,6 +529,12 @@ impl Herd {
     /// Starts server `name` on its ports with `secret` for the herd's
     /// secret (another herd's, say).
     pub fn launch_with_secret(&mut self, name: &str, secret: &str) {
+        self.launch_with_secrets(name, &[secret]);
+    }
+
+    /// Starts server `name` on its ports accepting `secrets`, dialling with
+    /// the first.
+    pub fn launch_with_secrets(&mut self, name: &str, secrets: &[&str]) {
         let index = self.index(name);
         let server = &mut self.servers[index];
         assert!(server.running.is_none(), "{name} is already running");
@@ -525,10 +542,10 @@ impl Herd {
             .ports
             .take()
             .expect("a stopped server holds its ports");
-        server.running = Some(RunningServer::start(
+        server.running = Some(RunningServer::start_with_secrets(
             &self.config,
             name,
-            secret,
+            secrets,
             ports,
             server.log.clone(),
         ));
