@@ -38,10 +38,11 @@
 #                 latency by percentile): target/bench-compare by default
 #
 # Environment: HERD_BENCH and HERD_BIN override the binaries (else they are
-# built with cargo); BENCH_THREADS sets herd-bench --threads (default 1).
+# built with cargo); BENCH_THREADS sets herd-bench --threads (default 1);
+# HERD_ADMIN=1 gives herd's servers admin ports (metrics, status).
 set -uo pipefail
 
-usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 COMMAND_LINE="scripts/bench-compare.sh $*"
 ALL_LOADS="iamat-herd,iamat-herd-spread,iamat-rate,iamat-single,propagate,whatsat-geonames,whatsat-geonames-rate,whatsat-google,whatsat-google-nocache,startup,fill,idle"
@@ -244,7 +245,7 @@ SERVER_NAMES=()
 configure() {
     local contender="$1" topology="$2" provider="$3"
     local ports name i
-    read -r -a ports <<<"$(free_ports 11)"
+    read -r -a ports <<<"$(free_ports 16)"
     DIR="$(mktemp -d "$WORK/$contender.XXXX")"
     SERVER_NAMES=("${NAMES[@]}")
     [[ $topology == single ]] && SERVER_NAMES=(Hill)
@@ -282,6 +283,9 @@ configure() {
                     name="${SERVER_NAMES[$i]}"
                     printf '\n[[servers]]\nname = "%s"\nclient = "127.0.0.1:%s"\npeer = "127.0.0.1:%s"\n' \
                         "$name" "${ports[$i]}" "${ports[$((i + 5))]}"
+                    if [[ ${HERD_ADMIN:-0} == 1 ]]; then
+                        printf 'admin = "127.0.0.1:%s"\n' "${ports[$((i + 11))]}"
+                    fi
                     if [[ $topology == herd ]]; then
                         printf 'neighbours = [%s]\n' "${NEIGHBOURS[$name]}"
                     else

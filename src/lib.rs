@@ -5,6 +5,7 @@
 //! near this client?" (`WHATSAT`) from a places provider. `docs/protocol.md`
 //! is the wire protocol; `ARCHITECTURE.md` is the map of this crate.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod history;

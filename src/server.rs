@@ -1,5 +1,6 @@
-//! One server of the herd, assembled: its replica, its peer links and its
-//! client side, started on bound listeners and stopped together.
+//! One server of the herd, assembled: its replica, its peer links, its
+//! client side and its admin port, started on bound listeners and stopped
+//! together.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::{self, Admin, HerdMap, Sources};
 use crate::client::{self, Clients};
 use crate::config::{HerdConfig, HistoryConfig, Limits, UnknownServer};
 use crate::history::archiver::{self, ArchiverSetup};
@@ -39,6 +41,8 @@ pub struct ServerSetup {
     /// to; `None` archives nothing. Needs `storage`: the archive reads the
     /// store log.
     pub history: Option<HistoryConfig>,
+    /// The herd as configured, for the admin port's view of it.
+    pub herd: HerdMap,
 }
 
 impl ServerSetup {
@@ -75,6 +79,7 @@ impl ServerSetup {
                 archived: None,
             }),
             history: config.history.clone(),
+            herd: HerdMap::from_config(config, Some(name)),
         })
     }
 }
@@ -92,7 +97,16 @@ pub enum ServerError {
 /// request, so that the whole server stops within a second.
 const DRAIN_TIME: Duration = Duration::from_millis(700);
 
-/// Runs a server on already bound listeners until `shutdown` is cancelled.
+/// The sockets a server listens on, already bound.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: TcpListener,
+    /// The admin port, if the server has one.
+    pub admin: Option<TcpListener>,
+}
+
+/// Runs a server on already bound client and peer listeners, with no admin
+/// port, until `shutdown` is cancelled.
 ///
 /// The binary binds the configured ports; tests bind port 0.
 pub async fn run(
@@ -101,6 +115,43 @@ pub async fn run(
     peer_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    let listeners = Listeners {
+        client: client_listener,
+        peer: peer_listener,
+        admin: None,
+    };
+    serve(setup, listeners, shutdown).await
+}
+
+/// Runs a server on already bound listeners until `shutdown` is cancelled.
+pub async fn serve(
+    setup: ServerSetup,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let started = std::time::Instant::now();
+    let Listeners {
+        client: client_listener,
+        peer: peer_listener,
+        admin: admin_listener,
+    } = listeners;
+    let tasks = TaskTracker::new();
+    // Up before the store is read back, so that /healthz answers (and
+    // /readyz says not yet) during a long replay.
+    let admin = match admin_listener {
+        Some(listener) => {
+            let address = listener.local_addr()?.to_string();
+            let admin = Admin::new(setup.herd.clone(), shutdown.clone());
+            let serving = admin.clone();
+            tasks.spawn(async move {
+                if let Err(error) = admin::serve(serving, listener).await {
+                    warn!(%error, "the admin port failed");
+                }
+            });
+            Some((admin, address))
+        }
+        None => None,
+    };
     let names = setup.neighbours.iter().map(|n| n.name.clone()).collect();
     let mut storage = setup.storage;
     let history = match (setup.history, &mut storage) {
@@ -116,7 +167,7 @@ pub async fn run(
         (None, _) => None,
     };
     let replica = Arc::new(Replica::open(storage, names).await?);
-    let stats = Arc::new(ServerStats::default());
+    let stats = Arc::new(ServerStats::new(setup.neighbours.len()));
     if let Some((config, archived)) = history {
         archiver::start(
             ArchiverSetup {
@@ -145,23 +196,42 @@ pub async fn run(
         timing,
         stats.clone(),
     ));
+    let answers = Arc::new(Answers::new(setup.places));
     let clients = Arc::new(Clients {
         name: setup.name.clone(),
         replica: replica.clone(),
-        answers: Answers::new(setup.places),
+        answers: answers.clone(),
         limits: setup.limits,
         stats: stats.clone(),
     });
+    let client_address = client_listener.local_addr()?.to_string();
+    let peer_address = peer_listener.local_addr()?.to_string();
     info!(
         server = %setup.name,
-        client = %client_listener.local_addr()?,
-        peer = %peer_listener.local_addr()?,
+        client = %client_address,
+        peer = %peer_address,
+        admin = admin.as_ref().map_or("none", |(_, address)| address.as_str()),
         peer_protocol = crate::peer::PROTOCOL_VERSION,
         "listening"
     );
-    let tasks = TaskTracker::new();
     links.start(peer_listener, &tasks, &shutdown);
     tasks.spawn(replica.clone().compact_now_and_then(shutdown.clone()));
+    if let Some((admin, admin_address)) = admin {
+        let sources = Sources::new(
+            &setup.name,
+            admin::status::Addresses {
+                client: client_address,
+                peer: peer_address,
+                admin: admin_address,
+            },
+            started,
+            replica.clone(),
+            links.clone(),
+            stats.clone(),
+            answers,
+        );
+        tasks.spawn(admin.ready(sources));
+    }
     client::accept(&clients, client_listener, &tasks, &shutdown).await;
     tasks.close();
     if tokio::time::timeout(DRAIN_TIME, tasks.wait())

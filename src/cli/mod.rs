@@ -3,6 +3,7 @@
 mod history;
 mod places;
 mod serve;
+mod status;
 mod talk;
 mod up;
 
@@ -45,6 +46,21 @@ enum Command {
     Up {
         #[command(flatten)]
         herd: HerdArgs,
+    },
+    /// Ask every server of the herd how it is, through its admin port, and
+    /// print one table: reachable, clients held, links up, backlog, rates.
+    ///
+    /// Exits 0 only when every server answers and every link is up, so it
+    /// serves as a readiness check in scripts.
+    Status {
+        #[command(flatten)]
+        herd: HerdArgs,
+        /// Ask again every 2 seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Print what the servers said as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Send lines to a server and print everything it answers.
     ///
@@ -180,6 +196,7 @@ pub fn main() -> ExitCode {
             threads,
         } => serve::serve(&name, &herd, threads),
         Command::Up { herd } => up::up(&herd),
+        Command::Status { herd, watch, json } => status::status(&herd, watch, json),
         Command::Send {
             address,
             lines,

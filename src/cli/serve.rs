@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use herd::config::SECRET_ENV;
 use herd::peer::auth::Keyring;
-use herd::server::{self, ServerSetup};
+use herd::server::{self, Listeners, ServerSetup};
 
 use super::{HerdArgs, server_runtime};
 
@@ -52,9 +52,20 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
                 server_config.peer
             )
         })?;
+        let admin = match &server_config.admin {
+            Some(address) => Some(listen(address).await.with_context(|| {
+                format!("{name}: cannot listen for the admin port on {address}")
+            })?),
+            None => None,
+        };
         tokio::spawn(on_signal);
         tokio::spawn(reload_secrets_on_hangup(args.clone(), keyring).context("handling SIGHUP")?);
-        server::run(setup, client, peer, shutdown).await?;
+        let listeners = Listeners {
+            client,
+            peer,
+            admin,
+        };
+        server::serve(setup, listeners, shutdown).await?;
         Ok(())
     })
 }

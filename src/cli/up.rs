@@ -53,10 +53,11 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
             loop {
                 if TcpStream::connect(&server.client).await.is_ok() {
                     println!(
-                        "{:<10} clients {:<21} peers {:<21} log {}",
+                        "{:<10} clients {:<21} peers {:<21} admin {:<21} log {}",
                         server.name,
                         server.client,
                         server.peer,
+                        server.admin.as_deref().unwrap_or("-"),
                         config
                             .log_dir
                             .join(format!("{}.log", server.name))
@@ -78,6 +79,27 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        if ready && config.servers.iter().all(|server| server.admin.is_some()) {
+            // What `herd status` checks: every server answers and every
+            // link is up, both ways.
+            let herd = herd::admin::HerdMap::from_config(&config, None);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                let view =
+                    herd::admin::status::herd_view(&herd, None, Duration::from_secs(1)).await;
+                match super::status::problems(&view) {
+                    None => {
+                        println!("all {} links are up", view.links.len());
+                        break;
+                    }
+                    Some(problems) if tokio::time::Instant::now() > deadline => {
+                        eprintln!("herd: not healthy after 5 s: {problems}");
+                        break;
+                    }
+                    Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
             }
         }
         if ready {

@@ -14,6 +14,34 @@ use super::Clients;
 use super::handler::{Answered, handle};
 use crate::log::MessageLines;
 use crate::protocol::framing::{Frame, LineFramer};
+use crate::stats::{Command, ServerStats};
+
+/// The lines answered since replies were last written, by command. A
+/// line's latency runs from the read its bytes came in (the receipt time
+/// IAMAT's skew is counted from) to the write of its reply: one clock
+/// reading per batch of replies.
+struct Unreplied {
+    lines: [u64; Command::ALL.len()],
+}
+
+impl Unreplied {
+    fn answered(&mut self, command: Command) {
+        self.lines[command as usize] += 1;
+    }
+
+    /// The replies to lines read at `received` were written: times every
+    /// line answered since.
+    fn replied(&mut self, stats: &ServerStats, received: i128) {
+        let nanos = u64::try_from(now_nanos() - received).unwrap_or(0);
+        let took = Duration::from_nanos(nanos);
+        for command in Command::ALL {
+            stats
+                .latency(command)
+                .observe_many(took, self.lines[command as usize]);
+        }
+        self.lines = [0; Command::ALL.len()];
+    }
+}
 
 /// Serves one client connection until it closes, idles out or the server
 /// stops.
@@ -36,6 +64,9 @@ pub async fn serve(
     // line they hold (they arrived together), from which IAMAT's skew is
     // counted. One clock reading per read, not per line.
     let mut received = now_nanos();
+    let mut unreplied = Unreplied {
+        lines: [0; Command::ALL.len()],
+    };
     // One idle timer and one shutdown waiter for the connection's life,
     // rather than a new one registered and dropped at every read: the
     // timer is moved on only when it fires early (lines came meanwhile).
@@ -48,16 +79,19 @@ pub async fn serve(
         let mut log = MessageLines::start();
         while let Some(frame) = framer.next_frame() {
             answered = true;
-            answer(clients, frame, received, &address_text, &mut out, &mut log).await;
+            let command = answer(clients, frame, received, &address_text, &mut out, &mut log).await;
+            unreplied.answered(command);
             // A client that does not read its replies stops being read.
             if out.len() >= limits.max_unsent_bytes {
                 log.restamp();
                 reply(clients, &mut stream, &mut out, idle).await?;
+                unreplied.replied(&clients.stats, received);
             }
         }
         drop(log);
         if !out.is_empty() {
             reply(clients, &mut stream, &mut out, idle).await?;
+            unreplied.replied(&clients.stats, received);
         }
         // Idle means no complete line (bytes alone do not count: a slowloris
         // client is cut off too); one clock reading per batch of lines.
@@ -96,9 +130,12 @@ pub async fn serve(
                 // EOF: answer what is left, then close.
                 if let Some(frame) = framer.finish() {
                     let mut log = MessageLines::start();
-                    answer(clients, frame, received, &address_text, &mut out, &mut log).await;
+                    let command =
+                        answer(clients, frame, received, &address_text, &mut out, &mut log).await;
+                    unreplied.answered(command);
                     drop(log);
                     reply(clients, &mut stream, &mut out, idle).await?;
+                    unreplied.replied(&clients.stats, received);
                 }
                 break;
             }
@@ -130,7 +167,7 @@ async fn reply(
     Ok(())
 }
 
-/// Answers one line into `out` and logs both.
+/// Answers one line into `out` and logs both; says what the line was.
 async fn answer(
     clients: &Clients,
     frame: Frame,
@@ -138,7 +175,7 @@ async fn answer(
     address: &str,
     out: &mut Vec<u8>,
     log: &mut MessageLines,
-) {
+) -> Command {
     match &frame {
         Frame::Line(line) => log.line(&["address=", address, " received: "], line),
         Frame::TooLong(head) => log.line(
@@ -168,6 +205,7 @@ async fn answer(
             } else {
                 log.line_with_tail(&head, &at_line, &["\\n", &rendered.logged, "\\n"]);
             }
+            Command::Whatsat
         }
         Answered::Places { at_line, rendered } => {
             // A remote provider's answer, maybe seconds later.
@@ -177,13 +215,15 @@ async fn answer(
                 &at_line,
                 &["\\n", &rendered.logged, "\\n"],
             );
+            Command::Whatsat
         }
-        Answered::Line => {
+        Answered::Line(command) => {
             let reply = &out[start..];
             log.line(
                 &["address=", address, " sent: "],
                 reply.strip_suffix(b"\n").unwrap_or(reply),
             );
+            command
         }
     }
 }

@@ -8,13 +8,15 @@ use crate::places::render::RenderedPlaces;
 use crate::protocol::framing::Frame;
 use crate::protocol::{self, Request};
 use crate::replica::store::Source;
+use crate::stats::Command;
 
 use super::Clients;
 
 /// What a line was answered with, for the log.
 pub enum Answered {
-    /// A one-line reply: an AT line, or `? <line>`.
-    Line,
+    /// A one-line reply to an IAMAT (its AT line) or to an invalid line
+    /// (`? <line>`; a WHATSAT about an unknown client is one).
+    Line(Command),
     /// A WHATSAT answer: the client's AT line and the places JSON.
     Places {
         at_line: bytes::Bytes,
@@ -35,7 +37,7 @@ pub async fn handle(
         Frame::TooLong(head) => {
             clients.stats.invalid.bump();
             protocol::invalid_reply(head, out);
-            return Answered::Line;
+            return Answered::Line(Command::Other);
         }
     };
     match protocol::parse_request(line) {
@@ -53,7 +55,7 @@ pub async fn handle(
             };
             counter.bump();
             out.push(b'\n');
-            Answered::Line
+            Answered::Line(Command::Iamat)
         }
         Ok(Request::Whatsat(whatsat)) => match clients.replica.store().get(whatsat.client_id) {
             Some(report) => {
@@ -76,16 +78,17 @@ pub async fn handle(
                 }
             }
             None => {
+                clients.stats.whatsat_unknown.bump();
                 clients.stats.invalid.bump();
                 protocol::invalid_reply(line, out);
-                Answered::Line
+                Answered::Line(Command::Whatsat)
             }
         },
         Err(reason) => {
             tracing::debug!(%reason, "invalid line");
             clients.stats.invalid.bump();
             protocol::invalid_reply(line, out);
-            Answered::Line
+            Answered::Line(Command::Other)
         }
     }
 }

@@ -26,7 +26,7 @@ pub struct Clients {
     /// The server's name, which its AT lines carry.
     pub name: String,
     pub replica: Arc<Replica>,
-    pub answers: Answers,
+    pub answers: Arc<Answers>,
     pub limits: Limits,
     pub stats: Arc<ServerStats>,
 }
@@ -72,6 +72,7 @@ pub async fn accept(
             if let Err(error) = connection::serve(&clients, stream, address, &shutdown).await {
                 debug!(%address, %error, "client connection ended with an error");
             }
+            clients.stats.connections_closed.bump();
             drop((permit, slot));
         });
     }

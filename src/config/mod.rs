@@ -333,6 +333,10 @@ pub struct ServerConfig {
     pub client: String,
     /// `host:port` where neighbours connect.
     pub peer: String,
+    /// `host:port` of the admin HTTP port (metrics, health, status, the
+    /// dashboard); none without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     /// The servers this one links with. Links are bidirectional: a server
     /// named in either side's list is a neighbour of both.
     pub neighbours: Vec<String>,
@@ -399,6 +403,7 @@ struct RawServer {
     name: Spanned<String>,
     client: Spanned<String>,
     peer: Spanned<String>,
+    admin: Option<Spanned<String>>,
     #[serde(default)]
     neighbours: Vec<Spanned<String>>,
     places: Option<PlacesConfig>,
@@ -482,7 +487,10 @@ impl HerdConfig {
                     format!("duplicate server name {name:?}"),
                 ));
             }
-            for address in [&server.client, &server.peer] {
+            for address in [&server.client, &server.peer]
+                .into_iter()
+                .chain(server.admin.as_ref())
+            {
                 check_address(address.get_ref())
                     .map_err(|message| error_at(Some(address.span()), message))?;
                 if let Some(other) = addresses.insert(address.get_ref(), name) {
@@ -596,6 +604,7 @@ impl HerdConfig {
                     name: server.name.into_inner(),
                     client: server.client.into_inner(),
                     peer: server.peer.into_inner(),
+                    admin: server.admin.map(Spanned::into_inner),
                     neighbours,
                     places,
                 })
@@ -724,6 +733,15 @@ mod tests {
         assert_eq!(neighbours("Campbell"), ["Singleton", "Smith"]);
         assert_eq!(neighbours("Singleton"), ["Campbell", "Jaquez", "Smith"]);
         assert_eq!(config.server("Hill").unwrap().client, "127.0.0.1:12000");
+        let admin: Vec<_> = config.servers.iter().map(|s| s.admin.as_deref()).collect();
+        assert_eq!(
+            admin,
+            [12020, 12021, 12022, 12023, 12024]
+                .map(|port| Some(format!("127.0.0.1:{port}")))
+                .iter()
+                .map(Option::as_deref)
+                .collect::<Vec<_>>()
+        );
         assert_eq!(config.limits.max_line_bytes, 1 << 20);
         assert_eq!(config.places, PlacesConfig::Geonames);
     }
@@ -780,6 +798,22 @@ mod tests {
             "duplicate server name",
         );
         fails(&TWO.replace("127.0.0.1:3", "127.0.0.1:1"), 9, "used twice");
+        fails(
+            &TWO.replace(
+                "peer = \"127.0.0.1:4\"",
+                "peer = \"127.0.0.1:4\"\nadmin = \"127.0.0.1:2\"",
+            ),
+            11,
+            "used twice",
+        );
+        fails(
+            &TWO.replace(
+                "peer = \"127.0.0.1:4\"",
+                "peer = \"127.0.0.1:4\"\nadmin = \"nowhere\"",
+            ),
+            11,
+            "host:port",
+        );
         fails(
             &TWO.replace("127.0.0.1:4", "127.0.0.1:99999"),
             10,

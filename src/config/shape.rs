@@ -104,12 +104,12 @@ pub fn random_connected(rng: &mut StdRng, n: usize, degree: f64) -> Vec<(usize, 
 
 /// A herd of `n` servers named `S01`, `S02`, … on 127.0.0.1, linked as
 /// `shape` says: client ports from `base_port`, peer ports from
-/// `base_port + n`.
+/// `base_port + n`, admin ports from `base_port + 2n`.
 pub fn generate(n: usize, shape: Shape, base_port: u16) -> Result<HerdConfig, String> {
     if n == 0 {
         return Err("a herd has at least one server".into());
     }
-    let last = usize::from(base_port) + 2 * n;
+    let last = usize::from(base_port) + 3 * n;
     if last > usize::from(u16::MAX) {
         return Err(format!(
             "{n} servers from port {base_port} run past port 65535"
@@ -137,6 +137,7 @@ pub fn generate(n: usize, shape: Shape, base_port: u16) -> Result<HerdConfig, St
                 name: name(i),
                 client: format!("127.0.0.1:{}", port(i)),
                 peer: format!("127.0.0.1:{}", port(n + i)),
+                admin: Some(format!("127.0.0.1:{}", port(2 * n + i))),
                 neighbours: std::mem::take(&mut neighbours[i]),
                 places: None,
             })

@@ -326,9 +326,15 @@ fn write_loop(shared: &Shared, mut file: LogFile) {
         if !pieces.is_empty() {
             // A log that cannot be written is not worth stopping a server
             // for; the error goes to stderr once per write.
-            if let Err(error) = file.write(&pieces) {
-                eprintln!("herd: writing the log failed: {error}");
+            let started = Instant::now();
+            match file.write(&pieces) {
+                Ok(bytes) => crate::stats::MESSAGE_LOG.bytes_written.add(bytes),
+                Err(error) => eprintln!("herd: writing the log failed: {error}"),
             }
+            crate::stats::MESSAGE_LOG.writes.bump();
+            crate::stats::MESSAGE_LOG
+                .write_latency
+                .observe(started.elapsed());
             shared.writes.fetch_add(1, Ordering::Relaxed);
             let mut pending = shared.pending.lock().expect("log lock");
             for mut piece in pieces.drain(..) {

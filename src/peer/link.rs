@@ -255,6 +255,12 @@ impl Sender {
         self.confirmed = self.complete;
     }
 
+    /// How far the neighbour is complete as of the last poll: every report
+    /// numbered up to this is sent, or known to be held there.
+    pub fn complete(&self) -> u64 {
+        self.complete
+    }
+
     /// The announcements put in frames since the last call, and their
     /// bytes.
     pub fn take_announced(&mut self) -> (u64, u64) {

@@ -153,6 +153,17 @@ impl Links {
             .clone()
     }
 
+    /// The live links of the herd as far as this server knows (both ends
+    /// claim them), each as its two servers' names in order.
+    pub fn live_links(&self) -> Vec<(String, String)> {
+        self.lock_topology().live_pairs()
+    }
+
+    /// This server's name.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
     fn lock_topology(&self) -> std::sync::MutexGuard<'_, Topology> {
         self.topology
             .lock()

@@ -233,10 +233,16 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
                     None => info!("link up: sending to {name}"),
                 }
                 links.stats.links_up.bump();
+                if let Some(stats) = links.stats.neighbour(index) {
+                    stats.set_sending(true);
+                }
                 links.link_changed(index, true);
                 backoff = BACKOFF_FIRST;
                 let outcome = send_updates(&links, index, link, &shutdown).await;
                 links.stats.links_down.bump();
+                if let Some(stats) = links.stats.neighbour(index) {
+                    stats.set_sending(false);
+                }
                 links.link_changed(index, false);
                 grace_ends = Instant::now() + GRACE;
                 info!(
@@ -359,6 +365,7 @@ async fn send_updates(
         start,
     } = link;
     let store = links.replica.store();
+    let stats = links.stats.neighbour(index);
     let mut sender = Sender::new(index, start, store.head());
     let mut sealed = Vec::new();
     // Acknowledgement records read but not yet whole.
@@ -384,11 +391,18 @@ async fn send_updates(
             log.line(&["sent to ", name, ": "], at_line);
         });
         drop(log);
+        if let Some(stats) = stats {
+            stats.sent(sender.complete(), store.head());
+        }
         let until = match step {
             Step::Frame { updates, then } => {
                 write_frame(&mut writer, &mut session, &frame, &mut sealed, silence).await?;
                 links.stats.frames_sent.bump();
                 links.stats.updates_sent.add(updates as u64);
+                if let Some(stats) = stats {
+                    stats.updates_sent.add(updates as u64);
+                    stats.bytes_sent.add(sealed.len() as u64);
+                }
                 let (announcements, bytes) = sender.take_announced();
                 links.stats.announcements_sent.add(announcements);
                 links.stats.announcement_bytes_sent.add(bytes);
@@ -423,6 +437,9 @@ async fn send_updates(
                 sender.heartbeat(&mut frame);
                 write_frame(&mut writer, &mut session, &frame, &mut sealed, silence).await?;
                 links.stats.frames_sent.bump();
+                if let Some(stats) = stats {
+                    stats.bytes_sent.add(sealed.len() as u64);
+                }
             }
             changed = accepted.changed() => {
                 if changed.is_err() {
@@ -591,6 +608,10 @@ async fn receive(
         ),
         None => info!("link up: receiving from {name}"),
     }
+    let stats = links.stats.neighbour(index);
+    if let Some(stats) = stats {
+        stats.set_receiving(true);
+    }
     links
         .replica
         .store()
@@ -600,6 +621,12 @@ async fn receive(
         outcome = receive_frames(links, &receiver, &name, noise, &mut reader, &mut writer) => outcome,
         () = session.cancelled() => Ok(()),
     };
+    // A session replaced by a newer one leaves the state to that one.
+    if let Some(stats) = stats
+        && (!session.is_cancelled() || shutdown.is_cancelled())
+    {
+        stats.set_receiving(false);
+    }
     info!(
         "link down: receiving from {name}: {}",
         outcome
@@ -692,6 +719,8 @@ async fn receive_frames(
 ) -> Result<()> {
     let mut message = Vec::new();
     let mut sealed = Vec::new();
+    // The bytes of the records of the frame being read, as counted.
+    let mut frame_bytes = 0;
     let mut last_ack = Instant::now();
     let (silence, heartbeat) = (links.timing.silence, links.timing.heartbeat);
     loop {
@@ -699,6 +728,7 @@ async fn receive_frames(
             Ok(read) => read?,
             Err(_) => return Err(LinkError::Silent(name.to_owned(), silence)),
         };
+        frame_bytes += 2 + message.len();
         // A frame that fails to decrypt ends the link, and nothing of it
         // is applied: records are only taken in once the frame is whole.
         let Some(body) = session
@@ -709,12 +739,23 @@ async fn receive_frames(
         };
         let stats = &links.stats;
         stats.frames_received.bump();
+        let neighbour = stats.neighbour(receiver.index());
+        if let Some(neighbour) = neighbour {
+            neighbour.last_heard.set(crate::stats::unix_millis());
+            neighbour
+                .bytes_received
+                .add(u64::try_from(frame_bytes).unwrap_or(u64::MAX));
+        }
+        frame_bytes = 0;
         let mut log = MessageLines::start();
         let complete = receiver.frame(
             &links.replica,
             body,
             |at_line, applied| {
                 stats.updates_received.bump();
+                if let Some(neighbour) = neighbour {
+                    neighbour.updates_received.bump();
+                }
                 if let Applied::Stored(_) = applied {
                     stats.updates_stored.bump();
                 }

@@ -119,11 +119,18 @@ impl Topology {
     /// How many links both their ends claim: the live links of the herd as
     /// far as this server knows.
     pub fn live_links(&self) -> usize {
+        self.live_pairs().len()
+    }
+
+    /// The live links of the herd as far as this server knows, each as its
+    /// two servers' names in order.
+    pub fn live_pairs(&self) -> Vec<(String, String)> {
         self.claims
             .iter()
             .flat_map(|(a, theirs)| theirs.iter().map(move |b| (a, b)))
             .filter(|(a, b)| a < b && self.claims.get(*b).is_some_and(|c| c.contains(*a)))
-            .count()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect()
     }
 
     /// The trees over the graph as now known.

@@ -167,6 +167,15 @@ impl GeoNames {
         None
     }
 
+    /// Every place's latitude and longitude in degrees, in no set order:
+    /// enough to draw where people live.
+    pub fn points(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        (0..self.len()).map(|index| {
+            let (lat_e5, lon_e5) = self.coordinates_e5(index);
+            (e5_to_degrees(lat_e5), e5_to_degrees(lon_e5))
+        })
+    }
+
     fn record_u32(&self, index: usize, field: usize) -> u32 {
         u32_at(self.places, index * RECORD_LEN + field)
     }

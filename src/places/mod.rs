@@ -91,6 +91,12 @@ pub trait Places: Send + Sync {
     fn answers_are_fixed(&self) -> bool {
         false
     }
+
+    /// The provider's own counters, for a provider that keeps them (the
+    /// remote ones: calls, failures, its cache, its breaker).
+    fn stats(&self) -> Option<&crate::stats::PlacesStats> {
+        None
+    }
 }
 
 /// Why a places provider could not be set up.

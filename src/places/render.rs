@@ -12,6 +12,7 @@ use tracing::warn;
 use super::json::to_styled_string;
 use super::{NearbyQuery, Places, PlacesError};
 use crate::log::Show;
+use crate::stats::Counter;
 
 /// Rendered answers kept for providers whose answers are fixed.
 const ANSWER_CACHE_ENTRIES: usize = 4096;
@@ -67,6 +68,9 @@ pub struct Answers {
     rendered: Mutex<HashMap<AnswerKey, Arc<RenderedPlaces>>>,
     /// How many answers have entered the cache (their log numbers).
     numbered: AtomicU64,
+    /// Queries answered, and those answered from the rendered answers.
+    queries: Counter,
+    cache_hits: Counter,
 }
 
 impl Answers {
@@ -75,7 +79,20 @@ impl Answers {
             places,
             rendered: Mutex::default(),
             numbered: AtomicU64::new(0),
+            queries: Counter::new(),
+            cache_hits: Counter::new(),
         }
+    }
+
+    /// The provider's own counters, if it keeps them.
+    pub fn provider_stats(&self) -> Option<&crate::stats::PlacesStats> {
+        self.places.stats()
+    }
+
+    /// Queries answered so far, and how many of them from the rendered
+    /// answers kept for a provider whose answers are fixed.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.queries.get(), self.cache_hits.get())
     }
 
     /// The rendered answer to a query, from the cache when the provider's
@@ -87,8 +104,10 @@ impl Answers {
             radius_m: query.radius_m_text.clone(),
             limit: query.limit,
         };
+        self.queries.bump();
         let cacheable = self.places.answers_are_fixed();
         if cacheable && let Some(json) = self.lock().get(&key) {
+            self.cache_hits.bump();
             return json.clone();
         }
         let places = self.places.nearby(query).await;

@@ -136,6 +136,10 @@ impl<U: Upstream> Places for Resilient<U> {
         }
         outcome
     }
+
+    fn stats(&self) -> Option<&PlacesStats> {
+        Some(&self.inner.counters)
+    }
 }
 
 impl<U: Upstream> Inner<U> {
@@ -243,7 +247,7 @@ impl<U: Upstream> Inner<U> {
                 Ok(answer) => return Ok(answer),
                 Err(error) => error,
             };
-            self.counters.upstream_failures.bump();
+            self.counters.failed(&error.status);
             let backoff = backoff(attempt);
             if !error.transient
                 || attempt >= self.settings.max_attempts
@@ -324,6 +328,9 @@ impl<U: Upstream> Inner<U> {
             }
             _ => {}
         }
+        self.counters
+            .breaker_open
+            .set(i64::from(!matches!(*breaker, Breaker::Closed { .. })));
     }
 
     fn cache_get(&self, key: &str) -> Option<Arc<Answer>> {

@@ -152,6 +152,11 @@ impl Replica {
         &self.store
     }
 
+    /// What the store log has done, for a replica kept on disk.
+    pub fn storage_stats(&self) -> Option<&crate::stats::StorageStats> {
+        self.storage.as_deref().map(|storage| &storage.stats)
+    }
+
     /// This server's run id: kept across restarts with the log, new for a
     /// server that starts with none.
     pub fn run(&self) -> u64 {

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::log::page_cache::{self, PageCacheTrim};
+use crate::stats::StorageStats;
 
 const MAGIC: &[u8; 9] = b"HERDLOG1\n";
 /// The largest record accepted on replay; AT lines are bounded by the
@@ -116,6 +117,8 @@ pub struct Storage {
     synced: Mutex<SyncState>,
     sync_wakeup: Condvar,
     synced_watch: tokio::sync::watch::Sender<u64>,
+    /// What the log has done since it was opened.
+    pub stats: StorageStats,
 }
 
 #[derive(Default)]
@@ -194,7 +197,12 @@ impl Storage {
             synced: Mutex::new(SyncState::default()),
             sync_wakeup: Condvar::new(),
             synced_watch,
+            stats: StorageStats::default(),
         });
+        storage
+            .stats
+            .replayed_records
+            .set(i64::try_from(recovered.reports).unwrap_or(i64::MAX));
         // Reserve numbering before any is handed out, durably.
         storage
             .reserve(recovered.next_seq + RESERVE_STEP)
@@ -268,6 +276,7 @@ impl Storage {
         let mut inner = self.inner.lock().expect("storage lock");
         encode_report(&mut inner.buffer, seq, at_line);
         inner.last_seq = inner.last_seq.max(seq);
+        self.stats.records.bump();
         if seq + RESERVE_STEP / 2 >= inner.reserved {
             // Once per half a million updates: extend the reservation,
             // durably, long before numbering can reach it.
@@ -291,6 +300,7 @@ impl Storage {
             &mut self.inner.lock().expect("storage lock").buffer,
             &payload,
         );
+        self.stats.records.bump();
     }
 
     /// Makes what was appended so far as durable as the setting promises,
@@ -360,6 +370,7 @@ impl Storage {
             buffer.clear();
             inner.written += length;
             inner.since_snapshot += length;
+            self.stats.bytes_written.add(length);
         }
         Ok(inner.written)
     }
@@ -369,7 +380,10 @@ impl Storage {
             let mut inner = self.inner.lock().expect("storage lock");
             (inner.file.try_clone()?, inner.written, inner.trim.due())
         };
+        let started = std::time::Instant::now();
         file.sync_data()?;
+        self.stats.fsyncs.bump();
+        self.stats.fsync_latency.observe(started.elapsed());
         self.synced_watch
             .send_modify(|synced| *synced = (*synced).max(position));
         // Synced pages are clean: the advice drops them at once.
@@ -406,6 +420,7 @@ impl Storage {
             }
             encode(&mut inner.buffer, &meta_payload(run, reserved));
             inner.reserved = reserved;
+            self.stats.records.bump();
         }
         self.write_out()?;
         self.fsync()
@@ -453,6 +468,7 @@ impl Storage {
         let result = self.write_snapshot(segment, run, reserved, cursors(), &mut reports);
         self.inner.lock().expect("storage lock").compacting = false;
         result?;
+        self.stats.compactions.bump();
         // The snapshot now covers everything before `segment`.
         let (snapshots, segments) = list_all(&self.dir)?;
         for old in snapshots.into_iter().filter(|&n| n < segment) {

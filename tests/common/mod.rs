@@ -80,13 +80,28 @@ pub fn config_text(
     addresses: &[(SocketAddr, SocketAddr)],
     extra: &str,
 ) -> String {
+    config_text_with_admin(topology, addresses, &[], extra)
+}
+
+/// `config_text`, each server with the admin address of `admin` in the
+/// same order (none for a server past its end).
+pub fn config_text_with_admin(
+    topology: &[(&str, &[&str])],
+    addresses: &[(SocketAddr, SocketAddr)],
+    admin: &[SocketAddr],
+    extra: &str,
+) -> String {
     // Top-level keys first: `extra` may open tables such as [limits].
     let mut config = format!("log_dir = \"logs\"\n{extra}\n");
-    for ((name, neighbours), (client, peer)) in topology.iter().zip(addresses) {
+    for (i, ((name, neighbours), (client, peer))) in topology.iter().zip(addresses).enumerate() {
         let neighbours: Vec<String> = neighbours.iter().map(|n| format!("{n:?}")).collect();
+        let admin = admin
+            .get(i)
+            .map(|admin| format!("admin = \"{admin}\"\n"))
+            .unwrap_or_default();
         let _ = write!(
             config,
-            "\n[[servers]]\nname = {name:?}\nclient = \"{client}\"\npeer = \"{peer}\"\nneighbours = [{}]\n",
+            "\n[[servers]]\nname = {name:?}\nclient = \"{client}\"\npeer = \"{peer}\"\n{admin}neighbours = [{}]\n",
             neighbours.join(", ")
         );
     }
@@ -284,12 +299,30 @@ impl RunningServer {
         (client, peer): (Port, Port),
         log: Log,
     ) -> RunningServer {
+        RunningServer::start_with_admin(config, name, secrets, (client, peer), None, log)
+    }
+
+    /// `start_with_secrets`, with an admin port on `admin` if given.
+    pub fn start_with_admin(
+        config: &HerdConfig,
+        name: &str,
+        secrets: &[&str],
+        (client, peer): (Port, Port),
+        admin: Option<Port>,
+        log: Log,
+    ) -> RunningServer {
         let places = herd::places::from_config(config, name)
             .unwrap_or_else(|error| panic!("{name}'s places provider: {error:#}"));
         let keyring = Arc::new(Keyring::new(secrets).expect("test secrets are not empty"));
         let setup = ServerSetup::from_config(config, name, keyring, places)
             .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
-        RunningServer::start_setup(setup, client.listen(), peer.listen(), log)
+        RunningServer::start_setup(
+            setup,
+            client.listen(),
+            peer.listen(),
+            admin.map(Port::listen),
+            log,
+        )
     }
 
     /// Runs a server from `setup` on listening sockets.
@@ -297,6 +330,7 @@ impl RunningServer {
         setup: ServerSetup,
         client: std::net::TcpListener,
         peer: std::net::TcpListener,
+        admin: Option<std::net::TcpListener>,
         log: Log,
     ) -> RunningServer {
         let name = setup.name.clone();
@@ -308,9 +342,12 @@ impl RunningServer {
         let label = name.clone();
         runtime.spawn(async move {
             let outcome = async {
-                let client = tokio::net::TcpListener::from_std(client)?;
-                let peer = tokio::net::TcpListener::from_std(peer)?;
-                server::run(setup, client, peer, token).await
+                let listeners = server::Listeners {
+                    client: tokio::net::TcpListener::from_std(client)?,
+                    peer: tokio::net::TcpListener::from_std(peer)?,
+                    admin: admin.map(tokio::net::TcpListener::from_std).transpose()?,
+                };
+                server::serve(setup, listeners, token).await
             }
             .await
             .map_err(|error| format!("{error:#}"));
@@ -439,8 +476,11 @@ pub struct TestServer {
     pub name: String,
     pub client: SocketAddr,
     pub peer: SocketAddr,
+    /// The admin port's address, for a herd started with them.
+    pub admin: Option<SocketAddr>,
     /// The ports, held while the server is stopped.
     ports: Option<(Port, Port)>,
+    admin_port: Option<Port>,
     running: Option<RunningServer>,
     log: Log,
 }
@@ -476,9 +516,23 @@ impl Herd {
         herd
     }
 
+    /// Starts a herd whose servers have admin ports too.
+    pub fn start_with_admin(topology: &[(&str, &[&str])], extra: &str) -> Herd {
+        let mut herd = Herd::configure_with(topology, extra, true);
+        for (name, _) in topology {
+            herd.launch(name);
+        }
+        herd
+    }
+
     /// Binds every server's ports and writes the config from their
     /// addresses; starts nothing.
     pub fn configure(topology: &[(&str, &[&str])], extra: &str) -> Herd {
+        Herd::configure_with(topology, extra, false)
+    }
+
+    /// `configure`, with an admin port for every server if `admin`.
+    pub fn configure_with(topology: &[(&str, &[&str])], extra: &str, admin: bool) -> Herd {
         let dir = tempfile::tempdir().expect("temporary folder");
         let ports: Vec<(Port, Port)> = topology
             .iter()
@@ -488,11 +542,18 @@ impl Herd {
             .iter()
             .map(|(client, peer)| (client.address(), peer.address()))
             .collect();
-        let text = config_text(topology, &addresses, extra);
+        let admin_ports: Vec<Port> = if admin {
+            topology.iter().map(|_| Port::any()).collect()
+        } else {
+            Vec::new()
+        };
+        let admin_addresses: Vec<SocketAddr> = admin_ports.iter().map(Port::address).collect();
+        let text = config_text_with_admin(topology, &addresses, &admin_addresses, extra);
         let config_path = dir.path().join("herd.toml");
         std::fs::write(&config_path, &text).expect("writing the test config");
         let config = HerdConfig::parse(&text, &config_path.display().to_string(), dir.path())
             .unwrap_or_else(|error| panic!("the test config: {error}\n{text}"));
+        let mut admin_ports = admin_ports.into_iter();
         let servers = topology
             .iter()
             .zip(ports)
@@ -501,8 +562,16 @@ impl Herd {
                 client: ports.0.address(),
                 peer: ports.1.address(),
                 ports: Some(ports),
+                admin_port: admin_ports.next(),
+                admin: None,
                 running: None,
                 log: Log::default(),
+            })
+            .collect::<Vec<TestServer>>()
+            .into_iter()
+            .map(|mut server| {
+                server.admin = server.admin_port.as_ref().map(Port::address);
+                server
             })
             .collect();
         Herd {
@@ -542,11 +611,12 @@ impl Herd {
             .ports
             .take()
             .expect("a stopped server holds its ports");
-        server.running = Some(RunningServer::start_with_secrets(
+        server.running = Some(RunningServer::start_with_admin(
             &self.config,
             name,
             secrets,
             ports,
+            server.admin_port.take(),
             server.log.clone(),
         ));
     }
@@ -590,6 +660,7 @@ impl Herd {
             .unwrap_or_else(|| panic!("{name} is not running"))
             .stop();
         server.ports = Some((Port::again(server.client), Port::again(server.peer)));
+        server.admin_port = server.admin.map(Port::again);
     }
 
     /// Starts a stopped server again on its own ports.

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{DEFAULT_TOPOLOGY, LineClient, PATIENCE, config_text, herd_binary, new_secret};
+use super::{
+    DEFAULT_TOPOLOGY, LineClient, PATIENCE, config_text_with_admin, herd_binary, new_secret,
+};
 
 /// A free TCP port on 127.0.0.1, as far as the OS knows right now: for a
 /// process that must be told its port before it binds it.
@@ -58,6 +60,8 @@ pub struct ServerProcess {
     pub name: String,
     pub client: SocketAddr,
     pub peer: SocketAddr,
+    /// The admin port, for a herd started with them.
+    pub admin: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -83,8 +87,17 @@ impl ProcessHerd {
     /// Starts a herd, with `extra` TOML (top-level keys and tables such as
     /// `[limits]`) added to its config.
     pub fn start_with(topology: &[(&str, &[&str])], extra: &str) -> ProcessHerd {
+        ProcessHerd::start_configured(topology, extra, false)
+    }
+
+    /// Starts a herd whose servers have admin ports too.
+    pub fn start_with_admin(topology: &[(&str, &[&str])], extra: &str) -> ProcessHerd {
+        ProcessHerd::start_configured(topology, extra, true)
+    }
+
+    fn start_configured(topology: &[(&str, &[&str])], extra: &str, admin: bool) -> ProcessHerd {
         for _ in 0..5 {
-            let mut herd = ProcessHerd::configure(topology, extra);
+            let mut herd = ProcessHerd::configure_with(topology, extra, admin);
             if herd.launch_all() {
                 return herd;
             }
@@ -94,6 +107,11 @@ impl ProcessHerd {
 
     /// Writes a config on fresh free ports; starts nothing.
     pub fn configure(topology: &[(&str, &[&str])], extra: &str) -> ProcessHerd {
+        ProcessHerd::configure_with(topology, extra, false)
+    }
+
+    /// `configure`, with admin ports if `admin`.
+    pub fn configure_with(topology: &[(&str, &[&str])], extra: &str, admin: bool) -> ProcessHerd {
         let dir = tempfile::tempdir().expect("temporary folder");
         let servers: Vec<ServerProcess> = topology
             .iter()
@@ -101,14 +119,19 @@ impl ProcessHerd {
                 name: (*name).to_owned(),
                 client: free_address(),
                 peer: free_address(),
+                admin: admin.then(free_address),
                 child: None,
             })
             .collect();
         let addresses: Vec<(SocketAddr, SocketAddr)> =
             servers.iter().map(|s| (s.client, s.peer)).collect();
+        let admin: Vec<SocketAddr> = servers.iter().filter_map(|s| s.admin).collect();
         let config_path = dir.path().join("herd.toml");
-        std::fs::write(&config_path, config_text(topology, &addresses, extra))
-            .expect("writing the test config");
+        std::fs::write(
+            &config_path,
+            config_text_with_admin(topology, &addresses, &admin, extra),
+        )
+        .expect("writing the test config");
         ProcessHerd {
             dir,
             config_path,
