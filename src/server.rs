@@ -15,6 +15,7 @@ use crate::admin::{self, Admin, HerdMap, Sources};
 use crate::client::{self, Clients};
 use crate::config::{HerdConfig, HistoryConfig, Limits, UnknownServer};
 use crate::history::archiver::{self, ArchiverSetup};
+use crate::peer::auth::Keyring;
 use crate::peer::{Links, Neighbour, Timing};
 use crate::places::Places;
 use crate::places::render::Answers;
@@ -28,8 +29,10 @@ pub use crate::replica::StorageSetup;
 pub struct ServerSetup {
     pub name: String,
     pub neighbours: Vec<Neighbour>,
-    /// The herd's shared secret, which peer links prove they know.
-    pub secret: Vec<u8>,
+    /// The herd secrets peer links accept, the first the one they dial
+    /// with. Held by the caller too, which may replace them while the
+    /// server runs (key rotation).
+    pub keyring: Arc<Keyring>,
     pub places: Arc<dyn Places>,
     pub limits: Limits,
     /// Where to keep the store on disk; `None` keeps it in memory only.
@@ -50,7 +53,7 @@ impl ServerSetup {
     pub fn from_config(
         config: &HerdConfig,
         name: &str,
-        secret: Vec<u8>,
+        keyring: Arc<Keyring>,
         places: Arc<dyn Places>,
     ) -> Result<Self, UnknownServer> {
         let server = config.server(name)?;
@@ -69,7 +72,7 @@ impl ServerSetup {
         Ok(Self {
             name: name.to_owned(),
             neighbours,
-            secret,
+            keyring,
             places,
             limits: config.limits.clone(),
             storage: Some(StorageSetup {
@@ -195,7 +198,7 @@ pub async fn serve(
     let links = Arc::new(Links::new(
         &setup.name,
         setup.neighbours,
-        setup.secret,
+        setup.keyring,
         replica.clone(),
         timing,
         stats.clone(),

@@ -224,7 +224,7 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
     // Plain lines, as a client of the original herd might send.
     let mut stranger = TcpStream::connect(peer).unwrap();
     let hello = challenge(&mut stranger);
-    assert!(hello.starts_with("HERD-CHALLENGE 2 "), "{hello}");
+    assert!(hello.starts_with("HERD-CHALLENGE 3 "), "{hello}");
     stranger
         .write_all(format!("HERD-PEER Smith\n{forged}\n").as_bytes())
         .unwrap();
@@ -232,23 +232,17 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
     let _ = stranger.read_to_end(&mut rest);
     assert!(!String::from_utf8_lossy(&rest).contains("HERD-WELCOME"));
 
-    // A hello with a made-up MAC, then a frame.
+    // A hello with a made-up key id and handshake message, then a frame
+    // in the clear.
     let mut stranger = TcpStream::connect(peer).unwrap();
     challenge(&mut stranger);
     stranger
-        .write_all(
-            format!(
-                "HERD-HELLO 2 Smith Hill 7 {} {}\n",
-                "00".repeat(16),
-                "ab".repeat(32)
-            )
-            .as_bytes(),
-        )
+        .write_all(b"HERD-HELLO 3 Smith Hill 00000000\n\x00\x30")
         .unwrap();
+    let _ = stranger.write_all(&[0xab; 0x30]);
     let payload = format!("U 1 {forged}\nC 1\n");
-    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    let mut frame = u16::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
     frame.extend_from_slice(payload.as_bytes());
-    frame.extend_from_slice(&[0u8; 32]);
     let _ = stranger.write_all(&frame);
     let mut rest = Vec::new();
     let _ = stranger.read_to_end(&mut rest);

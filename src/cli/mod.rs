@@ -174,7 +174,7 @@ enum PlacesCommand {
     },
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub(crate) struct HerdArgs {
     /// The herd config (TOML). Without it, the embedded default five-server
     /// herd on 127.0.0.1 (see `herd config`).

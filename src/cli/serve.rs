@@ -7,7 +7,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use std::sync::Arc;
+
 use herd::config::SECRET_ENV;
+use herd::peer::auth::Keyring;
 use herd::server::{self, Listeners, ServerSetup};
 
 use super::up::{RESTART_NOTE_ENV, SUPERVISOR_ENV};
@@ -17,12 +20,14 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
     die_with_supervisor()?;
     let config = args.load()?;
     let server_config = config.server(name)?.clone();
-    let Some(secret) = config.find_secret()? else {
+    let secrets = config.find_secrets()?;
+    if secrets.is_empty() {
         bail!(
             "no herd secret: set `secret` in the config or ${SECRET_ENV} (the same for every server), or run `herd up` once, which keeps one in {}",
             config.secret_file().display()
         );
-    };
+    }
+    let keyring = Arc::new(Keyring::new(&secrets).context("reading the herd secrets")?);
     let rotation = (config.logging.max_file_mb > 0).then(|| herd::log::Rotation {
         max_bytes: config.logging.max_file_mb.saturating_mul(1 << 20),
         keep_files: config.logging.keep_files,
@@ -38,7 +43,7 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
     }
     raise_open_file_limit();
     let places = herd::places::from_config(&config, name)?;
-    let mut setup = ServerSetup::from_config(&config, name, secret.into_bytes(), places)?;
+    let mut setup = ServerSetup::from_config(&config, name, keyring.clone(), places)?;
     server_runtime(threads)?.block_on(async {
         let shutdown = CancellationToken::new();
         let on_signal = cancel_on_signal(shutdown.clone()).context("handling signals")?;
@@ -61,6 +66,7 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
             None => None,
         };
         tokio::spawn(on_signal);
+        tokio::spawn(reload_secrets_on_hangup(args.clone(), keyring).context("handling SIGHUP")?);
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         setup.ready = Some(ready);
         tokio::spawn(tell_readiness(is_ready, shutdown.clone()));
@@ -156,6 +162,41 @@ pub(crate) fn cancel_on_signal(
             _ = int.recv() => {}
         }
         token.cancel();
+    })
+}
+
+/// On SIGHUP, reads the herd secrets again from the config (and
+/// `$HERD_SECRET`) and uses them from the next handshake on: how a running
+/// server moves to a new secret (docs/deploy.md). Links that are up stay
+/// up; a config that no longer loads changes nothing.
+fn reload_secrets_on_hangup(
+    args: HerdArgs,
+    keyring: Arc<Keyring>,
+) -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            let reloaded = args
+                .load()
+                .and_then(|config| Ok(keyring.replace(&config.find_secrets()?)?));
+            match reloaded {
+                Ok(()) => {
+                    let keys = keyring.keys().ids();
+                    let ids: Vec<String> = keys.iter().map(ToString::to_string).collect();
+                    tracing::info!(
+                        target: herd::log::OPERATOR,
+                        "herd secrets reloaded: dialling with key {}, accepting {}",
+                        ids[0],
+                        ids.join(", ")
+                    );
+                }
+                Err(error) => tracing::warn!(
+                    target: herd::log::OPERATOR,
+                    "herd secrets not reloaded, keeping those in use: {error:#}"
+                ),
+            }
+        }
     })
 }
 

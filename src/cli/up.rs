@@ -61,11 +61,14 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 /// cannot be kept running.
 pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
     let config = args.load()?;
-    let secret = match config.secret_or_env() {
-        Some(secret) => secret,
-        // Kept in a file, so that a server can also be run by hand
-        // (`herd serve NAME` finds it) and a later `herd up` uses it again.
-        None => read_or_create_secret(&config.secret_file())?,
+    // With no secret in the config or the environment, one is made and
+    // kept in a file, so that a server can also be run by hand (`herd serve
+    // NAME` finds it) and a later `herd up` uses it again. Otherwise the
+    // servers find their secrets as herd up did.
+    let secret = if config.secrets_or_env().is_empty() {
+        Some(read_or_create_secret(&config.secret_file())?)
+    } else {
+        None
     };
     let launch = Arc::new(Launch {
         exe: std::env::current_exe().context("finding the herd binary")?,
@@ -178,7 +181,8 @@ struct Launch {
     exe: PathBuf,
     config: Option<PathBuf>,
     log_dir: PathBuf,
-    secret: String,
+    /// The secret herd up made, if it made one.
+    secret: Option<String>,
 }
 
 impl Launch {
@@ -193,7 +197,6 @@ impl Launch {
             .arg("1")
             .arg("--log-dir")
             .arg(&self.log_dir)
-            .env(SECRET_ENV, &self.secret)
             .env(SUPERVISOR_ENV, std::process::id().to_string())
             .env(NOTIFY_SOCKET, notify_socket)
             // A process group of its own: Ctrl-C in the terminal reaches
@@ -205,6 +208,9 @@ impl Launch {
             .kill_on_drop(true);
         if let Some(path) = &self.config {
             command.arg("--config").arg(path);
+        }
+        if let Some(secret) = &self.secret {
+            command.env(SECRET_ENV, secret);
         }
         match note {
             Some(note) => command.env(RESTART_NOTE_ENV, note),

@@ -355,6 +355,15 @@ pub struct HerdConfig {
     /// The shared secret from the file, if it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Secrets still accepted from neighbours, after `secret` (or
+    /// `$HERD_SECRET`): what a herd moving to a new secret keeps for a
+    /// while.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub old_secrets: Vec<String>,
+    /// Every secret accepted, the first the one to dial with; instead of
+    /// `secret` and `old_secrets`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     pub places: PlacesConfig,
     pub limits: Limits,
     pub storage: StorageConfig,
@@ -373,6 +382,10 @@ pub struct HerdConfig {
 struct RawConfig {
     log_dir: Option<String>,
     secret: Option<String>,
+    #[serde(default)]
+    old_secrets: Vec<String>,
+    #[serde(default)]
+    secrets: Vec<String>,
     #[serde(default)]
     places: PlacesConfig,
     #[serde(default)]
@@ -543,6 +556,21 @@ impl HerdConfig {
             Vec::new()
         };
 
+        if !raw.secrets.is_empty() && (raw.secret.is_some() || !raw.old_secrets.is_empty()) {
+            return Err(error_at(
+                None,
+                "`secrets` lists every secret, the one to use first: drop `secret` and `old_secrets`".into(),
+            ));
+        }
+        if raw
+            .secrets
+            .iter()
+            .chain(&raw.old_secrets)
+            .chain(&raw.secret)
+            .any(String::is_empty)
+        {
+            return Err(error_at(None, "a herd secret may not be empty".into()));
+        }
         let mut places = raw.places;
         places
             .prepare(base)
@@ -588,6 +616,8 @@ impl HerdConfig {
             servers,
             log_dir,
             secret: raw.secret,
+            old_secrets: raw.old_secrets,
+            secrets: raw.secrets,
             places,
             limits: raw.limits,
             storage,
@@ -613,12 +643,34 @@ impl HerdConfig {
             })
     }
 
-    /// The shared secret: the config's, else `$HERD_SECRET`.
+    /// The shared secret to dial with: the first of `secrets`, else
+    /// `secret`, else `$HERD_SECRET`.
     pub fn secret_or_env(&self) -> Option<String> {
-        self.secret
-            .clone()
+        self.secrets
+            .first()
+            .or(self.secret.as_ref())
+            .cloned()
             .or_else(|| std::env::var(SECRET_ENV).ok())
             .filter(|s| !s.is_empty())
+    }
+
+    /// Every secret a server accepts, the one to dial with first: `secrets`,
+    /// or [`HerdConfig::secret_or_env`] and then `old_secrets`. Empty when
+    /// there is no secret to dial with.
+    pub fn secrets_or_env(&self) -> Vec<String> {
+        if !self.secrets.is_empty() {
+            return self.secrets.clone();
+        }
+        let Some(current) = self.secret_or_env() else {
+            return Vec::new();
+        };
+        let mut secrets = vec![current];
+        for old in &self.old_secrets {
+            if !secrets.contains(old) {
+                secrets.push(old.clone());
+            }
+        }
+        secrets
     }
 
     /// Where `herd up` keeps the secret it makes: `DATA_DIR/secret`.
@@ -626,13 +678,17 @@ impl HerdConfig {
         self.storage.data_dir.join(secret::SECRET_FILE)
     }
 
-    /// The shared secret: the config's, else `$HERD_SECRET`, else the one
-    /// `herd up` keeps in [`HerdConfig::secret_file`].
-    pub fn find_secret(&self) -> Result<Option<String>, secret::SecretError> {
-        match self.secret_or_env() {
-            Some(secret) => Ok(Some(secret)),
-            None => secret::read_secret(&self.secret_file()),
+    /// Every secret a server accepts, [`HerdConfig::secrets_or_env`], or
+    /// when there are none the one `herd up` keeps in
+    /// [`HerdConfig::secret_file`]. Empty when there is no secret at all.
+    pub fn find_secrets(&self) -> Result<Vec<String>, secret::SecretError> {
+        let secrets = self.secrets_or_env();
+        if !secrets.is_empty() {
+            return Ok(secrets);
         }
+        Ok(secret::read_secret(&self.secret_file())?
+            .into_iter()
+            .collect())
     }
 
     /// The config as TOML text, which [`HerdConfig::parse`] reads back

@@ -125,6 +125,8 @@ pub fn generate(n: usize, shape: Shape, base_port: u16) -> Result<HerdConfig, St
     Ok(HerdConfig {
         log_dir: PathBuf::from("logs"),
         secret: None,
+        old_secrets: Vec::new(),
+        secrets: Vec::new(),
         places: PlacesConfig::default(),
         limits: Limits::default(),
         storage: StorageConfig::default(),

@@ -11,7 +11,7 @@
 //! the store. `docs/flooding.md` describes the algorithm, `docs/protocol.md`
 //! the bytes.
 //!
-//! The wing's rooms: `wire` (the format), `auth` (MACs and frame keys),
+//! The wing's rooms: `wire` (the format), `auth` (keys and encryption),
 //! `topology` (which links of the herd are up, flooded as link state),
 //! `routes` (each origin's tree over the live links), `link` (the
 //! decisions, no IO), `failures` (when a failing link is worth a warning),
@@ -40,7 +40,7 @@ use tracing::{info, warn};
 use crate::log::OPERATOR;
 use crate::replica::Replica;
 use crate::stats::ServerStats;
-use auth::Secret;
+use auth::Keyring;
 use failures::Failures;
 use routes::Routes;
 use topology::{Learned, Topology};
@@ -67,7 +67,9 @@ pub struct Timing {
 /// One server's peer links.
 pub struct Links {
     me: String,
-    secret: Secret,
+    /// The herd secrets this server accepts, the first the one it dials
+    /// with; replaced while it runs when the herd rotates its secret.
+    keyring: Arc<Keyring>,
     neighbours: Vec<Neighbour>,
     /// Each origin's tree over the links known to be up (see `routes`),
     /// replaced whenever `topology` changes.
@@ -94,11 +96,11 @@ pub struct Links {
 
 impl Links {
     /// The links of server `me` to `neighbours` (in the order the
-    /// replica's cursors number them), proving `secret`.
+    /// replica's cursors number them), with the herd secrets of `keyring`.
     pub fn new(
         me: &str,
         neighbours: Vec<Neighbour>,
-        secret: Vec<u8>,
+        keyring: Arc<Keyring>,
         replica: Arc<Replica>,
         timing: Timing,
         stats: Arc<ServerStats>,
@@ -107,7 +109,7 @@ impl Links {
         let topology = Topology::new(me, neighbours.iter().map(|n| n.name.clone()).collect());
         Self {
             me: me.to_owned(),
-            secret: Secret::new(secret),
+            keyring,
             neighbours,
             routes: Mutex::new(Arc::new(topology.routes())),
             stale: AtomicBool::new(false),

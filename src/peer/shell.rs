@@ -15,12 +15,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::Links;
-use super::auth::FrameKey;
+use super::auth::{AuthError, Session};
 use super::failures::{Failures, human};
 use super::link::{Receiver, Sender, Step, Then, start_from};
 use super::wire::{
-    self, Challenge, Hello, MAX_FRAME, PROTOCOL_VERSION, Refusal, TAG_BYTES, hello_version,
-    parse_challenge, parse_hello,
+    self, Challenge, Hello, MAX_FRAME, PROTOCOL_VERSION, Refusal, hello_version, parse_challenge,
+    parse_hello,
 };
 use crate::log::{MessageLines, OPERATOR, Show};
 use crate::replica::store::Applied;
@@ -70,7 +70,7 @@ pub enum LinkError {
     Silent(String, Duration),
     #[error("closed by {0}")]
     Closed(String),
-    #[error("frame of {0} bytes is too large")]
+    #[error("frame of more than {0} bytes")]
     TooLarge(usize),
 }
 
@@ -278,11 +278,11 @@ async fn dial_loop(links: Arc<Links>, index: usize, shutdown: CancellationToken)
     }
 }
 
-/// An authenticated sending side of a link.
+/// An authenticated, encrypted sending side of a link.
 struct OutgoingLink {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
-    key: FrameKey,
+    session: Session,
     /// Where the receiver's cursor says to start.
     start: u64,
 }
@@ -294,8 +294,8 @@ async fn dial_handshake(links: &Links, index: usize, stream: TcpStream) -> Resul
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let challenge = read_short_line(&mut reader).await?;
-    let nonce_b = match parse_challenge(&challenge) {
-        Some(Challenge::Ours { nonce }) => nonce,
+    match parse_challenge(&challenge) {
+        Some(Challenge::Ours { .. }) => {}
         Some(Challenge::Other { version }) => {
             // Say what we speak before closing, so that the other side can
             // tell its operator too.
@@ -306,56 +306,45 @@ async fn dial_handshake(links: &Links, index: usize, stream: TcpStream) -> Resul
             )));
         }
         None => return Err(LinkError::NotHerd),
-    };
-    let nonce_a: [u8; 16] = rand::random();
-    let run = links.replica.run().to_string();
-    let tag = links
-        .secret
-        .hello_tag(&links.me, name, &run, &nonce_b, &nonce_a);
-    let hello = format!(
-        "HERD-HELLO {PROTOCOL_VERSION} {} {} {} {} {}\n",
-        links.me,
-        name,
-        run,
-        hex::encode(nonce_a),
-        hex::encode(tag)
-    );
-    writer.write_all(hello.as_bytes()).await?;
-    let welcome = read_short_line(&mut reader).await?;
-    let ["HERD-WELCOME", cursor_run, cursor_seq, tag] = welcome.split(' ').collect::<Vec<_>>()[..]
-    else {
-        return Err(match Refusal::parse(&welcome) {
+    }
+    let keys = links.keyring.keys();
+    let key = keys.current();
+    let hello = wire::hello_line(&links.me, name, key.id());
+    // Both opening lines are bound into the handshake: the listener's
+    // fresh nonce makes a recorded hello useless on another connection.
+    let mut handshake = key.initiator(format!("{challenge}\n{hello}").as_bytes());
+    let message = handshake.write(&wire::hello_payload(&links.me, name, links.replica.run()));
+    let mut out = hello.into_bytes();
+    push_message(&mut out, &message);
+    writer.write_all(&out).await?;
+    let answer = read_short_line(&mut reader).await?;
+    if answer != wire::WELCOME_LINE.trim_end() {
+        return Err(match Refusal::parse(&answer) {
             Some(Refusal::Secret) => LinkError::Authentication(format!(
-                "{name} does not share this herd's secret (it refused our hello)"
+                "{name} does not share this herd's secret (it refused key {})",
+                key.id()
             )),
             Some(Refusal::Neighbour) => LinkError::WrongHerd(format!(
                 "{name} does not take {} for a neighbour (is its herd config another?)",
                 links.me
             )),
-            None => LinkError::Refused(welcome),
+            None => LinkError::Refused(answer),
         });
-    };
-    let tag = hex::decode(tag).map_err(|_| LinkError::Malformed("welcome"))?;
-    if !links.secret.verify_welcome(
-        &links.me,
-        name,
-        (cursor_run, cursor_seq),
-        (&nonce_a, &nonce_b),
-        &tag,
-    ) {
-        return Err(LinkError::Authentication(format!(
-            "the server answering as {name} does not share this herd's secret"
-        )));
     }
-    let parse = |text: &str| {
-        text.parse::<u64>()
-            .map_err(|_| LinkError::Malformed("welcome"))
-    };
-    let (cursor_run, cursor_seq) = (parse(cursor_run)?, parse(cursor_seq)?);
+    let message = read_message(&mut reader).await?;
+    let payload = handshake.read(&message).map_err(|_| {
+        LinkError::Authentication(format!(
+            "the server answering as {name} does not share this herd's secret"
+        ))
+    })?;
+    let (cursor_run, cursor_seq) =
+        wire::parse_welcome_payload(&payload).ok_or(LinkError::Malformed("welcome"))?;
     Ok(OutgoingLink {
         reader,
         writer,
-        key: links.secret.session_key(&nonce_a, &nonce_b),
+        session: handshake
+            .finish()
+            .map_err(|_| LinkError::Malformed("handshake"))?,
         start: start_from(cursor_run, cursor_seq, links.replica.run(), head),
     })
 }
@@ -372,13 +361,15 @@ async fn send_updates(
     let OutgoingLink {
         mut reader,
         mut writer,
-        key,
+        mut session,
         start,
     } = link;
     let store = links.replica.store();
     let stats = links.stats.neighbour(index);
     let mut sender = Sender::new(index, start, store.head());
-    let mut counter: u64 = 0;
+    let mut sealed = Vec::new();
+    // Acknowledgement records read but not yet whole.
+    let mut acks = reader.buffer().to_vec();
     let mut accepted = links.replica.subscribe();
     let silence = links.timing.silence;
     let mut heartbeat = tokio::time::interval(links.timing.heartbeat);
@@ -405,12 +396,12 @@ async fn send_updates(
         }
         let until = match step {
             Step::Frame { updates, then } => {
-                write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
+                write_frame(&mut writer, &mut session, &frame, &mut sealed, silence).await?;
                 links.stats.frames_sent.bump();
                 links.stats.updates_sent.add(updates as u64);
                 if let Some(stats) = stats {
                     stats.updates_sent.add(updates as u64);
-                    stats.bytes_sent.add(frame.len() as u64);
+                    stats.bytes_sent.add(sealed.len() as u64);
                 }
                 let (announcements, bytes) = sender.take_announced();
                 links.stats.announcements_sent.add(announcements);
@@ -439,15 +430,15 @@ async fn send_updates(
             () = shutdown.cancelled() => return Ok(()),
             _ = heartbeat.tick() => {
                 // Acknowledgements waiting to be read are not silence.
-                take_acks(&reader, &mut ack, &mut last_heard, name)?;
+                take_acks(&reader, &mut ack, &mut acks, &mut session, &mut last_heard, name)?;
                 if last_heard.elapsed() > silence {
                     return Err(LinkError::Silent(name.clone(), silence));
                 }
                 sender.heartbeat(&mut frame);
-                write_frame(&mut writer, &key, &mut counter, &mut frame, silence).await?;
+                write_frame(&mut writer, &mut session, &frame, &mut sealed, silence).await?;
                 links.stats.frames_sent.bump();
                 if let Some(stats) = stats {
-                    stats.bytes_sent.add(frame.len() as u64);
+                    stats.bytes_sent.add(sealed.len() as u64);
                 }
             }
             changed = accepted.changed() => {
@@ -457,10 +448,13 @@ async fn send_updates(
             }
             () = links.control_ready[index].notified() => {}
             () = sleep_until_some(until) => {}
-            read = reader.read(&mut ack) => {
-                if read? == 0 {
+            read = reader.get_mut().read(&mut ack) => {
+                let read = read?;
+                if read == 0 {
                     return Err(LinkError::Closed(name.clone()));
                 }
+                acks.extend_from_slice(&ack[..read]);
+                open_acks(&mut session, &mut acks, name)?;
                 last_heard = Instant::now();
             }
         }
@@ -475,38 +469,93 @@ async fn sleep_until_some(until: Option<Instant>) {
     }
 }
 
-/// Reads whatever the neighbour has sent back on a link (acknowledgements,
-/// whose content does not matter) without waiting, noting when it was heard.
+/// Reads whatever the neighbour has sent back on a link (acknowledgements)
+/// without waiting, noting when it was heard.
 fn take_acks(
     reader: &BufReader<OwnedReadHalf>,
     ack: &mut [u8],
+    acks: &mut Vec<u8>,
+    session: &mut Session,
     last_heard: &mut Instant,
     name: &str,
 ) -> Result<()> {
     loop {
         match reader.get_ref().try_read(ack) {
             Ok(0) => return Err(LinkError::Closed(name.to_owned())),
-            Ok(_) => *last_heard = Instant::now(),
+            Ok(read) => {
+                acks.extend_from_slice(&ack[..read]);
+                open_acks(session, acks, name)?;
+                *last_heard = Instant::now();
+            }
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             Err(error) => return Err(error.into()),
         }
     }
 }
 
-/// Seals and writes one frame built by `wire::start_frame`.
+/// Decrypts the whole acknowledgement records at the front of `acks`. Their
+/// content does not matter, only that they are the neighbour's: one that
+/// fails to decrypt ends the link.
+fn open_acks(session: &mut Session, acks: &mut Vec<u8>, name: &str) -> Result<()> {
+    let mut used = 0;
+    while let Some((message, rest)) = wire::split_record(&acks[used..]) {
+        session
+            .open(message)
+            .map_err(|error| frame_error(error, name, "an acknowledgement"))?;
+        used = acks.len() - rest.len();
+    }
+    acks.drain(..used);
+    Ok(())
+}
+
+/// What a record that failed to open means for the link.
+fn frame_error(error: AuthError, name: &str, what: &str) -> LinkError {
+    match error {
+        AuthError::TooLarge => LinkError::TooLarge(MAX_FRAME),
+        _ => LinkError::Authentication(format!("{what} from {name} failed to decrypt")),
+    }
+}
+
+/// Encrypts and writes one frame built by `wire::start_frame`.
 async fn write_frame(
     writer: &mut OwnedWriteHalf,
-    key: &FrameKey,
-    counter: &mut u64,
-    frame: &mut Vec<u8>,
+    session: &mut Session,
+    frame: &[u8],
+    sealed: &mut Vec<u8>,
     silence: Duration,
 ) -> Result<()> {
-    key.seal(*counter, frame);
-    *counter += 1;
+    sealed.clear();
+    session.seal(wire::payload(frame), sealed);
     // A stopped neighbour must not hold this link forever.
-    timeout(silence, writer.write_all(frame))
+    timeout(silence, writer.write_all(sealed))
         .await
         .map_err(|_| LinkError::TimedOut("writing"))??;
+    Ok(())
+}
+
+/// Appends a handshake message with its 2-byte length.
+fn push_message(out: &mut Vec<u8>, message: &[u8]) {
+    let length = u16::try_from(message.len()).expect("a Noise message is at most 65535 bytes");
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(message);
+}
+
+/// Reads one record or handshake message: a 2-byte big-endian length and
+/// that many bytes.
+async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> Result<Vec<u8>> {
+    let mut message = Vec::new();
+    read_message_into(reader, &mut message).await?;
+    Ok(message)
+}
+
+async fn read_message_into(
+    reader: &mut BufReader<OwnedReadHalf>,
+    message: &mut Vec<u8>,
+) -> Result<()> {
+    let mut length = [0u8; 2];
+    reader.read_exact(&mut length).await?;
+    message.resize(usize::from(u16::from_be_bytes(length)), 0);
+    reader.read_exact(message).await?;
     Ok(())
 }
 
@@ -530,7 +579,7 @@ async fn receive(
     )
     .await
     .unwrap_or(Err(LinkError::TimedOut("handshake")));
-    let (index, run, key) = match handshake {
+    let (index, run, noise) = match handshake {
         Ok(welcomed) => welcomed,
         Err(error) => {
             links.refused(claimed, address, &error);
@@ -569,7 +618,7 @@ async fn receive(
         .forget_early(crate::replica::store::Source::Neighbour(index));
     let receiver = Receiver::new(index, run);
     let outcome = tokio::select! {
-        outcome = receive_frames(links, &receiver, &name, &key, &mut reader, &mut writer) => outcome,
+        outcome = receive_frames(links, &receiver, &name, noise, &mut reader, &mut writer) => outcome,
         () = session.cancelled() => Ok(()),
     };
     // A session replaced by a newer one leaves the state to that one.
@@ -597,11 +646,10 @@ async fn welcome(
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
     claimed: &mut Option<usize>,
-) -> Result<(usize, u64, FrameKey)> {
+) -> Result<(usize, u64, Session)> {
     let nonce_b: [u8; 16] = rand::random();
-    writer
-        .write_all(wire::challenge_line(&nonce_b).as_bytes())
-        .await?;
+    let challenge = wire::challenge_line(&nonce_b);
+    writer.write_all(challenge.as_bytes()).await?;
     let line = read_short_line(reader).await?;
     let Some((version, from)) = hello_version(&line) else {
         return Err(LinkError::Malformed("hello"));
@@ -613,28 +661,32 @@ async fn welcome(
             "it speaks peer protocol {version}, this server {PROTOCOL_VERSION}"
         )));
     }
-    let Some(Hello {
-        from,
-        to,
-        run_text,
-        run,
-        nonce: nonce_a,
-        tag,
-    }) = parse_hello(&line)
+    let Some(Hello { from, to, key_id }) = parse_hello(&line) else {
+        return Err(LinkError::Malformed("hello"));
+    };
+    let message = read_message(reader).await?;
+    let keys = links.keyring.keys();
+    // The secret first: only a server of this herd learns from the
+    // answer whether it is a neighbour.
+    let Some(key) = keys.find(key_id) else {
+        let _ = writer.write_all(Refusal::Secret.line().as_bytes()).await;
+        return Err(LinkError::Authentication(format!(
+            "it does not share this herd's secret (it uses key {key_id}, which this server does not hold)"
+        )));
+    };
+    let mut handshake = key.responder(format!("{challenge}{line}\n").as_bytes());
+    let Ok(payload) = handshake.read(&message) else {
+        let _ = writer.write_all(Refusal::Secret.line().as_bytes()).await;
+        return Err(LinkError::Authentication(format!(
+            "it does not share this herd's secret (its handshake failed with key {key_id})"
+        )));
+    };
+    // The names inside, which the key vouches for, must be those outside.
+    let Some((_, _, run)) = wire::parse_hello_payload(&payload)
+        .filter(|&(inner_from, inner_to, _)| (inner_from, inner_to) == (from, to))
     else {
         return Err(LinkError::Malformed("hello"));
     };
-    // The secret first: only a server of this herd learns from the
-    // answer whether it is a neighbour.
-    if !links
-        .secret
-        .verify_hello(from, to, run_text, (&nonce_b, &nonce_a), &tag)
-    {
-        let _ = writer.write_all(Refusal::Secret.line().as_bytes()).await;
-        return Err(LinkError::Authentication(
-            "it does not share this herd's secret (its hello failed authentication)".into(),
-        ));
-    }
     let Some(index) = links
         .neighbour_index(from.as_bytes())
         .filter(|_| to == links.me)
@@ -647,54 +699,44 @@ async fn welcome(
         }));
     };
     let cursor = links.replica.cursor_for(index, run);
-    let (cursor_run, cursor_seq) = (cursor.run.to_string(), cursor.seq.to_string());
-    let tag = links
-        .secret
-        .welcome_tag(from, to, (&cursor_run, &cursor_seq), (&nonce_a, &nonce_b));
-    writer
-        .write_all(
-            format!(
-                "HERD-WELCOME {cursor_run} {cursor_seq} {}\n",
-                hex::encode(tag)
-            )
-            .as_bytes(),
-        )
-        .await?;
-    Ok((index, run, links.secret.session_key(&nonce_a, &nonce_b)))
+    let message = handshake.write(&wire::welcome_payload(cursor.run, cursor.seq));
+    let mut out = wire::WELCOME_LINE.as_bytes().to_vec();
+    push_message(&mut out, &message);
+    writer.write_all(&out).await?;
+    let session = handshake
+        .finish()
+        .map_err(|_| LinkError::Malformed("handshake"))?;
+    Ok((index, run, session))
 }
 
 async fn receive_frames(
     links: &Links,
     receiver: &Receiver,
     name: &str,
-    key: &FrameKey,
+    mut session: Session,
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
 ) -> Result<()> {
-    let mut counter: u64 = 0;
-    let mut payload = Vec::new();
+    let mut message = Vec::new();
+    let mut sealed = Vec::new();
+    // The bytes of the records of the frame being read, as counted.
+    let mut frame_bytes = 0;
     let mut last_ack = Instant::now();
     let (silence, heartbeat) = (links.timing.silence, links.timing.heartbeat);
     loop {
-        let mut length = [0u8; 4];
-        match timeout(silence, reader.read_exact(&mut length)).await {
+        match timeout(silence, read_message_into(reader, &mut message)).await {
             Ok(read) => read?,
             Err(_) => return Err(LinkError::Silent(name.to_owned(), silence)),
         };
-        let length = u32::from_be_bytes(length) as usize;
-        if length > MAX_FRAME {
-            return Err(LinkError::TooLarge(length));
-        }
-        payload.resize(length + TAG_BYTES, 0);
-        reader.read_exact(&mut payload).await?;
-        let (body, tag) = payload.split_at(length);
-        // blake3::Hash compares in constant time.
-        if key.tag(counter, body) != *tag {
-            return Err(LinkError::Authentication(format!(
-                "a frame from {name} failed its tag"
-            )));
-        }
-        counter += 1;
+        frame_bytes += 2 + message.len();
+        // A frame that fails to decrypt ends the link, and nothing of it
+        // is applied: records are only taken in once the frame is whole.
+        let Some(body) = session
+            .open(&message)
+            .map_err(|error| frame_error(error, name, "a frame"))?
+        else {
+            continue;
+        };
         let stats = &links.stats;
         stats.frames_received.bump();
         let neighbour = stats.neighbour(receiver.index());
@@ -702,8 +744,9 @@ async fn receive_frames(
             neighbour.last_heard.set(crate::stats::unix_millis());
             neighbour
                 .bytes_received
-                .add((4 + length + TAG_BYTES) as u64);
+                .add(u64::try_from(frame_bytes).unwrap_or(u64::MAX));
         }
+        frame_bytes = 0;
         let mut log = MessageLines::start();
         let complete = receiver.frame(
             &links.replica,
@@ -729,7 +772,9 @@ async fn receive_frames(
         // Acknowledge now and then so the sender knows the link lives.
         if last_ack.elapsed() >= heartbeat {
             let seq = complete.unwrap_or(0);
-            timeout(silence, writer.write_all(format!("ACK {seq}\n").as_bytes()))
+            sealed.clear();
+            session.seal(format!("ACK {seq}\n").as_bytes(), &mut sealed);
+            timeout(silence, writer.write_all(&sealed))
                 .await
                 .map_err(|_| LinkError::TimedOut("acknowledging"))??;
             last_ack = Instant::now();

@@ -1,8 +1,9 @@
 //! The peer wire format: handshake lines, frames and their payload lines.
 //! Pure: no IO, no clock, no tasks.
 //!
-//! A frame is a `u32` big-endian length, the payload, and a 32-byte tag
-//! (see `auth::FrameKey`). Payload lines are `U <seq> <AT line>` for an
+//! After two plaintext opening lines a link carries only Noise messages
+//! (see `auth`): the rest of the handshake, then frames, each sent as one
+//! or more encrypted records. Payload lines are `U <seq> <AT line>` for an
 //! update, `C <seq>` for "complete up to", `H <client> <time>` for "I hold
 //! this client's report of that time" (an announcement over a lazy link),
 //! and `L <server> <version> <neighbour>...` for a server's live links;
@@ -12,10 +13,10 @@ use crate::protocol::time::{Timestamp, parse_digits_u64};
 use crate::protocol::{Location, parse_at_line};
 use crate::replica::store::client_id_range;
 
+use super::auth::KeyId;
+
 /// The largest frame payload a receiver accepts.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
-/// The length of a frame's tag.
-pub const TAG_BYTES: usize = 32;
 
 /// One line of a frame's payload.
 #[derive(Debug, PartialEq)]
@@ -62,8 +63,8 @@ pub fn parse_payload_line(line: &[u8]) -> Option<PayloadLine<'_>> {
 /// names its version second on its first line, a word every version keeps,
 /// so that servers of any two versions can tell each other what they speak.
 /// Version 2 added the version to the hello, and announcement (`H`) and
-/// link-state (`L`) lines to frames.
-pub const PROTOCOL_VERSION: &str = "2";
+/// link-state (`L`) lines to frames; version 3 encrypts links with Noise.
+pub const PROTOCOL_VERSION: &str = "3";
 
 /// A listener's `HERD-CHALLENGE <version> <nonce>` line.
 #[derive(Debug, PartialEq, Eq)]
@@ -115,37 +116,67 @@ fn is_version(text: &str) -> bool {
     !text.is_empty() && text.len() <= 9 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The fields of a `HERD-HELLO` line of our version.
+/// The fields of a `HERD-HELLO <version> <from> <to> <key id>` line of
+/// our version: sent in the clear, so that the listener knows which key to
+/// try, and bound into the Noise handshake (as its prologue), which
+/// repeats the names inside.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Hello<'a> {
     pub from: &'a str,
     pub to: &'a str,
-    /// The sender's run id, as sent (the MAC covers this text).
-    pub run_text: &'a str,
-    pub run: u64,
-    pub nonce: Vec<u8>,
-    pub tag: Vec<u8>,
+    pub key_id: KeyId,
 }
 
 /// Parses a `HERD-HELLO` line of our version; `None` if it is malformed
 /// or of another version.
 pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
-    let ["HERD-HELLO", version, from, to, run_text, nonce, tag] =
-        line.split(' ').collect::<Vec<_>>()[..]
-    else {
+    let ["HERD-HELLO", version, from, to, key_id] = line.split(' ').collect::<Vec<_>>()[..] else {
         return None;
     };
-    if version != PROTOCOL_VERSION {
+    if version != PROTOCOL_VERSION || from.is_empty() || to.is_empty() {
         return None;
     }
     Some(Hello {
         from,
         to,
-        run_text,
-        run: parse_digits_u64(run_text.as_bytes())?,
-        nonce: decode_hex(nonce).filter(|n| n.len() == 16)?,
-        tag: decode_hex(tag).filter(|t| t.len() == 32)?,
+        key_id: KeyId::parse(key_id)?,
     })
+}
+
+/// The hello line a dialler sends, with its `\n`.
+pub fn hello_line(from: &str, to: &str, key_id: KeyId) -> String {
+    format!("HERD-HELLO {PROTOCOL_VERSION} {from} {to} {key_id}\n")
+}
+
+/// The line a listener sends before its handshake message when it takes
+/// the hello, with its `\n`.
+pub const WELCOME_LINE: &str = "HERD-WELCOME\n";
+
+/// The payload of the dialler's handshake message: `<from> <to> <run>`,
+/// its name, the listener's and its run id.
+pub fn hello_payload(from: &str, to: &str, run: u64) -> Vec<u8> {
+    format!("{from} {to} {run}").into_bytes()
+}
+
+/// Parses a hello payload into its names and run id.
+pub fn parse_hello_payload(payload: &[u8]) -> Option<(&str, &str, u64)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let [from, to, run] = text.split(' ').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    Some((from, to, parse_digits_u64(run.as_bytes())?))
+}
+
+/// The payload of the listener's handshake message: its cursor for the
+/// dialler, `<run> <seq>`.
+pub fn welcome_payload(run: u64, seq: u64) -> Vec<u8> {
+    format!("{run} {seq}").into_bytes()
+}
+
+/// Parses a welcome payload into the cursor it gives.
+pub fn parse_welcome_payload(payload: &[u8]) -> Option<(u64, u64)> {
+    let (run, seq) = split_word(payload)?;
+    Some((parse_digits_u64(run)?, parse_digits_u64(seq)?))
 }
 
 /// Why a listener refused a hello, as it tells the dialler in a
@@ -154,8 +185,9 @@ pub fn parse_hello(line: &str) -> Option<Hello<'_>> {
 /// nothing is believed from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// The hello's MAC did not verify: the dialler's herd secret is not
-    /// the listener's.
+    /// The hello names a key the listener does not hold, or its handshake
+    /// message did not decrypt: the dialler's herd secret is not the
+    /// listener's.
     Secret,
     /// The dialler is not one of the listener's neighbours, or the hello
     /// was meant for another server.
@@ -210,10 +242,9 @@ pub fn origin(at_line: &[u8]) -> &[u8] {
     rest.split(|&b| b == b' ').next().unwrap_or_default()
 }
 
-/// Empties a frame buffer, leaving room for the length.
+/// Empties a frame buffer.
 pub fn start_frame(frame: &mut Vec<u8>) {
     frame.clear();
-    frame.extend_from_slice(&[0; 4]);
 }
 
 /// Appends an update line to a frame being built.
@@ -249,6 +280,15 @@ pub fn parse_have(line: &[u8]) -> Option<(&[u8], Timestamp)> {
     Some((client, Timestamp::parse(time)?))
 }
 
+/// The first whole record (or handshake message) of `bytes`, each a
+/// 2-byte big-endian length and that many bytes, and what follows it;
+/// `None` until it is all there.
+pub fn split_record(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (length, rest) = bytes.split_first_chunk::<2>()?;
+    let length = usize::from(u16::from_be_bytes(*length));
+    (rest.len() >= length).then(|| rest.split_at(length))
+}
+
 /// Appends a line as it is (a link-state line), with its `\n`.
 pub fn push_line(frame: &mut Vec<u8>, line: &[u8]) {
     frame.extend_from_slice(line);
@@ -265,7 +305,7 @@ pub fn push_complete(frame: &mut Vec<u8>, seq: u64) {
 /// The payload of a frame built by [`start_frame`] and the `push_*`
 /// functions.
 pub fn payload(frame: &[u8]) -> &[u8] {
-    &frame[4..]
+    frame
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -339,26 +379,28 @@ mod tests {
 
     #[test]
     fn hello_lines() {
-        let line = format!(
+        let line = "HERD-HELLO 3 A B 0a1b2c3d";
+        let hello = parse_hello(line).unwrap();
+        assert_eq!((hello.from, hello.to), ("A", "B"));
+        assert_eq!(hello.key_id.to_string(), "0a1b2c3d");
+        assert_eq!(hello_line("A", "B", hello.key_id).trim_end(), line);
+        assert_eq!(hello_version(line), Some(("3", Some("A"))));
+        assert!(parse_hello("HERD-HELLO 3 A B 0a1b2c").is_none());
+        assert!(parse_hello("HERD-HELLO 3 A B 0a1b2c3x").is_none());
+        assert!(parse_hello(&format!("{line} extra")).is_none());
+        assert!(parse_hello("HERD-HELLO 3  B 0a1b2c3d").is_none());
+        // A hello of version 2 had a run, nonce and MAC in the clear; one
+        // of another version is not ours, but says what it is.
+        let two = format!(
             "HERD-HELLO 2 A B 42 {} {}",
             "ab".repeat(16),
             "cd".repeat(32)
         );
-        let hello = parse_hello(&line).unwrap();
-        assert_eq!((hello.from, hello.to, hello.run), ("A", "B", 42));
-        assert_eq!(hello_version(&line), Some(("2", Some("A"))));
-        assert!(parse_hello("HERD-HELLO 2 A B 42 00 00").is_none());
-        assert!(parse_hello(&line.replace("42", "x")).is_none());
-        assert!(parse_hello(&format!("{line} extra")).is_none());
-        // A hello of version 1 had no version; one of another version is
-        // not ours, but says what it is.
-        assert!(parse_hello(&line.replace("HELLO 2 ", "HELLO ")).is_none());
-        let three = line.replace("HELLO 2 ", "HELLO 3 ");
-        assert!(parse_hello(&three).is_none());
-        assert_eq!(hello_version(&three), Some(("3", Some("A"))));
+        assert!(parse_hello(&two).is_none());
+        assert_eq!(hello_version(&two), Some(("2", Some("A"))));
         assert_eq!(
             hello_version(other_version_hello("A", "B").trim_end()),
-            Some(("2", Some("A")))
+            Some(("3", Some("A")))
         );
         assert_eq!(hello_version("HERD-HELLO 7"), Some(("7", None)));
         assert_eq!(hello_version("HERD-HELLO A B"), None);
@@ -366,10 +408,34 @@ mod tests {
     }
 
     #[test]
+    fn records_split_when_whole() {
+        assert_eq!(split_record(b"\x00\x02abc"), Some((&b"ab"[..], &b"c"[..])));
+        assert_eq!(split_record(b"\x00\x03ab"), None);
+        assert_eq!(split_record(b"\x00"), None);
+        assert_eq!(split_record(b"\x00\x00"), Some((&b""[..], &b""[..])));
+    }
+
+    #[test]
+    fn handshake_payloads_round_trip() {
+        assert_eq!(
+            parse_hello_payload(&hello_payload("A", "B", 42)),
+            Some(("A", "B", 42))
+        );
+        assert_eq!(
+            parse_welcome_payload(&welcome_payload(42, 7)),
+            Some((42, 7))
+        );
+        assert_eq!(parse_hello_payload(b"A B"), None);
+        assert_eq!(parse_hello_payload(b"A B x"), None);
+        assert_eq!(parse_welcome_payload(b"1 2 3"), None);
+        assert_eq!(parse_welcome_payload(b"1"), None);
+    }
+
+    #[test]
     fn challenge_lines() {
         let nonce = [0xab; 16];
         let line = challenge_line(&nonce);
-        assert!(line.starts_with("HERD-CHALLENGE 2 ") && line.ends_with('\n'));
+        assert!(line.starts_with("HERD-CHALLENGE 3 ") && line.ends_with('\n'));
         assert_eq!(
             parse_challenge(line.trim_end()),
             Some(Challenge::Ours {
@@ -377,8 +443,8 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_challenge(&format!("HERD-CHALLENGE 1 {}", "00".repeat(16))),
-            Some(Challenge::Other { version: "1" })
+            parse_challenge(&format!("HERD-CHALLENGE 2 {}", "00".repeat(16))),
+            Some(Challenge::Other { version: "2" })
         );
         assert_eq!(
             parse_challenge("HERD-CHALLENGE 12 anything at all"),
@@ -386,8 +452,8 @@ mod tests {
         );
         for bad in [
             "HERD-CHALLENGE",
-            "HERD-CHALLENGE 2",
-            "HERD-CHALLENGE 2 00",
+            "HERD-CHALLENGE 3",
+            "HERD-CHALLENGE 3 00",
             "HERD-CHALLENGE x 00",
             "HERD-CHALLENGE -2 00",
             "SSH-2.0-OpenSSH_9.6",
@@ -413,6 +479,8 @@ mod tests {
             let _ = parse_hello(&text);
             let _ = hello_version(&text);
             let _ = parse_challenge(&text);
+            let _ = parse_hello_payload(&bytes);
+            let _ = parse_welcome_payload(&bytes);
         }
     }
 }

@@ -5,8 +5,9 @@
 //! address is that server's proxy, so every link connection passes through
 //! the proxy of the server it dials. The proxy relays bytes both ways and
 //! learns who is dialling from the handshake: the listening server sends
-//! `HERD-CHALLENGE 2 <hex>` first, then the dialler sends
-//! `HERD-HELLO 2 <from> <to> <run> <nonce> <mac>`. While the link {from, to} is
+//! `HERD-CHALLENGE 3 <hex>` first, then the dialler sends
+//! `HERD-HELLO 3 <from> <to> <key id>` in the clear, and only encrypted
+//! Noise messages after it. While the link {from, to} is
 //! cut, its connections are closed and new ones are closed as soon as their
 //! hello shows whose they are; healing lets the next dial through. A link
 //! can also fail silently (`swallow`): its connections stay open and every

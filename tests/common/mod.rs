@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herd::config::HerdConfig;
+use herd::peer::auth::Keyring;
 use herd::server::{self, ServerSetup};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -105,6 +106,11 @@ pub fn config_text_with_admin(
         );
     }
     config
+}
+
+/// A keyring of one herd secret.
+pub fn keyring(secret: &str) -> Arc<Keyring> {
+    Arc::new(Keyring::new(&[secret]).expect("a test secret is not empty"))
 }
 
 /// A fresh random herd secret, as hex.
@@ -266,6 +272,8 @@ pub struct RunningServer {
     name: String,
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
+    /// The herd secrets it accepts, which a test may replace as it runs.
+    pub keyring: Arc<Keyring>,
     /// What `server::run` returned, once it has.
     finished: mpsc::Receiver<Result<(), String>>,
 }
@@ -277,24 +285,36 @@ impl RunningServer {
         config: &HerdConfig,
         name: &str,
         secret: &str,
+        ports: (Port, Port),
+        log: Log,
+    ) -> RunningServer {
+        RunningServer::start_with_secrets(config, name, &[secret], ports, log)
+    }
+
+    /// `start`, accepting `secrets` and dialling with the first.
+    pub fn start_with_secrets(
+        config: &HerdConfig,
+        name: &str,
+        secrets: &[&str],
         (client, peer): (Port, Port),
         log: Log,
     ) -> RunningServer {
-        RunningServer::start_with_admin(config, name, secret, (client, peer), None, log)
+        RunningServer::start_with_admin(config, name, secrets, (client, peer), None, log)
     }
 
-    /// `start`, with an admin port on `admin` if given.
+    /// `start_with_secrets`, with an admin port on `admin` if given.
     pub fn start_with_admin(
         config: &HerdConfig,
         name: &str,
-        secret: &str,
+        secrets: &[&str],
         (client, peer): (Port, Port),
         admin: Option<Port>,
         log: Log,
     ) -> RunningServer {
         let places = herd::places::from_config(config, name)
             .unwrap_or_else(|error| panic!("{name}'s places provider: {error:#}"));
-        let setup = ServerSetup::from_config(config, name, secret.as_bytes().to_vec(), places)
+        let keyring = Arc::new(Keyring::new(secrets).expect("test secrets are not empty"));
+        let setup = ServerSetup::from_config(config, name, keyring, places)
             .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
         RunningServer::start_setup(
             setup,
@@ -314,6 +334,7 @@ impl RunningServer {
         log: Log,
     ) -> RunningServer {
         let name = setup.name.clone();
+        let keyring = setup.keyring.clone();
         let runtime = server_runtime(&name, log);
         let shutdown = CancellationToken::new();
         let (done, finished) = mpsc::channel();
@@ -340,6 +361,7 @@ impl RunningServer {
             name,
             runtime: Some(runtime),
             shutdown,
+            keyring,
             finished,
         }
     }
@@ -417,9 +439,8 @@ pub fn setups(
             let places = places.clone().unwrap_or_else(|| {
                 herd::places::from_config(&config, name).expect("the default places provider")
             });
-            let mut setup =
-                ServerSetup::from_config(&config, name, secret.clone().into_bytes(), places)
-                    .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
+            let mut setup = ServerSetup::from_config(&config, name, keyring(&secret), places)
+                .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
             setup.storage = None;
             setup
         })
@@ -577,6 +598,12 @@ impl Herd {
     /// Starts server `name` on its ports with `secret` for the herd's
     /// secret (another herd's, say).
     pub fn launch_with_secret(&mut self, name: &str, secret: &str) {
+        self.launch_with_secrets(name, &[secret]);
+    }
+
+    /// Starts server `name` on its ports accepting `secrets`, dialling with
+    /// the first.
+    pub fn launch_with_secrets(&mut self, name: &str, secrets: &[&str]) {
         let index = self.index(name);
         let server = &mut self.servers[index];
         assert!(server.running.is_none(), "{name} is already running");
@@ -587,11 +614,22 @@ impl Herd {
         server.running = Some(RunningServer::start_with_admin(
             &self.config,
             name,
-            secret,
+            secrets,
             ports,
             server.admin_port.take(),
             server.log.clone(),
         ));
+    }
+
+    /// The herd secrets running server `name` accepts, to replace while
+    /// it runs.
+    pub fn keyring(&self, name: &str) -> Arc<Keyring> {
+        self.server(name)
+            .running
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} is not running"))
+            .keyring
+            .clone()
     }
 
     /// Server `name`'s peer port, listening, for a test to play that

@@ -69,9 +69,13 @@ impl Herd {
         for ((name, _), (client, peer)) in topology.iter().zip(listeners) {
             clients.push(((*name).to_owned(), address(&client)));
             let places = herd::places::from_config(&config, name).expect("embedded places");
-            let mut setup =
-                ServerSetup::from_config(&config, name, b"test secret".to_vec(), places)
-                    .expect("a server of the config");
+            let mut setup = ServerSetup::from_config(
+                &config,
+                name,
+                std::sync::Arc::new(herd::peer::auth::Keyring::new(&["test secret"]).unwrap()),
+                places,
+            )
+            .expect("a server of the config");
             setup.storage = None;
             let shutdown = shutdown.clone();
             runtime.spawn(async move {
