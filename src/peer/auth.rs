@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use snow::{HandshakeState, TransportState};
 
-use super::wire::MAX_FRAME;
+use super::wire::{KeyId, MAX_FRAME};
 
 /// The Noise protocol every peer link speaks.
 pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
@@ -54,26 +54,6 @@ impl From<snow::Error> for AuthError {
     }
 }
 
-/// A short, non-secret name for a herd secret: the first 4 bytes of a
-/// BLAKE3 key derivation of it, written as 8 hex digits. A dialler names
-/// the key it uses, so that a listener with several knows which to try.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct KeyId([u8; 4]);
-
-impl KeyId {
-    /// The key id a `HERD-HELLO` line gives, if it is 8 hex digits.
-    pub fn parse(text: &str) -> Option<KeyId> {
-        let bytes = hex::decode(text).ok()?;
-        Some(KeyId(bytes.try_into().ok()?))
-    }
-}
-
-impl std::fmt::Display for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
 /// One herd secret, as links use it.
 pub struct Key {
     id: KeyId,
@@ -87,7 +67,7 @@ impl Key {
     pub fn new(secret: &[u8]) -> Key {
         let id = blake3::derive_key("herd peer links 2024-06 key id", secret);
         Key {
-            id: KeyId([id[0], id[1], id[2], id[3]]),
+            id: KeyId::from_bytes([id[0], id[1], id[2], id[3]]),
             psk: blake3::derive_key("herd peer links 2024-06 noise psk", secret),
         }
     }

@@ -13,7 +13,30 @@ use crate::protocol::time::{Timestamp, parse_digits_u64};
 use crate::protocol::{Location, parse_at_line};
 use crate::replica::store::client_id_range;
 
-use super::auth::KeyId;
+/// A short, non-secret name for a herd secret (see `auth::Key`): the
+/// first 4 bytes of a BLAKE3 key derivation of it, written as 8 hex digits. A dialler names
+/// the key it uses, so that a listener with several knows which to try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; 4]);
+
+impl KeyId {
+    /// The key id of these bytes.
+    pub fn from_bytes(bytes: [u8; 4]) -> KeyId {
+        KeyId(bytes)
+    }
+
+    /// The key id a `HERD-HELLO` line gives, if it is 8 hex digits.
+    pub fn parse(text: &str) -> Option<KeyId> {
+        let bytes = hex::decode(text).ok()?;
+        Some(KeyId(bytes.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
 
 /// The largest frame payload a receiver accepts.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
