@@ -301,3 +301,21 @@ pub(crate) fn server_runtime(threads: usize) -> anyhow::Result<tokio::runtime::R
         .build()
         .context("starting the async runtime")
 }
+
+/// Takes over SIGTERM and SIGINT at once (so that one arriving a moment
+/// later no longer kills the process outright), and returns the task that
+/// cancels `token` when one arrives. Call it inside the runtime.
+pub(crate) fn cancel_on_signal(
+    token: tokio_util::sync::CancellationToken,
+) -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        token.cancel();
+    })
+}

@@ -46,7 +46,7 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
     let mut setup = ServerSetup::from_config(&config, name, keyring.clone(), places)?;
     server_runtime(threads)?.block_on(async {
         let shutdown = CancellationToken::new();
-        let on_signal = cancel_on_signal(shutdown.clone()).context("handling signals")?;
+        let on_signal = super::cancel_on_signal(shutdown.clone()).context("handling signals")?;
         let client = listen(&server_config.client).await.with_context(|| {
             format!(
                 "{name}: cannot listen for clients on {}",
@@ -145,24 +145,6 @@ fn raise_open_file_limit() {
     if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err() && soft < hard {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
-}
-
-/// Takes over SIGTERM and SIGINT at once (so that one arriving a moment
-/// later no longer kills the process outright), and returns the task that
-/// cancels `token` when one arrives. Call it inside the runtime.
-pub(crate) fn cancel_on_signal(
-    token: CancellationToken,
-) -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        token.cancel();
-    })
 }
 
 /// On SIGHUP, reads the herd secrets again from the config (and

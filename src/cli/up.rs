@@ -29,8 +29,7 @@ use herd::config::secret::read_or_create_secret;
 use herd::config::{SECRET_ENV, ServerConfig};
 
 use super::notify::{self, NOTIFY_SOCKET};
-use super::serve::cancel_on_signal;
-use super::{HerdArgs, server_runtime};
+use super::{HerdArgs, cancel_on_signal, server_runtime};
 
 /// Set by `herd up` for the servers it starts: its own process id, so that
 /// a server can ask to die with it.
