@@ -9,14 +9,35 @@ use herd::protocol::time::Timestamp;
 use super::HerdArgs;
 
 /// What `herd history` was asked.
+#[derive(clap::Args)]
 pub(crate) struct Query {
+    /// The client id whose reports to list.
     pub client: Option<String>,
+    /// Only reports whose client time is at or after this POSIX time.
+    #[arg(long)]
     pub since: Option<String>,
+    /// Only reports whose client time is at or before this POSIX time.
+    #[arg(long)]
     pub until: Option<String>,
+    /// Reports listed at most.
+    #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// List the reports within --radius of LAT,LNG instead.
+    #[arg(
+        long,
+        value_name = "LAT,LNG",
+        conflicts_with = "client",
+        allow_hyphen_values = true
+    )]
     pub near: Option<String>,
+    /// The radius of --near, in kilometres.
+    #[arg(long = "radius", value_name = "KM", requires = "near")]
     pub radius_km: Option<f64>,
+    /// Delete every archived report of this client, and say how many.
+    #[arg(long, alias = "erase", value_name = "CLIENT", conflicts_with_all = ["client", "near"])]
     pub forget: Option<String>,
+    /// Print JSON, for scripts.
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -108,34 +108,8 @@ enum Command {
     /// `herd history --near 34.07,-118.44 --radius 5 --json`;
     /// `herd history --forget kiwi`.
     History {
-        /// The client id whose reports to list.
-        client: Option<String>,
-        /// Only reports whose client time is at or after this POSIX time.
-        #[arg(long)]
-        since: Option<String>,
-        /// Only reports whose client time is at or before this POSIX time.
-        #[arg(long)]
-        until: Option<String>,
-        /// Reports listed at most.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// List the reports within --radius of LAT,LNG instead.
-        #[arg(
-            long,
-            value_name = "LAT,LNG",
-            conflicts_with = "client",
-            allow_hyphen_values = true
-        )]
-        near: Option<String>,
-        /// The radius of --near, in kilometres.
-        #[arg(long = "radius", value_name = "KM", requires = "near")]
-        radius_km: Option<f64>,
-        /// Delete every archived report of this client, and say how many.
-        #[arg(long, alias = "erase", value_name = "CLIENT", conflicts_with_all = ["client", "near"])]
-        forget: Option<String>,
-        /// Print JSON, for scripts.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        query: history::Query,
         #[command(flatten)]
         herd: HerdArgs,
     },
@@ -237,29 +211,7 @@ pub fn main() -> ExitCode {
         Command::Places {
             command: PlacesCommand::Import { extract, out },
         } => places::import(&extract, &out),
-        Command::History {
-            client,
-            since,
-            until,
-            limit,
-            near,
-            radius_km,
-            forget,
-            json,
-            herd,
-        } => history::history(
-            &herd,
-            &history::Query {
-                client,
-                since,
-                until,
-                limit,
-                near,
-                radius_km,
-                forget,
-                json,
-            },
-        ),
+        Command::History { query, herd } => history::history(&herd, &query),
         Command::Completions { shell } => {
             // Made in memory first: the generator panics on a failed write.
             let mut script = Vec::new();
