@@ -63,6 +63,7 @@ fn filled() -> Store {
         assert!(
             store
                 .update(&report.at_line, report.client_time, source)
+                .stored()
                 .is_some()
         );
     }
@@ -100,6 +101,7 @@ fn time_updates<'a>(
                 report.client_time,
                 Source::Client,
             )
+            .stored()
             .is_some();
         debug_assert_eq!(newer, expect_newer);
     }

@@ -21,6 +21,7 @@ use crate::places::Places;
 use crate::places::render::Answers;
 use crate::replica::Replica;
 use crate::replica::storage::StorageError;
+use crate::replica::store::Bounds;
 use crate::stats::ServerStats;
 
 pub use crate::replica::StorageSetup;
@@ -37,6 +38,8 @@ pub struct ServerSetup {
     pub limits: Limits,
     /// Where to keep the store on disk; `None` keeps it in memory only.
     pub storage: Option<StorageSetup>,
+    /// How long the store keeps a client, and how many it takes.
+    pub bounds: Bounds,
     /// Told once the server has its store open and takes connections: what
     /// `herd serve` reports as ready. Dropped unsent if it fails to start.
     pub ready: Option<tokio::sync::oneshot::Sender<()>>,
@@ -81,10 +84,24 @@ impl ServerSetup {
                 sync_interval: Duration::from_millis(config.storage.sync_interval_ms),
                 archived: None,
             }),
+            bounds: bounds_of(config),
             ready: None,
             history: config.history.clone(),
             herd: HerdMap::from_config(config, Some(name)),
         })
+    }
+}
+
+/// The store bounds of `config`'s servers. A neighbour's report is held
+/// to the ceiling times the servers of the herd: each server takes at most
+/// `max_clients` new clients from its own clients, so a herd whose servers
+/// share the config never reaches it (docs/storage.md, "Bounds").
+pub fn bounds_of(config: &HerdConfig) -> Bounds {
+    let max_clients = config.limits.max_clients;
+    Bounds {
+        ttl_secs: config.storage.client_ttl_secs,
+        max_clients,
+        max_clients_from_neighbours: max_clients.saturating_mul(config.servers.len()),
     }
 }
 
@@ -173,7 +190,7 @@ pub async fn serve(
         }
         (None, _) => None,
     };
-    let replica = Arc::new(Replica::open(storage, names).await?);
+    let replica = Arc::new(Replica::open(storage, names, setup.bounds).await?);
     let stats = Arc::new(ServerStats::new(setup.neighbours.len()));
     if let Some((config, archived)) = history {
         archiver::start(
@@ -210,6 +227,7 @@ pub async fn serve(
         answers: answers.clone(),
         limits: setup.limits,
         stats: stats.clone(),
+        refusals: crate::log::Throttle::new(60),
     });
     let client_address = client_listener.local_addr()?.to_string();
     let peer_address = peer_listener.local_addr()?.to_string();
@@ -224,6 +242,11 @@ pub async fn serve(
     );
     links.start(peer_listener, &tasks, &shutdown);
     tasks.spawn(replica.clone().compact_now_and_then(shutdown.clone()));
+    tasks.spawn(
+        replica
+            .clone()
+            .expire_now_and_then(shutdown.clone(), crate::replica::unix_secs),
+    );
     if let Some(ready) = setup.ready {
         // Whoever waits may have gone; the server runs all the same.
         let _ = ready.send(());

@@ -238,6 +238,9 @@ pub struct ServerStats {
     /// IAMAT lines that stored a report, and those that were not newer.
     pub iamat_stored: Counter,
     pub iamat_not_newer: Counter,
+    /// IAMAT lines about a client the server does not hold, refused
+    /// (answered `?`) because the store is at `max_clients`.
+    pub iamat_refused: Counter,
     /// WHATSAT lines answered with places.
     pub whatsat: Counter,
     /// WHATSAT lines about a client this server does not know (answered
@@ -259,6 +262,12 @@ pub struct ServerStats {
     pub frames_received: Counter,
     pub updates_received: Counter,
     pub updates_stored: Counter,
+    /// Updates received already expired, and updates about a client not
+    /// held refused because the store was at its ceiling for neighbours'
+    /// reports (which a herd whose servers share their bounds never
+    /// reaches).
+    pub updates_expired: Counter,
+    pub updates_refused: Counter,
     /// Times a sending link came up, and went down.
     pub links_up: Counter,
     pub links_down: Counter,

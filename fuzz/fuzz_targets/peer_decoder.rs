@@ -12,7 +12,7 @@
 
 use herd::peer::{PayloadLine, parse_hello, parse_payload_line};
 use herd::protocol::{Request, is_separator, parse_at_line, parse_request};
-use herd::replica::store::{Source, Store};
+use herd::replica::store::{Applied, Source, Store};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -93,7 +93,7 @@ fn check_payload_line(line: &[u8]) {
             let store = Store::new();
             assert_eq!(
                 store.update(at_line, client_time, Source::Neighbour(0)),
-                Some(1)
+                Applied::Stored(1)
             );
             let report = store.get(at.client_id).expect("a stored update is found");
             assert_eq!(&report.at_line[..], at_line);

@@ -7,7 +7,7 @@ use crate::places::NearbyQuery;
 use crate::places::render::RenderedPlaces;
 use crate::protocol::framing::Frame;
 use crate::protocol::{self, Request};
-use crate::replica::store::Source;
+use crate::replica::store::{Applied, Source};
 use crate::stats::Command;
 
 use super::Clients;
@@ -45,13 +45,21 @@ pub async fn handle(
             let at_line = protocol::write_at(&clients.name, received, &iamat, out);
             // Stored, and handed to every neighbour link before the reply
             // is written (see `connection::reply`).
-            let stored = clients
-                .replica
-                .accept(&out[at_line], iamat.client_time, Source::Client);
-            let counter = if stored {
-                &clients.stats.iamat_stored
-            } else {
-                &clients.stats.iamat_not_newer
+            let applied =
+                clients
+                    .replica
+                    .accept(&out[at_line.clone()], iamat.client_time, Source::Client);
+            let counter = match applied {
+                Applied::Stored(_) => &clients.stats.iamat_stored,
+                Applied::Full => {
+                    // A line the server will not take: `?`, as SPEC §5
+                    // answers any line it does not take.
+                    out.truncate(at_line.start);
+                    protocol::invalid_reply(line, out);
+                    refused_at_the_ceiling(clients);
+                    return Answered::Line(Command::Iamat);
+                }
+                _ => &clients.stats.iamat_not_newer,
             };
             counter.bump();
             out.push(b'\n');
@@ -90,5 +98,19 @@ pub async fn handle(
             protocol::invalid_reply(line, out);
             Answered::Line(Command::Other)
         }
+    }
+}
+
+/// Counts an IAMAT refused because the store holds `max_clients`, and
+/// warns about it once a minute at most.
+fn refused_at_the_ceiling(clients: &Clients) {
+    clients.stats.iamat_refused.bump();
+    if let Some(refused) = clients.refusals.event(crate::replica::unix_secs()) {
+        tracing::warn!(
+            target: crate::log::OPERATOR,
+            max_clients = clients.limits.max_clients,
+            refused,
+            "the store holds max_clients clients: IAMATs about new clients are answered `?`"
+        );
     }
 }

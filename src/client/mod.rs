@@ -29,6 +29,8 @@ pub struct Clients {
     pub answers: Arc<Answers>,
     pub limits: Limits,
     pub stats: Arc<ServerStats>,
+    /// When refusing a new client at the ceiling is worth a warning again.
+    pub refusals: crate::log::Throttle,
 }
 
 /// Accepts client connections until `shutdown`, each served by a task of

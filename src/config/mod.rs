@@ -216,6 +216,10 @@ pub struct Limits {
     /// A link to a neighbour that has been silent this long is dropped and
     /// dialled again; each direction says it is alive six times as often.
     pub link_silence_ms: u64,
+    /// The most clients a server takes new ones from its own clients up
+    /// to: past it, an IAMAT about a client it does not hold is answered
+    /// `? ` (docs/storage.md, "Bounds"); 0: no ceiling.
+    pub max_clients: usize,
 }
 
 impl Limits {
@@ -239,6 +243,7 @@ impl Default for Limits {
             idle_timeout_secs: 300,
             max_unsent_bytes: 64 * 1024,
             link_silence_ms: 3_000,
+            max_clients: 10_000_000,
         }
     }
 }
@@ -273,6 +278,9 @@ pub struct StorageConfig {
     pub durability: Durability,
     /// How often `batched` fsyncs and `none` writes, in milliseconds.
     pub sync_interval_ms: u64,
+    /// A client whose newest report was received this many seconds ago is
+    /// forgotten, on every server alike; 0 keeps clients for ever.
+    pub client_ttl_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -281,6 +289,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("data"),
             durability: Durability::Batched,
             sync_interval_ms: 100,
+            client_ttl_secs: 0,
         }
     }
 }

@@ -36,6 +36,42 @@ pub use crate::log::file::{Rotation, rotated_files};
 /// ([`terminal::TerminalLayer`]), with every warning.
 pub const OPERATOR: &str = "herd::operator";
 
+/// Says when a repeated event is worth a log line again: at most once
+/// per `every_secs`, with how many happened meanwhile.
+#[derive(Debug)]
+pub struct Throttle {
+    every_secs: u64,
+    /// When the last line was allowed (whole seconds; 0: never).
+    last: AtomicU64,
+    /// Events since the last line.
+    since: AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new(every_secs: u64) -> Self {
+        Self {
+            every_secs,
+            last: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one event at `now` (whole seconds); returns how many events
+    /// the log line due now stands for, or `None` if none is due.
+    pub fn event(&self, now: u64) -> Option<u64> {
+        self.since.fetch_add(1, Ordering::Relaxed);
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now < last.saturating_add(self.every_secs) {
+            return None;
+        }
+        // One caller wins the line; the others count into the next one.
+        self.last
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        Some(self.since.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// How far the writer may fall behind before events wait for it.
 const MAX_PENDING: usize = 32 * 1024 * 1024;
 /// How often the writer thread writes out what is pending.
@@ -547,6 +583,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_allows_one_line_per_period_counting_the_rest() {
+        let throttle = Throttle::new(60);
+        assert_eq!(throttle.event(1000), Some(1));
+        assert_eq!(throttle.event(1001), None);
+        assert_eq!(throttle.event(1059), None);
+        assert_eq!(throttle.event(1060), Some(3), "the two held back and this");
+        assert_eq!(throttle.event(1061), None);
+    }
 
     #[test]
     fn show_escapes_only_what_a_log_line_cannot_hold() {

@@ -633,11 +633,16 @@ mod tests {
         let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
         for i in 0..BATCH + 10 {
             let line = at_line("A", &format!("c{i}"), "5");
-            assert!(replica.accept(
-                line.as_bytes(),
-                Timestamp::parse(b"5").unwrap(),
-                Source::Client
-            ));
+            assert!(
+                replica
+                    .accept(
+                        line.as_bytes(),
+                        Timestamp::parse(b"5").unwrap(),
+                        Source::Client
+                    )
+                    .stored()
+                    .is_some()
+            );
         }
         let now = Instant::now();
         let mut frame = Vec::new();

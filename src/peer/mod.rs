@@ -92,6 +92,8 @@ pub struct Links {
     /// Refused attempts to link in, per neighbour claimed, then one for
     /// diallers that claim no neighbour: what to warn about.
     incoming: Mutex<Vec<Failures<std::mem::Discriminant<LinkError>>>>,
+    /// When refusing a neighbour's report for room is worth a warning again.
+    refusals: crate::log::Throttle,
 }
 
 impl Links {
@@ -122,6 +124,7 @@ impl Links {
             wake: (0..count).map(|_| Notify::new()).collect(),
             sessions: Mutex::new(vec![None; count]),
             incoming: Mutex::new((0..=count).map(|_| Failures::new()).collect()),
+            refusals: crate::log::Throttle::new(60),
         }
     }
 

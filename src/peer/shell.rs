@@ -756,11 +756,24 @@ async fn receive_frames(
                 if let Some(neighbour) = neighbour {
                     neighbour.updates_received.bump();
                 }
-                if let Applied::Stored(_) = applied {
-                    stats.updates_stored.bump();
-                }
-                if applied == Applied::NotNewer {
-                    debug!(neighbour = %name, "not newer, dropped");
+                match applied {
+                    Applied::Stored(_) => stats.updates_stored.bump(),
+                    Applied::NotNewer => debug!(neighbour = %name, "not newer, dropped"),
+                    Applied::Expired => stats.updates_expired.bump(),
+                    Applied::Full => {
+                        stats.updates_refused.bump();
+                        if let Some(refused) = links.refusals.event(crate::replica::unix_secs()) {
+                            warn!(
+                                target: OPERATOR,
+                                neighbour = %name,
+                                refused,
+                                "the store is at its ceiling for neighbours' reports: \
+                                 updates about new clients are dropped (do the servers share \
+                                 [limits] max_clients?)"
+                            );
+                        }
+                    }
+                    Applied::Same | Applied::Malformed => {}
                 }
                 log.line(&["received from ", name, ": "], at_line);
             },

@@ -26,7 +26,7 @@ use super::topology::{Learned, Topology};
 use super::wire;
 use crate::config::shape::random_connected;
 use crate::protocol::time::Timestamp;
-use crate::replica::store::{Applied, Batch, Source, Store};
+use crate::replica::store::{Applied, Batch, Bounds, Source, Store};
 use crate::replica::{Cursor, Replica};
 
 /// The shape and the faults of one simulated run.
@@ -52,6 +52,13 @@ pub struct Schedule {
     pub max_delay: Duration,
     /// How long a silently cut link takes to be noticed.
     pub silence: Duration,
+    /// How long a client is kept after its newest report, in ticks of the
+    /// run's clock (one per report); 0 keeps clients for ever.
+    pub ttl: u64,
+    /// The most clients a server takes new ones from its clients up to
+    /// (neighbours' reports up to that times the servers, as a server
+    /// does); 0: no ceiling.
+    pub max_clients: usize,
 }
 
 impl Schedule {
@@ -67,7 +74,7 @@ impl Schedule {
         let mut rng = StdRng::seed_from_u64(seed);
         let servers = rng.random_range(min_servers.max(2)..=max_servers.max(min_servers).max(2));
         let degree = rng.random_range(1.0..3.0);
-        Self {
+        let mut schedule = Self {
             seed,
             servers,
             links: random_connected(&mut rng, servers, degree),
@@ -79,6 +86,29 @@ impl Schedule {
             span: Duration::from_millis(rng.random_range(10..400)),
             max_delay: Duration::from_micros(rng.random_range(20..3000)),
             silence: Duration::from_millis(rng.random_range(50..500)),
+            ttl: 0,
+            max_clients: 0,
+        };
+        // Drawn last, so that the other choices of a seed stay as they were.
+        if rng.random_bool(0.3) {
+            schedule.ttl = rng.random_range(2..40);
+        }
+        // A server that lost its data folder takes its clients in again,
+        // past what the herd's ceiling counts on (docs/storage.md), so
+        // ceilings are played without.
+        if !schedule.lose_data && rng.random_bool(0.3) {
+            schedule.max_clients = rng.random_range(1..=schedule.clients);
+        }
+        schedule
+    }
+
+    /// The bounds every server's store is held to, as `server::bounds_of`
+    /// sets them.
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            ttl_secs: self.ttl,
+            max_clients: self.max_clients,
+            max_clients_from_neighbours: self.max_clients * self.servers,
         }
     }
 }
@@ -232,9 +262,16 @@ impl Sim {
             .map(|i| {
                 let theirs: Vec<String> = adjacent[i].iter().map(|&j| names[j].clone()).collect();
                 let topology = Topology::new(&names[i], theirs.clone());
+                let store = Store::with_bounds(schedule.bounds());
                 Node {
                     name: names[i].clone(),
-                    replica: Replica::in_memory(theirs, rng.random::<u64>() | 1),
+                    replica: Replica::with(
+                        store,
+                        None,
+                        rng.random::<u64>() | 1,
+                        theirs,
+                        &HashMap::new(),
+                    ),
                     routes: topology.routes(),
                     stale: false,
                     topology,
@@ -400,6 +437,31 @@ impl Sim {
         }
     }
 
+    /// Tells every server the run's clock (reports are received at their
+    /// client time: the skew is 0), as each server's own clock would, and
+    /// sweeps their stores every few reports.
+    fn tell_the_time(&mut self) {
+        if self.schedule.ttl == 0 {
+            return;
+        }
+        let sweep = self.clock.is_multiple_of(5);
+        for node in &self.nodes {
+            let store = node.replica.store();
+            store.set_now(self.clock);
+            if sweep {
+                let mut chunk = 0;
+                while store.sweep(chunk).is_some() {
+                    chunk += 1;
+                }
+            }
+        }
+    }
+
+    /// Whether a report of client time `time` has expired by now.
+    fn expired(&self, time: Timestamp) -> bool {
+        self.schedule.ttl > 0 && time.secs() < self.clock.saturating_sub(self.schedule.ttl)
+    }
+
     /// Handles one event; returns whether it moved any report.
     fn handle(&mut self, event: Event) -> bool {
         match event {
@@ -421,10 +483,11 @@ impl Sim {
                     self.nodes[server].name
                 );
                 let client_time = Timestamp::parse(time_text.as_bytes()).expect("a valid time");
+                self.tell_the_time();
                 let node = &mut self.nodes[server];
-                if node
-                    .replica
-                    .accept(line.as_bytes(), client_time, Source::Client)
+                if let Applied::Stored(_) =
+                    node.replica
+                        .accept(line.as_bytes(), client_time, Source::Client)
                 {
                     self.outcome.accepted += 1;
                     self.accepted_at.insert(line.into_bytes(), self.now);
@@ -522,12 +585,14 @@ impl Sim {
     fn restart(&mut self, server: usize, lose: bool) {
         let node = &mut self.nodes[server];
         let names = names_of(&node.replica);
+        let store = Store::with_bounds(self.schedule.bounds());
+        store.set_now(self.clock);
         node.replica = if lose {
             node.stored.clear();
-            Replica::in_memory(names, self.rng.random::<u64>() | 1)
+            let run = self.rng.random::<u64>() | 1;
+            Replica::with(store, None, run, names, &HashMap::new())
         } else {
             let old = &node.replica;
-            let store = Store::new();
             let mut batch = Batch::new();
             let mut next = 0;
             loop {
@@ -842,7 +907,7 @@ impl Sim {
         // one that survived.
         if !self.schedule.lose_data {
             for (client, (time, _)) in &self.newest {
-                if best.get(client.as_bytes()) != Some(time) {
+                if best.get(client.as_bytes()) != Some(time) && !self.expired(*time) {
                     self.outcome
                         .behind
                         .push(format!("{client}: its newest report {time} was lost"));
@@ -877,6 +942,8 @@ mod tests {
             span: Duration::from_millis(500),
             max_delay: Duration::from_micros(200),
             silence: Duration::from_millis(300),
+            ttl: 0,
+            max_clients: 0,
         }
     }
 

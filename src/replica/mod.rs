@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::protocol::{self, time::Timestamp};
+use crate::stats::Counter;
 use storage::{Durability, Storage, StorageError};
-use store::{Applied, Batch, Source, Store};
+use store::{Applied, Batch, Bounds, Source, Store};
 
 /// Where and how a server keeps its store on disk.
 #[derive(Clone, Debug)]
@@ -68,6 +69,8 @@ pub struct Replica {
     /// the log, so that the log holds reports in the order of their
     /// numbers and a number is a position an archive can resume from.
     in_order: Option<Mutex<()>>,
+    /// Clients forgotten by the sweep because their time was up.
+    expired: Counter,
 }
 
 impl Replica {
@@ -77,17 +80,21 @@ impl Replica {
     }
 
     /// Opens the replica kept in `setup`'s folder (replaying its log), or an
-    /// empty one in memory for `None`.
+    /// empty one in memory for `None`, its store held to `bounds`. A replay
+    /// leaves out the reports already expired.
     pub async fn open(
         setup: Option<StorageSetup>,
         neighbours: Vec<String>,
+        bounds: Bounds,
     ) -> Result<Self, StorageError> {
+        let store = Store::with_bounds(bounds);
+        store.set_now(unix_secs());
         let Some(setup) = setup else {
-            return Ok(Self::in_memory(neighbours, rand::random::<u64>() | 1));
+            let run = rand::random::<u64>() | 1;
+            return Ok(Self::with(store, None, run, neighbours, &HashMap::new()));
         };
         let archived = setup.archived.clone();
         let (store, storage, recovered) = tokio::task::spawn_blocking(move || {
-            let store = Store::new();
             // Each report goes into the store as it is read from disk.
             let (storage, recovered) = Storage::open(
                 &setup.dir,
@@ -145,6 +152,7 @@ impl Replica {
             unannounced: AtomicBool::new(false),
             archived: None,
             in_order: None,
+            expired: Counter::new(),
         }
     }
 
@@ -169,15 +177,15 @@ impl Replica {
     }
 
     /// Stores the report of `at_line` (an AT line whose client time is
-    /// `client_time`) if it is newer, logs it and marks it for the links.
-    /// Returns whether it was newer.
-    pub fn accept(&self, at_line: &[u8], client_time: Timestamp, source: Source) -> bool {
+    /// `client_time`) if it is newer (and, for a new client, the store has
+    /// room), logs it and marks it for the links. Says what it did.
+    pub fn accept(&self, at_line: &[u8], client_time: Timestamp, source: Source) -> Applied {
         let _in_order = self.lock_in_order();
-        let Some(seq) = self.store.update(at_line, client_time, source) else {
-            return false;
-        };
-        self.stored(seq, at_line);
-        true
+        let applied = self.store.update(at_line, client_time, source);
+        if let Applied::Stored(seq) = applied {
+            self.stored(seq, at_line);
+        }
+        applied
     }
 
     /// Applies a neighbour's report with one lookup of its client (see
@@ -306,6 +314,55 @@ impl Replica {
         }
     }
 
+    /// Clients forgotten so far because their time was up.
+    pub fn clients_expired(&self) -> u64 {
+        self.expired.get()
+    }
+
+    /// Forgets clients not heard from for the store's `ttl_secs`, until
+    /// `shutdown`: tells the store the time (`now`, whole seconds since
+    /// the epoch) every second, which is when lookups and scans stop
+    /// seeing an expired client, and now and then sweeps the store to
+    /// free what expired clients held, a chunk of entries per lock.
+    /// Nothing is logged: compaction leaves expired clients out, and a
+    /// replay skips them. Returns at once for a store that keeps clients
+    /// for ever.
+    pub async fn expire_now_and_then(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        now: impl Fn() -> u64,
+    ) {
+        let ttl = self.store.bounds().ttl_secs;
+        if ttl == 0 {
+            return;
+        }
+        // A sweep reads every chunk that may hold an expired client, so it
+        // runs a sixteenth of the time to live apart, within [1 s, 60 s]:
+        // memory comes back at most that long after the time is up.
+        let sweep_every = (ttl / 16).clamp(1, 60);
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            self.store.set_now(now());
+            ticks += 1;
+            if !ticks.is_multiple_of(sweep_every) {
+                continue;
+            }
+            let mut chunk = 0;
+            while let Some(forgotten) = self.store.sweep(chunk) {
+                self.expired.add(forgotten as u64);
+                chunk += 1;
+                // Other tasks run between chunks.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
     /// Rewrites the store log now and then, when superseded records pile
     /// up, until `shutdown`. Returns at once for a replica in memory.
     pub async fn compact_now_and_then(self: Arc<Self>, shutdown: CancellationToken) {
@@ -366,6 +423,14 @@ impl Replica {
     }
 }
 
+/// Whole seconds since the epoch, by the wall clock (receipt times are
+/// wall-clock times).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 impl Drop for Replica {
     /// A server that ends without `close` (an error after the store was
     /// opened) still stops its sync thread and lets go of its data folder,
@@ -405,8 +470,14 @@ mod tests {
         let mut signal = replica.subscribe();
         signal.borrow_and_update();
         let (first, time) = line("kiwi", "5");
-        assert!(replica.accept(first.as_bytes(), time, Source::Client));
-        assert!(!replica.accept(first.as_bytes(), time, Source::Client));
+        assert_eq!(
+            replica.accept(first.as_bytes(), time, Source::Client),
+            Applied::Stored(1)
+        );
+        assert_eq!(
+            replica.accept(first.as_bytes(), time, Source::Client),
+            Applied::NotNewer
+        );
         let (second, _) = line("pear", "6");
         assert_eq!(
             replica.apply(
@@ -421,5 +492,46 @@ mod tests {
         replica.announce();
         assert!(signal.has_changed().unwrap());
         assert_eq!(*signal.borrow_and_update(), 1, "one wake-up for the batch");
+    }
+
+    /// On tokio's paused clock, with a wall clock that follows it: a
+    /// client is seen until its time is up, gone at once after, and its
+    /// entry freed by the next sweep; a client heard from again stays.
+    #[tokio::test(start_paused = true)]
+    async fn clients_not_heard_from_for_their_time_are_forgotten() {
+        const START: u64 = 1_700_000_000;
+        let store = Store::with_bounds(Bounds {
+            ttl_secs: 30,
+            ..Bounds::default()
+        });
+        let replica = Arc::new(Replica::with(store, None, 7, vec![], &HashMap::new()));
+        let began = tokio::time::Instant::now();
+        let now = move || START + began.elapsed().as_secs();
+        let report = |client: &str| {
+            let secs = now();
+            let line = format!("AT Hill +0.000000000 {client} +1+1 {secs}");
+            let time = Timestamp::new(secs, 0).unwrap();
+            replica.accept(line.as_bytes(), time, Source::Client)
+        };
+        assert_eq!(report("kiwi"), Applied::Stored(1));
+        assert_eq!(report("emu"), Applied::Stored(2));
+        let shutdown = CancellationToken::new();
+        let expiry = tokio::spawn(replica.clone().expire_now_and_then(shutdown.clone(), now));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        // emu is heard from again at 20 s; kiwi is not.
+        assert!(report("emu").stored().is_some());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(replica.store().get(b"kiwi").is_some(), "30 s: not yet");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(replica.store().get(b"kiwi").is_none(), "32 s: forgotten");
+        assert!(replica.store().get(b"emu").is_some());
+        assert_eq!(replica.clients_expired(), 1, "and swept");
+        assert_eq!(replica.store().len(), 1);
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(replica.store().get(b"emu").is_none());
+        assert_eq!(replica.clients_expired(), 2);
+        assert!(replica.store().is_empty());
+        shutdown.cancel();
+        expiry.await.unwrap();
     }
 }

@@ -18,6 +18,8 @@
 //!
 //! Plain synchronous code: no IO, no clock, no tasks.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -36,7 +38,8 @@ pub enum Source {
     Neighbour(usize),
 }
 
-/// What [`Store::apply`] did with a neighbour's report.
+/// What the store did with a report it was offered ([`Store::update`],
+/// [`Store::apply`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
     /// The stored line was this one: marked as sent by that neighbour.
@@ -47,6 +50,41 @@ pub enum Applied {
     Stored(u64),
     /// Not a valid AT line: nothing changed.
     Malformed,
+    /// Received longer ago than the store keeps clients (see [`Bounds`]):
+    /// every server drops it alike, so nothing changed.
+    Expired,
+    /// About a client the store does not hold, and the store is at its
+    /// ceiling for reports from that source (see [`Bounds`]): nothing
+    /// changed.
+    Full,
+}
+
+impl Applied {
+    /// The sequence number it was stored under, if it was.
+    pub fn stored(self) -> Option<u64> {
+        match self {
+            Applied::Stored(seq) => Some(seq),
+            _ => None,
+        }
+    }
+}
+
+/// What a store keeps: for how long after a client was last heard from,
+/// and how many clients. Every server of a herd should have the same
+/// bounds; docs/storage.md says why the herd then agrees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bounds {
+    /// A client whose newest report was received (its client time plus
+    /// the skew in its AT line) this many seconds ago or more is
+    /// forgotten; 0 keeps clients for ever.
+    pub ttl_secs: u64,
+    /// A client's report about a client not held is refused once the
+    /// store holds this many clients; 0: no ceiling.
+    pub max_clients: usize,
+    /// The same for a neighbour's report: a backstop above what a herd
+    /// whose servers share `max_clients` can reach, so that in such a herd
+    /// no flooded report is ever refused for room; 0: no ceiling.
+    pub max_clients_from_neighbours: usize,
 }
 
 /// A client's stored report, as WHATSAT answers from it.
@@ -137,8 +175,16 @@ impl std::fmt::Debug for Line {
 #[derive(Debug)]
 #[repr(align(64))]
 struct Entry {
+    /// The report's sequence number; [`FREE`] for an entry no client holds.
     seq: u64,
-    client_time: Timestamp,
+    /// The client time, in two fields rather than a `Timestamp`, whose
+    /// padding would leave no room for `receipt` in two cache lines.
+    client_secs: u64,
+    client_nanos: u32,
+    /// When the report was received, in whole seconds since the epoch
+    /// (clamped to `u32`): what expiry goes by. `u32::MAX` when the store
+    /// keeps clients for ever.
+    receipt: u32,
     /// `CLIENT`, or the index of the neighbour it came from.
     source: u32,
     /// Neighbours (bit `k` for neighbour `k` < 32) that sent us this same
@@ -149,6 +195,9 @@ struct Entry {
 }
 
 const CLIENT: u32 = u32::MAX;
+
+/// The sequence number of a free entry: numbers given out start at 1.
+const FREE: u64 = 0;
 
 fn source_code(source: Source) -> u32 {
     match source {
@@ -174,21 +223,78 @@ pub(crate) fn client_id_range(at_line: &[u8]) -> Range<usize> {
     start..end
 }
 
+/// When an AT line's report was received: its client time plus its
+/// skew, in whole seconds since the epoch, clamped to `u32` (a line whose
+/// skew cannot be read counts as received at its client time).
+pub(crate) fn receipt_secs(at_line: &[u8], client_time: Timestamp) -> u32 {
+    let mut spaces = memchr::memchr_iter(b' ', at_line);
+    let skew = match (spaces.nth(1), spaces.next()) {
+        (Some(start), Some(end)) => &at_line[start + 1..end],
+        _ => &[][..],
+    };
+    let received = client_time.as_nanos() + skew_nanos(skew).unwrap_or(0);
+    let secs = received.div_euclid(1_000_000_000);
+    u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
+}
+
+/// A skew field (`[+-]digits.ddddddddd`) in nanoseconds; a skew beyond
+/// `u64` seconds is taken as `u64::MAX` seconds.
+fn skew_nanos(skew: &[u8]) -> Option<i128> {
+    let (&sign, rest) = skew.split_first()?;
+    let dot = memchr::memchr(b'.', rest)?;
+    let (whole, fraction) = (&rest[..dot], &rest[dot + 1..]);
+    if whole.is_empty() || !whole.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if !(1..=9).contains(&fraction.len()) {
+        return None;
+    }
+    let whole = crate::protocol::time::parse_digits_u64(whole).unwrap_or(u64::MAX);
+    let scale = 10u64.pow(9 - fraction.len() as u32);
+    let fraction = crate::protocol::time::parse_digits_u64(fraction)? * scale;
+    let magnitude = i128::from(whole) * 1_000_000_000 + i128::from(fraction);
+    match sign {
+        b'+' => Some(magnitude),
+        b'-' => Some(-magnitude),
+        _ => None,
+    }
+}
+
 impl Entry {
     fn new(
         at_line: &[u8],
         id: Range<usize>,
         client_time: Timestamp,
+        receipt: u32,
         seq: u64,
         source: Source,
     ) -> Self {
         Entry {
             seq,
-            client_time,
+            client_secs: client_time.secs(),
+            client_nanos: client_time.subsec_nanos(),
+            receipt,
             source: source_code(source),
             also_from: 0,
             line: Line::new(at_line, id),
         }
+    }
+
+    /// An entry no client holds, kept for the next new client.
+    fn free() -> Self {
+        Entry {
+            seq: FREE,
+            client_secs: 0,
+            client_nanos: 0,
+            receipt: u32::MAX,
+            source: CLIENT,
+            also_from: 0,
+            line: Line::new(&[], 0..0),
+        }
+    }
+
+    fn client_time(&self) -> Timestamp {
+        Timestamp::new(self.client_secs, self.client_nanos).expect("stored from a Timestamp")
     }
 }
 
@@ -199,15 +305,31 @@ const CHUNK: usize = 8192;
 /// allocated: adding a client never copies the others. (A `Vec` doubling
 /// from a million entries copies all of them and faults in twice the
 /// memory while every request waits.)
+///
+/// A forgotten client's entry is freed for the next new client, the
+/// lowest free one first, so that the entries gather in the first chunks
+/// and the last ones empty and are given back.
 #[derive(Debug, Default)]
 struct Entries {
     chunks: Vec<Vec<Entry>>,
+    /// Entries handed out, free ones included: the next new one's number
+    /// when none is free.
     len: usize,
+    /// Entries clients hold.
+    live: usize,
+    /// Free entries, lowest first.
+    free: BinaryHeap<Reverse<u32>>,
+    /// Per chunk: the entries clients hold, and a receipt time no later
+    /// than the earliest of theirs (what lets a sweep pass over a chunk
+    /// with nothing to expire without reading it).
+    chunk_live: Vec<u32>,
+    chunk_oldest: Vec<u32>,
 }
 
 impl Entries {
-    fn len(&self) -> usize {
-        self.len
+    /// How many clients hold an entry.
+    fn live(&self) -> usize {
+        self.live
     }
 
     /// Entry `index`'s chunk and place in it.
@@ -221,26 +343,76 @@ impl Entries {
         self.chunks.get(chunk)?.get(at)
     }
 
-    /// Every entry, with its number, in order.
+    /// Every entry a client holds, with its number, in order.
     fn iter(&self) -> impl Iterator<Item = (u32, &Entry)> {
         self.chunks
             .iter()
             .flatten()
             .zip(0u32..)
             .map(|(entry, i)| (i, entry))
+            .filter(|(_, entry)| entry.seq != FREE)
     }
 
+    /// Gives `entry` a place: the lowest free one, else a new one.
     fn push(&mut self, entry: Entry) -> u32 {
-        let index = u32::try_from(self.len).expect("fewer than 4 billion clients");
-        if self.len.is_multiple_of(CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        self.chunks
-            .last_mut()
-            .expect("a chunk with room")
-            .push(entry);
-        self.len += 1;
+        let receipt = entry.receipt;
+        let index = match self.free.pop() {
+            Some(Reverse(index)) => {
+                self[index] = entry;
+                index
+            }
+            None => {
+                let index = u32::try_from(self.len).expect("fewer than 4 billion clients");
+                if self.len.is_multiple_of(CHUNK) {
+                    self.chunks.push(Vec::with_capacity(CHUNK));
+                    self.chunk_live.push(0);
+                    self.chunk_oldest.push(u32::MAX);
+                }
+                self.chunks
+                    .last_mut()
+                    .expect("a chunk with room")
+                    .push(entry);
+                self.len += 1;
+                index
+            }
+        };
+        let (chunk, _) = Self::place(index);
+        self.chunk_live[chunk] += 1;
+        self.received(index, receipt);
+        self.live += 1;
         index
+    }
+
+    /// Notes that entry `index` now holds a report received at `receipt`.
+    fn received(&mut self, index: u32, receipt: u32) {
+        let (chunk, _) = Self::place(index);
+        let oldest = &mut self.chunk_oldest[chunk];
+        *oldest = (*oldest).min(receipt);
+    }
+
+    /// Frees entry `index` for a later client.
+    fn release(&mut self, index: u32) {
+        self[index] = Entry::free();
+        self.free.push(Reverse(index));
+        let (chunk, _) = Self::place(index);
+        self.chunk_live[chunk] -= 1;
+        self.live -= 1;
+    }
+
+    /// Gives back the chunks at the end that no client holds an entry in.
+    fn trim(&mut self) {
+        let before = self.chunks.len();
+        while self.chunk_live.last() == Some(&0) {
+            self.chunks.pop();
+            self.chunk_live.pop();
+            self.chunk_oldest.pop();
+        }
+        if self.chunks.len() < before {
+            self.len = self.chunks.len() * CHUNK;
+            let len = self.len;
+            self.free.retain(|&Reverse(index)| (index as usize) < len);
+            self.free.shrink_to(self.free.len().max(CHUNK));
+        }
     }
 }
 
@@ -312,6 +484,43 @@ impl Index {
         }
         Self::place(&mut self.slots, hash, entry);
         self.len += 1;
+    }
+
+    /// Takes out entry `entry`, whose hash is `hash`. Linear probing needs
+    /// no tombstone for it: the slots after it in its cluster that may sit
+    /// in its place (their probe starts at or before it) move back, one
+    /// by one, so every entry stays reachable from its start.
+    fn remove(&mut self, hash: u32, entry: u32) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let mask = self.slots.len() - 1;
+        let wanted = u64::from(hash) << 32 | u64::from(entry + 1);
+        let mut hole = Self::start(hash, self.slots.len());
+        loop {
+            match self.slots[hole] {
+                0 => return,
+                slot if slot == wanted => break,
+                _ => hole = (hole + 1) & mask,
+            }
+        }
+        let mut at = hole;
+        loop {
+            at = (at + 1) & mask;
+            let slot = self.slots[at];
+            if slot == 0 {
+                break;
+            }
+            let start = Self::start((slot >> 32) as u32, self.slots.len());
+            // Movable when its start is not in the stretch after the hole
+            // up to it (cyclically): it is then reached through the hole.
+            if (at.wrapping_sub(start) & mask) >= (at.wrapping_sub(hole) & mask) {
+                self.slots[hole] = slot;
+                hole = at;
+            }
+        }
+        self.slots[hole] = 0;
+        self.len -= 1;
     }
 
     fn place(slots: &mut [u64], hash: u32, entry: u32) {
@@ -423,6 +632,10 @@ impl Sequence {
         if self.gone >= 4096 && self.gone * 2 >= self.pairs.len() {
             self.pairs.retain(|pair| pair.entry != GONE);
             self.gone = 0;
+            // Clients forgotten in numbers leave room that is given back.
+            if self.pairs.capacity() > 4 * self.pairs.len() {
+                self.pairs.shrink_to(2 * self.pairs.len());
+            }
         }
     }
 
@@ -450,6 +663,12 @@ impl Sequence {
     }
 }
 
+/// Gives out the next sequence number.
+fn next_seq(inner: &mut Inner) -> u64 {
+    inner.head += 1;
+    inner.head
+}
+
 /// Where a line's client id lies, its hash, and its entry if known.
 struct Lookup {
     id: Range<usize>,
@@ -459,7 +678,8 @@ struct Lookup {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Every client's entry; clients are never removed, so indices last.
+    /// Every client's entry; entries never move, so indices last while
+    /// their client is held.
     entries: Entries,
     /// Client id -> index into `entries`.
     index: Index,
@@ -472,11 +692,24 @@ struct Inner {
     /// ours (see [`Store::announced`]): the report's client time, and the
     /// `also_from` bits to give it when it arrives.
     early: foldhash::HashMap<Box<[u8]>, (Timestamp, u32)>,
+    bounds: Bounds,
+    /// Reports received in a second before this one are expired (0: none is):
+    /// set from the clock by [`Store::set_now`].
+    horizon: u32,
 }
 
 /// The most early announcements kept; past that they are forgotten, which
 /// costs at most a payload sent that was not needed.
 const EARLY_MAX: usize = 1 << 16;
+
+/// The ceiling a report is held to for a client not held: a client's,
+/// a neighbour's, or none for a report read back from the log.
+#[derive(Clone, Copy)]
+enum Room {
+    Client,
+    Neighbour,
+    Unbounded,
+}
 
 impl Inner {
     fn hash(&self, client_id: &[u8]) -> u32 {
@@ -488,8 +721,26 @@ impl Inner {
         self.sequence.refresh(&self.entries);
     }
 
+    /// Whether an entry's report was received before the horizon. Such a
+    /// report is as good as gone: no lookup finds it and no scan sends it,
+    /// whether or not a sweep has freed its entry yet.
+    fn expired(&self, entry: &Entry) -> bool {
+        entry.receipt < self.horizon
+    }
+
+    /// The receipt time to keep for `at_line`: only read when clients
+    /// expire, so that a store that keeps them for ever pays nothing.
+    fn receipt(&self, at_line: &[u8], client_time: Timestamp) -> u32 {
+        if self.bounds.ttl_secs == 0 {
+            u32::MAX
+        } else {
+            receipt_secs(at_line, client_time)
+        }
+    }
+
     fn find(&self, client_id: &[u8]) -> Option<u32> {
         self.find_hashed(self.hash(client_id), client_id)
+            .filter(|&i| !self.expired(&self.entries[i]))
     }
 
     fn find_hashed(&self, hash: u32, client_id: &[u8]) -> Option<u32> {
@@ -498,17 +749,18 @@ impl Inner {
         })
     }
 
-    /// Stores the report of `at_line` under `seq` if it is newer; returns
-    /// whether it was.
+    /// Stores the report of `at_line` under `seq` if it is newer, and
+    /// there is room for it if its client is new.
     fn put(
         &mut self,
         at_line: &[u8],
         client_time: Timestamp,
         seq: impl FnOnce(&mut Self) -> u64,
         source: Source,
-    ) -> bool {
+        room: Room,
+    ) -> Applied {
         let lookup = self.look_up(at_line);
-        self.put_at(lookup, at_line, client_time, seq, source)
+        self.put_at(lookup, at_line, client_time, seq, source, room)
     }
 
     /// Finds the client of `at_line`.
@@ -519,6 +771,16 @@ impl Inner {
         Lookup { id, hash, found }
     }
 
+    /// Whether a new client may be added for a report held to `room`.
+    fn has_room(&self, room: Room) -> bool {
+        let ceiling = match room {
+            Room::Client => self.bounds.max_clients,
+            Room::Neighbour => self.bounds.max_clients_from_neighbours,
+            Room::Unbounded => 0,
+        };
+        ceiling == 0 || self.entries.live() < ceiling
+    }
+
     /// [`Inner::put`] once the client of `at_line` is looked up.
     fn put_at(
         &mut self,
@@ -527,19 +789,26 @@ impl Inner {
         client_time: Timestamp,
         seq: impl FnOnce(&mut Self) -> u64,
         source: Source,
-    ) -> bool {
+        room: Room,
+    ) -> Applied {
+        let receipt = self.receipt(at_line, client_time);
+        if receipt < self.horizon {
+            return Applied::Expired;
+        }
         match found {
             Some(i) => {
+                let stale = self.expired(&self.entries[i]);
                 let known = &mut self.entries[i];
-                // Equal times are not newer: this is what ends a flood.
-                if known.client_time >= client_time {
+                // Equal times are not newer: this is what ends a flood. A
+                // report expired is as good as gone, so anything replaces it.
+                if !stale && known.client_time() >= client_time {
                     // The sender holds what we hold (or one it would never
                     // replace it with, being no newer): sending it back would
                     // change nothing there.
-                    if known.client_time == client_time {
+                    if known.client_time() == client_time {
                         known.also_from |= neighbour_bit(source);
                     }
-                    return false;
+                    return Applied::NotNewer;
                 }
                 let old_seq = known.seq;
                 let seq = seq(self);
@@ -547,22 +816,33 @@ impl Inner {
                     self.sequence.remove(old_seq);
                     self.sequence.push(seq, i);
                 }
-                self.entries[i] = Entry::new(at_line, id.clone(), client_time, seq, source);
+                self.entries[i] =
+                    Entry::new(at_line, id.clone(), client_time, receipt, seq, source);
+                self.entries.received(i, receipt);
                 self.take_early(i, &at_line[id]);
+                Applied::Stored(seq)
             }
             None => {
+                if !self.has_room(room) {
+                    return Applied::Full;
+                }
                 let seq = seq(self);
-                let entry =
-                    self.entries
-                        .push(Entry::new(at_line, id.clone(), client_time, seq, source));
+                let entry = self.entries.push(Entry::new(
+                    at_line,
+                    id.clone(),
+                    client_time,
+                    receipt,
+                    seq,
+                    source,
+                ));
                 if !self.sequence.stale {
                     self.sequence.push(seq, entry);
                 }
                 self.index.insert(hash, entry);
                 self.take_early(entry, &at_line[id]);
+                Applied::Stored(seq)
             }
         }
-        true
     }
 
     /// Gives a newly stored report the announcements that came before it.
@@ -574,11 +854,42 @@ impl Inner {
             return;
         };
         let stored = &mut self.entries[entry];
-        if time == stored.client_time {
+        if time == stored.client_time() {
             stored.also_from |= bits;
-        } else if time > stored.client_time {
+        } else if time > stored.client_time() {
             self.early.insert(client_id.into(), (time, bits));
         }
+    }
+
+    /// Forgets the clients of chunk `chunk` whose reports are expired;
+    /// returns how many.
+    fn sweep_chunk(&mut self, chunk: usize) -> usize {
+        if self.entries.chunk_oldest[chunk] >= self.horizon {
+            return 0;
+        }
+        let first = u32::try_from(chunk * CHUNK).expect("entry numbers fit u32");
+        let count = self.entries.chunks[chunk].len() as u32;
+        let mut oldest = u32::MAX;
+        let mut forgotten = 0;
+        for i in first..first + count {
+            let entry = &self.entries[i];
+            if entry.seq == FREE {
+                continue;
+            }
+            if !self.expired(entry) {
+                oldest = oldest.min(entry.receipt);
+                continue;
+            }
+            let (seq, hash) = (entry.seq, self.hash(entry.line.client_id()));
+            if !self.sequence.stale {
+                self.sequence.remove(seq);
+            }
+            self.index.remove(hash, i);
+            self.entries.release(i);
+            forgotten += 1;
+        }
+        self.entries.chunk_oldest[chunk] = oldest;
+        forgotten
     }
 }
 
@@ -695,8 +1006,55 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store that keeps every client for ever, with no ceiling.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store held to `bounds`.
+    pub fn with_bounds(bounds: Bounds) -> Self {
+        let store = Self::default();
+        store.lock().bounds = bounds;
+        store
+    }
+
+    /// The bounds the store is held to.
+    pub fn bounds(&self) -> Bounds {
+        self.lock().bounds
+    }
+
+    /// Tells the store the time, in whole seconds since the epoch: reports
+    /// received `ttl_secs` or more before it are expired from now on. The
+    /// store reads no clock; its owner calls this every second or so.
+    pub fn set_now(&self, now_secs: u64) {
+        let mut inner = self.lock();
+        let ttl = inner.bounds.ttl_secs;
+        if ttl == 0 {
+            return;
+        }
+        // Expired once `ttl` whole seconds have passed since the second
+        // it was received in: never early, at most a second late.
+        let horizon = now_secs.saturating_sub(ttl);
+        // The horizon never goes back: a client forgotten stays forgotten
+        // if the clock is set back.
+        inner.horizon = inner
+            .horizon
+            .max(u32::try_from(horizon).unwrap_or(u32::MAX));
+    }
+
+    /// Frees the entries of expired clients in chunk `chunk` of the
+    /// entries, one lock held for one chunk at most; returns how many it
+    /// freed, or `None` past the last chunk, when the chunks at the end
+    /// that no client holds are given back. A sweep calls it for chunk 0,
+    /// 1, ... until `None`.
+    pub fn sweep(&self, chunk: usize) -> Option<usize> {
+        let mut inner = self.lock();
+        if chunk >= inner.entries.chunks.len() {
+            inner.entries.trim();
+            return None;
+        }
+        inner.refresh_sequence();
+        Some(inner.sweep_chunk(chunk))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -705,24 +1063,18 @@ impl Store {
 
     /// Keeps the report of `at_line` (an AT line, as `protocol::format_at`
     /// makes it or `protocol::parse_at_line` accepts it, whose client time
-    /// is `client_time`) if it is newer than what we have, and returns its
-    /// new sequence number; `None` means it was not newer and changed
-    /// nothing.
-    pub fn update(&self, at_line: &[u8], client_time: Timestamp, source: Source) -> Option<u64> {
+    /// is `client_time`) if it is newer than what we have: `Stored` with
+    /// its new sequence number; otherwise it changed nothing, and says why
+    /// (`NotNewer`, `Expired`, or `Full` for a new client past the ceiling
+    /// of its source).
+    pub fn update(&self, at_line: &[u8], client_time: Timestamp, source: Source) -> Applied {
         let mut inner = self.lock();
         inner.refresh_sequence();
-        let mut given = 0;
-        let newer = inner.put(
-            at_line,
-            client_time,
-            |inner| {
-                inner.head += 1;
-                given = inner.head;
-                given
-            },
-            source,
-        );
-        newer.then_some(given)
+        let room = match source {
+            Source::Client => Room::Client,
+            Source::Neighbour(_) => Room::Neighbour,
+        };
+        inner.put(at_line, client_time, next_seq, source, room)
     }
 
     /// Applies a neighbour's report with one lookup of its client: a line
@@ -740,8 +1092,13 @@ impl Store {
         let mut inner = self.lock();
         let lookup = inner.look_up(at_line);
         if let Some(i) = lookup.found {
+            let stale = inner.expired(&inner.entries[i]);
             let known = &mut inner.entries[i];
             if known.line.as_bytes() == at_line {
+                // The same line was received at the same time.
+                if stale {
+                    return Applied::Expired;
+                }
                 known.also_from |= neighbour_bit(source);
                 return Applied::Same;
             }
@@ -750,17 +1107,14 @@ impl Store {
             return Applied::Malformed;
         };
         inner.refresh_sequence();
-        let mut given = 0;
-        let seq = |inner: &mut Inner| {
-            inner.head += 1;
-            given = inner.head;
-            given
-        };
-        if inner.put_at(lookup, at_line, client_time, seq, source) {
-            Applied::Stored(given)
-        } else {
-            Applied::NotNewer
-        }
+        inner.put_at(
+            lookup,
+            at_line,
+            client_time,
+            next_seq,
+            source,
+            Room::Neighbour,
+        )
     }
 
     /// Notes that neighbour `source` announced that it holds `client_id`'s
@@ -774,8 +1128,8 @@ impl Store {
         }
         let mut inner = self.lock();
         match inner.find(client_id) {
-            Some(i) if inner.entries[i].client_time >= client_time => {
-                if inner.entries[i].client_time == client_time {
+            Some(i) if inner.entries[i].client_time() >= client_time => {
+                if inner.entries[i].client_time() == client_time {
                     inner.entries[i].also_from |= bit;
                 }
             }
@@ -810,14 +1164,21 @@ impl Store {
     }
 
     /// Puts back a report replayed from disk under its old sequence number,
-    /// if it is newer than what is there. Numbers only ever grow: the head
-    /// moves past `seq`.
+    /// if it is newer than what is there and not expired; the ceiling does
+    /// not apply to what the store held before. Numbers only ever grow:
+    /// the head moves past `seq`.
     pub fn restore(&self, at_line: &[u8], client_time: Timestamp, seq: u64) {
         let mut inner = self.lock();
         inner.head = inner.head.max(seq);
         // The sequence is built once the replay is over (see `Sequence`).
         inner.sequence.stale = true;
-        inner.put(at_line, client_time, |_| seq, Source::Client);
+        inner.put(
+            at_line,
+            client_time,
+            |_| seq,
+            Source::Client,
+            Room::Unbounded,
+        );
     }
 
     /// Makes the next sequence number at least `next`.
@@ -857,7 +1218,7 @@ impl Store {
         });
         // The entries those slots point to.
         for &(_, entry) in &wanted {
-            touched ^= inner.entries[entry as u32].seq;
+            touched ^= inner.entries.get(entry as u32).map_or(0, |entry| entry.seq);
         }
         std::hint::black_box(touched);
     }
@@ -882,9 +1243,10 @@ impl Store {
         self.lock().head
     }
 
-    /// How many clients are known.
+    /// How many clients are held (those expired included, until a sweep
+    /// forgets them).
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().entries.live()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -931,6 +1293,10 @@ impl Store {
                 continue;
             }
             let entry = &inner.entries[i];
+            // Catch-up never sends a client forgotten, swept or not.
+            if inner.expired(entry) {
+                continue;
+            }
             if leave_out.is_some_and(|rule| rule.is_source(seq, entry)) {
                 continue;
             }
@@ -965,7 +1331,7 @@ impl Store {
         let Some(entry) = inner
             .entries
             .get(picked.entry)
-            .filter(|entry| entry.seq == picked.seq)
+            .filter(|entry| entry.seq == picked.seq && !inner.expired(entry))
         else {
             return false;
         };
@@ -987,11 +1353,13 @@ mod tests {
 
     fn update(store: &Store, client: &str, time: &str, source: Source) -> Option<u64> {
         let line = at_line(client, time);
-        store.update(
-            line.as_bytes(),
-            Timestamp::parse(time.as_bytes()).unwrap(),
-            source,
-        )
+        store
+            .update(
+                line.as_bytes(),
+                Timestamp::parse(time.as_bytes()).unwrap(),
+                source,
+            )
+            .stored()
     }
 
     /// Restores `client`'s report of `time` under number `seq`, as a replay does.
@@ -1373,7 +1741,10 @@ mod tests {
         assert_eq!(update(&store, "b", "0", Source::Neighbour(1)), None);
         let other_c = b"AT Smith +0.000000000 c +2+2 1";
         let one = Timestamp::parse(b"1").unwrap();
-        assert_eq!(store.update(other_c, one, Source::Neighbour(1)), None);
+        assert_eq!(
+            store.update(other_c, one, Source::Neighbour(1)),
+            Applied::NotNewer
+        );
         // ...and neighbour 1 is not sent the `a` and `c` it holds, but is
         // sent the newer `b` it lacks; the scan marks the two it holds.
         assert_eq!(scan(&store, 0, 1, 100), (vec![2], vec![1, 3], 3));
@@ -1557,6 +1928,237 @@ mod tests {
         assert_eq!(update(&store, "d", "2", Source::Client), Some(60));
         assert_eq!(update(&store, "e", "1", Source::Client), Some(61));
         assert_eq!(seqs(&store, 0, 0, 100), (vec![30, 40, 50, 60, 61], 61));
+    }
+
+    /// An AT line for `client` at client time `time`, received at
+    /// `received` (whole seconds): the skew is the difference.
+    fn received_line(client: &str, time: u64, received: u64) -> (String, Timestamp) {
+        let skew = crate::protocol::time::format_skew(
+            i128::from(received) * 1_000_000_000,
+            Timestamp::new(time, 0).unwrap(),
+        );
+        (
+            format!("AT Hill {skew} {client} +1+1 {time}"),
+            Timestamp::new(time, 0).unwrap(),
+        )
+    }
+
+    fn offer(store: &Store, client: &str, time: u64, received: u64, source: Source) -> Applied {
+        let (line, client_time) = received_line(client, time, received);
+        store.update(line.as_bytes(), client_time, source)
+    }
+
+    fn apply(store: &Store, client: &str, time: u64, received: u64) -> Applied {
+        let (line, client_time) = received_line(client, time, received);
+        store.apply(line.as_bytes(), Source::Neighbour(0), || Some(client_time))
+    }
+
+    #[test]
+    fn the_receipt_time_is_the_client_time_plus_the_skew() {
+        let check = |line: &str, time: &str, want: u32| {
+            let time = Timestamp::parse(time.as_bytes()).unwrap();
+            assert_eq!(receipt_secs(line.as_bytes(), time), want, "{line}");
+        };
+        check(
+            "AT Hill +0.263873386 kiwi +1+1 1621464827.959498503",
+            "1621464827.959498503",
+            1621464828,
+        );
+        check("AT Hill -2.500000000 kiwi +1+1 100.2", "100.2", 97);
+        check("AT Hill +0.000000000 kiwi +1+1 100", "100", 100);
+        // Before the epoch, and past what u32 seconds hold: clamped.
+        check("AT Hill -200.000000000 kiwi +1+1 100", "100", 0);
+        check(
+            "AT Hill +0.000000000 kiwi +1+1 99999999999",
+            "99999999999",
+            u32::MAX,
+        );
+        check(
+            &format!("AT Hill +{}.000000000 k +1+1 1", "9".repeat(30)),
+            "1",
+            u32::MAX,
+        );
+        // An unreadable skew counts as none.
+        check("AT Hill x kiwi +1+1 100", "100", 100);
+        check("AT", "100", 100);
+    }
+
+    #[test]
+    fn an_expired_client_is_as_good_as_gone_before_any_sweep() {
+        let store = Store::with_bounds(Bounds {
+            ttl_secs: 10,
+            ..Bounds::default()
+        });
+        store.set_now(1000);
+        assert!(
+            offer(&store, "kiwi", 5, 995, Source::Client)
+                .stored()
+                .is_some()
+        );
+        assert!(
+            offer(&store, "emu", 5, 1000, Source::Client)
+                .stored()
+                .is_some()
+        );
+        let kiwi = picked(&store, 1);
+        // 1005: kiwi was received ten seconds ago, emu five.
+        store.set_now(1005);
+        assert!(store.get(b"kiwi").is_some(), "not a second early");
+        store.set_now(1006);
+        assert!(store.get(b"kiwi").is_none());
+        assert!(store.get(b"emu").is_some());
+        // Never sent again, by a scan or as a held report.
+        assert_eq!(seqs(&store, 0, 0, 100), (vec![2], 2));
+        let mut out = Batch::new();
+        assert!(!store.still_to_send(kiwi, (0, 0), &mut out));
+        // A flooded copy received as long ago is refused, the same line
+        // included; a later report takes its place even with an older
+        // client time, since what it meets is gone.
+        assert_eq!(apply(&store, "kiwi", 5, 995), Applied::Expired);
+        assert_eq!(apply(&store, "owl", 9, 990), Applied::Expired);
+        assert_eq!(apply(&store, "kiwi", 3, 1004), Applied::Stored(3));
+        assert_eq!(
+            store.get(b"kiwi").unwrap().client_time,
+            Timestamp::new(3, 0).unwrap()
+        );
+        // Until then a report no newer is not newer.
+        assert_eq!(apply(&store, "emu", 4, 1005), Applied::NotNewer);
+        // The clock set back does not bring a client back.
+        store.set_now(0);
+        assert!(store.get(b"owl").is_none());
+        assert_eq!(apply(&store, "owl", 9, 990), Applied::Expired);
+    }
+
+    #[test]
+    fn a_sweep_frees_expired_entries_for_new_clients_and_gives_back_chunks() {
+        let store = Store::with_bounds(Bounds {
+            ttl_secs: 100,
+            ..Bounds::default()
+        });
+        store.set_now(1000);
+        let clients = 3 * CHUNK;
+        // The first chunk's clients are heard from later than the rest.
+        for i in 0..clients {
+            let received = if i < CHUNK { 1050 } else { 1000 };
+            let stored = offer(&store, &format!("c{i}"), 1, received, Source::Neighbour(1));
+            assert!(stored.stored().is_some());
+        }
+        let sweep = |store: &Store| {
+            let (mut chunk, mut freed) = (0, 0);
+            while let Some(count) = store.sweep(chunk) {
+                freed += count;
+                chunk += 1;
+            }
+            freed
+        };
+        assert_eq!(sweep(&store), 0, "nothing expired yet");
+        store.set_now(1101);
+        assert_eq!(sweep(&store), 2 * CHUNK);
+        assert_eq!(store.len(), CHUNK);
+        {
+            let inner = store.lock();
+            assert_eq!(
+                inner.entries.chunks.len(),
+                1,
+                "the emptied chunks are given back"
+            );
+            assert_eq!(inner.index.len, CHUNK);
+        }
+        for i in (0..clients).step_by(61) {
+            assert_eq!(
+                store.get(format!("c{i}").as_bytes()).is_some(),
+                i < CHUNK,
+                "c{i}"
+            );
+        }
+        assert_eq!(seqs(&store, 0, 0, 1 << 20).0.len(), CHUNK);
+        // Half of the first chunk expires: new clients take the freed
+        // entries, lowest first, and the chunk count stays.
+        for i in (0..CHUNK).step_by(2) {
+            offer(&store, &format!("c{i}"), 2, 1060, Source::Client);
+        }
+        store.set_now(1151);
+        assert_eq!(sweep(&store), CHUNK / 2);
+        for i in 0..CHUNK / 2 {
+            offer(&store, &format!("new{i}"), 1, 1151, Source::Client);
+        }
+        let inner = store.lock();
+        assert_eq!(inner.entries.chunks.len(), 1);
+        assert_eq!(inner.entries.live(), CHUNK);
+        assert!(inner.entries.free.is_empty());
+        drop(inner);
+        assert!(store.get(b"new0").is_some());
+        assert!(store.get(b"c0").is_some());
+        assert!(store.get(b"c1").is_none());
+        store.set_now(10_000);
+        assert_eq!(sweep(&store), CHUNK);
+        assert!(store.is_empty());
+        assert!(store.lock().entries.chunks.is_empty());
+    }
+
+    #[test]
+    fn the_index_finds_every_entry_left_after_removals() {
+        let mut state = 0x51_7cc1_b727_220a_u64;
+        for round in 0..300 {
+            let mut index = Index::default();
+            // Hashes from a small range in some rounds: long clusters that
+            // wrap past the end, which removals must keep reachable.
+            let range = if round % 2 == 0 { 1 << 32 } else { 64 };
+            let count = 1 + (xorshift(&mut state) % 400) as u32;
+            let hashes: Vec<u32> = (0..count)
+                .map(|_| (xorshift(&mut state) % range) as u32)
+                .collect();
+            for (entry, &hash) in (0..).zip(&hashes) {
+                index.insert(hash, entry);
+            }
+            let mut present = vec![true; hashes.len()];
+            for _ in 0..count * 3 / 4 {
+                let entry = (xorshift(&mut state) % u64::from(count)) as u32;
+                if present[entry as usize] {
+                    index.remove(hashes[entry as usize], entry);
+                    present[entry as usize] = false;
+                }
+            }
+            for (entry, &hash) in (0..).zip(&hashes) {
+                let found = index.find(hash, |e| e == entry);
+                assert_eq!(found.is_some(), present[entry as usize], "round {round}");
+            }
+            assert_eq!(index.len, present.iter().filter(|&&p| p).count());
+        }
+    }
+
+    #[test]
+    fn past_the_ceiling_new_clients_are_refused_and_known_ones_kept() {
+        let store = Store::with_bounds(Bounds {
+            max_clients: 2,
+            max_clients_from_neighbours: 3,
+            ..Bounds::default()
+        });
+        assert_eq!(update(&store, "a", "1", Source::Client), Some(1));
+        assert_eq!(update(&store, "b", "1", Source::Client), Some(2));
+        let line = at_line("c", "1");
+        let one = Timestamp::parse(b"1").unwrap();
+        assert_eq!(
+            store.update(line.as_bytes(), one, Source::Client),
+            Applied::Full
+        );
+        assert!(store.get(b"c").is_none());
+        // Known clients are still updated.
+        assert_eq!(update(&store, "a", "2", Source::Client), Some(3));
+        // A neighbour's report has its own, higher ceiling.
+        assert_eq!(
+            store.apply(line.as_bytes(), Source::Neighbour(0), || Some(one)),
+            Applied::Stored(4)
+        );
+        let d = at_line("d", "1");
+        assert_eq!(
+            store.apply(d.as_bytes(), Source::Neighbour(0), || Some(one)),
+            Applied::Full
+        );
+        assert_eq!(store.len(), 3);
+        // What a replay reads back is never refused.
+        store.restore(d.as_bytes(), one, 9);
+        assert_eq!(store.len(), 4);
     }
 
     #[test]
