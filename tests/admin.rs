@@ -422,3 +422,26 @@ fn the_admin_port_is_not_the_client_port() {
         serde_json::from_str(&get(solo.admin.unwrap(), "/status").body).unwrap();
     assert_eq!(status.clients_held, 0);
 }
+
+#[test]
+fn metrics_count_what_the_store_bounds_refuse() {
+    let herd = Herd::start_with_admin(
+        &[("Solo", &[])],
+        "[limits]\nmax_clients = 1\n[storage]\nclient_ttl_secs = 3600\n",
+    );
+    let mut client = herd.client("Solo");
+    assert!(client.iamat("kiwi", "+1+1").starts_with("AT "));
+    for _ in 0..3 {
+        assert!(client.iamat("emu", "+1+1").starts_with("? IAMAT emu "));
+    }
+    let samples = metrics(&herd, "Solo");
+    let refused = r#"herd_requests_total{command="iamat",outcome="refused"}"#;
+    assert_eq!(sample(&samples, refused), 3.0);
+    let full = r#"herd_reports_refused_total{source="client",reason="full"}"#;
+    assert_eq!(sample(&samples, full), 3.0);
+    let expired = r#"herd_reports_refused_total{source="neighbour",reason="expired"}"#;
+    assert_eq!(sample(&samples, expired), 0.0);
+    assert_eq!(sample(&samples, "herd_clients_max"), 1.0);
+    assert_eq!(sample(&samples, "herd_clients_held"), 1.0);
+    assert_eq!(sample(&samples, "herd_clients_expired_total"), 0.0);
+}

@@ -203,3 +203,105 @@ fn random_bytes_get_answers_and_do_no_harm() {
     );
     honest_round_trips(&mut honest);
 }
+
+/// The size of the files under `dir`, in bytes.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => disk_bytes(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// One connection reports a million client ids never seen before, as fast
+/// as it can, against a ceiling of 10,000 clients: the first take the
+/// room left, every later one is answered `?` with its line, the honest
+/// client keeps its answers throughout, and the server's memory and data
+/// folder stay within what 10,000 clients need.
+#[test]
+fn a_million_invented_client_ids_stop_at_the_ceiling() {
+    const IDS: usize = 1_000_000;
+    const CEILING: usize = 10_000;
+    let herd = ProcessHerd::start_with(
+        SOLO,
+        &format!(
+            "[limits]\nmax_clients = {CEILING}\n\
+             [logging]\nmax_file_mb = 16\nkeep_files = 1\n"
+        ),
+    );
+    let address = herd.server("Solo").client;
+    let mut honest = honest_client(address);
+    honest_round_trips(&mut honest);
+    let before = resident_kb(&herd);
+    let attacker = TcpStream::connect(address).unwrap();
+    let mut writer = attacker.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let time = now_text();
+        let mut batch = String::new();
+        for id in 0..IDS {
+            batch.push_str(&format!("IAMAT x{id} +1+1 {time}\n"));
+            if batch.len() > 64 * 1024 {
+                writer.write_all(batch.as_bytes()).unwrap();
+                batch.clear();
+            }
+        }
+        writer.write_all(batch.as_bytes()).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let reading = std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(attacker);
+        let (mut stored, mut refused, mut line) = (0usize, 0usize, String::new());
+        while std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0 {
+            if line.starts_with("AT Solo ") {
+                stored += 1;
+            } else if line.starts_with("? IAMAT x") {
+                refused += 1;
+            } else {
+                panic!("unexpected reply {line:?}");
+            }
+            line.clear();
+        }
+        (stored, refused)
+    });
+    // The honest client is answered while the attack goes on; once the
+    // store is full a newcomer is told so, line and all.
+    let mut honest_reports = 5;
+    while !reading.is_finished() {
+        honest_round_trips(&mut honest);
+        honest_reports += 5;
+    }
+    sending.join().unwrap();
+    let (stored, refused) = reading.join().unwrap();
+    assert_eq!(stored, CEILING - 1, "the room the honest client left");
+    assert_eq!(refused, IDS - stored);
+    let newcomer = format!("IAMAT newcomer +1+1 {}", now_text());
+    assert_eq!(honest.request(&newcomer), format!("? {newcomer}"));
+    honest_round_trips(&mut honest);
+    honest_reports += 5;
+    // Bounds: 10,000 clients take a few MiB of memory (a million held
+    // would take well over 100 MiB); the rest of the growth allowed is the
+    // server's own buffers.
+    let grown = resident_kb(&herd).saturating_sub(before);
+    assert!(grown < 48 * 1024, "memory grew {grown} kB");
+    let folder = herd.log_dir().join("data").join("Solo");
+    let data = disk_bytes(&folder);
+    let files: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| (entry.file_name(), entry.metadata().map(|m| m.len())))
+        .collect();
+    // The log holds the reports stored (each under 128 bytes) and a few
+    // bookkeeping records: nothing of the ids refused.
+    let bound = (stored + honest_reports) as u64 * 128 + 64 * 1024;
+    assert!(
+        data < bound,
+        "data folder of {data} bytes > {bound}: {files:?}"
+    );
+}

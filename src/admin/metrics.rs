@@ -189,6 +189,7 @@ impl Collector for ServerCollector {
             [
                 request("iamat", "stored", s.iamat_stored.get()),
                 request("iamat", "not_newer", s.iamat_not_newer.get()),
+                request("iamat", "refused", s.iamat_refused.get()),
                 request("whatsat", "answered", s.whatsat.get()),
                 request("whatsat", "invalid", whatsat_unknown),
                 request(
@@ -226,6 +227,35 @@ impl Collector for ServerCollector {
             "clients_held",
             "Clients whose newest report this server holds.",
             store.len() as f64,
+        )?;
+        let bounds = store.bounds();
+        gauge(
+            e,
+            "clients_max",
+            "The ceiling of clients taken from this server's clients (0: none).",
+            bounds.max_clients as f64,
+        )?;
+        counter(
+            e,
+            "clients_expired",
+            "Clients forgotten because they were not heard from for client_ttl_secs.",
+            sources.replica.clients_expired(),
+        )?;
+        let refused = |source: &str, reason: &str, value: u64| {
+            (
+                vec![("source", source.to_owned()), ("reason", reason.to_owned())],
+                value,
+            )
+        };
+        counters(
+            e,
+            "reports_refused",
+            "Reports not stored for a bound: a new client past the ceiling, or received too long ago.",
+            [
+                refused("client", "full", s.iamat_refused.get()),
+                refused("neighbour", "full", s.updates_refused.get()),
+                refused("neighbour", "expired", s.updates_expired.get()),
+            ],
         )?;
         let head = store.head();
         gauge(

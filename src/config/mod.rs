@@ -888,6 +888,21 @@ mod tests {
     }
 
     #[test]
+    fn store_bounds_default_to_keeping_clients_under_a_ceiling_and_zero_means_none() {
+        let default = parse(TWO).unwrap();
+        assert_eq!(default.storage.client_ttl_secs, 0, "kept for ever");
+        assert_eq!(default.limits.max_clients, 10_000_000);
+        let set = parse(&format!(
+            "{TWO}\n[limits]\nmax_clients = 0\n[storage]\nclient_ttl_secs = 86400\n"
+        ))
+        .unwrap();
+        assert_eq!(set.limits.max_clients, 0);
+        assert_eq!(set.storage.client_ttl_secs, 86_400);
+        let error = parse(&format!("{TWO}\n[storage]\nclient_ttl_secs = -1\n")).unwrap_err();
+        assert!(error.to_string().contains("client_ttl_secs"), "{error}");
+    }
+
+    #[test]
     fn a_server_with_no_neighbours_in_a_larger_herd_is_a_warning() {
         assert!(parse(TWO).unwrap().warnings.is_empty());
         let lonely = format!(
