@@ -170,9 +170,13 @@ impl Sender {
         self.decisions.clear();
         let (mut updates, mut announcements) = (self.pending.len(), 0);
         for (picked, at_line) in self.scanned.iter() {
-            // Catch-up (a backlog) is sent whole: holding it back would only
-            // make it longer.
-            let lazy = !more
+            // A large catch-up (what the store held before the link came
+            // up) is sent whole: holding it back would only make it longer.
+            // A live report is routed by the tree even when the link is
+            // behind: under load the links are behind, and sending every
+            // lazy link its payload then would only add to the load.
+            let live = picked.seq > self.link_up_at;
+            let lazy = (live || !more)
                 && routes.wait(wire::origin(at_line), picked.came_from(), self.index) == Wait::Hold;
             let decision = match (picked.held_there, lazy) {
                 // The neighbour holds it, and may be holding its payload
