@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin, HerdMap, Sources};
+use crate::client::tls::ClientTls;
 use crate::client::{self, Clients};
 use crate::config::{HerdConfig, HistoryConfig, Limits, UnknownServer};
 use crate::history::archiver::{self, ArchiverSetup};
@@ -49,6 +50,9 @@ pub struct ServerSetup {
     pub history: Option<HistoryConfig>,
     /// The herd as configured, for the admin port's view of it.
     pub herd: HerdMap,
+    /// The certificate shown on the TLS client port, which needs one.
+    /// Held by the caller too, which may replace it while the server runs.
+    pub client_tls: Option<Arc<ClientTls>>,
 }
 
 impl ServerSetup {
@@ -88,6 +92,7 @@ impl ServerSetup {
             ready: None,
             history: config.history.clone(),
             herd: HerdMap::from_config(config, Some(name)),
+            client_tls: None,
         })
     }
 }
@@ -120,7 +125,12 @@ const DRAIN_TIME: Duration = Duration::from_millis(700);
 
 /// The sockets a server listens on, already bound.
 pub struct Listeners {
-    pub client: TcpListener,
+    /// The plain TCP client port, unless the server takes clients over
+    /// TLS only.
+    pub client: Option<TcpListener>,
+    /// The TLS client port, if the server has one (and then
+    /// `ServerSetup::client_tls`).
+    pub client_tls: Option<TcpListener>,
     pub peer: TcpListener,
     /// The admin port, if the server has one.
     pub admin: Option<TcpListener>,
@@ -137,7 +147,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let listeners = Listeners {
-        client: client_listener,
+        client: Some(client_listener),
+        client_tls: None,
         peer: peer_listener,
         admin: None,
     };
@@ -156,9 +167,20 @@ pub async fn serve(
     let run = crate::log::timestamp(std::time::SystemTime::now());
     let Listeners {
         client: client_listener,
+        client_tls: tls_listener,
         peer: peer_listener,
         admin: admin_listener,
     } = listeners;
+    let tls_listener = match (tls_listener, setup.client_tls) {
+        (Some(listener), Some(tls)) => Some((listener, tls)),
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ServerError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a TLS client port needs a certificate",
+            )));
+        }
+    };
     let tasks = TaskTracker::new();
     // Up before the store is read back, so that /healthz answers (and
     // /readyz says not yet) during a long replay.
@@ -221,19 +243,24 @@ pub async fn serve(
         stats.clone(),
     ));
     let answers = Arc::new(Answers::new(setup.places, run.clone()));
-    let clients = Arc::new(Clients {
-        name: setup.name.clone(),
-        replica: replica.clone(),
-        answers: answers.clone(),
-        limits: setup.limits,
-        stats: stats.clone(),
-        refusals: crate::log::Throttle::new(60),
-    });
-    let client_address = client_listener.local_addr()?.to_string();
+    let clients = Arc::new(Clients::new(
+        setup.name.clone(),
+        replica.clone(),
+        answers.clone(),
+        setup.limits,
+        stats.clone(),
+    ));
+    let address_of = |listener: Option<&TcpListener>| match listener {
+        Some(listener) => listener.local_addr().map(|address| address.to_string()),
+        None => Ok("none".to_owned()),
+    };
+    let client_address = address_of(client_listener.as_ref())?;
+    let tls_address = address_of(tls_listener.as_ref().map(|(listener, _)| listener))?;
     let peer_address = peer_listener.local_addr()?.to_string();
     info!(
         server = %setup.name,
         client = %client_address,
+        client_tls = %tls_address,
         peer = %peer_address,
         %run,
         admin = admin.as_ref().map_or("none", |(_, address)| address.as_str()),
@@ -256,6 +283,7 @@ pub async fn serve(
             &setup.name,
             admin::status::Addresses {
                 client: client_address,
+                client_tls: tls_address,
                 peer: peer_address,
                 admin: admin_address,
             },
@@ -267,7 +295,19 @@ pub async fn serve(
         );
         tasks.spawn(admin.ready(sources));
     }
-    client::accept(&clients, client_listener, &tasks, &shutdown).await;
+    let plain = async {
+        if let Some(listener) = client_listener {
+            client::accept(&clients, listener, None, &tasks, &shutdown).await;
+        }
+    };
+    let tls = async {
+        if let Some((listener, tls)) = tls_listener {
+            client::accept(&clients, listener, Some(tls), &tasks, &shutdown).await;
+        }
+    };
+    // Each loop ends with the shutdown; a server with no client port at
+    // all (a neighbour only) waits for it too.
+    tokio::join!(plain, tls, shutdown.cancelled());
     tasks.close();
     if tokio::time::timeout(DRAIN_TIME, tasks.wait())
         .await

@@ -235,6 +235,9 @@ pub struct ServerStats {
     pub connections: Counter,
     pub connections_refused: Counter,
     pub connections_closed: Counter,
+    /// Connections to the TLS client port closed before their handshake
+    /// was done: refused, broken, not TLS at all, or too slow.
+    pub tls_handshakes_failed: Counter,
     /// IAMAT lines that stored a report, and those that were not newer.
     pub iamat_stored: Counter,
     pub iamat_not_newer: Counter,

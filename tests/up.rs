@@ -369,6 +369,8 @@ fn the_quick_start_leaves_a_clone_clean() {
         .server("Hill")
         .unwrap()
         .client
+        .as_deref()
+        .expect("Hill has a plain client port")
         .parse()
         .unwrap();
     common::LineClient::connect(hill).iamat("clean", "+1+1");

@@ -172,6 +172,12 @@ impl Collector for ServerCollector {
             "Client connections closed at once for a limit.",
             [(label("limit", "per_ip"), s.connections_refused.get())],
         )?;
+        counter(
+            e,
+            "client_tls_handshakes_failed",
+            "Connections to the TLS client port closed before their handshake was done.",
+            s.tls_handshakes_failed.get(),
+        )?;
         let request = |command: &str, outcome: &str, value: u64| {
             (
                 vec![

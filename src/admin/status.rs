@@ -36,9 +36,17 @@ pub struct Status {
 /// Where a server listens.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Addresses {
+    /// The plain TCP client port, or `none`.
     pub client: String,
+    /// The TLS client port, or `none`.
+    #[serde(default = "none")]
+    pub client_tls: String,
     pub peer: String,
     pub admin: String,
+}
+
+fn none() -> String {
+    "none".to_owned()
 }
 
 /// One neighbour's link.

@@ -32,6 +32,13 @@ enum Command {
     ///
     /// The herd's shared secret comes from the config's `secret` or from
     /// $HERD_SECRET; every server of a herd must have the same one.
+    ///
+    /// With `client_tls = "HOST:PORT"` in its entry and a certificate (a
+    /// `[tls]` table with `cert` and `key` PEM files), the server takes
+    /// clients over TLS there too, or only there if its entry has no
+    /// `client`. SIGHUP reads the config again: the herd secrets and the
+    /// certificate are replaced for the next handshakes, and connections
+    /// that are up stay up.
     Serve {
         /// The server's name in the herd config.
         name: String,
@@ -67,18 +74,24 @@ enum Command {
     ///
     /// With no LINE arguments, the lines are read from standard input.
     Send {
-        /// The server's client address, `host:port`.
+        /// The server's client address, `host:port` (its `client_tls`
+        /// address with --tls).
         address: String,
         /// The lines to send, e.g. 'IAMAT kiwi +34.068930-118.445127 1621464827.959498503'.
         lines: Vec<String>,
         /// Give up after this many seconds without an answer.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
+        #[command(flatten)]
+        tls: talk::TlsArgs,
     },
     /// Talk to a server interactively: type lines, see the answers.
     Client {
-        /// The server's client address, `host:port`.
+        /// The server's client address, `host:port` (its `client_tls`
+        /// address with --tls).
         address: String,
+        #[command(flatten)]
+        tls: talk::TlsArgs,
     },
     /// Print a herd config: the embedded default five-server herd, or with
     /// --servers a generated herd of any size and shape on this machine.
@@ -187,9 +200,10 @@ pub fn main() -> ExitCode {
             address,
             lines,
             timeout,
-        } => runtime().and_then(|rt| rt.block_on(talk::send(&address, lines, timeout))),
-        Command::Client { address } => runtime().and_then(|rt| {
-            let result = rt.block_on(talk::client(&address));
+            tls,
+        } => runtime().and_then(|rt| rt.block_on(talk::send(&address, &tls, lines, timeout))),
+        Command::Client { address, tls } => runtime().and_then(|rt| {
+            let result = rt.block_on(talk::client(&address, &tls));
             // A read of standard input may be under way on a thread of the
             // runtime; it must not hold up the end of a closed session.
             rt.shutdown_background();

@@ -9,6 +9,7 @@ use tracing::warn;
 
 use std::sync::Arc;
 
+use herd::client::tls::ClientTls;
 use herd::config::SECRET_ENV;
 use herd::peer::auth::Keyring;
 use herd::server::{self, Listeners, ServerSetup};
@@ -44,15 +45,41 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
     raise_open_file_limit();
     let places = herd::places::from_config(&config, name)?;
     let mut setup = ServerSetup::from_config(&config, name, keyring.clone(), places)?;
+    // Read before anything listens, so that a bad certificate stops the
+    // start with the file's name rather than every handshake later.
+    setup.client_tls = match config.tls_for(name) {
+        Some(files) => Some(Arc::new(
+            ClientTls::load(files).with_context(|| format!("{name}: the TLS certificate"))?,
+        )),
+        None => None,
+    };
     server_runtime(threads)?.block_on(async {
         let shutdown = CancellationToken::new();
         let on_signal = super::cancel_on_signal(shutdown.clone()).context("handling signals")?;
-        let client = listen(&server_config.client).await.with_context(|| {
-            format!(
-                "{name}: cannot listen for clients on {}",
-                server_config.client
-            )
-        })?;
+        // Taken over before any port is open: SIGHUP's default would kill
+        // a server that a client can already reach.
+        let reload = Reload {
+            args: args.clone(),
+            name: name.to_owned(),
+            keyring,
+            client_tls: setup.client_tls.clone(),
+        };
+        let on_hangup = reload_on_hangup(reload).context("handling SIGHUP")?;
+        let client = match &server_config.client {
+            Some(address) => Some(
+                listen(address)
+                    .await
+                    .with_context(|| format!("{name}: cannot listen for clients on {address}"))?,
+            ),
+            None => None,
+        };
+        let client_tls =
+            match &server_config.client_tls {
+                Some(address) => Some(listen(address).await.with_context(|| {
+                    format!("{name}: cannot listen for TLS clients on {address}")
+                })?),
+                None => None,
+            };
         let peer = listen(&server_config.peer).await.with_context(|| {
             format!(
                 "{name}: cannot listen for neighbours on {}",
@@ -66,12 +93,13 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
             None => None,
         };
         tokio::spawn(on_signal);
-        tokio::spawn(reload_secrets_on_hangup(args.clone(), keyring).context("handling SIGHUP")?);
+        tokio::spawn(on_hangup);
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         setup.ready = Some(ready);
         tokio::spawn(tell_readiness(is_ready, shutdown.clone()));
         let listeners = Listeners {
             client,
+            client_tls,
             peer,
             admin,
         };
@@ -147,39 +175,92 @@ fn raise_open_file_limit() {
     }
 }
 
-/// On SIGHUP, reads the herd secrets again from the config (and
-/// `$HERD_SECRET`) and uses them from the next handshake on: how a running
-/// server moves to a new secret (docs/deploy.md). Links that are up stay
-/// up; a config that no longer loads changes nothing.
-fn reload_secrets_on_hangup(
+/// What SIGHUP reads again, for one server.
+struct Reload {
     args: HerdArgs,
+    name: String,
     keyring: Arc<Keyring>,
-) -> std::io::Result<impl Future<Output = ()>> {
+    client_tls: Option<Arc<ClientTls>>,
+}
+
+/// On SIGHUP, reads the config again and takes from it the herd secrets
+/// (and `$HERD_SECRET`) and the TLS certificate, each used from the next
+/// handshake on: how a running server moves to a new secret
+/// (docs/deploy.md) or certificate (docs/tls.md). Links and client
+/// connections that are up stay up; whatever no longer loads is kept as
+/// it was, and the log says why.
+fn reload_on_hangup(reload: Reload) -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
         while hangup.recv().await.is_some() {
-            let reloaded = args
-                .load()
-                .and_then(|config| Ok(keyring.replace(&config.find_secrets()?)?));
-            match reloaded {
-                Ok(()) => {
-                    let keys = keyring.keys().ids();
-                    let ids: Vec<String> = keys.iter().map(ToString::to_string).collect();
-                    tracing::info!(
+            let config = match reload.args.load() {
+                Ok(config) => config,
+                Err(error) => {
+                    let certificate = if reload.client_tls.is_some() {
+                        " and TLS certificate"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(
                         target: herd::log::OPERATOR,
-                        "herd secrets reloaded: dialling with key {}, accepting {}",
-                        ids[0],
-                        ids.join(", ")
+                        "config not reloaded, keeping the herd secrets{certificate} in use: {error:#}"
                     );
+                    continue;
                 }
-                Err(error) => tracing::warn!(
-                    target: herd::log::OPERATOR,
-                    "herd secrets not reloaded, keeping those in use: {error:#}"
-                ),
+            };
+            reload_secrets(&reload.keyring, &config);
+            if let Some(tls) = &reload.client_tls {
+                reload_certificate(tls, &config, &reload.name);
             }
         }
     })
+}
+
+fn reload_secrets(keyring: &Keyring, config: &herd::config::HerdConfig) {
+    let reloaded = config
+        .find_secrets()
+        .map_err(anyhow::Error::from)
+        .and_then(|secrets| Ok(keyring.replace(&secrets)?));
+    match reloaded {
+        Ok(()) => {
+            let keys = keyring.keys().ids();
+            let ids: Vec<String> = keys.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                target: herd::log::OPERATOR,
+                "herd secrets reloaded: dialling with key {}, accepting {}",
+                ids[0],
+                ids.join(", ")
+            );
+        }
+        Err(error) => tracing::warn!(
+            target: herd::log::OPERATOR,
+            "herd secrets not reloaded, keeping those in use: {error:#}"
+        ),
+    }
+}
+
+/// The TLS port itself is not moved or opened by a reload: that takes a
+/// restart.
+fn reload_certificate(tls: &ClientTls, config: &herd::config::HerdConfig, name: &str) {
+    let Some(files) = config.tls_for(name) else {
+        tracing::warn!(
+            target: herd::log::OPERATOR,
+            "the config no longer gives {name} a client_tls port and certificate: keeping the certificate in use until a restart"
+        );
+        return;
+    };
+    match tls.reload(files) {
+        Ok(()) => tracing::info!(
+            target: herd::log::OPERATOR,
+            "TLS certificate reloaded from {}",
+            files.cert.display()
+        ),
+        Err(error) => tracing::warn!(
+            target: herd::log::OPERATOR,
+            "TLS certificate not reloaded, keeping the one in use: {error}"
+        ),
+    }
 }
 
 /// Sends every event to `LOG_DIR/NAME.log` through a background writer, so

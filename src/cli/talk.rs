@@ -1,24 +1,169 @@
-//! `herd send` and `herd client`: talk to a server.
+//! `herd send` and `herd client`: talk to a server, in plain TCP or over
+//! TLS.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use anyhow::{Context, anyhow};
+use rustls::CertificateError;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// How `herd send` and `herd client` reach a server's TLS client port.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct TlsArgs {
+    /// Speak TLS, as to a server's `client_tls` port. The server's
+    /// certificate is checked against the public web's CAs (Mozilla's
+    /// list, built in), or those of --ca.
+    #[arg(long)]
+    tls: bool,
+    /// Trust the CA certificates in this PEM file instead (e.g. a herd's
+    /// own CA, or the server's self-signed certificate).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<PathBuf>,
+    /// The name the server's certificate must be for; by default the host
+    /// of the address (a DNS name or an IP address).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
+}
+
+/// A connection to a server, in plain TCP or over TLS.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
+
+/// Connects to `address`, and with `--tls` makes the TLS handshake.
+async fn connect(address: &str, tls: &TlsArgs) -> anyhow::Result<Box<dyn Connection>> {
+    // Everything that can be wrong here is found before connecting.
+    let tls_setup = if tls.tls {
+        Some((client_config(tls)?, server_name(address, tls)?))
+    } else {
+        None
+    };
+    let stream = TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to {address}"))?;
+    let Some((config, name)) = tls_setup else {
+        return Ok(Box::new(stream));
+    };
+    let shown = name.to_str().into_owned();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = connector
+        .connect(name, stream)
+        .await
+        .map_err(|error| handshake_failed(address, &shown, &error))?;
+    Ok(Box::new(stream))
+}
+
+/// The TLS settings of a client: rustls with ring (as the server), trusting
+/// --ca or else the Mozilla roots of `webpki-roots`. Built-in roots behave
+/// the same on every machine and need no system certificate store; a herd
+/// with a CA of its own is trusted by naming it.
+fn client_config(tls: &TlsArgs) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--ca: cannot read {}", path.display()))?;
+            let certificates = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("--ca: {} is not PEM", path.display()))?;
+            if certificates.is_empty() {
+                anyhow::bail!(
+                    "--ca: no certificate in {} (a PEM `CERTIFICATE` block)",
+                    path.display()
+                );
+            }
+            for certificate in certificates {
+                roots.add(certificate).with_context(|| {
+                    format!("--ca: a certificate in {} cannot be used", path.display())
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("setting up TLS")?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+/// The name the server's certificate is checked for: --tls-server-name,
+/// else the host of `address` (`host:port`, `[v6]:port`).
+fn server_name(address: &str, tls: &TlsArgs) -> anyhow::Result<ServerName<'static>> {
+    let name = match &tls.tls_server_name {
+        Some(name) => name.as_str(),
+        None => address
+            .rsplit_once(':')
+            .map_or(address, |(host, _port)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+    };
+    ServerName::try_from(name.to_owned()).map_err(|_| {
+        anyhow!("{name:?} is not a DNS name or IP address to check the certificate for; give one with --tls-server-name")
+    })
+}
+
+/// A failed handshake, said plainly: for a refused certificate, why, and
+/// what can be done about it.
+fn handshake_failed(address: &str, name: &str, error: &std::io::Error) -> anyhow::Error {
+    let refused = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let hint = match refused {
+        Some(rustls::Error::InvalidCertificate(why)) => match why {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "the server's certificate has expired: its operator must renew it".to_owned()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet (or this machine's clock is wrong)"
+                    .to_owned()
+            }
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "the server's certificate is not for {name:?}; --tls-server-name checks another name"
+                )
+            }
+            CertificateError::UnknownIssuer => {
+                "the server's certificate is not signed by a CA this client trusts; --ca FILE trusts the CA that signed it".to_owned()
+            }
+            // What `openssl req -x509` makes unless told otherwise.
+            CertificateError::Other(other)
+                if other.0.downcast_ref::<webpki::Error>()
+                    == Some(&webpki::Error::CaUsedAsEndEntity) =>
+            {
+                "the server's certificate is a CA certificate, which a server may not show: make it with basicConstraints CA:FALSE (docs/tls.md)".to_owned()
+            }
+            _ => "the server's certificate was refused".to_owned(),
+        },
+        Some(rustls::Error::InvalidMessage(_)) => {
+            "the server does not speak TLS there: is it the server's client_tls address?"
+                .to_owned()
+        }
+        _ => "TLS handshake failed".to_owned(),
+    };
+    anyhow!("{address}: {hint} ({error})")
+}
 
 /// Sends `lines` (or standard input) to a server and prints every answer.
 pub(crate) async fn send(
     address: &str,
+    tls: &TlsArgs,
     lines: Vec<String>,
     timeout_secs: f64,
 ) -> anyhow::Result<()> {
     let wait = Duration::try_from_secs_f64(timeout_secs)
         .context("--timeout must be a positive number of seconds")?;
-    let mut stream = tokio::time::timeout(wait, TcpStream::connect(address))
+    let mut stream = tokio::time::timeout(wait, connect(address, tls))
         .await
-        .with_context(|| format!("connecting to {address}: timed out"))?
-        .with_context(|| format!("connecting to {address}"))?;
+        .with_context(|| format!("connecting to {address}: timed out"))??;
     let mut input = Vec::new();
     if lines.is_empty() {
         tokio::io::stdin().read_to_end(&mut input).await?;
@@ -51,10 +196,13 @@ pub(crate) async fn send(
 /// (`interactive`); otherwise standard input is sent as it comes (`piped`).
 /// Either way, a server that closes the connection ends the session at
 /// once, with an error.
-pub(crate) async fn client(address: &str) -> anyhow::Result<()> {
-    let stream = TcpStream::connect(address)
+pub(crate) async fn client(address: &str, tls: &TlsArgs) -> anyhow::Result<()> {
+    // As long as `herd send` waits by default: a port that does not answer
+    // a TLS handshake (a plain one waiting for a line, say) ends the
+    // session rather than hanging it.
+    let stream = tokio::time::timeout(Duration::from_secs(10), connect(address, tls))
         .await
-        .with_context(|| format!("connecting to {address}"))?;
+        .with_context(|| format!("connecting to {address}: timed out"))??;
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         interactive(address, stream).await
     } else {
@@ -65,8 +213,8 @@ pub(crate) async fn client(address: &str) -> anyhow::Result<()> {
 /// Standard input to the server as it comes, everything the server says to
 /// standard output, until standard input ends (then the server's last
 /// answers) or the server closes the connection.
-async fn piped(address: &str, stream: TcpStream) -> anyhow::Result<()> {
-    let (mut reader, mut writer) = stream.into_split();
+async fn piped(address: &str, stream: Box<dyn Connection>) -> anyhow::Result<()> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut printer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         let copied = tokio::io::copy(&mut reader, &mut stdout).await;
@@ -105,7 +253,7 @@ fn closed(address: &str) -> anyhow::Error {
 /// A line editor with history (rustyline) on its own thread; each line is
 /// sent and its answer printed before the next prompt. While the prompt
 /// waits, a server that closes the connection ends the session at once.
-async fn interactive(address: &str, stream: TcpStream) -> anyhow::Result<()> {
+async fn interactive(address: &str, stream: Box<dyn Connection>) -> anyhow::Result<()> {
     use nix::sys::termios;
     // The editor puts the terminal in raw mode while it reads a line; a
     // session ended under it puts the terminal back as it found it.
@@ -133,7 +281,7 @@ async fn interactive(address: &str, stream: TcpStream) -> anyhow::Result<()> {
         }
     });
     eprintln!("connected to {address}; type IAMAT or WHATSAT lines, Ctrl-D to finish");
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut stdout = tokio::io::stdout();
     let mut received = Vec::with_capacity(64 * 1024);
     loop {

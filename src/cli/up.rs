@@ -110,11 +110,17 @@ pub(crate) fn up(args: &HerdArgs) -> anyhow::Result<()> {
                     if !all_up && pids.iter().all(Option::is_some) {
                         all_up = true;
                         for (server, pid) in config.servers.iter().zip(&pids) {
+                            let clients = match (&server.client, &server.client_tls) {
+                                (Some(plain), None) => plain.clone(),
+                                (None, Some(tls)) => format!("{tls} (TLS)"),
+                                (Some(plain), Some(tls)) => format!("{plain}, {tls} (TLS)"),
+                                (None, None) => "-".to_owned(),
+                            };
                             println!(
                                 "{:<10} pid {:<8} clients {:<21} peers {:<21} admin {:<21} log {}",
                                 server.name,
                                 pid.expect("every server is up"),
-                                server.client,
+                                clients,
                                 server.peer,
                                 server.admin.as_deref().unwrap_or("-"),
                                 config.log_dir.join(format!("{}.log", server.name)).display()

@@ -1,12 +1,14 @@
-//! One client connection: lines in, one reply per line, in order.
+//! One client connection: lines in, one reply per line, in order; over a
+//! TCP socket or over TLS, by the same code.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BufMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -43,15 +45,42 @@ impl Unreplied {
     }
 }
 
+/// The bytes of a client connection: a TCP socket, or TLS over one.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {
+    /// Waits until a read would find bytes (or the end) without waiting,
+    /// as far as the stream can tell without a buffer of the caller's: so
+    /// that an idle connection holds no read buffer.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl ClientStream for TcpStream {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}
+
+impl ClientStream for TlsStream<TcpStream> {
+    async fn readable(&self) -> std::io::Result<()> {
+        let (socket, session) = self.get_ref();
+        // Bytes already decrypted, or the client's close_notify, are read
+        // without the socket; else a read needs the socket's next bytes.
+        // (A read leaves the socket readable unless it drained it, and it
+        // decrypts every whole record it has, so this misses nothing.)
+        if !session.wants_read() {
+            return Ok(());
+        }
+        socket.readable().await
+    }
+}
+
 /// Serves one client connection until it closes, idles out or the server
 /// stops.
-pub async fn serve(
+pub async fn serve<S: ClientStream>(
     clients: &Clients,
-    mut stream: TcpStream,
+    mut stream: S,
     address: SocketAddr,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
     debug!(%address, "client connected");
     // Formatted once: every message in and out is logged with it.
     let address_text = address.to_string();
@@ -150,15 +179,21 @@ pub async fn serve(
 /// Writes the replies in `out`, once the updates they acknowledge are
 /// handed to every neighbour link and as durable as the storage setting
 /// promises.
-async fn reply(
+async fn reply<S: ClientStream>(
     clients: &Clients,
-    stream: &mut TcpStream,
+    stream: &mut S,
     out: &mut Vec<u8>,
     patience: Duration,
 ) -> std::io::Result<()> {
     clients.replica.announce();
     clients.replica.commit().await?;
-    tokio::time::timeout(patience, stream.write_all(out))
+    // TLS may keep the last record of a write back until flushed; a TCP
+    // socket's flush does nothing.
+    let written = async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(patience, written)
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")

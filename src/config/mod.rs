@@ -335,12 +335,37 @@ pub enum HistoryDatabase {
     Sqlite,
 }
 
+/// The certificate and key a server shows clients on its `client_tls`
+/// port: the herd's `[tls]`, or a server's own `tls`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain (PEM), the server's own certificate first;
+    /// relative to the config's folder.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1); relative to the
+    /// config's folder.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    fn prepare(&mut self, base: &Path) {
+        self.cert = base.join(&self.cert);
+        self.key = base.join(&self.key);
+    }
+}
+
 /// One server of the herd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServerConfig {
     pub name: String,
-    /// `host:port` where clients connect.
-    pub client: String,
+    /// `host:port` where clients connect in plain TCP; none for a server
+    /// that takes clients over TLS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// `host:port` where clients connect over TLS, if anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<String>,
     /// `host:port` where neighbours connect.
     pub peer: String,
     /// `host:port` of the admin HTTP port (metrics, health, status, the
@@ -353,6 +378,10 @@ pub struct ServerConfig {
     /// This server's own places provider, instead of the herd's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub places: Option<PlacesConfig>,
+    /// This server's own certificate for `client_tls`, instead of the
+    /// herd's `[tls]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
 }
 
 /// A whole herd. Written back as TOML by `Serialize` (values before
@@ -380,6 +409,10 @@ pub struct HerdConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<HistoryConfig>,
     pub logging: LoggingConfig,
+    /// The certificate servers with a `client_tls` port show, unless they
+    /// have their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
     pub servers: Vec<ServerConfig>,
     /// What looks like a mistake, for each server to say as it starts.
     #[serde(skip)]
@@ -404,6 +437,7 @@ struct RawConfig {
     history: Option<HistoryConfig>,
     #[serde(default)]
     logging: LoggingConfig,
+    tls: Option<TlsFiles>,
     servers: Vec<Spanned<RawServer>>,
 }
 
@@ -411,12 +445,14 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     name: Spanned<String>,
-    client: Spanned<String>,
+    client: Option<Spanned<String>>,
+    client_tls: Option<Spanned<String>>,
     peer: Spanned<String>,
     admin: Option<Spanned<String>>,
     #[serde(default)]
     neighbours: Vec<Spanned<String>>,
     places: Option<PlacesConfig>,
+    tls: Option<TlsFiles>,
 }
 
 impl HerdConfig {
@@ -497,9 +533,31 @@ impl HerdConfig {
                     format!("duplicate server name {name:?}"),
                 ));
             }
-            for address in [&server.client, &server.peer]
-                .into_iter()
-                .chain(server.admin.as_ref())
+            if server.client.is_none() && server.client_tls.is_none() {
+                return Err(error_at(
+                    Some(server.name.span()),
+                    format!(
+                        "{name} takes no clients: give it `client` (plain TCP), `client_tls` (TLS) or both"
+                    ),
+                ));
+            }
+            if let Some(client_tls) = &server.client_tls
+                && server.tls.is_none()
+                && raw.tls.is_none()
+            {
+                return Err(error_at(
+                    Some(client_tls.span()),
+                    format!(
+                        "{name} has `client_tls` but no certificate: add a [tls] table with `cert` and `key` (PEM files), or `tls = {{ cert = \"…\", key = \"…\" }}` in its entry"
+                    ),
+                ));
+            }
+            for address in server
+                .client
+                .iter()
+                .chain(&server.client_tls)
+                .chain([&server.peer])
+                .chain(&server.admin)
             {
                 check_address(address.get_ref())
                     .map_err(|message| error_at(Some(address.span()), message))?;
@@ -585,6 +643,10 @@ impl HerdConfig {
             .prepare(base)
             .map_err(|message| error_at(None, message))?;
         let log_dir = base.join(raw.log_dir.as_deref().unwrap_or("logs"));
+        let mut tls = raw.tls;
+        if let Some(tls) = &mut tls {
+            tls.prepare(base);
+        }
         let mut storage = raw.storage;
         storage.data_dir = base.join(&storage.data_dir);
         let mut history = raw.history;
@@ -610,13 +672,19 @@ impl HerdConfig {
                 if let Some(places) = &mut places {
                     places.prepare(base)?;
                 }
+                let mut tls = server.tls;
+                if let Some(tls) = &mut tls {
+                    tls.prepare(base);
+                }
                 Ok(ServerConfig {
                     name: server.name.into_inner(),
-                    client: server.client.into_inner(),
+                    client: server.client.map(Spanned::into_inner),
+                    client_tls: server.client_tls.map(Spanned::into_inner),
                     peer: server.peer.into_inner(),
                     admin: server.admin.map(Spanned::into_inner),
                     neighbours,
                     places,
+                    tls,
                 })
             })
             .collect::<Result<_, String>>()
@@ -632,6 +700,7 @@ impl HerdConfig {
             storage,
             history,
             logging: raw.logging,
+            tls,
             warnings,
         })
     }
@@ -706,6 +775,14 @@ impl HerdConfig {
         toml::to_string(self).expect("a herd config is always representable in TOML")
     }
 
+    /// The certificate server `name` shows on its `client_tls` port: its
+    /// own, else the herd's; `None` for a server without one.
+    pub fn tls_for(&self, name: &str) -> Option<&TlsFiles> {
+        let server = self.servers.iter().find(|s| s.name == name)?;
+        server.client_tls.as_ref()?;
+        server.tls.as_ref().or(self.tls.as_ref())
+    }
+
     /// The places provider of server `name`: its own, else the herd's.
     pub fn places_for(&self, name: &str) -> &PlacesConfig {
         self.servers
@@ -760,7 +837,10 @@ mod tests {
         assert_eq!(neighbours("Smith"), ["Campbell", "Hill", "Singleton"]);
         assert_eq!(neighbours("Campbell"), ["Singleton", "Smith"]);
         assert_eq!(neighbours("Singleton"), ["Campbell", "Jaquez", "Smith"]);
-        assert_eq!(config.server("Hill").unwrap().client, "127.0.0.1:12000");
+        assert_eq!(
+            config.server("Hill").unwrap().client.as_deref(),
+            Some("127.0.0.1:12000")
+        );
         let admin: Vec<_> = config.servers.iter().map(|s| s.admin.as_deref()).collect();
         assert_eq!(
             admin,
@@ -949,6 +1029,94 @@ mod tests {
             &format!("{TWO}\n[logging]\nmax_size = 1\n"),
             13,
             "unknown field",
+        );
+    }
+
+    #[test]
+    fn a_tls_client_port_takes_the_herds_certificate_or_its_own() {
+        let tls = TWO.replace(
+            "peer = \"127.0.0.1:4\"",
+            "peer = \"127.0.0.1:4\"\nclient_tls = \"127.0.0.1:5\"",
+        );
+        let herds = format!("[tls]\ncert = \"tls/herd.crt\"\nkey = \"tls/herd.key\"\n\n{tls}");
+        let config = parse(&herds).unwrap();
+        let files = |cert: &str, key: &str| TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        };
+        // Relative to the config's folder, as every path in it.
+        let shared = files("/etc/herd/tls/herd.crt", "/etc/herd/tls/herd.key");
+        assert_eq!(config.tls_for("B"), Some(&shared));
+        assert_eq!(
+            config.server("B").unwrap().client_tls.as_deref(),
+            Some("127.0.0.1:5")
+        );
+        // A server without a TLS port shows no certificate.
+        assert_eq!(config.tls_for("A"), None);
+        let again = HerdConfig::parse(&config.to_toml(), "again", Path::new("/")).unwrap();
+        assert_eq!(again.servers, config.servers);
+        assert_eq!(again.tls_for("B"), Some(&shared));
+
+        let own = herds.replace(
+            "client_tls = \"127.0.0.1:5\"",
+            "client_tls = \"127.0.0.1:5\"\ntls = { cert = \"b.crt\", key = \"/keys/b.key\" }",
+        );
+        assert_eq!(
+            parse(&own).unwrap().tls_for("B"),
+            Some(&files("/etc/herd/b.crt", "/keys/b.key"))
+        );
+        // Its own certificate is enough without the herd's.
+        let own_only = own.replace(
+            "[tls]\ncert = \"tls/herd.crt\"\nkey = \"tls/herd.key\"\n",
+            "",
+        );
+        assert!(parse(&own_only).unwrap().tls.is_none());
+        assert_eq!(
+            parse(&own_only).unwrap().tls_for("B"),
+            Some(&files("/etc/herd/b.crt", "/keys/b.key"))
+        );
+    }
+
+    #[test]
+    fn plain_clients_can_be_turned_off_but_a_server_takes_clients_somehow() {
+        let tls_only = format!(
+            "[tls]\ncert = \"c\"\nkey = \"k\"\n\n{}",
+            TWO.replace("client = \"127.0.0.1:3\"", "client_tls = \"127.0.0.1:3\"")
+        );
+        let config = parse(&tls_only).unwrap();
+        let b = config.server("B").unwrap();
+        assert_eq!(
+            (b.client.as_deref(), b.client_tls.as_deref()),
+            (None, Some("127.0.0.1:3"))
+        );
+        let again = HerdConfig::parse(&config.to_toml(), "again", Path::new("/")).unwrap();
+        assert_eq!(again.servers, config.servers);
+
+        fails(
+            &TWO.replace("client = \"127.0.0.1:3\"\n", ""),
+            8,
+            "B takes no clients: give it `client` (plain TCP), `client_tls` (TLS) or both",
+        );
+        let no_certificate =
+            TWO.replace("client = \"127.0.0.1:3\"", "client_tls = \"127.0.0.1:3\"");
+        fails(
+            &no_certificate,
+            9,
+            "B has `client_tls` but no certificate: add a [tls] table",
+        );
+        fails(
+            &tls_only.replace("127.0.0.1:3", "127.0.0.1:4"),
+            14,
+            "used twice",
+        );
+        fails(&tls_only.replace("127.0.0.1:3", "nowhere"), 13, "host:port");
+        let error = parse(&tls_only.replace("key = \"k\"\n", "")).unwrap_err();
+        assert!(error.to_string().contains("missing field `key`"), "{error}");
+        let error =
+            parse(&tls_only.replace("key = \"k\"", "key = \"k\"\nchain = \"x\"")).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `chain`"),
+            "{error}"
         );
     }
 

@@ -132,14 +132,17 @@ pub fn generate(n: usize, shape: Shape, base_port: u16) -> Result<HerdConfig, St
         storage: StorageConfig::default(),
         history: None,
         logging: LoggingConfig::default(),
+        tls: None,
         servers: (0..n)
             .map(|i| ServerConfig {
                 name: name(i),
-                client: format!("127.0.0.1:{}", port(i)),
+                client: Some(format!("127.0.0.1:{}", port(i))),
+                client_tls: None,
                 peer: format!("127.0.0.1:{}", port(n + i)),
                 admin: Some(format!("127.0.0.1:{}", port(2 * n + i))),
                 neighbours: std::mem::take(&mut neighbours[i]),
                 places: None,
+                tls: None,
             })
             .collect(),
         warnings: Vec::new(),
@@ -241,7 +244,7 @@ mod tests {
         let again = HerdConfig::parse(&config.to_toml(), "generated", Path::new("/")).unwrap();
         assert_eq!(again.servers.len(), 20);
         assert_eq!(again.servers[0].name, "S01");
-        assert_eq!(again.servers[19].client, "127.0.0.1:20019");
+        assert_eq!(again.servers[19].client.as_deref(), Some("127.0.0.1:20019"));
         assert_eq!(again.servers[0].peer, "127.0.0.1:20020");
         let links: usize = again.servers.iter().map(|s| s.neighbours.len()).sum();
         assert_eq!(links, 2 * 30, "links are listed at both ends once parsed");

@@ -318,9 +318,36 @@ impl RunningServer {
             .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
         RunningServer::start_setup(
             setup,
-            client.listen(),
+            Some(client.listen()),
+            None,
             peer.listen(),
             admin.map(Port::listen),
+            log,
+        )
+    }
+
+    /// Runs server `name` of `config` with the herd secret `secret`, taking
+    /// TLS clients on `client_tls` with `certificate` and plain ones on
+    /// `client` if given.
+    pub fn start_with_tls(
+        config: &HerdConfig,
+        name: &str,
+        secret: &str,
+        (client, client_tls, peer): (Option<Port>, Port, Port),
+        certificate: Arc<herd::client::tls::ClientTls>,
+        log: Log,
+    ) -> RunningServer {
+        let places = herd::places::from_config(config, name)
+            .unwrap_or_else(|error| panic!("{name}'s places provider: {error:#}"));
+        let mut setup = ServerSetup::from_config(config, name, keyring(secret), places)
+            .unwrap_or_else(|error| panic!("setting up {name}: {error}"));
+        setup.client_tls = Some(certificate);
+        RunningServer::start_setup(
+            setup,
+            client.map(Port::listen),
+            Some(client_tls.listen()),
+            peer.listen(),
+            None,
             log,
         )
     }
@@ -328,7 +355,8 @@ impl RunningServer {
     /// Runs a server from `setup` on listening sockets.
     fn start_setup(
         setup: ServerSetup,
-        client: std::net::TcpListener,
+        client: Option<std::net::TcpListener>,
+        client_tls: Option<std::net::TcpListener>,
         peer: std::net::TcpListener,
         admin: Option<std::net::TcpListener>,
         log: Log,
@@ -342,10 +370,12 @@ impl RunningServer {
         let label = name.clone();
         runtime.spawn(async move {
             let outcome = async {
+                let listen = tokio::net::TcpListener::from_std;
                 let listeners = server::Listeners {
-                    client: tokio::net::TcpListener::from_std(client)?,
-                    peer: tokio::net::TcpListener::from_std(peer)?,
-                    admin: admin.map(tokio::net::TcpListener::from_std).transpose()?,
+                    client: client.map(listen).transpose()?,
+                    client_tls: client_tls.map(listen).transpose()?,
+                    peer: listen(peer)?,
+                    admin: admin.map(listen).transpose()?,
                 };
                 server::serve(setup, listeners, token).await
             }

@@ -1,0 +1,182 @@
+//! TLS for clients: the certificate a server shows on its `client_tls`
+//! port, read from PEM files and replaced while the server runs, and the
+//! handshake that turns an accepted socket into a TLS stream.
+//!
+//! rustls with the `ring` provider, as the places client already uses:
+//! pure Rust apart from ring's own C and assembly, which need no system
+//! library or build tool beyond a C compiler.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::TlsFiles;
+
+/// Why a certificate could not be used; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: not PEM, or a damaged PEM block: {message}", path.display())]
+    Pem { path: PathBuf, message: String },
+    #[error("{}: no certificate in it (a PEM `CERTIFICATE` block)", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "{}: no private key in it (a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)",
+        path.display()
+    )]
+    NoKey { path: PathBuf },
+    #[error("{}: a private key this server cannot use: {error}", path.display())]
+    BadKey { path: PathBuf, error: rustls::Error },
+    #[error(
+        "the key in {} does not belong to the certificate in {}: {error}",
+        key.display(),
+        cert.display()
+    )]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        error: rustls::Error,
+    },
+    #[error("setting up TLS: {0}")]
+    Setup(rustls::Error),
+}
+
+/// A server's TLS for clients: what each handshake is answered with. The
+/// certificate can be replaced while the server runs ([`ClientTls::reload`]):
+/// connections already open keep the session they agreed on, and every
+/// handshake after the replacement gets the new certificate.
+pub struct ClientTls {
+    acceptor: TlsAcceptor,
+    certificate: Arc<Certificate>,
+}
+
+impl ClientTls {
+    /// Reads the certificate chain and key of `files`, checking that they
+    /// belong together.
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = read_certified_key(files, &provider)?;
+        let certificate = Arc::new(Certificate {
+            current: Mutex::new(Arc::new(key)),
+            provider: provider.clone(),
+        });
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Setup)?
+            .with_no_client_auth()
+            .with_cert_resolver(certificate.clone());
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            certificate,
+        })
+    }
+
+    /// Reads `files` again and, if they make a usable certificate, shows it
+    /// from the next handshake on. On error the certificate in use stays.
+    pub fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
+        let key = read_certified_key(files, &self.certificate.provider)?;
+        *self.certificate.lock() = Arc::new(key);
+        Ok(())
+    }
+
+    /// The TLS handshake on an accepted client socket.
+    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        self.acceptor.accept(stream).await
+    }
+}
+
+/// The one certificate a server shows, whatever name the client asks for
+/// (a server has one client address; a client that checks names checks
+/// them against this certificate).
+struct Certificate {
+    current: Mutex<Arc<CertifiedKey>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl Certificate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<CertifiedKey>> {
+        self.current
+            .lock()
+            .expect("the certificate lock is never poisoned: nothing in it panics")
+    }
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Certificate")
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.lock().clone())
+    }
+}
+
+fn read_certified_key(
+    files: &TlsFiles,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = read(&files.cert)?;
+    let key_pem = read(&files.key)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Pem {
+            path: files.cert.clone(),
+            message: error.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: files.cert.clone(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| match error {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
+            path: files.key.clone(),
+        },
+        error => TlsError::Pem {
+            path: files.key.clone(),
+            message: error.to_string(),
+        },
+    })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|error| TlsError::BadKey {
+            path: files.key.clone(),
+            error,
+        })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        // A key that cannot tell its public half is taken on trust, as
+        // rustls itself does.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(error) => Err(TlsError::Mismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            error,
+        }),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|error| TlsError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
