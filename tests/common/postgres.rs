@@ -40,7 +40,8 @@ pub struct PgServer {
 /// The newest server binaries installed, if any.
 fn binaries() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("HERD_TEST_PG_BIN") {
-        return Some(PathBuf::from(bin));
+        let bin = PathBuf::from(bin);
+        return bin.join("initdb").exists().then_some(bin);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_BINARIES)
         .ok()?
@@ -76,7 +77,8 @@ impl PgServer {
         let Some(bin) = binaries() else {
             eprintln!(
                 "skipping: PostgreSQL's server binaries are missing \
-                 (no {DEBIAN_BINARIES}/*/bin/initdb; apt-get install postgresql)"
+                 (no {DEBIAN_BINARIES}/*/bin/initdb, nor HERD_TEST_PG_BIN/initdb; \
+                 apt-get install postgresql)"
             );
             return None;
         };
