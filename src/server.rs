@@ -200,6 +200,8 @@ pub async fn serve(
     };
     let names = setup.neighbours.iter().map(|n| n.name.clone()).collect();
     let mut storage = setup.storage;
+    // The admin port answers /history from the same database.
+    let core_database = setup.history.clone();
     let history = match (setup.history, &mut storage) {
         (Some(history), Some(storage)) => {
             let archived = Arc::new(AtomicU64::new(0));
@@ -292,7 +294,8 @@ pub async fn serve(
             links.clone(),
             stats.clone(),
             answers,
-        );
+        )
+        .with_core_database(core_database);
         tasks.spawn(admin.ready(sources));
     }
     let plain = async {

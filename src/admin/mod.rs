@@ -6,6 +6,8 @@
 //!   recovered and the client port is served);
 //! - `/status`: this server as JSON, `/herd`: every server of the herd as
 //!   seen from here, `/recent`: the newest reports (`status`);
+//! - `/history?client=ID`: a client's archived reports, or those near a
+//!   place, from the core database of `[history]` (`history`);
 //! - `/`: the live dashboard, a page built into the binary, and
 //!   `/map.json`, the dots of its world map (`dashboard`).
 //!
@@ -15,6 +17,7 @@
 //! hands it the wings once they run (`Admin::ready`).
 
 pub mod dashboard;
+pub mod history;
 pub mod metrics;
 pub mod process;
 pub mod status;
@@ -31,7 +34,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HerdConfig;
+use crate::config::{HerdConfig, HistoryConfig};
 use crate::peer::Links;
 use crate::places::render::Answers;
 use crate::replica::Replica;
@@ -102,6 +105,8 @@ pub struct Sources {
     pub links: Arc<Links>,
     pub stats: Arc<ServerStats>,
     pub answers: Arc<Answers>,
+    /// The core database `/history` reads, if the server has one.
+    pub core_database: Option<HistoryConfig>,
     history: History,
 }
 
@@ -134,8 +139,16 @@ impl Sources {
             links,
             stats,
             answers,
+            core_database: None,
             history: History::default(),
         }
+    }
+
+    /// The same, answering `/history` from the core database `config`.
+    #[must_use]
+    pub fn with_core_database(mut self, config: Option<HistoryConfig>) -> Self {
+        self.core_database = config;
+        self
     }
 }
 
@@ -244,6 +257,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) -> std::io::Result<
         .route("/status", get(status))
         .route("/herd", get(herd))
         .route("/recent", get(recent))
+        .route("/history", get(history_reports))
         .with_state(admin);
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -326,6 +340,37 @@ async fn recent(State(admin): State<Arc<Admin>>, Query(query): Query<RecentQuery
     };
     let count = query.count.unwrap_or(200).clamp(1, 2_000);
     json(&status::recent(sources, count))
+}
+
+async fn history_reports(
+    State(admin): State<Arc<Admin>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let Some(sources) = admin.sources() else {
+        return unavailable("not ready: the store is being recovered");
+    };
+    let Some(config) = sources.core_database.clone() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this server's config has no [history] table: nothing is archived\n",
+        )
+            .into_response();
+    };
+    let request = match history::Request::parse(&params) {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+    };
+    // The database's clients block (and PostgreSQL's must not even be
+    // dropped on a runtime thread): the whole query runs on a blocking one.
+    match tokio::task::spawn_blocking(move || request.run(&config)).await {
+        Ok(Ok(reports)) => json(&reports),
+        Ok(Err(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the core database cannot answer: {error}\n"),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the query failed\n").into_response(),
+    }
 }
 
 async fn dashboard_page() -> Response {

@@ -3,8 +3,7 @@
 
 use anyhow::{Context, bail};
 
-use herd::history::{self, Circle, Report, Window};
-use herd::protocol::time::Timestamp;
+use herd::history::{self, Report};
 
 use super::HerdArgs;
 
@@ -52,38 +51,17 @@ pub(crate) fn history(herd: &HerdArgs, query: &Query) -> anyhow::Result<()> {
         println!("forgot {client}: {gone} reports deleted from the core database");
         return Ok(());
     }
-    let window = Window {
-        since: query.since.as_deref().map_or(Ok(i64::MIN), time)?,
-        until: query.until.as_deref().map_or(Ok(i64::MAX), time)?,
-    };
+    let window = history::parse_window(query.since.as_deref(), query.until.as_deref())?;
     let reports = match (&query.client, &query.near) {
         (Some(client), None) => database.client_history(client.as_bytes(), window, query.limit)?,
         (None, Some(near)) => {
-            let Some(radius_km) = query.radius_km.filter(|r| r.is_finite() && *r > 0.0) else {
-                bail!("--near needs --radius KM, greater than zero");
-            };
-            let (lat, lng) = near
-                .split_once(',')
-                .and_then(|(lat, lng)| Some((lat.trim().parse().ok()?, lng.trim().parse().ok()?)))
-                .filter(|&(lat, lng): &(f64, f64)| lat.abs() <= 90.0 && lng.abs() <= 180.0)
-                .context("--near takes LAT,LNG in degrees, e.g. 34.07,-118.44")?;
-            let circle = Circle {
-                lat,
-                lng,
-                radius_km,
-            };
+            let circle = history::parse_circle(near, query.radius_km)
+                .with_context(|| format!("--near {near} --radius KM"))?;
             database.near(circle, window, query.limit)?
         }
         _ => bail!("give a CLIENT, or --near LAT,LNG --radius KM, or --forget CLIENT"),
     };
     print(&reports, query.json)
-}
-
-/// POSIX time in seconds, as in IAMAT (`1795311039.489223042`).
-fn time(text: &str) -> anyhow::Result<i64> {
-    let time = Timestamp::parse(text.as_bytes())
-        .with_context(|| format!("{text:?} is not a POSIX time in seconds"))?;
-    Ok(i64::try_from(time.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn print(reports: &[Report], json: bool) -> anyhow::Result<()> {

@@ -299,12 +299,24 @@ impl Default for StorageConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
-    /// Which database: only `sqlite` for now.
+    /// Which database: `sqlite` or `postgres`.
     pub database: HistoryDatabase,
     /// The SQLite file, shared by the servers of this machine; relative to
     /// the config's folder. Absent: `history.sqlite` in `storage.data_dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// PostgreSQL's connection string, as a URL
+    /// (`postgresql://herd@db.example:5432/herd`) or as `key=value` pairs
+    /// (`host=/run/postgresql dbname=herd`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A file whose first line is PostgreSQL's password, relative to the
+    /// config's folder; kept out of the config and never logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding PostgreSQL's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
     /// Reports received longer ago than this many days are deleted; 0
     /// keeps them for ever.
     pub retention_days: u64,
@@ -320,10 +332,64 @@ impl Default for HistoryConfig {
         Self {
             database: HistoryDatabase::Sqlite,
             path: None,
+            url: None,
+            password_file: None,
+            password_env: None,
             retention_days: 0,
             batch_size: 1_000,
             interval_ms: 200,
         }
+    }
+}
+
+impl HistoryConfig {
+    /// Checks that the keys fit the database, and makes paths relative to
+    /// the config's folder `base`.
+    fn prepare(&mut self, base: &Path, data_dir: &Path) -> Result<(), String> {
+        match self.database {
+            HistoryDatabase::Sqlite => {
+                if self.url.is_some() || self.password_file.is_some() || self.password_env.is_some()
+                {
+                    return Err(
+                        "history.url and password_file/password_env are for database = \"postgres\""
+                            .into(),
+                    );
+                }
+                self.path = Some(match &self.path {
+                    Some(path) => base.join(path),
+                    None => data_dir.join("history.sqlite"),
+                });
+            }
+            HistoryDatabase::Postgres => {
+                if self.path.is_some() {
+                    return Err(
+                        "history.path is the SQLite file: PostgreSQL takes history.url".into(),
+                    );
+                }
+                if self.url.as_deref().is_none_or(|url| url.trim().is_empty()) {
+                    return Err(
+                        "database = \"postgres\" needs history.url, e.g. \"postgresql://herd@localhost/herd\""
+                            .into(),
+                    );
+                }
+                let url = self.url.as_deref().unwrap_or_default();
+                if let Err(error) = url.parse::<postgres::Config>() {
+                    // The text may hold a password: say what is wrong, not what it is.
+                    let why = std::error::Error::source(&error)
+                        .map_or_else(|| error.to_string(), ToString::to_string);
+                    return Err(format!(
+                        "history.url is not a PostgreSQL connection string: {why}"
+                    ));
+                }
+                if self.password_file.is_some() && self.password_env.is_some() {
+                    return Err("history takes password_file or password_env, not both".into());
+                }
+                if let Some(file) = &mut self.password_file {
+                    *file = base.join(&*file);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -333,6 +399,8 @@ impl Default for HistoryConfig {
 pub enum HistoryDatabase {
     #[default]
     Sqlite,
+    #[serde(alias = "postgresql")]
+    Postgres,
 }
 
 /// The certificate and key a server shows clients on its `client_tls`
@@ -657,10 +725,9 @@ impl HerdConfig {
                     "history.batch_size and interval_ms must be greater than zero".into(),
                 ));
             }
-            history.path = Some(match &history.path {
-                Some(path) => base.join(path),
-                None => storage.data_dir.join("history.sqlite"),
-            });
+            history
+                .prepare(base, &storage.data_dir)
+                .map_err(|message| error_at(None, message))?;
         }
         let servers = raw
             .servers
@@ -1128,5 +1195,46 @@ mod tests {
                 .to_string()
                 .contains("at least one")
         );
+    }
+
+    #[test]
+    fn a_postgres_history_needs_a_url_and_keys_fit_the_database() {
+        let server =
+            "\n[[servers]]\nname = \"Hill\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n";
+        let with = |table: &str| parse(&format!("[history]\n{table}\n{server}"));
+        let config = with(
+            "database = \"postgres\"\nurl = \"postgresql://herd@db:5433/herd\"\npassword_file = \"pw\"",
+        )
+        .unwrap();
+        let history = config.history.unwrap();
+        assert_eq!(history.database, HistoryDatabase::Postgres);
+        assert_eq!(history.password_file, Some(PathBuf::from("/etc/herd/pw")));
+        assert_eq!(history.path, None);
+        assert!(with("database = \"postgresql\"\nurl = \"host=/run/postgresql\"").is_ok());
+        for (table, says) in [
+            ("database = \"postgres\"", "needs history.url"),
+            (
+                "database = \"postgres\"\nurl = \"host=db\"\npath = \"x\"",
+                "takes history.url",
+            ),
+            ("url = \"host=db\"", "are for database = \"postgres\""),
+            (
+                "database = \"postgres\"\nurl = \"host=db\"\npassword_file = \"a\"\npassword_env = \"B\"",
+                "not both",
+            ),
+        ] {
+            let error = with(table).unwrap_err().to_string();
+            assert!(error.contains(says), "{table}: {error}");
+        }
+        // What is wrong with a URL is said without repeating it: it may
+        // hold a password.
+        let error = with("database = \"postgres\"\nurl = \"postgresql://u:s3cret@h:port/db\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("not a PostgreSQL connection string"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cret"), "{error}");
     }
 }

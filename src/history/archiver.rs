@@ -44,9 +44,14 @@ pub struct ArchiverSetup {
 /// Starts the archiver's thread; it stops soon after `shutdown`.
 pub fn start(setup: ArchiverSetup, shutdown: CancellationToken) -> std::io::Result<()> {
     let stop = shutdown.clone();
+    // Its events go where the server's go (a process may run several
+    // servers, each logging to its own subscriber).
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
     let thread = std::thread::Builder::new()
         .name("herd-archive".into())
-        .spawn(move || Archiver::new(setup).run(&stop))?;
+        .spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || Archiver::new(setup).run(&stop));
+        })?;
     // Wake the thread from its wait as soon as the server stops.
     let waker = thread.thread().clone();
     tokio::spawn(async move {
@@ -101,19 +106,32 @@ impl Archiver {
     /// Connects if needed, reads on, writes a batch; whether the batch
     /// was full.
     fn round(&mut self) -> Result<bool, HistoryError> {
+        if self
+            .database
+            .as_ref()
+            .is_some_and(|database| database.broken())
+        {
+            self.database = None;
+        }
         if self.database.is_none() {
             let mut database = super::open(&self.setup.config)?;
-            self.committed = database.cursor(&self.setup.server)?;
+            let committed = database.cursor(&self.setup.server)?;
             self.database = Some(database);
-            // Read the log again from its start, skipping what is archived:
-            // a cursor of another run (a new data folder) counts as none.
-            self.read_to = match self.committed {
-                Some(cursor) if cursor.run == self.setup.run => cursor.seq,
-                _ => 0,
-            };
-            self.setup.archived.store(self.read_to, Ordering::Release);
-            self.tail = Some(LogTail::new(&self.setup.log_dir));
-            self.pending.clear();
+            // Back after an outage where it left off: go on with the batch
+            // in hand. Otherwise (a start, or a commit whose answer was
+            // lost, or another writer) read the log again from its start,
+            // skipping what is archived; a cursor of another run (a new
+            // data folder) counts as none.
+            if self.tail.is_none() || committed != self.committed {
+                self.committed = committed;
+                self.read_to = match committed {
+                    Some(cursor) if cursor.run == self.setup.run => cursor.seq,
+                    _ => 0,
+                };
+                self.setup.archived.store(self.read_to, Ordering::Release);
+                self.tail = Some(LogTail::new(&self.setup.log_dir));
+                self.pending.clear();
+            }
         }
         let batch_size = self.setup.config.batch_size;
         let tail = self.tail.as_mut().expect("set with the database");
@@ -148,6 +166,7 @@ impl Archiver {
                 Err(error @ HistoryError::CursorMoved { .. }) => {
                     // Start again from what the database holds.
                     self.database = None;
+                    self.tail = None;
                     return Err(error);
                 }
                 Err(error) => return Err(error),

@@ -5,12 +5,14 @@
 //! The archiver (`archiver.rs`) reads this server's own store log behind
 //! the writer and writes its own clients' reports to the database in
 //! batches, each in one transaction with the cursor that says how far it
-//! has read. The database sits behind [`CoreDatabase`]; `sqlite.rs` is the
-//! one kind there is. Only `server` (and the binary) use this wing; the
-//! replica knows nothing of it beyond keeping its log in order and its
-//! unread segments (see `docs/history.md`).
+//! has read. The database sits behind [`CoreDatabase`]: `sqlite.rs` (a
+//! file, the default) and `postgres.rs` (a server, for a herd across
+//! hosts). Only `server`, `admin` (its queries) and the binary use this
+//! wing; the replica knows nothing of it beyond keeping its log in order
+//! and its unread segments (see `docs/history.md`).
 
 pub mod archiver;
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -27,6 +29,10 @@ pub enum HistoryError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("core database {target}: {message}")]
+    Postgres { target: String, message: String },
+    #[error("the core database's password: {from}")]
+    Password { from: String },
     /// Another process moved this server's archive cursor: two servers of
     /// one name archive to one database, or one restarted over another.
     #[error("the archive cursor of {server} moved under this server")]
@@ -153,6 +159,12 @@ pub trait CoreDatabase: Send {
     /// Deletes at most `batch` reports received before `before_nanos`;
     /// how many went.
     fn expire(&mut self, before_nanos: i64, batch: usize) -> Result<u64, HistoryError>;
+    /// Whether the connection is gone for good, so that only a new one
+    /// can serve (a database server that went away); an error on a
+    /// connection that is not broken is worth retrying on it.
+    fn broken(&self) -> bool {
+        false
+    }
 }
 
 /// Opens (creating and migrating if needed) the database `config` names.
@@ -165,7 +177,52 @@ pub fn open(config: &HistoryConfig) -> Result<Box<dyn CoreDatabase>, HistoryErro
                 .unwrap_or_else(|| PathBuf::from("history.sqlite"));
             Ok(Box::new(sqlite::Sqlite::open(&path)?))
         }
+        HistoryDatabase::Postgres => Ok(Box::new(postgres::Postgres::connect(config)?)),
     }
+}
+
+/// Why a query's arguments are not usable; the message says what to give.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadQuery(pub String);
+
+/// POSIX time in seconds, as in IAMAT (`1795311039.489223042`), in
+/// nanoseconds.
+pub fn parse_time(text: &str) -> Result<i64, BadQuery> {
+    let time = Timestamp::parse(text.as_bytes())
+        .ok_or_else(|| BadQuery(format!("{text:?} is not a POSIX time in seconds")))?;
+    Ok(i64::try_from(time.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// The window between two optional POSIX times, both included.
+pub fn parse_window(since: Option<&str>, until: Option<&str>) -> Result<Window, BadQuery> {
+    Ok(Window {
+        since: since.map_or(Ok(i64::MIN), parse_time)?,
+        until: until.map_or(Ok(i64::MAX), parse_time)?,
+    })
+}
+
+/// The circle of `LAT,LNG` in degrees and a radius in kilometres.
+pub fn parse_circle(near: &str, radius_km: Option<f64>) -> Result<Circle, BadQuery> {
+    let Some(radius_km) = radius_km.filter(|r| r.is_finite() && *r > 0.0) else {
+        return Err(BadQuery(
+            "near needs a radius in kilometres, greater than zero".into(),
+        ));
+    };
+    let (lat, lng) = near
+        .split_once(',')
+        .and_then(|(lat, lng)| Some((lat.trim().parse().ok()?, lng.trim().parse().ok()?)))
+        .filter(|&(lat, lng): &(f64, f64)| lat.abs() <= 90.0 && lng.abs() <= 180.0)
+        .ok_or_else(|| {
+            BadQuery(format!(
+                "near takes LAT,LNG in degrees, e.g. 34.07,-118.44, not {near:?}"
+            ))
+        })?;
+    Ok(Circle {
+        lat,
+        lng,
+        radius_km,
+    })
 }
 
 /// Whether the great-circle distance puts (`lat`, `lng`) inside `circle`.
