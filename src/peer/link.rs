@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::peer::routes::{Routes, Wait};
 use crate::peer::wire::{
-    self, PayloadLine, parse_have, parse_payload_line, update_client_id, update_parts,
+    self, PayloadLine, frame_client_id, parse_have, parse_payload_line, update_parts,
 };
 use crate::protocol::parse_at_line;
 use crate::replica::Replica;
@@ -310,7 +310,7 @@ impl Receiver {
     ) -> Option<u64> {
         replica
             .store()
-            .warm(payload.split(|&b| b == b'\n').filter_map(update_client_id));
+            .warm(payload.split(|&b| b == b'\n').filter_map(frame_client_id));
         let mut complete = None;
         for line in payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             match line.first() {

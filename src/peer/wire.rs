@@ -252,6 +252,15 @@ pub(crate) fn update_client_id(line: &[u8]) -> Option<&[u8]> {
     at_line.get(client_id_range(at_line))
 }
 
+/// The client an update or an announcement (`H`) line is about, if it is
+/// one: what applying the line will look up. Not checked beyond that.
+pub(crate) fn frame_client_id(line: &[u8]) -> Option<&[u8]> {
+    match line.strip_prefix(b"H ") {
+        Some(rest) => split_word(rest).map(|(client, _)| client),
+        None => update_client_id(line),
+    }
+}
+
 pub(crate) fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {
     match line.iter().position(|&b| b == b' ') {
         Some(space) => Some((&line[..space], &line[space + 1..])),
@@ -398,6 +407,14 @@ mod tests {
         assert_eq!(update_client_id(b"U"), None);
         assert_eq!(update_client_id(b"U 3"), None);
         let _ = update_client_id(b"U 3 AT Hill");
+        // Announcements name theirs too; other lines none.
+        assert_eq!(frame_client_id(b"H kiwi 1700000000.5"), Some(&b"kiwi"[..]));
+        assert_eq!(
+            frame_client_id(b"U 3 AT Hill +0.000000001 kiwi +1+1 5"),
+            Some(&b"kiwi"[..])
+        );
+        assert_eq!(frame_client_id(b"C 12"), None);
+        assert_eq!(frame_client_id(b"L Hill 3 Smith"), None);
     }
 
     #[test]
