@@ -44,7 +44,9 @@ set -uo pipefail
 
 usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
-COMMAND_LINE="scripts/bench-compare.sh $*"
+# The command as run, with this machine's folders and files by their roles
+# (the report goes into documents other machines read).
+COMMAND_LINE="scripts/bench-compare.sh $(printf '%s ' "$@" | sed -E 's#^[^ -][^ ]* #BASELINES_DIR #; s#(--out|--update-doc|--charts) [^ ]+#\1 FILE#g; s# $##')"
 ALL_LOADS="iamat-herd,iamat-herd-spread,iamat-rate,iamat-single,propagate,whatsat-geonames,whatsat-geonames-rate,whatsat-google,whatsat-google-nocache,startup,fill,idle"
 BASELINES=""
 RUNS=3
