@@ -175,6 +175,10 @@ pub(super) fn start(
     tasks.spawn(async move {
         loop {
             let (stream, address) = tokio::select! {
+                // A server that is stopping takes no new link: one taken
+                // now would come up only to go down again at once.
+                biased;
+                () = shutdown.cancelled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -183,7 +187,6 @@ pub(super) fn start(
                         continue;
                     }
                 },
-                () = shutdown.cancelled() => return,
             };
             let links = links.clone();
             let shutdown = shutdown.clone();
@@ -573,12 +576,16 @@ async fn receive(
     let mut reader = BufReader::new(reader);
     // The neighbour the hello claims to come from, once it names one.
     let mut claimed = None;
-    let handshake = timeout(
+    let welcoming = timeout(
         HANDSHAKE_TIME,
         welcome(links, &mut reader, &mut writer, &mut claimed),
-    )
-    .await
-    .unwrap_or(Err(LinkError::TimedOut("handshake")));
+    );
+    // Nor does it finish welcoming one it took just before.
+    let handshake = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return Ok(()),
+        welcomed = welcoming => welcomed.unwrap_or(Err(LinkError::TimedOut("handshake"))),
+    };
     let (index, run, noise) = match handshake {
         Ok(welcomed) => welcomed,
         Err(error) => {
