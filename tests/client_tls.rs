@@ -190,20 +190,7 @@ impl TlsClient {
 
     /// A whole WHATSAT answer, as `LineClient::read_answer` reads it.
     fn read_answer(&mut self) -> (String, String) {
-        let at = self.read_line();
-        if at.starts_with("? ") {
-            return (at, String::new());
-        }
-        let mut json = String::new();
-        loop {
-            let line = self.read_line();
-            if line.is_empty() {
-                break;
-            }
-            json.push_str(&line);
-            json.push('\n');
-        }
-        (at, json)
+        common::read_answer_with(|| self.read_line())
     }
 }
 

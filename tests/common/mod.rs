@@ -266,6 +266,26 @@ fn server_runtime(name: &str, log: Log) -> tokio::runtime::Runtime {
         .expect("a runtime for a test server")
 }
 
+/// A whole WHATSAT answer read a line at a time by `read_line` (each
+/// without its `\n`): the AT line, then the JSON up to the blank line; a
+/// `? ` line alone for a refused request.
+pub fn read_answer_with(mut read_line: impl FnMut() -> String) -> (String, String) {
+    let at = read_line();
+    if at.starts_with("? ") {
+        return (at, String::new());
+    }
+    let mut json = String::new();
+    loop {
+        let line = read_line();
+        if line.is_empty() {
+            break;
+        }
+        json.push_str(&line);
+        json.push('\n');
+    }
+    (at, json)
+}
+
 // ------------------------------------------------------------ one server
 
 /// One server running in this process, on a runtime of its own.
@@ -859,20 +879,7 @@ impl LineClient {
 
     /// Reads a whole WHATSAT answer: the AT line, the JSON and the blank line.
     pub fn read_answer(&mut self) -> (String, String) {
-        let at = self.read_line();
-        if at.starts_with("? ") {
-            return (at, String::new());
-        }
-        let mut json = String::new();
-        loop {
-            let line = self.read_line();
-            if line.is_empty() {
-                break;
-            }
-            json.push_str(&line);
-            json.push('\n');
-        }
-        (at, json)
+        read_answer_with(|| self.read_line())
     }
 
     /// Sends a line and reads the one-line reply.
