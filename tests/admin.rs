@@ -291,6 +291,12 @@ fn a_stopped_neighbour_shows_as_a_link_down_and_a_restart_replays_its_store() {
     eventually("Hill to hold Smith's reports", || {
         sample(&metrics(&herd, "Hill"), "herd_clients_held") == 3.0
     });
+    // Smith's reports came over Smith's link to Hill; Hill's own link to
+    // Smith may still be on its way up.
+    eventually("Hill to see its links to Smith up", || {
+        let hill = metrics(&herd, "Hill");
+        smith_link(&hill, "send") == 1.0 && smith_link(&hill, "receive") == 1.0
+    });
     assert_eq!(
         sample(
             &metrics(&herd, "Hill"),
