@@ -32,28 +32,21 @@ started (by PID). HERD_BIN and HERD_BENCH name other binaries (then
 
 import argparse
 import glob
-import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_HERD = [
-    ("Hill", ["Jaquez", "Smith"]),
-    ("Jaquez", ["Singleton"]),
-    ("Smith", ["Singleton", "Campbell"]),
-    ("Campbell", ["Singleton"]),
-    ("Singleton", []),
-]
+import benchlib
+from benchlib import DEFAULT_HERD, ROOT, fmt, free_ports, median
+
 SECRET = os.urandom(16).hex()
 PROBE_PREFIX = "lagprobe"
 PROBE_EVERY = 0.02
@@ -62,20 +55,11 @@ NAMES = {"off": "archive off", "sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
 def say(*args):
-    print("bench-history:", *args, file=sys.stderr, flush=True)
+    benchlib.say("bench-history", *args)
 
 
-def free_ports(n):
-    """N distinct free loopback ports, held together while chosen."""
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def bench(bench_bin, args):
+    return benchlib.bench(bench_bin, args, "bench-history")
 
 
 class Postgres:
@@ -264,16 +248,6 @@ class Archive:
         return times
 
 
-def bench(bench_bin, args):
-    out = subprocess.run([bench_bin, "--json", *args], capture_output=True, text=True)
-    if not out.stdout.strip():
-        raise RuntimeError(f"herd-bench {' '.join(args)}: {out.stderr.strip()[-300:]}")
-    result = json.loads(out.stdout)
-    if out.returncode != 0:
-        say(f"herd-bench {args[0]} found problems (exit {out.returncode}); figures kept")
-    return result
-
-
 def probe(addr, stop, replied):
     """Sends one IAMAT every PROBE_EVERY s until `stop`; notes each reply's time."""
     host, port = addr.rsplit(":", 1)
@@ -325,11 +299,6 @@ def percentile(values, p):
     if not values:
         return None
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def run_variant(variant, phase, args, bins, workdir, pg, rate=None):
@@ -392,12 +361,6 @@ def run_variant(variant, phase, args, bins, workdir, pg, rate=None):
         herd.stop_all()
         shutil.rmtree(herd.dir, ignore_errors=True)
     return figures
-
-
-def fmt(value, digits=0):
-    if value is None:
-        return "—"
-    return f"{value:,.{digits}f}"
 
 
 def main():

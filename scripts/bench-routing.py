@@ -30,43 +30,26 @@ output.
 
 import argparse
 import collections
-import json
 import os
 import re
 import signal
 import socket
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_HERD = [
-    ("Hill", ["Jaquez", "Smith"]),
-    ("Jaquez", ["Singleton"]),
-    ("Smith", ["Singleton", "Campbell"]),
-    ("Campbell", ["Singleton"]),
-    ("Singleton", []),
-]
+import benchlib
+from benchlib import DEFAULT_HERD, ROOT, fmt, free_ports, median
+
 SECRET = os.urandom(16).hex()
 
 
 def say(*args):
-    print("bench-routing:", *args, file=sys.stderr, flush=True)
+    benchlib.say("bench-routing", *args)
 
 
-def free_ports(n):
-    """N distinct free loopback ports, held together while chosen."""
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def bench(bench_bin, args):
+    return benchlib.bench(bench_bin, args, "bench-routing")
 
 
 class Herd:
@@ -149,13 +132,6 @@ class Herd:
             return ""
 
 
-def bench(bench_bin, args):
-    out = subprocess.run([bench_bin, *args, "--json"], capture_output=True, text=True)
-    if out.returncode != 0 and not out.stdout.strip():
-        raise RuntimeError(f"herd-bench {' '.join(args)}: {out.stderr.strip()[-300:]}")
-    return json.loads(out.stdout)
-
-
 def propagate(bench_bin, herd, origin, targets, samples):
     args = ["propagate", "--from", herd.addr(origin), "--samples", str(samples)]
     for t in targets:
@@ -211,11 +187,6 @@ def stopped_counts(herd):
 def payloads(herd):
     sent = sum(len(re.findall(r" sent to [A-Za-z0-9]+: AT ", herd.log(n))) for n in herd.names)
     return sent
-
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def default_herd_rows(herd_bin, bench_bin, args, workdir):
@@ -290,12 +261,6 @@ def size_rows(herd_bin, bench_bin, args, workdir):
         rows.append((n, hops, median(per["payloads"]), median(per["announce"]),
                      median(per["p50"]), median(per["p99"]), median(per["held"])))
     return rows
-
-
-def fmt(value, digits=0):
-    if value is None:
-        return "—"
-    return f"{value:,.{digits}f}"
 
 
 def main():

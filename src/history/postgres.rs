@@ -277,15 +277,8 @@ fn describe(options: &postgres::Config) -> String {
 
 /// An error and its causes on one line: `postgres` says what kind of
 /// error it was, its source says what happened.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    crate::log::with_causes(error.to_string(), error.source())
 }
 
 /// The password from `password_file` or `password_env`, if one is named.

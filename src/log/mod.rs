@@ -10,6 +10,7 @@
 //! events on a terminal as well.
 
 use std::cell::RefCell;
+use std::error::Error;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
@@ -479,6 +480,20 @@ fn plain(bytes: &[u8]) -> bool {
     !bytes
         .iter()
         .fold(false, |seen, &b| seen | !(0x20..0x7f).contains(&b))
+}
+
+/// `text`, then each error of the chain from `source` on, joined by
+/// `: `: one line that says what kind of failure it was and what in the
+/// end happened (connection refused, ...), as the log shows errors.
+pub fn with_causes(text: impl Into<String>, source: Option<&(dyn Error + 'static)>) -> String {
+    let mut text = text.into();
+    let mut source = source;
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Bytes for a log line: UTF-8 as is, anything else as `\xNN`.

@@ -162,14 +162,7 @@ pub fn describe(error: &reqwest::Error) -> String {
         "request failed"
     };
     // The sources say what actually happened (connection refused, ...).
-    let mut text = kind.to_owned();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::log::with_causes(kind, error.source())
 }
 
 /// Sends `request` and reads its whole answer, at most `MAX_BODY_BYTES`.
