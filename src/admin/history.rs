@@ -5,7 +5,7 @@
 //! circle. Times are POSIX seconds, as in IAMAT.
 
 use crate::config::HistoryConfig;
-use crate::history::{self, BadQuery, Circle, HistoryError, Report, Window};
+use crate::history::{self, BadQuery, HistoryError, Report, Subject, Window};
 
 /// Reports listed when `limit` is not given, as `herd history` does.
 const DEFAULT_LIMIT: usize = 100;
@@ -15,15 +15,9 @@ const MAX_LIMIT: usize = 10_000;
 /// A `/history` query, checked.
 #[derive(Debug)]
 pub struct Request {
-    of: Of,
+    of: Subject,
     window: Window,
     limit: usize,
-}
-
-#[derive(Debug)]
-enum Of {
-    Client(String),
-    Near(Circle),
 }
 
 impl Request {
@@ -68,7 +62,7 @@ impl Request {
                 })?,
         };
         let of = match (client, near) {
-            (Some(client), None) if !client.is_empty() => Of::Client(client.to_owned()),
+            (Some(client), None) if !client.is_empty() => Subject::Client(client.into()),
             (None, Some(near)) => {
                 let radius = radius
                     .map(|text| {
@@ -76,7 +70,7 @@ impl Request {
                             .map_err(|_| BadQuery(format!("radius is in kilometres, not {text:?}")))
                     })
                     .transpose()?;
-                Of::Near(history::parse_circle(near, radius)?)
+                Subject::Near(history::parse_circle(near, radius)?)
             }
             (Some(_), Some(_)) => {
                 return Err(BadQuery("give client or near, not both".into()));
@@ -87,7 +81,7 @@ impl Request {
                 ));
             }
         };
-        if matches!(of, Of::Client(_)) && radius.is_some() {
+        if matches!(of, Subject::Client(_)) && radius.is_some() {
             return Err(BadQuery("radius goes with near".into()));
         }
         Ok(Request { of, window, limit })
@@ -96,12 +90,7 @@ impl Request {
     /// Asks the database `config` names; blocks.
     pub fn run(self, config: &HistoryConfig) -> Result<Vec<Report>, HistoryError> {
         let mut database = history::open(config)?;
-        match self.of {
-            Of::Client(client) => {
-                database.client_history(client.as_bytes(), self.window, self.limit)
-            }
-            Of::Near(circle) => database.near(circle, self.window, self.limit),
-        }
+        self.of.reports(database.as_mut(), self.window, self.limit)
     }
 }
 
@@ -120,11 +109,11 @@ mod tests {
     #[test]
     fn a_query_is_a_client_or_a_circle_and_bad_ones_say_why() {
         let request = parse(&[("client", "kiwi"), ("since", "100.5"), ("limit", "3")]).unwrap();
-        assert!(matches!(request.of, Of::Client(ref c) if c == "kiwi"));
+        assert!(matches!(request.of, Subject::Client(ref c) if c == b"kiwi"));
         assert_eq!(request.window.since, 100_500_000_000);
         assert_eq!(request.limit, 3);
         let near = parse(&[("near", "34.07,-118.44"), ("radius", "5")]).unwrap();
-        assert!(matches!(near.of, Of::Near(c) if c.radius_km == 5.0));
+        assert!(matches!(near.of, Subject::Near(c) if c.radius_km == 5.0));
         assert_eq!(near.limit, DEFAULT_LIMIT);
         for (query, says) in [
             (&[][..], "give client=ID"),

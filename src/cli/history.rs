@@ -3,7 +3,7 @@
 
 use anyhow::{Context, bail};
 
-use herd::history::{self, Report};
+use herd::history::{self, Report, Subject};
 
 use super::HerdArgs;
 
@@ -52,15 +52,15 @@ pub(crate) fn history(herd: &HerdArgs, query: &Query) -> anyhow::Result<()> {
         return Ok(());
     }
     let window = history::parse_window(query.since.as_deref(), query.until.as_deref())?;
-    let reports = match (&query.client, &query.near) {
-        (Some(client), None) => database.client_history(client.as_bytes(), window, query.limit)?,
-        (None, Some(near)) => {
-            let circle = history::parse_circle(near, query.radius_km)
-                .with_context(|| format!("--near {near} --radius KM"))?;
-            database.near(circle, window, query.limit)?
-        }
+    let subject = match (&query.client, &query.near) {
+        (Some(client), None) => Subject::Client(client.as_bytes().to_vec()),
+        (None, Some(near)) => Subject::Near(
+            history::parse_circle(near, query.radius_km)
+                .with_context(|| format!("--near {near} --radius KM"))?,
+        ),
         _ => bail!("give a CLIENT, or --near LAT,LNG --radius KM, or --forget CLIENT"),
     };
+    let reports = subject.reports(database.as_mut(), window, query.limit)?;
     print(&reports, query.json)
 }
 

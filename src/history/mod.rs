@@ -117,6 +117,29 @@ impl Default for Window {
     }
 }
 
+/// What a history query is about: a client's reports, or the reports
+/// within a circle.
+#[derive(Clone, Debug)]
+pub enum Subject {
+    Client(Vec<u8>),
+    Near(Circle),
+}
+
+impl Subject {
+    /// Its reports in `window`, newest first, at most `limit`.
+    pub fn reports(
+        &self,
+        database: &mut dyn CoreDatabase,
+        window: Window,
+        limit: usize,
+    ) -> Result<Vec<Report>, HistoryError> {
+        match self {
+            Subject::Client(client) => database.client_history(client, window, limit),
+            Subject::Near(circle) => database.near(*circle, window, limit),
+        }
+    }
+}
+
 /// A circle on the Earth.
 #[derive(Clone, Copy, Debug)]
 pub struct Circle {
