@@ -866,13 +866,17 @@ else
 fi
 if [[ -n $UPDATE_DOC ]]; then
     python3 - "$UPDATE_DOC" "$REPORT" <<'EOF'
+import re
 import sys
 doc, report = sys.argv[1:]
 text = open(doc).read()
 begin, end = "<!-- bench-compare:begin -->\n", "<!-- bench-compare:end -->"
 head, rest = text.split(begin, 1)
 _, tail = rest.split(end, 1)
-open(doc, "w").write(head + begin + "\n" + open(report).read() + "\n" + end + tail)
+# Each run's own figures stay in --out: the document keeps the medians.
+report = re.sub(r"<details><summary>every run</summary>.*?</details>\n\n", "",
+                open(report).read(), flags=re.S)
+open(doc, "w").write(head + begin + "\n" + report + "\n" + end + tail)
 EOF
     say "updated $UPDATE_DOC"
 fi
