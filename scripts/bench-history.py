@@ -47,7 +47,6 @@ import time
 import benchlib
 from benchlib import DEFAULT_HERD, ROOT, fmt, free_ports, median
 
-SECRET = os.urandom(16).hex()
 PROBE_PREFIX = "lagprobe"
 PROBE_EVERY = 0.02
 POLL_EVERY = 0.002
@@ -133,67 +132,6 @@ class Postgres:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-class Herd:
-    """The five-server herd as `herd serve` processes started by this script."""
-
-    def __init__(self, herd_bin, workdir, history):
-        self.bin = herd_bin
-        self.dir = tempfile.mkdtemp(dir=workdir)
-        ports = free_ports(2 * len(DEFAULT_HERD))
-        self.client = {}
-        lines = ['log_dir = "logs"', "", "[places]", 'provider = "geonames"', "", history]
-        for i, (name, theirs) in enumerate(DEFAULT_HERD):
-            self.client[name] = ports[i]
-            lines += ["", "[[servers]]", f'name = "{name}"',
-                      f'client = "127.0.0.1:{ports[i]}"',
-                      f'peer = "127.0.0.1:{ports[len(DEFAULT_HERD) + i]}"',
-                      "neighbours = [" + ", ".join(f'"{t}"' for t in theirs) + "]"]
-        self.config = os.path.join(self.dir, "herd.toml")
-        with open(self.config, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        self.procs = {}
-
-    def start_all(self):
-        env = dict(os.environ, HERD_SECRET=SECRET)
-        for name, _ in DEFAULT_HERD:
-            out = open(os.path.join(self.dir, f"{name}.out"), "w")
-            self.procs[name] = subprocess.Popen(
-                [self.bin, "serve", name, "--config", self.config, "--threads", "1"],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
-        for name, _ in DEFAULT_HERD:
-            deadline = time.time() + 20
-            while True:
-                if self.procs[name].poll() is not None:
-                    raise RuntimeError(f"{name} exited at start: {self.out(name)}")
-                try:
-                    socket.create_connection(("127.0.0.1", self.client[name]), 0.2).close()
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise RuntimeError(f"{name} not listening after 20 s")
-                    time.sleep(0.02)
-        # Links come up and the servers learn the graph.
-        time.sleep(2)
-
-    def out(self, name):
-        with open(os.path.join(self.dir, f"{name}.out"), errors="replace") as f:
-            return f.read()[-400:]
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs = {}
-
-    def addr(self, name):
-        return f"127.0.0.1:{self.client[name]}"
 
 
 class Archive:
@@ -314,7 +252,7 @@ def run_variant(variant, phase, args, bins, workdir, pg, rate=None):
         pg.psql("postgres", f"CREATE DATABASE {database}")
         history = f'[history]\ndatabase = "postgres"\nurl = "{pg.url(database)}"\n'
     figures = {}
-    herd = Herd(herd_bin, workdir, history)
+    herd = benchlib.Herd(herd_bin, DEFAULT_HERD, workdir, history)
     try:
         herd.start_all()
         archive = Archive(variant, herd, pg, database)

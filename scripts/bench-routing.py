@@ -32,8 +32,6 @@ import argparse
 import collections
 import os
 import re
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -41,7 +39,6 @@ import time
 import benchlib
 from benchlib import DEFAULT_HERD, ROOT, fmt, free_ports, median
 
-SECRET = os.urandom(16).hex()
 
 
 def say(*args):
@@ -50,86 +47,6 @@ def say(*args):
 
 def bench(bench_bin, args):
     return benchlib.bench(bench_bin, args, "bench-routing")
-
-
-class Herd:
-    """A herd of `herd serve` processes started by this script."""
-
-    def __init__(self, herd_bin, servers, workdir):
-        # servers: [(name, [neighbour names])]
-        self.bin = herd_bin
-        self.dir = tempfile.mkdtemp(dir=workdir)
-        ports = free_ports(2 * len(servers))
-        self.client = {}
-        lines = ['log_dir = "logs"', "", "[places]", 'provider = "geonames"']
-        for i, (name, theirs) in enumerate(servers):
-            self.client[name] = ports[i]
-            lines += [
-                "",
-                "[[servers]]",
-                f'name = "{name}"',
-                f'client = "127.0.0.1:{ports[i]}"',
-                f'peer = "127.0.0.1:{ports[len(servers) + i]}"',
-                "neighbours = [" + ", ".join(f'"{t}"' for t in theirs) + "]",
-            ]
-        self.config = os.path.join(self.dir, "herd.toml")
-        with open(self.config, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        self.names = [name for name, _ in servers]
-        self.procs = {}
-
-    def start(self, name):
-        out = open(os.path.join(self.dir, f"{name}.out"), "w")
-        env = dict(os.environ, HERD_SECRET=SECRET)
-        self.procs[name] = subprocess.Popen(
-            [self.bin, "serve", name, "--config", self.config, "--threads", "1"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
-        self.wait_ready(name)
-
-    def start_all(self):
-        for name in self.names:
-            self.start(name)
-        # Links come up and the servers learn the graph.
-        time.sleep(2)
-
-    def wait_ready(self, name):
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if self.procs[name].poll() is not None:
-                raise RuntimeError(f"{name} exited at start")
-            try:
-                socket.create_connection(("127.0.0.1", self.client[name]), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"{name} not listening after 20 s")
-
-    def kill(self, name):
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for name, proc in list(self.procs.items()):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs = {}
-
-    def addr(self, name):
-        return f"127.0.0.1:{self.client[name]}"
-
-    def log(self, name):
-        path = os.path.join(self.dir, "logs", f"{name}.log")
-        try:
-            with open(path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
 
 
 def propagate(bench_bin, herd, origin, targets, samples):
@@ -195,7 +112,7 @@ def default_herd_rows(herd_bin, bench_bin, args, workdir):
     cases = [None] + names
     results = collections.defaultdict(list)
     for _ in range(args.runs):
-        herd = Herd(herd_bin, DEFAULT_HERD, workdir)
+        herd = benchlib.Herd(herd_bin, DEFAULT_HERD, workdir)
         herd.start_all()
         try:
             for dead in cases:
@@ -229,7 +146,7 @@ def size_rows(herd_bin, bench_bin, args, workdir):
             # Steady state: an open-loop load well below what the herd takes,
             # and the propagation samples; counted from the logs and the
             # counters each server logs when it stops.
-            herd = Herd(herd_bin, servers, workdir)
+            herd = benchlib.Herd(herd_bin, servers, workdir)
             herd.start_all()
             try:
                 bench(bench_bin, ["iamat", "--addr", herd.addr(first), "--conns", "4",
@@ -248,7 +165,7 @@ def size_rows(herd_bin, bench_bin, args, workdir):
             per["p50"].append(p50)
             per["p99"].append(p99)
             # Saturation, on a fresh herd: what the whole herd keeps up with.
-            herd = Herd(herd_bin, servers, workdir)
+            herd = benchlib.Herd(herd_bin, servers, workdir)
             herd.start_all()
             try:
                 held = bench(bench_bin, ["iamat", "--addr", herd.addr(first), "--conns", "8",
