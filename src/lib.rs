@@ -16,3 +16,4 @@ pub mod protocol;
 pub mod replica;
 pub mod server;
 pub mod stats;
+pub mod tls;

@@ -11,118 +11,22 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use common::pki::{Issued, Pki};
 use common::process::ProcessHerd;
 use common::{LineClient, Log, PATIENCE, Port, RunningServer, eventually, new_secret, now_text};
 use herd::client::tls::ClientTls;
 use herd::config::HerdConfig;
 use nix::sys::signal::Signal;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    date_time_ymd,
-};
 use rustls::pki_types::{CertificateDer, ServerName};
 
 const SOLO: &[(&str, &[&str])] = &[("Solo", &[])];
 
 // ------------------------------------------------------------ certificates
-
-/// A throwaway CA, and a folder for the files it issues.
-struct Pki {
-    dir: tempfile::TempDir,
-    params: CertificateParams,
-    key: KeyPair,
-    /// The CA's certificate, as a client trusts it (PEM).
-    ca_file: PathBuf,
-}
-
-/// A server certificate and its key, as PEM.
-struct Issued {
-    cert: String,
-    key: String,
-}
-
-impl Issued {
-    /// The certificate as DER, as a client sees it in a handshake.
-    fn der(&self) -> Vec<u8> {
-        use rustls::pki_types::pem::PemObject;
-        CertificateDer::from_pem_slice(self.cert.as_bytes())
-            .expect("a PEM certificate")
-            .to_vec()
-    }
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let key = KeyPair::generate().expect("a CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "herd test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let certificate = params.self_signed(&key).expect("a self-signed CA");
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, certificate.pem()).expect("writing the CA");
-        Pki {
-            dir,
-            params,
-            key,
-            ca_file,
-        }
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses), signed by the
-    /// CA, valid now unless `expired`.
-    fn issue(&self, names: &[&str], expired: bool) -> Issued {
-        let key = KeyPair::generate().expect("a server key");
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = CertificateParams::new(names.clone()).expect("server parameters");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.join(" "));
-        if expired {
-            params.not_before = date_time_ymd(2020, 1, 1);
-            params.not_after = date_time_ymd(2021, 1, 1);
-        }
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let certificate = params.signed_by(&key, &issuer).expect("signing");
-        Issued {
-            cert: certificate.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    /// A certificate for this machine's loopback address and name.
-    fn issue_local(&self) -> Issued {
-        self.issue(&["127.0.0.1", "localhost"], false)
-    }
-
-    /// Writes `issued` where the test configs point: `server.crt`,
-    /// `server.key` in this folder.
-    fn install(&self, issued: &Issued) {
-        std::fs::write(self.path("server.crt"), &issued.cert).expect("writing the certificate");
-        std::fs::write(self.path("server.key"), &issued.key).expect("writing the key");
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The `[tls]` table that names the installed files.
-    fn tls_table(&self) -> String {
-        format!(
-            "[tls]\ncert = {:?}\nkey = {:?}\n",
-            self.path("server.crt"),
-            self.path("server.key")
-        )
-    }
-}
 
 // ------------------------------------------------------------ a TLS client
 

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use rustls::CertificateError;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -59,40 +58,9 @@ async fn connect(address: &str, tls: &TlsArgs) -> anyhow::Result<Box<dyn Connect
     Ok(Box::new(stream))
 }
 
-/// The TLS settings of a client: rustls with ring (as the server), trusting
-/// --ca or else the Mozilla roots of `webpki-roots`. Built-in roots behave
-/// the same on every machine and need no system certificate store; a herd
-/// with a CA of its own is trusted by naming it.
+/// The TLS settings of a client: trusting --ca, or else the Mozilla roots.
 fn client_config(tls: &TlsArgs) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("--ca: cannot read {}", path.display()))?;
-            let certificates = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("--ca: {} is not PEM", path.display()))?;
-            if certificates.is_empty() {
-                anyhow::bail!(
-                    "--ca: no certificate in {} (a PEM `CERTIFICATE` block)",
-                    path.display()
-                );
-            }
-            for certificate in certificates {
-                roots.add(certificate).with_context(|| {
-                    format!("--ca: a certificate in {} cannot be used", path.display())
-                })?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("setting up TLS")?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    herd::tls::client_config(tls.ca.as_deref()).context("--ca")
 }
 
 /// The name the server's certificate is checked for: --tls-server-name,

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod pki;
 pub mod postgres;
 pub mod process;
 

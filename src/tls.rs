@@ -1,0 +1,90 @@
+//! The client side of TLS, wherever herd connects out: `herd send --tls`
+//! and `herd client --tls` to a server's TLS port, and the archiver to a
+//! PostgreSQL that takes TLS. rustls with the `ring` provider, as the
+//! server side (`client::tls`), trusting a CA file of the user's or else
+//! the Mozilla roots of `webpki-roots`: built-in roots behave the same on
+//! every machine and need no system certificate store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Why the certificates to trust could not be read; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} is not PEM, or has a damaged PEM block: {message}", path.display())]
+    Pem { path: PathBuf, message: String },
+    #[error("no certificate in {} (a PEM `CERTIFICATE` block)", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("a certificate in {} cannot be used: {error}", path.display())]
+    Unusable { path: PathBuf, error: rustls::Error },
+    #[error("setting up TLS: {0}")]
+    Setup(rustls::Error),
+}
+
+/// A TLS client configuration that trusts the certificates in the PEM file
+/// `ca`, or the Mozilla roots without one.
+pub fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, TrustError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|error| TrustError::Read {
+                path: path.to_owned(),
+                error,
+            })?;
+            let certificates = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| TrustError::Pem {
+                    path: path.to_owned(),
+                    message: error.to_string(),
+                })?;
+            if certificates.is_empty() {
+                return Err(TrustError::NoCertificate {
+                    path: path.to_owned(),
+                });
+            }
+            for certificate in certificates {
+                roots
+                    .add(certificate)
+                    .map_err(|error| TrustError::Unusable {
+                        path: path.to_owned(),
+                        error,
+                    })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(TrustError::Setup)?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_that_holds_no_certificate_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("ca.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        let error = client_config(Some(&empty)).unwrap_err().to_string();
+        assert!(error.contains("no certificate in"), "{error}");
+        assert!(error.contains("ca.pem"), "{error}");
+        let missing = dir.path().join("missing.pem");
+        let error = client_config(Some(&missing)).unwrap_err().to_string();
+        assert!(error.starts_with("cannot read"), "{error}");
+        assert!(client_config(None).is_ok());
+    }
+}
