@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::process::Command;
 
+use common::pki::Pki;
 use common::postgres::PgServer;
 use common::process::ProcessHerd;
 use common::{Herd, eventually, herd_binary};
@@ -762,4 +763,72 @@ fn a_wrong_postgres_password_is_a_clear_error_that_does_not_show_it() {
         "{stderr}"
     );
     assert!(!stderr.contains(wrong), "{stderr}");
+}
+
+/// Across a network the archive goes over TLS: the archiver checks
+/// PostgreSQL's certificate against `tls_ca`, and a certificate it cannot
+/// trust is refused, with the reason.
+#[test]
+fn on_postgres_over_tcp_the_archive_goes_over_tls_checked_against_tls_ca() {
+    let pki = Pki::new();
+    let Some(server) = PgServer::start_tls(&pki.issue_local()) else {
+        return;
+    };
+    let password_file = pki.path("password");
+    std::fs::write(&password_file, format!("{}\n", server.password)).unwrap();
+    let table = |ca: &Path| {
+        format!(
+            "[history]\ndatabase = \"postgres\"\nurl = \"{}\"\npassword_file = {password_file:?}\n\
+             tls_ca = {ca:?}\ninterval_ms = 5\n",
+            server.tcp_url_for("herd", "postgres")
+        )
+    };
+    let herd = Herd::start_with(&[("Hill", &[])], &table(&pki.ca_file));
+    let mut client = herd.client("Hill");
+    client.iamat("kiwi", "+1+1");
+    client.iamat("pear", "+2+2");
+    // The test looks through the Unix socket, which never takes TLS.
+    let mut check = server.client();
+    eventually("both reports archived", || {
+        check
+            .query_one("SELECT count(*) FROM reports", &[])
+            .is_ok_and(|row| row.get::<_, i64>(0) == 2)
+    });
+    let row = check
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'herd'",
+            &[],
+        )
+        .unwrap();
+    let (over_tls, plain): (i64, i64) = (row.get(0), row.get(1));
+    assert!(over_tls >= 1, "the archiver's connection is not TLS");
+    assert_eq!(plain, 0, "a connection of herd's without TLS");
+
+    let config = |name: &str, ca: &Path| {
+        let path = pki.path(name);
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n[[servers]]\nname = \"Hill\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n",
+                table(ca)
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let answer = history(&config("right.toml", &pki.ca_file), &["kiwi"]);
+    assert!(answer.contains("kiwi"), "{answer}");
+    // A CA that did not issue the server's certificate.
+    let other = Pki::new();
+    let output = Command::new(herd_binary())
+        .args(["history", "kiwi", "--config"])
+        .arg(config("wrong.toml", &other.ca_file))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(!stderr.contains(&server.password), "{stderr}");
 }

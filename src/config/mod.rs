@@ -317,6 +317,12 @@ pub struct HistoryConfig {
     /// An environment variable holding PostgreSQL's password.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// The CA certificates (PEM) to check PostgreSQL's certificate
+    /// against, relative to the config's folder; absent, the Mozilla roots.
+    /// TLS is used as the URL's `sslmode` says (libpq's default `prefer`:
+    /// whenever the server offers it over TCP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
     /// Reports received longer ago than this many days are deleted; 0
     /// keeps them for ever.
     pub retention_days: u64,
@@ -335,6 +341,7 @@ impl Default for HistoryConfig {
             url: None,
             password_file: None,
             password_env: None,
+            tls_ca: None,
             retention_days: 0,
             batch_size: 1_000,
             interval_ms: 200,
@@ -348,10 +355,13 @@ impl HistoryConfig {
     fn prepare(&mut self, base: &Path, data_dir: &Path) -> Result<(), String> {
         match self.database {
             HistoryDatabase::Sqlite => {
-                if self.url.is_some() || self.password_file.is_some() || self.password_env.is_some()
+                if self.url.is_some()
+                    || self.password_file.is_some()
+                    || self.password_env.is_some()
+                    || self.tls_ca.is_some()
                 {
                     return Err(
-                        "history.url and password_file/password_env are for database = \"postgres\""
+                        "history.url, password_file/password_env and tls_ca are for database = \"postgres\""
                             .into(),
                     );
                 }
@@ -384,7 +394,10 @@ impl HistoryConfig {
                 if self.password_file.is_some() && self.password_env.is_some() {
                     return Err("history takes password_file or password_env, not both".into());
                 }
-                if let Some(file) = &mut self.password_file {
+                for file in [&mut self.password_file, &mut self.tls_ca]
+                    .into_iter()
+                    .flatten()
+                {
                     *file = base.join(&*file);
                 }
             }
@@ -1203,12 +1216,13 @@ mod tests {
             "\n[[servers]]\nname = \"Hill\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n";
         let with = |table: &str| parse(&format!("[history]\n{table}\n{server}"));
         let config = with(
-            "database = \"postgres\"\nurl = \"postgresql://herd@db:5433/herd\"\npassword_file = \"pw\"",
+            "database = \"postgres\"\nurl = \"postgresql://herd@db:5433/herd\"\npassword_file = \"pw\"\ntls_ca = \"ca.pem\"",
         )
         .unwrap();
         let history = config.history.unwrap();
         assert_eq!(history.database, HistoryDatabase::Postgres);
         assert_eq!(history.password_file, Some(PathBuf::from("/etc/herd/pw")));
+        assert_eq!(history.tls_ca, Some(PathBuf::from("/etc/herd/ca.pem")));
         assert_eq!(history.path, None);
         assert!(with("database = \"postgresql\"\nurl = \"host=/run/postgresql\"").is_ok());
         for (table, says) in [
@@ -1218,6 +1232,7 @@ mod tests {
                 "takes history.url",
             ),
             ("url = \"host=db\"", "are for database = \"postgres\""),
+            ("tls_ca = \"ca.pem\"", "are for database = \"postgres\""),
             (
                 "database = \"postgres\"\nurl = \"host=db\"\npassword_file = \"a\"\npassword_env = \"B\"",
                 "not both",

@@ -11,9 +11,11 @@
 use std::time::Duration;
 
 use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::config::SslMode;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::info;
 
 use super::{Circle, CoreDatabase, HistoryError, Report, Window, bounding_box, within};
@@ -124,7 +126,21 @@ impl Postgres {
             target: target.clone(),
             message: chain(&source),
         };
-        let client = options.connect(NoTls).map_err(error)?;
+        // TLS as the URL's sslmode says: libpq's default, `prefer`, takes it
+        // whenever the server offers it (never over a Unix socket), and a
+        // certificate that does not check out is an error, not a fallback.
+        let client = if options.get_ssl_mode() == SslMode::Disable {
+            options.connect(NoTls)
+        } else {
+            let trust = crate::tls::client_config(config.tls_ca.as_deref()).map_err(|error| {
+                HistoryError::Postgres {
+                    target: target.clone(),
+                    message: format!("history.tls_ca: {error}"),
+                }
+            })?;
+            options.connect(MakeRustlsConnect::new(trust))
+        }
+        .map_err(error)?;
         let mut postgres = Postgres {
             target,
             client,

@@ -33,6 +33,8 @@ pub struct PgServer {
     /// Whom the server runs as, when the tests run as root.
     owner: Option<(u32, u32)>,
     port: u16,
+    /// Its certificate and key, when it takes TLS on the loopback address.
+    tls: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
     pub password: String,
 }
@@ -74,6 +76,16 @@ impl PgServer {
     /// A new server, running and accepting connections; `None`, having
     /// said why, where PostgreSQL is not installed.
     pub fn start() -> Option<PgServer> {
+        Self::start_with(None)
+    }
+
+    /// A new server that also listens on 127.0.0.1 (on a free port) and
+    /// takes TLS there, showing `issued`; see `tcp_url_for`.
+    pub fn start_tls(issued: &super::pki::Issued) -> Option<PgServer> {
+        Self::start_with(Some(issued))
+    }
+
+    fn start_with(tls: Option<&super::pki::Issued>) -> Option<PgServer> {
         let Some(bin) = binaries() else {
             eprintln!(
                 "skipping: PostgreSQL's server binaries are missing \
@@ -99,11 +111,26 @@ impl PgServer {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to nobody");
             }
         }
+        let tls = tls.map(|issued| {
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert, &issued.cert).expect("writing the certificate");
+            std::fs::write(&key, &issued.key).expect("writing the key");
+            // PostgreSQL takes a key only its owner can read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod the key");
+            if let Some((uid, gid)) = owner {
+                for path in [&cert, &key] {
+                    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to nobody");
+                }
+            }
+            (cert, key)
+        });
         let mut server = PgServer {
             port: super::process::free_address().port(),
             dir,
             bin,
             owner,
+            tls,
             child: None,
             password,
         };
@@ -160,15 +187,24 @@ impl PgServer {
             .append(true)
             .open(self.dir.path().join("postgres.log"))
             .expect("the server's log file");
-        let child = self
-            .command("postgres")
+        let mut command = self.command("postgres");
+        command
             .arg("-D")
             .arg(self.data())
             .arg("-k")
             .arg(self.socket_dir())
-            .args(["-p", &self.port.to_string()])
+            .args(["-p", &self.port.to_string()]);
+        match &self.tls {
             // No TCP at all: the socket in the folder is the only way in.
-            .args(["-c", "listen_addresses="])
+            None => command.args(["-c", "listen_addresses="]),
+            Some((cert, key)) => command
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display())),
+        };
+        let child = command
             // A test never outlives the machine's page cache.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "shared_buffers=16MB", "-c", "max_connections=40"])
@@ -220,6 +256,15 @@ impl PgServer {
         format!(
             "host={} port={} user={role} dbname={database}",
             self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// The connection string of `database` as `role` over TCP to the
+    /// loopback address, TLS required (a server from `start_tls`).
+    pub fn tcp_url_for(&self, role: &str, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={role} dbname={database} sslmode=require",
             self.port
         )
     }
