@@ -50,7 +50,9 @@ pub fn start(setup: ArchiverSetup, shutdown: CancellationToken) -> std::io::Resu
     let thread = std::thread::Builder::new()
         .name("herd-archive".into())
         .spawn(move || {
-            tracing::dispatcher::with_default(&dispatch, || Archiver::new(setup).run(&stop));
+            tracing::dispatcher::with_default(&dispatch, || {
+                Archiver::new(setup, super::open).run(&stop)
+            });
         })?;
     // Wake the thread from its wait as soon as the server stops.
     let waker = thread.thread().clone();
@@ -61,8 +63,13 @@ pub fn start(setup: ArchiverSetup, shutdown: CancellationToken) -> std::io::Resu
     Ok(())
 }
 
+/// Opens the core database a config names: `history::open`, or a
+/// stand-in in the tests.
+type Open = fn(&HistoryConfig) -> Result<Box<dyn CoreDatabase>, HistoryError>;
+
 struct Archiver {
     setup: ArchiverSetup,
+    open: Open,
     database: Option<Box<dyn CoreDatabase>>,
     /// What the database holds as this server's cursor.
     committed: Option<Cursor>,
@@ -77,9 +84,10 @@ struct Archiver {
 }
 
 impl Archiver {
-    fn new(setup: ArchiverSetup) -> Self {
+    fn new(setup: ArchiverSetup, open: Open) -> Self {
         Self {
             setup,
+            open,
             database: None,
             committed: None,
             tail: None,
@@ -114,7 +122,7 @@ impl Archiver {
             self.database = None;
         }
         if self.database.is_none() {
-            let mut database = super::open(&self.setup.config)?;
+            let mut database = (self.open)(&self.setup.config)?;
             let committed = database.cursor(&self.setup.server)?;
             self.database = Some(database);
             // Back after an outage where it left off: go on with the batch
@@ -223,5 +231,112 @@ impl Archiver {
             self.failing = true;
             warn!(%error, "archiving to the core database failed; the store log keeps the reports until it is back");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::history::{Circle, Window};
+
+    /// What the stand-in database was asked to expire: each call's cutoff.
+    static EXPIRED: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+    /// Rows the stand-in holds that are old enough to go.
+    static OLD_ROWS: Mutex<u64> = Mutex::new(0);
+
+    /// A database that holds only old rows and the cursor.
+    struct Stand;
+
+    impl CoreDatabase for Stand {
+        fn cursor(&mut self, _server: &str) -> Result<Option<Cursor>, HistoryError> {
+            Ok(None)
+        }
+        fn archive(
+            &mut self,
+            _server: &str,
+            _from: Option<Cursor>,
+            _to: Cursor,
+            _reports: &[Report],
+        ) -> Result<(), HistoryError> {
+            Ok(())
+        }
+        fn client_history(
+            &mut self,
+            _client_id: &[u8],
+            _window: Window,
+            _limit: usize,
+        ) -> Result<Vec<Report>, HistoryError> {
+            Ok(Vec::new())
+        }
+        fn near(
+            &mut self,
+            _circle: Circle,
+            _window: Window,
+            _limit: usize,
+        ) -> Result<Vec<Report>, HistoryError> {
+            Ok(Vec::new())
+        }
+        fn forget(&mut self, _client_id: &[u8]) -> Result<u64, HistoryError> {
+            Ok(0)
+        }
+        fn expire(&mut self, before_nanos: i64, batch: usize) -> Result<u64, HistoryError> {
+            EXPIRED.lock().unwrap().push(before_nanos);
+            let mut old = OLD_ROWS.lock().unwrap();
+            let gone = (*old).min(batch as u64);
+            *old -= gone;
+            Ok(gone)
+        }
+    }
+
+    fn now_nanos() -> i64 {
+        i64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn retention_deletes_in_batches_until_none_is_old_then_waits_its_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = ArchiverSetup {
+            server: "Hill".into(),
+            run: 1,
+            log_dir: dir.path().to_owned(),
+            config: HistoryConfig {
+                retention_days: 30,
+                ..HistoryConfig::default()
+            },
+            archived: Arc::new(AtomicU64::new(0)),
+            stats: Arc::new(ServerStats::new(0)),
+        };
+        *OLD_ROWS.lock().unwrap() = 2 * RETENTION_BATCH as u64 + 1;
+        let mut archiver = Archiver::new(setup, |_| Ok(Box::new(Stand)));
+        let before = now_nanos();
+        archiver.round().unwrap();
+        let after = now_nanos();
+        let calls = std::mem::take(&mut *EXPIRED.lock().unwrap());
+        // Two full batches, a short one, and no call past it.
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(*OLD_ROWS.lock().unwrap(), 0);
+        let thirty_days = 30 * 86_400 * 1_000_000_000_i64;
+        for cutoff in calls {
+            assert!(
+                (before - thirty_days..=after - thirty_days).contains(&cutoff),
+                "a cutoff other than 30 days ago: {cutoff}"
+            );
+        }
+        // Not again until RETENTION_EVERY has passed.
+        *OLD_ROWS.lock().unwrap() = 5;
+        archiver.round().unwrap();
+        assert!(EXPIRED.lock().unwrap().is_empty());
+        archiver.next_retention = Instant::now();
+        archiver.round().unwrap();
+        assert_eq!(EXPIRED.lock().unwrap().len(), 1);
+        assert_eq!(*OLD_ROWS.lock().unwrap(), 0);
     }
 }
