@@ -411,7 +411,7 @@ fn herd_send_over_tls_refuses_a_certificate_it_cannot_trust() {
 // ------------------------------------------------------------ reloading
 
 #[test]
-fn sighup_replaces_the_certificate_for_new_handshakes_and_drops_no_connection() {
+fn sighup_replaces_the_certificate_for_new_handshakes_drops_no_connection_and_warns_of_expiry() {
     let pki = Pki::new();
     let first = pki.issue_local();
     pki.install(&first);
@@ -474,6 +474,15 @@ fn sighup_replaces_the_certificate_for_new_handshakes_and_drops_no_connection() 
     );
     // The server runs on: SIGHUP did not stop it.
     assert!(herd.exited("Solo").is_none());
+
+    // A certificate past its end is taken, and the operator told.
+    assert!(!herd.log("Solo").contains("TLS certificate expire"));
+    pki.install(&pki.issue(&["127.0.0.1", "localhost"], true));
+    herd.signal("Solo", Signal::SIGHUP);
+    eventually("Solo to warn of its expired certificate", || {
+        herd.log("Solo")
+            .contains("Solo's TLS certificate expired on 2021-01-01")
+    });
 }
 
 #[test]

@@ -65,6 +65,18 @@ pub(crate) fn serve(name: &str, args: &HerdArgs, threads: usize) -> anyhow::Resu
             client_tls: setup.client_tls.clone(),
         };
         let on_hangup = reload_on_hangup(reload).context("handling SIGHUP")?;
+        if let Some(tls) = setup.client_tls.clone() {
+            let name = name.to_owned();
+            // At the start and once a day: a server may run for longer
+            // than its certificate lasts.
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(EXPIRY_CHECK_EVERY);
+                loop {
+                    every.tick().await;
+                    warn_if_expiring(&tls, &name);
+                }
+            });
+        }
         let client = match &server_config.client {
             Some(address) => Some(
                 listen(address)
@@ -240,6 +252,21 @@ fn reload_secrets(keyring: &Keyring, config: &herd::config::HerdConfig) {
     }
 }
 
+/// How often a running server looks at its certificate's end.
+const EXPIRY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// Says so, to the operator, when the certificate in use is close to its
+/// end or past it.
+fn warn_if_expiring(tls: &ClientTls, name: &str) {
+    let now = std::time::SystemTime::now();
+    if let Some(warning) = tls
+        .not_after()
+        .and_then(|not_after| herd::client::tls::expiry_warning(not_after, now))
+    {
+        tracing::warn!(target: herd::log::OPERATOR, "{name}'s TLS certificate {warning}");
+    }
+}
+
 /// The TLS port itself is not moved or opened by a reload: that takes a
 /// restart.
 fn reload_certificate(tls: &ClientTls, config: &herd::config::HerdConfig, name: &str) {
@@ -251,11 +278,14 @@ fn reload_certificate(tls: &ClientTls, config: &herd::config::HerdConfig, name: 
         return;
     };
     match tls.reload(files) {
-        Ok(()) => tracing::info!(
-            target: herd::log::OPERATOR,
-            "TLS certificate reloaded from {}",
-            files.cert.display()
-        ),
+        Ok(()) => {
+            tracing::info!(
+                target: herd::log::OPERATOR,
+                "TLS certificate reloaded from {}",
+                files.cert.display()
+            );
+            warn_if_expiring(tls, name);
+        }
         Err(error) => tracing::warn!(
             target: herd::log::OPERATOR,
             "TLS certificate not reloaded, keeping the one in use: {error}"

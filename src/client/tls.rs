@@ -9,6 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -92,6 +93,11 @@ impl ClientTls {
         Ok(())
     }
 
+    /// When the certificate in use stops being valid.
+    pub fn not_after(&self) -> Option<SystemTime> {
+        not_after(&self.certificate.lock())
+    }
+
     /// The TLS handshake on an accepted client socket.
     pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         self.acceptor.accept(stream).await
@@ -104,6 +110,49 @@ impl ClientTls {
 struct Certificate {
     current: Mutex<Arc<CertifiedKey>>,
     provider: Arc<CryptoProvider>,
+}
+
+/// How long before its certificate expires a server starts to say so.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// What an operator should hear about a certificate valid until
+/// `not_after`, at `now`: nothing while more than [`EXPIRY_WARNING`] is
+/// left.
+pub fn expiry_warning(not_after: SystemTime, now: SystemTime) -> Option<String> {
+    let date = x509_cert::der::DateTime::from_system_time(not_after)
+        .map_or_else(|_| "a date past 9999".to_owned(), |date| date.to_string());
+    match not_after.duration_since(now) {
+        Err(_) => Some(format!(
+            "expired on {date}: clients that check it refuse it; replace it and send SIGHUP"
+        )),
+        Ok(left) if left <= EXPIRY_WARNING => {
+            let days = left.as_secs() / 86_400;
+            let when = match days {
+                0 => "within a day".to_owned(),
+                1 => "in 1 day".to_owned(),
+                days => format!("in {days} days"),
+            };
+            Some(format!(
+                "expires {when}, on {date}; replace it and send SIGHUP"
+            ))
+        }
+        Ok(_) => None,
+    }
+}
+
+/// When the first certificate of `key`'s chain (the server's own) stops
+/// being valid, if its encoding can be read.
+fn not_after(key: &CertifiedKey) -> Option<SystemTime> {
+    use x509_cert::der::Decode;
+    let leaf = key.cert.first()?;
+    let certificate = x509_cert::Certificate::from_der(leaf).ok()?;
+    Some(
+        certificate
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_system_time(),
+    )
 }
 
 impl Certificate {
@@ -179,4 +228,22 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_owned(),
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_close_to_its_end_or_past_it_is_worth_a_warning() {
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::UNIX_EPOCH + 20_000 * day;
+        assert_eq!(expiry_warning(now + 15 * day, now), None);
+        let soon = expiry_warning(now + 3 * day + Duration::from_secs(5), now).unwrap();
+        assert!(soon.starts_with("expires in 3 days, on 2024-10-"), "{soon}");
+        let today = expiry_warning(now + Duration::from_secs(60), now).unwrap();
+        assert!(today.starts_with("expires within a day"), "{today}");
+        let gone = expiry_warning(now - day, now).unwrap();
+        assert!(gone.starts_with("expired on 2024-10-"), "{gone}");
+    }
 }
