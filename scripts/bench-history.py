@@ -11,11 +11,14 @@ on a freshly started five-server herd (SPEC's, each server --threads 1):
 
 1. Peak: IAMAT throughput at Hill, closed loop (herd-bench iamat, every
    report a new one of its client, so each is archived).
-2. Bytes per archived report: once the archive has caught up (its row
+2. CPU per archived report: Hill's archive thread's CPU time over the
+   rows once caught up; for PostgreSQL also its server processes' over
+   the rows when the load ends (before this script's counting queries).
+3. Bytes per archived report: once the archive has caught up (its row
    count still for 1.5 s), the database's size over its rows (SQLite: the
    file after a WAL checkpoint; PostgreSQL: pg_total_relation_size of
    `reports`, indexes included, WAL not).
-3. Half peak: an open-loop IAMAT load at half the median peak of the
+4. Half peak: an open-loop IAMAT load at half the median peak of the
    archive off, with a probe client sending one IAMAT every 20 ms to
    Hill; archive lag is from the probe's AT reply to its row committed
    (SQLite: the first poll, every 2 ms, that sees it; PostgreSQL: the
@@ -232,6 +235,33 @@ def poll_sqlite(path, stop, seen):
     db.close()
 
 
+def cpu_seconds(pid, thread=None, children=False):
+    """CPU time (user + system) of process `pid`: of its thread named
+    `thread` only, if given; with its waited-for children's if `children`
+    (PostgreSQL's backends end as children of the postmaster)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(path):
+        stat = open(path).read()
+        return stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+    if thread is not None:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            comm, f = fields(f"/proc/{pid}/task/{tid}/stat")
+            if comm == thread:
+                return (int(f[11]) + int(f[12])) / tick
+        return None
+    _, f = fields(f"/proc/{pid}/stat")
+    total = int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if children else 0)
+    if children:
+        for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+            try:
+                total += sum(int(x) for x in fields(f"/proc/{child}/stat")[1][11:15])
+            except OSError:
+                pass  # ended meanwhile, and counted with the waited-for
+    return total / tick
+
+
 def percentile(values, p):
     values = sorted(values)
     if not values:
@@ -258,15 +288,26 @@ def run_variant(variant, phase, args, bins, workdir, pg, rate=None):
         archive = Archive(variant, herd, pg, database)
         load = ["iamat", "--addr", herd.addr("Hill"), "--conns", str(args.conns),
                 "--duration", str(args.duration), "--clients", "1000000"]
+        database_cpu = cpu_seconds(pg.proc.pid, children=True) if variant == "postgres" else 0
         if phase == "peak":
             peak = bench(bench_bin, load + ["--depth", str(args.depth),
                                             "--warmup", str(args.warmup)])
+            if variant == "postgres":
+                # Read before the count, and before settling: this
+                # script's own queries are the database's work too.
+                used = cpu_seconds(pg.proc.pid, children=True) - database_cpu
+                so_far = archive.rows()
+                figures["database_us"] = used * 1e6 / so_far if so_far else None
             figures["peak"] = peak["throughput_rps"]
             figures["peak_p99"] = peak["latency_us"]["p99"] / 1000
             if variant != "off":
                 rows = archive.settle()
                 figures["rows"] = rows
                 figures["bytes"] = archive.bytes() / rows if rows else None
+                if rows:
+                    archiver = cpu_seconds(herd.procs["Hill"].pid, thread="herd-archive")
+                    figures["archiver_us"] = archiver * 1e6 / rows if archiver else None
+
             return figures
         stop_probe, stop_poll, replied, seen = threading.Event(), threading.Event(), {}, {}
         prober = threading.Thread(target=probe, args=(herd.addr("Hill"), stop_probe, replied))
@@ -379,6 +420,11 @@ def main():
         ["—" if v == "off" else fmt(med(v, "lag_p50"), 1) for v in variants])
     row("archive lag p99 (ms)",
         ["—" if v == "off" else fmt(med(v, "lag_p99"), 1) for v in variants])
+    row("CPU per archived report: Hill's archive thread (µs)",
+        ["—" if v == "off" else fmt(med(v, "archiver_us"), 2) for v in variants])
+    if "postgres" in variants:
+        row("CPU per archived report: the PostgreSQL server (µs)",
+            ["—" if v != "postgres" else fmt(med(v, "database_us"), 2) for v in variants])
     row("bytes per archived report on disk",
         ["—" if v == "off" else fmt(med(v, "bytes")) for v in variants])
     row("reports archived per run",
