@@ -24,6 +24,8 @@ use crate::stats::ServerStats;
 
 /// How often old reports are looked for, when `retention_days` is set.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// The archive thread's nice value: the lowest priority there is.
+const ARCHIVE_NICENESS: i32 = 19;
 /// Reports deleted per transaction by retention.
 const RETENTION_BATCH: usize = 1_000;
 
@@ -51,7 +53,16 @@ pub fn start(setup: ArchiverSetup, shutdown: CancellationToken) -> std::io::Resu
         .name("herd-archive".into())
         .spawn(move || {
             tracing::dispatcher::with_default(&dispatch, || {
-                Archiver::new(setup, super::open).run(&stop)
+                // The lowest priority: where the CPUs are busy, the server's
+                // own threads come first and the archive waits (the log
+                // holds what it has not written); where they are not, it
+                // keeps up. Linux gives each thread its own niceness.
+                let me = rustix::thread::gettid();
+                if let Err(error) = rustix::process::setpriority_process(Some(me), ARCHIVE_NICENESS)
+                {
+                    warn!(%error, "the archive thread runs at normal priority");
+                }
+                Archiver::new(setup, super::open).run(&stop);
             });
         })?;
     // Wake the thread from its wait as soon as the server stops.
