@@ -73,21 +73,39 @@ fn catching_up_after_a_restart_sends_only_what_was_missed() {
         .map(|i| herd.client("Hill").iamat(&format!("missed{i}"), "+2+2"))
         .collect();
     herd.await_everywhere(&["Smith", "Singleton"], "missed2", &missed[2]);
-    let sent = |herd: &ProcessHerd, name: &str| herd.log(name).matches("sent to Campbell:").count();
-    let (smith_before, singleton_before) = (sent(&herd, "Smith"), sent(&herd, "Singleton"));
+    let sent = |herd: &ProcessHerd, name: &str| -> Vec<String> {
+        herd.log(name)
+            .lines()
+            .filter(|line| line.contains("sent to Campbell:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (smith_before, singleton_before) =
+        (sent(&herd, "Smith").len(), sent(&herd, "Singleton").len());
     herd.restart("Campbell");
     for (i, at) in missed.iter().enumerate() {
         herd.await_everywhere(&["Campbell"], &format!("missed{i}"), at);
     }
-    // Campbell kept its store and its cursors: each neighbour sent it the
-    // three updates it missed and at most the three fences that may have
-    // followed its own first one over that link, never the 300 it had.
-    let smith = sent(&herd, "Smith") - smith_before;
-    let singleton = sent(&herd, "Singleton") - singleton_before;
-    assert!(
-        smith <= 6 && singleton <= 6,
-        "Smith sent {smith}, Singleton {singleton}"
-    );
+    // Campbell kept its store and its cursors: each neighbour sent it what
+    // it missed and the fences that may have followed its own first one
+    // over that link, never the 300 it had. (What a neighbour wrote into
+    // Campbell's dead socket before it noticed, or logged late, may fall
+    // after the count taken above: those are missed reports too.)
+    for (name, before) in [("Smith", smith_before), ("Singleton", singleton_before)] {
+        let lines = sent(&herd, name);
+        let again: Vec<&String> = lines[before..]
+            .iter()
+            .filter(|l| l.contains(" bulk"))
+            .collect();
+        assert!(
+            again.is_empty(),
+            "{name} sent Campbell what it had: {again:?}"
+        );
+        eprintln!(
+            "{name} sent Campbell {} updates after its restart",
+            lines.len() - before
+        );
+    }
     assert!(herd.client("Campbell").at_line_of("bulk7").is_some());
 }
 
