@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why the certificates to trust could not be read; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -25,31 +25,37 @@ pub enum TrustError {
     NoCertificate { path: PathBuf },
     #[error("a certificate in {} cannot be used: {error}", path.display())]
     Unusable { path: PathBuf, error: rustls::Error },
+    #[error("no private key in {} (a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)", path.display())]
+    NoKey { path: PathBuf },
+    #[error("the key in {} and the certificate in {} cannot be used together: {error}", key.display(), cert.display())]
+    Identity {
+        cert: PathBuf,
+        key: PathBuf,
+        error: rustls::Error,
+    },
     #[error("setting up TLS: {0}")]
     Setup(rustls::Error),
 }
 
+/// A certificate (PEM, the chain) and its private key (PEM) that a client
+/// shows the server it connects to.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
 /// A TLS client configuration that trusts the certificates in the PEM file
-/// `ca`, or the Mozilla roots without one.
-pub fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, TrustError> {
+/// `ca`, or the Mozilla roots without one, and shows `identity` if the
+/// server asks for a client certificate.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<Identity<'_>>,
+) -> Result<rustls::ClientConfig, TrustError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|error| TrustError::Read {
-                path: path.to_owned(),
-                error,
-            })?;
-            let certificates = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| TrustError::Pem {
-                    path: path.to_owned(),
-                    message: error.to_string(),
-                })?;
-            if certificates.is_empty() {
-                return Err(TrustError::NoCertificate {
-                    path: path.to_owned(),
-                });
-            }
+            let certificates = certificates(path)?;
             for certificate in certificates {
                 roots
                     .add(certificate)
@@ -61,13 +67,57 @@ pub fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, TrustErr
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(TrustError::Setup)?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    .with_root_certificates(roots);
+    let Some(identity) = identity else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = certificates(identity.cert)?;
+    let pem = read(identity.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|error| match error {
+        rustls::pki_types::pem::Error::NoItemsFound => TrustError::NoKey {
+            path: identity.key.to_owned(),
+        },
+        error => TrustError::Pem {
+            path: identity.key.to_owned(),
+            message: error.to_string(),
+        },
+    })?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|error| TrustError::Identity {
+            cert: identity.cert.to_owned(),
+            key: identity.key.to_owned(),
+            error,
+        })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
+    std::fs::read(path).map_err(|error| TrustError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// The certificates in the PEM file `path`: at least one.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
+    let pem = read(path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TrustError::Pem {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+    if certificates.is_empty() {
+        return Err(TrustError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certificates)
 }
 
 #[cfg(test)]
@@ -79,12 +129,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("ca.pem");
         std::fs::write(&empty, "no PEM here\n").unwrap();
-        let error = client_config(Some(&empty)).unwrap_err().to_string();
+        let error = client_config(Some(&empty), None).unwrap_err().to_string();
         assert!(error.contains("no certificate in"), "{error}");
         assert!(error.contains("ca.pem"), "{error}");
         let missing = dir.path().join("missing.pem");
-        let error = client_config(Some(&missing)).unwrap_err().to_string();
+        let error = client_config(Some(&missing), None).unwrap_err().to_string();
         assert!(error.starts_with("cannot read"), "{error}");
-        assert!(client_config(None).is_ok());
+        assert!(client_config(None, None).is_ok());
     }
 }

@@ -832,3 +832,50 @@ fn on_postgres_over_tcp_the_archive_goes_over_tls_checked_against_tls_ca() {
     assert!(stderr.contains("invalid peer certificate"), "{stderr}");
     assert!(!stderr.contains(&server.password), "{stderr}");
 }
+
+/// A PostgreSQL that asks for a client certificate gets the one
+/// `tls_cert`/`tls_key` name; without it, the refusal says why.
+#[test]
+fn on_postgres_a_client_certificate_is_shown_when_the_server_asks_for_one() {
+    let pki = Pki::new();
+    let Some(server) = PgServer::start_tls_asking_certificates(&pki.issue_local(), &pki.ca_file)
+    else {
+        return;
+    };
+    let client = pki.issue(&["herd"], false);
+    std::fs::write(pki.path("client.crt"), &client.cert).unwrap();
+    std::fs::write(pki.path("client.key"), &client.key).unwrap();
+    let password_file = pki.path("password");
+    std::fs::write(&password_file, format!("{}\n", server.password)).unwrap();
+    let config = |name: &str, identity: &str| {
+        let path = pki.path(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[history]\ndatabase = \"postgres\"\nurl = \"{}\"\npassword_file = {password_file:?}\n\
+                 tls_ca = {:?}\n{identity}\n\
+                 [[servers]]\nname = \"Hill\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n",
+                server.tcp_url_for("herd", "postgres"),
+                pki.ca_file
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let identity = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        pki.path("client.crt"),
+        pki.path("client.key")
+    );
+    let shown = history(&config("with.toml", &identity), &["kiwi", "--json"]);
+    assert_eq!(json(&shown).len(), 0, "{shown}");
+    let output = Command::new(herd_binary())
+        .args(["history", "kiwi", "--config"])
+        .arg(config("without.toml", ""))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains(&server.password), "{stderr}");
+}

@@ -60,7 +60,7 @@ async fn connect(address: &str, tls: &TlsArgs) -> anyhow::Result<Box<dyn Connect
 
 /// The TLS settings of a client: trusting --ca, or else the Mozilla roots.
 fn client_config(tls: &TlsArgs) -> anyhow::Result<rustls::ClientConfig> {
-    herd::tls::client_config(tls.ca.as_deref()).context("--ca")
+    herd::tls::client_config(tls.ca.as_deref(), None).context("--ca")
 }
 
 /// The name the server's certificate is checked for: --tls-server-name,

@@ -323,6 +323,12 @@ pub struct HistoryConfig {
     /// whenever the server offers it over TCP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) and its key, for a PostgreSQL that asks
+    /// for one (`clientcert` in its pg_hba.conf); both or neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Reports received longer ago than this many days are deleted; 0
     /// keeps them for ever.
     pub retention_days: u64,
@@ -342,6 +348,8 @@ impl Default for HistoryConfig {
             password_file: None,
             password_env: None,
             tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             retention_days: 0,
             batch_size: 1_000,
             interval_ms: 200,
@@ -359,9 +367,11 @@ impl HistoryConfig {
                     || self.password_file.is_some()
                     || self.password_env.is_some()
                     || self.tls_ca.is_some()
+                    || self.tls_cert.is_some()
+                    || self.tls_key.is_some()
                 {
                     return Err(
-                        "history.url, password_file/password_env and tls_ca are for database = \"postgres\""
+                        "history.url, password_file/password_env and tls_ca/tls_cert/tls_key are for database = \"postgres\""
                             .into(),
                     );
                 }
@@ -394,9 +404,17 @@ impl HistoryConfig {
                 if self.password_file.is_some() && self.password_env.is_some() {
                     return Err("history takes password_file or password_env, not both".into());
                 }
-                for file in [&mut self.password_file, &mut self.tls_ca]
-                    .into_iter()
-                    .flatten()
+                if self.tls_cert.is_some() != self.tls_key.is_some() {
+                    return Err("history takes tls_cert and tls_key together".into());
+                }
+                for file in [
+                    &mut self.password_file,
+                    &mut self.tls_ca,
+                    &mut self.tls_cert,
+                    &mut self.tls_key,
+                ]
+                .into_iter()
+                .flatten()
                 {
                     *file = base.join(&*file);
                 }
@@ -1233,6 +1251,10 @@ mod tests {
             ),
             ("url = \"host=db\"", "are for database = \"postgres\""),
             ("tls_ca = \"ca.pem\"", "are for database = \"postgres\""),
+            (
+                "database = \"postgres\"\nurl = \"host=db\"\ntls_cert = \"c.pem\"",
+                "tls_cert and tls_key together",
+            ),
             (
                 "database = \"postgres\"\nurl = \"host=db\"\npassword_file = \"a\"\npassword_env = \"B\"",
                 "not both",

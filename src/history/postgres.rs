@@ -132,12 +132,18 @@ impl Postgres {
         let client = if options.get_ssl_mode() == SslMode::Disable {
             options.connect(NoTls)
         } else {
-            let trust = crate::tls::client_config(config.tls_ca.as_deref()).map_err(|error| {
-                HistoryError::Postgres {
-                    target: target.clone(),
-                    message: format!("history.tls_ca: {error}"),
-                }
-            })?;
+            let identity = config
+                .tls_cert
+                .as_deref()
+                .zip(config.tls_key.as_deref())
+                .map(|(cert, key)| crate::tls::Identity { cert, key });
+            let trust =
+                crate::tls::client_config(config.tls_ca.as_deref(), identity).map_err(|error| {
+                    HistoryError::Postgres {
+                        target: target.clone(),
+                        message: format!("history TLS: {error}"),
+                    }
+                })?;
             options.connect(MakeRustlsConnect::new(trust))
         }
         .map_err(error)?;

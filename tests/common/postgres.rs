@@ -35,6 +35,9 @@ pub struct PgServer {
     port: u16,
     /// Its certificate and key, when it takes TLS on the loopback address.
     tls: Option<(PathBuf, PathBuf)>,
+    /// The CA whose client certificates it asks for over TCP, and the
+    /// pg_hba.conf that asks for them.
+    client_ca: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
     pub password: String,
 }
@@ -76,16 +79,25 @@ impl PgServer {
     /// A new server, running and accepting connections; `None`, having
     /// said why, where PostgreSQL is not installed.
     pub fn start() -> Option<PgServer> {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// A new server that also listens on 127.0.0.1 (on a free port) and
     /// takes TLS there, showing `issued`; see `tcp_url_for`.
     pub fn start_tls(issued: &super::pki::Issued) -> Option<PgServer> {
-        Self::start_with(Some(issued))
+        Self::start_with(Some(issued), None)
     }
 
-    fn start_with(tls: Option<&super::pki::Issued>) -> Option<PgServer> {
+    /// As `start_tls`, and over TCP it also asks for a client certificate
+    /// issued by the CA in the PEM file `client_ca` (and the password).
+    pub fn start_tls_asking_certificates(
+        issued: &super::pki::Issued,
+        client_ca: &Path,
+    ) -> Option<PgServer> {
+        Self::start_with(Some(issued), Some(client_ca))
+    }
+
+    fn start_with(tls: Option<&super::pki::Issued>, client_ca: Option<&Path>) -> Option<PgServer> {
         let Some(bin) = binaries() else {
             eprintln!(
                 "skipping: PostgreSQL's server binaries are missing \
@@ -125,12 +137,32 @@ impl PgServer {
             }
             (cert, key)
         });
+        let client_ca = client_ca.map(|ca| {
+            let (copy, hba) = (
+                dir.path().join("client-ca.pem"),
+                dir.path().join("pg_hba.conf"),
+            );
+            std::fs::copy(ca, &copy).expect("copying the client CA");
+            std::fs::write(
+                &hba,
+                "local all all scram-sha-256\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
+            )
+            .expect("writing pg_hba.conf");
+            if let Some((uid, gid)) = owner {
+                for path in [&copy, &hba] {
+                    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to nobody");
+                }
+            }
+            (copy, hba)
+        });
         let mut server = PgServer {
             port: super::process::free_address().port(),
             dir,
             bin,
             owner,
             tls,
+            client_ca,
             child: None,
             password,
         };
@@ -204,6 +236,13 @@ impl PgServer {
                 .arg("-c")
                 .arg(format!("ssl_key_file={}", key.display())),
         };
+        if let Some((ca, hba)) = &self.client_ca {
+            command
+                .arg("-c")
+                .arg(format!("ssl_ca_file={}", ca.display()))
+                .arg("-c")
+                .arg(format!("hba_file={}", hba.display()));
+        }
         let child = command
             // A test never outlives the machine's page cache.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
