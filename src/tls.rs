@@ -11,22 +11,33 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Why the certificates to trust could not be read; each names the file.
+/// Why a PEM file of certificates or of a key could not be read; each
+/// names the file at fault.
 #[derive(Debug, thiserror::Error)]
-pub enum TrustError {
+pub enum PemError {
     #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("{} is not PEM, or has a damaged PEM block: {message}", path.display())]
+    #[error("{}: not PEM, or a damaged PEM block: {message}", path.display())]
     Pem { path: PathBuf, message: String },
-    #[error("no certificate in {} (a PEM `CERTIFICATE` block)", path.display())]
+    #[error("{}: no certificate in it (a PEM `CERTIFICATE` block)", path.display())]
     NoCertificate { path: PathBuf },
+    #[error(
+        "{}: no private key in it (a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)",
+        path.display()
+    )]
+    NoKey { path: PathBuf },
+}
+
+/// Why a client's TLS settings could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error(transparent)]
+    File(#[from] PemError),
     #[error("a certificate in {} cannot be used: {error}", path.display())]
     Unusable { path: PathBuf, error: rustls::Error },
-    #[error("no private key in {} (a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)", path.display())]
-    NoKey { path: PathBuf },
     #[error("the key in {} and the certificate in {} cannot be used together: {error}", key.display(), cert.display())]
     Identity {
         cert: PathBuf,
@@ -55,8 +66,7 @@ pub fn client_config(
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            let certificates = certificates(path)?;
-            for certificate in certificates {
+            for certificate in read_certificates(path)? {
                 roots
                     .add(certificate)
                     .map_err(|error| TrustError::Unusable {
@@ -76,17 +86,8 @@ pub fn client_config(
     let Some(identity) = identity else {
         return Ok(builder.with_no_client_auth());
     };
-    let chain = certificates(identity.cert)?;
-    let pem = read(identity.key)?;
-    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|error| match error {
-        rustls::pki_types::pem::Error::NoItemsFound => TrustError::NoKey {
-            path: identity.key.to_owned(),
-        },
-        error => TrustError::Pem {
-            path: identity.key.to_owned(),
-            message: error.to_string(),
-        },
-    })?;
+    let chain = read_certificates(identity.cert)?;
+    let key = read_private_key(identity.key)?;
     builder
         .with_client_auth_cert(chain, key)
         .map_err(|error| TrustError::Identity {
@@ -96,28 +97,40 @@ pub fn client_config(
         })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
-    std::fs::read(path).map_err(|error| TrustError::Read {
+fn read(path: &Path) -> Result<Vec<u8>, PemError> {
+    std::fs::read(path).map_err(|error| PemError::Read {
         path: path.to_owned(),
         error,
     })
 }
 
-/// The certificates in the PEM file `path`: at least one.
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
-    let pem = read(path)?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
+/// The certificates in the PEM file `path`, in order: at least one.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certificates = CertificateDer::pem_slice_iter(&read(path)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| TrustError::Pem {
+        .map_err(|error| PemError::Pem {
             path: path.to_owned(),
             message: error.to_string(),
         })?;
     if certificates.is_empty() {
-        return Err(TrustError::NoCertificate {
+        return Err(PemError::NoCertificate {
             path: path.to_owned(),
         });
     }
     Ok(certificates)
+}
+
+/// The private key in the PEM file `path`.
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|error| match error {
+        rustls::pki_types::pem::Error::NoItemsFound => PemError::NoKey {
+            path: path.to_owned(),
+        },
+        error => PemError::Pem {
+            path: path.to_owned(),
+            message: error.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]

@@ -277,6 +277,46 @@ fn history(config: &Path, arguments: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// `herd history ARGUMENTS --config CONFIG`, which must fail: what it
+/// said on standard error.
+fn history_fails(config: &Path, arguments: &[&str]) -> String {
+    let output = Command::new(herd_binary())
+        .arg("history")
+        .args(arguments)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("running herd history");
+    assert!(
+        !output.status.success(),
+        "herd history {arguments:?} did not fail"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Writes a config for `herd history` to `path`: the `[history]` table
+/// `table`, and one server.
+fn history_config_file(path: &Path, table: &str) -> std::path::PathBuf {
+    std::fs::write(
+        path,
+        format!("{table}\n[[servers]]\nname = \"Hill\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n"),
+    )
+    .expect("writing the config");
+    path.to_owned()
+}
+
+/// A `[history]` table for the TLS port of `server`, trusting `ca`, with
+/// the password in a file of `pki`'s folder and `extra` keys.
+fn tls_table(server: &PgServer, pki: &Pki, ca: &Path, extra: &str) -> String {
+    let password_file = pki.path("password");
+    std::fs::write(&password_file, format!("{}\n", server.password)).expect("password file");
+    format!(
+        "[history]\ndatabase = \"postgres\"\nurl = \"{}\"\npassword_file = {password_file:?}\n\
+         tls_ca = {ca:?}\n{extra}\n",
+        server.tcp_url_for("herd", "postgres")
+    )
+}
+
 fn json(text: &str) -> Vec<serde_json::Value> {
     serde_json::from_str(text).unwrap()
 }
@@ -737,23 +777,14 @@ fn a_wrong_postgres_password_is_a_clear_error_that_does_not_show_it() {
     let dir = tempfile::tempdir().unwrap();
     let wrong = "not-the-password-4f2a";
     std::fs::write(dir.path().join("pw"), wrong).unwrap();
-    let config = dir.path().join("herd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[history]\ndatabase = \"postgres\"\nurl = \"{}\"\npassword_file = \"pw\"\n\n\
-             [[servers]]\nname = \"Hill\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n",
+    let config = history_config_file(
+        &dir.path().join("herd.toml"),
+        &format!(
+            "[history]\ndatabase = \"postgres\"\nurl = \"{}\"\npassword_file = \"pw\"\n",
             backend.pg().url()
         ),
-    )
-    .unwrap();
-    let output = Command::new(herd_binary())
-        .args(["history", "kiwi", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    );
+    let stderr = history_fails(&config, &["kiwi"]);
     assert!(
         stderr.contains("password authentication failed"),
         "{stderr}"
@@ -774,15 +805,7 @@ fn on_postgres_over_tcp_the_archive_goes_over_tls_checked_against_tls_ca() {
     let Some(server) = PgServer::start_tls(&pki.issue_local()) else {
         return;
     };
-    let password_file = pki.path("password");
-    std::fs::write(&password_file, format!("{}\n", server.password)).unwrap();
-    let table = |ca: &Path| {
-        format!(
-            "[history]\ndatabase = \"postgres\"\nurl = \"{}\"\npassword_file = {password_file:?}\n\
-             tls_ca = {ca:?}\ninterval_ms = 5\n",
-            server.tcp_url_for("herd", "postgres")
-        )
-    };
+    let table = |ca: &Path| tls_table(&server, &pki, ca, "interval_ms = 5");
     let herd = Herd::start_with(&[("Hill", &[])], &table(&pki.ca_file));
     let mut client = herd.client("Hill");
     client.iamat("kiwi", "+1+1");
@@ -806,29 +829,12 @@ fn on_postgres_over_tcp_the_archive_goes_over_tls_checked_against_tls_ca() {
     assert!(over_tls >= 1, "the archiver's connection is not TLS");
     assert_eq!(plain, 0, "a connection of herd's without TLS");
 
-    let config = |name: &str, ca: &Path| {
-        let path = pki.path(name);
-        std::fs::write(
-            &path,
-            format!(
-                "{}\n[[servers]]\nname = \"Hill\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n",
-                table(ca)
-            ),
-        )
-        .unwrap();
-        path
-    };
+    let config = |name: &str, ca: &Path| history_config_file(&pki.path(name), &table(ca));
     let answer = history(&config("right.toml", &pki.ca_file), &["kiwi"]);
     assert!(answer.contains("kiwi"), "{answer}");
     // A CA that did not issue the server's certificate.
     let other = Pki::new();
-    let output = Command::new(herd_binary())
-        .args(["history", "kiwi", "--config"])
-        .arg(config("wrong.toml", &other.ca_file))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = history_fails(&config("wrong.toml", &other.ca_file), &["kiwi"]);
     assert!(stderr.contains("invalid peer certificate"), "{stderr}");
     assert!(!stderr.contains(&server.password), "{stderr}");
 }
@@ -845,22 +851,11 @@ fn on_postgres_a_client_certificate_is_shown_when_the_server_asks_for_one() {
     let client = pki.issue(&["herd"], false);
     std::fs::write(pki.path("client.crt"), &client.cert).unwrap();
     std::fs::write(pki.path("client.key"), &client.key).unwrap();
-    let password_file = pki.path("password");
-    std::fs::write(&password_file, format!("{}\n", server.password)).unwrap();
     let config = |name: &str, identity: &str| {
-        let path = pki.path(name);
-        std::fs::write(
-            &path,
-            format!(
-                "[history]\ndatabase = \"postgres\"\nurl = \"{}\"\npassword_file = {password_file:?}\n\
-                 tls_ca = {:?}\n{identity}\n\
-                 [[servers]]\nname = \"Hill\"\nclient = \"127.0.0.1:1\"\npeer = \"127.0.0.1:2\"\n",
-                server.tcp_url_for("herd", "postgres"),
-                pki.ca_file
-            ),
+        history_config_file(
+            &pki.path(name),
+            &tls_table(&server, &pki, &pki.ca_file, identity),
         )
-        .unwrap();
-        path
     };
     let identity = format!(
         "tls_cert = {:?}\ntls_key = {:?}\n",
@@ -869,13 +864,7 @@ fn on_postgres_a_client_certificate_is_shown_when_the_server_asks_for_one() {
     );
     let shown = history(&config("with.toml", &identity), &["kiwi", "--json"]);
     assert_eq!(json(&shown).len(), 0, "{shown}");
-    let output = Command::new(herd_binary())
-        .args(["history", "kiwi", "--config"])
-        .arg(config("without.toml", ""))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = history_fails(&config("without.toml", ""), &["kiwi"]);
     assert!(stderr.contains("certificate"), "{stderr}");
     assert!(!stderr.contains(&server.password), "{stderr}");
 }

@@ -7,13 +7,11 @@
 //! library or build tool beyond a C compiler.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
@@ -21,24 +19,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsFiles;
+use crate::tls::{PemError, read_certificates, read_private_key};
 
 /// Why a certificate could not be used; each names the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {error}", path.display())]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{}: not PEM, or a damaged PEM block: {message}", path.display())]
-    Pem { path: PathBuf, message: String },
-    #[error("{}: no certificate in it (a PEM `CERTIFICATE` block)", path.display())]
-    NoCertificate { path: PathBuf },
-    #[error(
-        "{}: no private key in it (a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)",
-        path.display()
-    )]
-    NoKey { path: PathBuf },
+    #[error(transparent)]
+    File(#[from] PemError),
     #[error("{}: a private key this server cannot use: {error}", path.display())]
     BadKey { path: PathBuf, error: rustls::Error },
     #[error(
@@ -119,21 +106,24 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 /// `not_after`, at `now`: nothing while more than [`EXPIRY_WARNING`] is
 /// left.
 pub fn expiry_warning(not_after: SystemTime, now: SystemTime) -> Option<String> {
-    let date = x509_cert::der::DateTime::from_system_time(not_after)
-        .map_or_else(|_| "a date past 9999".to_owned(), |date| date.to_string());
+    let date = || {
+        x509_cert::der::DateTime::from_system_time(not_after)
+            .map_or_else(|_| "a date past 9999".to_owned(), |date| date.to_string())
+    };
     match not_after.duration_since(now) {
         Err(_) => Some(format!(
-            "expired on {date}: clients that check it refuse it; replace it and send SIGHUP"
+            "expired on {}: clients that check it refuse it; replace it and send SIGHUP",
+            date()
         )),
         Ok(left) if left <= EXPIRY_WARNING => {
-            let days = left.as_secs() / 86_400;
-            let when = match days {
+            let when = match left.as_secs() / 86_400 {
                 0 => "within a day".to_owned(),
                 1 => "in 1 day".to_owned(),
                 days => format!("in {days} days"),
             };
             Some(format!(
-                "expires {when}, on {date}; replace it and send SIGHUP"
+                "expires {when}, on {}; replace it and send SIGHUP",
+                date()
             ))
         }
         Ok(_) => None,
@@ -179,28 +169,8 @@ fn read_certified_key(
     files: &TlsFiles,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let cert_pem = read(&files.cert)?;
-    let key_pem = read(&files.key)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| TlsError::Pem {
-            path: files.cert.clone(),
-            message: error.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: files.cert.clone(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| match error {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
-            path: files.key.clone(),
-        },
-        error => TlsError::Pem {
-            path: files.key.clone(),
-            message: error.to_string(),
-        },
-    })?;
+    let chain = read_certificates(&files.cert)?;
+    let key = read_private_key(&files.key)?;
     let signing_key = provider
         .key_provider
         .load_private_key(key)
@@ -221,13 +191,6 @@ fn read_certified_key(
             error,
         }),
     }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|error| TlsError::Read {
-        path: path.to_owned(),
-        error,
-    })
 }
 
 #[cfg(test)]
