@@ -16,9 +16,9 @@ binary, in the same run:
    at steady state (an open-loop IAMAT load at S01 of --rate per second,
    each report from one of many clients, so every one must be flooded):
    payload messages per update over the minimum N-1 (the "sent to" lines
-   of every server's log over the IAMATs answered), announcement bytes per
-   update (from the counters a server logs when it stops, where it has
-   them), propagation p50/p99 from S01 to the farthest server; then, on a
+   of every server's log over the IAMATs answered), watermark bytes per
+   update (announcement bytes in older builds; from the counters a server
+   logs when it stops, where it has them), propagation p50/p99 from S01 to the farthest server; then, on a
    fresh herd, the IAMAT throughput the whole herd keeps up with
    (herd-bench iamat --flooded-to the farthest).
 
@@ -161,7 +161,9 @@ def size_rows(herd_bin, bench_bin, args, workdir):
             sent = payloads(herd)
             iamats = len(re.findall(r" sent: AT ", herd.log(first)))
             per["payloads"].append(sent / iamats / (n - 1) if iamats else None)
-            per["announce"].append(counts["announcement_bytes_sent"] / stored if stored else None)
+            # Watermark lines, or announcements in builds before them.
+            marks = counts.get("watermark_bytes_sent", counts.get("announcement_bytes_sent"))
+            per["announce"].append(marks / stored if stored and marks is not None else None)
             per["p50"].append(p50)
             per["p99"].append(p99)
             # Saturation, on a fresh herd: what the whole herd keeps up with.
@@ -216,7 +218,7 @@ def main():
             report.append(f"| {row[0]} | " + " | ".join(cells) + " |")
         report += ["", f"## Generated herds ({args.topology}): per update, from S01", "",
                    "| servers | hops to farthest | contender | payloads per update / (N−1) | "
-                   "announcement bytes per update | propagation p50 µs | p99 µs | "
+                   "watermark bytes per update | propagation p50 µs | p99 µs | "
                    "IAMAT/s held by all |", "|---|---|---|---|---|---|---|---|"]
         for name, binary in contenders:
             for n, hops, pay, ann, p50, p99, held in size_rows(binary, bench_bin, args, workdir):

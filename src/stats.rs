@@ -258,9 +258,9 @@ pub struct ServerStats {
     /// included in the frames.
     pub frames_sent: Counter,
     pub updates_sent: Counter,
-    /// Announcements (`H`) sent over lazy links, and their bytes.
-    pub announcements_sent: Counter,
-    pub announcement_bytes_sent: Counter,
+    /// Watermark lines (`W`) sent to neighbours, and their bytes.
+    pub watermarks_sent: Counter,
+    pub watermark_bytes_sent: Counter,
     /// Frames and update lines received, and the updates that were stored.
     pub frames_received: Counter,
     pub updates_received: Counter,

@@ -224,7 +224,7 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
     // Plain lines, as a client of the original herd might send.
     let mut stranger = TcpStream::connect(peer).unwrap();
     let hello = challenge(&mut stranger);
-    assert!(hello.starts_with("HERD-CHALLENGE 3 "), "{hello}");
+    assert!(hello.starts_with("HERD-CHALLENGE 4 "), "{hello}");
     stranger
         .write_all(format!("HERD-PEER Smith\n{forged}\n").as_bytes())
         .unwrap();
@@ -237,7 +237,7 @@ fn a_stranger_on_a_peer_port_changes_nothing() {
     let mut stranger = TcpStream::connect(peer).unwrap();
     challenge(&mut stranger);
     stranger
-        .write_all(b"HERD-HELLO 3 Smith Hill 00000000\n\x00\x30")
+        .write_all(b"HERD-HELLO 4 Smith Hill 00000000\n\x00\x30")
         .unwrap();
     let _ = stranger.write_all(&[0xab; 0x30]);
     let payload = format!("U 1 {forged}\nC 1\n");

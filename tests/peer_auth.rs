@@ -227,7 +227,7 @@ fn read_line(reader: &mut impl BufRead) -> String {
 
 #[test]
 fn a_hello_of_another_protocol_version_is_refused_and_both_sides_say_so() {
-    // Smith dials Hill speaking a version 4 that Hill does not know: its
+    // Smith dials Hill speaking a version 5 that Hill does not know: its
     // hello names it second. Hill refuses and says why; Smith, which has
     // read Hill's challenge, knows Hill's version for its own log.
     let herd = hill_alone();
@@ -237,13 +237,13 @@ fn a_hello_of_another_protocol_version_is_refused_and_both_sides_say_so() {
         .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let challenge = read_line(&mut reader);
-    assert!(challenge.starts_with("HERD-CHALLENGE 3 "), "{challenge}");
-    (&stream).write_all(b"HERD-HELLO 4 Smith Hill\n").unwrap();
+    assert!(challenge.starts_with("HERD-CHALLENGE 4 "), "{challenge}");
+    (&stream).write_all(b"HERD-HELLO 5 Smith Hill\n").unwrap();
     let mut rest = String::new();
     let _ = reader.read_to_string(&mut rest);
     assert!(!rest.contains("HERD-WELCOME"), "{rest}");
     let refusal =
-        "claiming to be Smith: protocol version: it speaks peer protocol 4, this server 3";
+        "claiming to be Smith: protocol version: it speaks peer protocol 5, this server 4";
     common::eventually("Hill to refuse Smith's version", || {
         herd.log("Hill").contains(refusal)
     });
@@ -251,7 +251,7 @@ fn a_hello_of_another_protocol_version_is_refused_and_both_sides_say_so() {
 
 #[test]
 fn a_listener_of_another_protocol_version_is_told_ours_and_both_sides_say_so() {
-    // Hill dials a Smith of version 4: it answers the challenge with a
+    // Hill dials a Smith of version 5: it answers the challenge with a
     // hello of its own version, so that Smith can say why the link fails,
     // and says so itself.
     let mut herd = Herd::configure(PAIR, "");
@@ -262,13 +262,13 @@ fn a_listener_of_another_protocol_version_is_told_ours_and_both_sides_say_so() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     (&stream)
-        .write_all(format!("HERD-CHALLENGE 4 {}\n", "00".repeat(16)).as_bytes())
+        .write_all(format!("HERD-CHALLENGE 5 {}\n", "00".repeat(16)).as_bytes())
         .unwrap();
     let mut reader = BufReader::new(stream);
-    assert_eq!(read_line(&mut reader), "HERD-HELLO 3 Hill Smith");
+    assert_eq!(read_line(&mut reader), "HERD-HELLO 4 Hill Smith");
     assert_eq!(read_line(&mut reader), "", "Hill closes");
     let warning = format!(
-        "WARN cannot link to Smith at {}: protocol version: Smith speaks peer protocol 4, this server 3",
+        "WARN cannot link to Smith at {}: protocol version: Smith speaks peer protocol 5, this server 4",
         herd.server("Smith").peer
     );
     common::eventually("Hill to say Smith speaks another version", || {

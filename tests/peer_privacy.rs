@@ -93,7 +93,7 @@ fn a_peer_link_shows_no_client_id_or_coordinate_and_a_replay_changes_nothing() {
     assert!(at.starts_with("AT Smith "), "{at}");
 
     let recording = recorded.lock().unwrap().concat();
-    assert!(recording.starts_with(b"HERD-HELLO 3 Smith Hill "));
+    assert!(recording.starts_with(b"HERD-HELLO 4 Smith Hill "));
     for secret in [
         &b"kiwi"[..],
         b"ucla",

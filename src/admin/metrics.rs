@@ -380,9 +380,9 @@ impl Collector for ServerCollector {
         )?;
         counter(
             e,
-            "announcements_sent",
-            "Announcements (H lines) sent over lazy links.",
-            s.announcements_sent.get(),
+            "watermarks_sent",
+            "Watermark (W) lines sent to neighbours.",
+            s.watermarks_sent.get(),
         )?;
 
         // Storage.

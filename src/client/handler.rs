@@ -7,7 +7,7 @@ use crate::places::NearbyQuery;
 use crate::places::render::RenderedPlaces;
 use crate::protocol::framing::Frame;
 use crate::protocol::{self, Request};
-use crate::replica::store::{Applied, Source};
+use crate::replica::store::Applied;
 use crate::stats::Command;
 
 use super::Clients;
@@ -42,13 +42,14 @@ pub async fn handle(
     };
     match protocol::parse_request(line) {
         Ok(Request::Iamat(iamat)) => {
-            let at_line = protocol::write_at(&clients.name, received, &iamat, out);
             // Stored, and handed to every neighbour link before the reply
             // is written (see `connection::reply`).
-            let applied =
+            let (at_line, applied) =
                 clients
                     .replica
-                    .accept(&out[at_line.clone()], iamat.client_time, Source::Client);
+                    .accept_client(received, iamat.client_time, out, |received, out| {
+                        protocol::write_at(&clients.name, received, &iamat, out)
+                    });
             let counter = match applied {
                 Applied::Stored(_) => &clients.stats.iamat_stored,
                 Applied::Full => {

@@ -14,12 +14,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::peer::routes::{Routes, Wait};
-use crate::peer::wire::{
-    self, PayloadLine, frame_client_id, parse_have, parse_payload_line, update_parts,
-};
+use crate::peer::wire::{self, PayloadLine, frame_client_id, parse_payload_line, update_parts};
 use crate::protocol::parse_at_line;
+use crate::protocol::time::Timestamp;
 use crate::replica::Replica;
-use crate::replica::store::{Applied, Batch, Picked, Scan, Source, Store};
+use crate::replica::store::{self, Applied, Batch, Mark, Picked, Scan, Source, Store};
 
 /// The most updates in one frame (about 130 KB): big enough that a link
 /// with a backlog drains it in few frames, small enough that a frame is
@@ -30,11 +29,25 @@ pub const BATCH: usize = 1024;
 const BUSY_FRAME: usize = 16;
 pub const LINGER: Duration = Duration::from_millis(1);
 /// How long a lazy link holds a report's payload back, waiting for the
-/// neighbour to announce that it holds the report (from its own tree
-/// parent): long enough for the tree to deliver under load, short enough
-/// that a silently failed tree link still costs the servers below it well
-/// under 50 ms.
+/// neighbour's watermark to reach it (the neighbour has it from its own
+/// tree parent): long enough for the tree to deliver under load, short
+/// enough that a silently failed tree link still costs the servers below
+/// it well under 50 ms.
 pub const LAZY_HOLD: Duration = Duration::from_millis(20);
+/// On a busy lazy link (at least `BUSY_HELD` reports held), a held report
+/// whose wait is over waits on while the neighbour's watermark for its
+/// origin moved within this: the neighbour's tree is late (a herd busier
+/// than its CPUs), not broken, as a broken one stops the watermark below
+/// the first report it lost. On a quiet link a watermark moves only as
+/// often as reports come, so there the hold alone decides.
+const STILL_MOVING: Duration = Duration::from_millis(20);
+const BUSY_HELD: usize = 64;
+/// The longest a held report waits on so.
+const MAX_WAIT_ON: Duration = Duration::from_millis(100);
+/// The least time between frames a link sends for watermarks alone: a
+/// neighbour holding payloads for us learns within this, well inside its
+/// hold, what we hold, in one frame for however many reports.
+pub const MARK_INTERVAL: Duration = Duration::from_millis(2);
 /// The most reports a link holds back; past that, it sends at once.
 const MAX_HELD: usize = 1 << 16;
 
@@ -98,22 +111,77 @@ pub struct Sender {
     link_up_at: u64,
     /// Reports held back (see `routes`); the neighbour is complete only
     /// up to below the oldest.
-    held: Held,
+    held: Held<HeldReport>,
     scanned: Batch,
     pending: Batch,
     /// What becomes of each report of the current scan.
     decisions: Vec<Decision>,
-    /// Announcements put in frames, and their bytes, since last taken.
-    announced: (u64, u64),
+    /// Per origin number (see `Store::origin_id`): what is held back and
+    /// the watermark last sent.
+    origins: Vec<OriginMarks>,
+    /// Origin numbers by name, and names by number, as this link met them.
+    origin_ids: foldhash::HashMap<Box<[u8]>, usize>,
+    origin_names: Vec<Box<[u8]>>,
+    /// Watermarks as of the last poll: ours, and the neighbour's own.
+    own_marks: Vec<Mark>,
+    told: Vec<Mark>,
+    /// Watermark lines due: origin number, held, vouched.
+    marks: Vec<(usize, Mark, u64)>,
+    /// When the last frame of reports or watermarks went.
+    last_frame: Option<Instant>,
+    /// Watermark lines put in frames, and their bytes, since last taken.
+    marks_sent: (u64, u64),
+}
+
+/// A report held back, with what its watermark check needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct HeldReport {
+    picked: Picked,
+    origin: usize,
+    stamp: u64,
+}
+
+/// One origin's side of a link's watermarks.
+#[derive(Debug, Default)]
+struct OriginMarks {
+    /// The stamps held back whose minimum it is worth knowing: each is
+    /// lower than every one after it, and the first is the lowest held.
+    lowest: VecDeque<u64>,
+    /// The (held, vouched) pair last sent.
+    sent: (Mark, u64),
+    /// How far the neighbour said it holds, and when that last moved.
+    told_to: u64,
+    told_moved: Option<Instant>,
+}
+
+impl OriginMarks {
+    fn hold(&mut self, stamp: u64) {
+        while self.lowest.back().is_some_and(|&last| last > stamp) {
+            self.lowest.pop_back();
+        }
+        self.lowest.push_back(stamp);
+    }
+
+    /// Held reports leave in the order they came.
+    fn release(&mut self, stamp: u64) {
+        if self.lowest.front() == Some(&stamp) {
+            self.lowest.pop_front();
+        }
+    }
 }
 
 /// What a sending link does with one report it scanned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Decision {
     Payload,
-    /// An announcement (`H`), the payload held back or known to be there.
-    Announce,
+    /// Held back, or known to be there: nothing now.
     Skip,
+}
+
+/// The stamp of an AT line as stored (see `store::stamp`).
+fn line_stamp(at_line: &[u8]) -> u64 {
+    let time = at_line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    Timestamp::parse(time).map_or(u64::MAX, |time| store::stamp(at_line, time))
 }
 
 impl Sender {
@@ -130,16 +198,66 @@ impl Sender {
             scanned: Batch::new(),
             pending: Batch::new(),
             decisions: Vec::new(),
-            announced: (0, 0),
+            origins: Vec::new(),
+            origin_ids: foldhash::HashMap::default(),
+            origin_names: Vec::new(),
+            own_marks: Vec::new(),
+            told: Vec::new(),
+            marks: Vec::new(),
+            last_frame: None,
+            marks_sent: (0, 0),
         }
+    }
+
+    fn origin_id(&mut self, store: &Store, origin: &[u8]) -> usize {
+        if let Some(&id) = self.origin_ids.get(origin) {
+            return id;
+        }
+        let id = store.origin_id(origin);
+        self.origin_ids.insert(origin.into(), id);
+        self.origin(id);
+        id
+    }
+
+    fn origin(&mut self, id: usize) -> &mut OriginMarks {
+        if self.origins.len() <= id {
+            self.origins.resize_with(id + 1, OriginMarks::default);
+        }
+        &mut self.origins[id]
+    }
+
+    fn origin_name(&mut self, store: &Store, id: usize) -> &[u8] {
+        while self.origin_names.len() <= id {
+            let name = store
+                .origin_name(self.origin_names.len())
+                .unwrap_or_default();
+            self.origin_names.push(name);
+        }
+        &self.origin_names[id]
+    }
+
+    /// Whether the neighbour's watermark for origin `id` moved lately: its
+    /// tree delivers, if late.
+    fn still_moving(&self, id: usize, now: Instant) -> bool {
+        self.origins
+            .get(id)
+            .and_then(|state| state.told_moved)
+            .is_some_and(|moved| now < moved + STILL_MOVING)
+    }
+
+    /// Whether the neighbour said it holds a report held back.
+    fn covered(&self, report: &HeldReport) -> bool {
+        self.told
+            .get(report.origin)
+            .is_some_and(|told| told.covers(report.stamp))
     }
 
     /// Decides the next frame: the link-state lines in `control` (taken),
     /// held reports whose wait is over, then what the store accepted since
     /// the last look: a payload for the neighbours that are children in the
-    /// report's tree, an announcement (and a hold) for the others. Builds
-    /// the frame in `frame` (see `wire::start_frame`), calling `sent` with
-    /// each AT line whose payload is put in it.
+    /// report's tree, a hold for the others; then watermarks that moved.
+    /// Builds the frame in `frame` (see `wire::start_frame`), calling `sent`
+    /// with each AT line whose payload is put in it.
     pub fn poll(
         &mut self,
         store: &Store,
@@ -151,63 +269,109 @@ impl Sender {
     ) -> Step {
         let leave_out = (self.index, self.link_up_at);
         self.pending.clear();
-        // Held reports whose wait is over go now, unless superseded or sent
-        // to us meanwhile (which is what the wait was for).
-        while self.pending.len() < BATCH / 2
-            && let Some(picked) = self.held.pop_due(now)
-        {
-            store.still_to_send(picked, leave_out, &mut self.pending);
+        store.told(self.index, &mut self.told);
+        for id in 0..self.told.len() {
+            let to = self.told[id].to;
+            let state = self.origin(id);
+            if to > state.told_to {
+                state.told_to = to;
+                state.told_moved = Some(now);
+            }
         }
-        let mut behind = self.held.due(now);
+        // Held reports the neighbour now holds are dropped; those whose
+        // wait is over go now, unless superseded or sent to us meanwhile,
+        // or the neighbour is still catching up on their origin's reports.
+        let mut waiting_on = None;
+        while self.pending.len() < BATCH / 2
+            && let Some((report, until)) = self.held.front()
+        {
+            let covered = self.covered(&report);
+            if !covered && until > now {
+                break;
+            }
+            if !covered
+                && now < until + MAX_WAIT_ON
+                && self.held.len() >= BUSY_HELD
+                && self.still_moving(report.origin, now)
+                && let Some(moved) = self.origins[report.origin].told_moved
+            {
+                waiting_on = Some((moved + STILL_MOVING).min(until + MAX_WAIT_ON));
+                break;
+            }
+            self.held.pop_front();
+            self.origin(report.origin).release(report.stamp);
+            if !covered {
+                store.still_to_send(report.picked, leave_out, &mut self.pending);
+            }
+        }
+        let mut behind = waiting_on.is_none() && self.held.due(now);
         self.scanned.clear();
-        let Scan { reached, more } = store.since(
+        let Scan { reached, more } = store.since_marked(
             self.next,
-            Some(leave_out),
+            leave_out,
             BATCH - self.pending.len(),
             &mut self.scanned,
+            &mut self.own_marks,
         );
         behind |= more;
         self.decisions.clear();
-        let (mut updates, mut announcements) = (self.pending.len(), 0);
-        for (picked, at_line) in self.scanned.iter() {
+        let mut updates = self.pending.len();
+        let scanned = std::mem::take(&mut self.scanned);
+        for (picked, at_line) in scanned.iter() {
             // A large catch-up (what the store held before the link came
             // up) is sent whole: holding it back would only make it longer.
             // A live report is routed by the tree even when the link is
             // behind: under load the links are behind, and sending every
             // lazy link its payload then would only add to the load.
             let live = picked.seq > self.link_up_at;
+            let origin = wire::origin(at_line);
             let lazy = (live || !more)
-                && routes.wait(wire::origin(at_line), picked.came_from(), self.index) == Wait::Hold;
-            let decision = match (picked.held_there, lazy) {
-                // The neighbour holds it, and may be holding its payload
-                // for us: tell it we hold it too.
-                (true, true) => Decision::Announce,
-                (true, false) => Decision::Skip,
-                (false, true) if self.held.len() < MAX_HELD => {
-                    self.held.push(picked, now + LAZY_HOLD);
-                    Decision::Announce
+                && routes.wait(origin, picked.came_from(), self.index) == Wait::Hold;
+            let decision = if picked.held_there {
+                Decision::Skip
+            } else if lazy {
+                let report = HeldReport {
+                    picked,
+                    origin: self.origin_id(store, origin),
+                    stamp: line_stamp(at_line),
+                };
+                if self.covered(&report) {
+                    Decision::Skip
+                } else if self.held.len() < MAX_HELD {
+                    self.origin(report.origin).hold(report.stamp);
+                    self.held.push(report, now + LAZY_HOLD);
+                    Decision::Skip
+                } else {
+                    Decision::Payload
                 }
-                (false, _) => Decision::Payload,
+            } else {
+                Decision::Payload
             };
-            match decision {
-                Decision::Payload => updates += 1,
-                Decision::Announce => announcements += 1,
-                Decision::Skip => {}
+            if decision == Decision::Payload {
+                updates += 1;
             }
             self.decisions.push(decision);
         }
+        self.scanned = scanned;
         self.next = self.next.max(reached);
         self.complete = self
             .held
             .oldest()
-            .map_or(self.next, |oldest| oldest.seq.saturating_sub(1));
+            .map_or(self.next, |oldest| oldest.picked.seq.saturating_sub(1));
+        // Watermarks, once the scan reached the head: the neighbour will
+        // then have everything we hold but what is held back for it.
+        let wanted = !more && self.moved_marks(store, routes);
+        let marks_due = wanted
+            && self
+                .last_frame
+                .is_none_or(|last| now >= last + MARK_INTERVAL);
         // How far the neighbour is complete goes with the next frame of
         // reports, or else with the next heartbeat: a frame for that alone
         // costs both ends a turn (a write, a read, a cursor record), and on
         // a quiet link that would be a turn per report, back the way the
         // report came, in the way of its next hops. A cursor that lags only
         // means a few more reports sent again after a reconnection.
-        if updates > 0 || announcements > 0 || !control.is_empty() {
+        if updates > 0 || marks_due || !control.is_empty() {
             wire::start_frame(frame);
             frame.append(control);
             for (picked, at_line) in self.pending.iter() {
@@ -215,25 +379,20 @@ impl Sender {
                 wire::push_update(frame, picked.seq, at_line);
             }
             for ((picked, at_line), decision) in self.scanned.iter().zip(&self.decisions) {
-                match decision {
-                    Decision::Payload => {
-                        sent(at_line);
-                        wire::push_update(frame, picked.seq, at_line);
-                    }
-                    Decision::Announce => {
-                        let before = frame.len();
-                        wire::push_have(frame, at_line);
-                        self.announced.0 += 1;
-                        self.announced.1 += (frame.len() - before) as u64;
-                    }
-                    Decision::Skip => {}
+                if *decision == Decision::Payload {
+                    sent(at_line);
+                    wire::push_update(frame, picked.seq, at_line);
                 }
+            }
+            if !more {
+                self.push_marks(frame);
             }
             wire::push_complete(frame, self.complete);
             self.confirmed = self.complete;
+            self.last_frame = Some(now);
             let then = if behind {
                 Then::Hurry
-            } else if updates + announcements >= BUSY_FRAME {
+            } else if updates >= BUSY_FRAME {
                 Then::Linger(now + LINGER)
             } else {
                 Then::Poll
@@ -243,9 +402,58 @@ impl Sender {
         if behind {
             return Step::Again;
         }
+        let marks_at = self
+            .last_frame
+            .filter(|_| wanted)
+            .map(|last| last + MARK_INTERVAL);
+        let held_at = waiting_on.or_else(|| self.held.next_due());
         Step::Idle {
-            until: self.held.next_due(),
+            until: match (held_at, marks_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
         }
+    }
+
+    /// Works out the watermark lines that moved since last sent (into
+    /// `marks`); returns whether one is about an origin for which the
+    /// neighbour holds payloads back for us, which is worth a frame alone.
+    fn moved_marks(&mut self, store: &Store, routes: &Routes) -> bool {
+        self.marks.clear();
+        let mut wanted = false;
+        for id in 0..self.own_marks.len() {
+            let held = self.own_marks[id];
+            if held.is_empty() {
+                continue;
+            }
+            let state = self.origin(id);
+            // The neighbour has all of it but what is held back for it.
+            let vouched = state
+                .lowest
+                .front()
+                .map_or(held.to, |&lowest| held.to.min(lowest - 1))
+                .max(held.from);
+            if (held, vouched) == state.sent {
+                continue;
+            }
+            self.marks.push((id, held, vouched));
+            let index = self.index;
+            let name = self.origin_name(store, id);
+            wanted = wanted || routes.lazy(name, index);
+        }
+        wanted
+    }
+
+    /// Puts the moved watermarks in `frame`, as sent.
+    fn push_marks(&mut self, frame: &mut Vec<u8>) {
+        for &(id, held, vouched) in &self.marks {
+            let before = frame.len();
+            wire::push_mark(frame, &self.origin_names[id], held, vouched);
+            self.marks_sent.0 += 1;
+            self.marks_sent.1 += (frame.len() - before) as u64;
+            self.origins[id].sent = (held, vouched);
+        }
+        self.marks.clear();
     }
 
     /// The heartbeat's frame, in `frame`: how far the neighbour is
@@ -265,10 +473,10 @@ impl Sender {
         self.complete
     }
 
-    /// The announcements put in frames since the last call, and their
+    /// The watermark lines put in frames since the last call, and their
     /// bytes.
-    pub fn take_announced(&mut self) -> (u64, u64) {
-        std::mem::take(&mut self.announced)
+    pub fn take_marks_sent(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.marks_sent)
     }
 
     /// How many reports the link holds back.
@@ -298,8 +506,8 @@ impl Receiver {
     /// Calls `received` with each update's AT line and `malformed` with
     /// each line that is not a payload line. Returns the frame's last
     /// number, if it had one.
-    /// Link-state lines (`L`) go to `control`, announcements (`H`) mark the
-    /// reports the neighbour holds.
+    /// Link-state lines (`L`) go to `control`, watermarks (`W`) to the
+    /// store.
     pub fn frame(
         &self,
         replica: &Replica,
@@ -318,13 +526,14 @@ impl Receiver {
                     control(line);
                     continue;
                 }
-                Some(b'H') => {
-                    match parse_have(line) {
-                        Some((client, time)) => {
-                            replica
-                                .store()
-                                .announced(client, time, Source::Neighbour(self.index))
-                        }
+                Some(b'W') => {
+                    match wire::parse_mark(line) {
+                        Some((origin, held, vouched)) => replica.store().marked(
+                            Source::Neighbour(self.index),
+                            origin,
+                            held,
+                            vouched,
+                        ),
                         None => malformed(line),
                     }
                     continue;
@@ -401,7 +610,17 @@ impl<R: Copy + Ord> Held<R> {
         self.queue.push_back((report, until));
     }
 
+    /// The oldest report held, and when its wait is over.
+    fn front(&self) -> Option<(R, Instant)> {
+        self.queue.front().copied()
+    }
+
+    fn pop_front(&mut self) {
+        self.queue.pop_front();
+    }
+
     /// Takes a report whose wait is over, the oldest first.
+    #[cfg(test)]
     fn pop_due(&mut self, now: Instant) -> Option<R> {
         match self.queue.front() {
             Some(&(report, until)) if until <= now => {
@@ -485,11 +704,22 @@ mod tests {
             .collect()
     }
 
-    /// At A of the triangle A, B, C, a report made at B is announced to C
-    /// at once (A-C is outside B's tree) and its payload held; it goes when
-    /// the hold is over, unless C announced meanwhile that it holds it.
+    /// Applies a frame of `lines` from neighbour `index` at `replica`.
+    fn receive(replica: &Replica, index: usize, lines: &str) {
+        Receiver::new(index, 9).frame(
+            replica,
+            lines.as_bytes(),
+            |_, _| {},
+            |_| {},
+            |_| panic!("well-formed"),
+        );
+    }
+
+    /// At A of the triangle A, B, C, a report made at B is held back from
+    /// C (A-C is outside B's tree, both ways); its payload goes when the
+    /// hold is over, unless C's watermark for B reached it meanwhile.
     #[test]
-    fn a_lazy_link_announces_and_sends_the_payload_only_if_not_told() {
+    fn a_lazy_link_holds_the_payload_until_the_neighbours_watermark_reaches_it() {
         let routes = triangle_routes_at_a();
         let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
         let store = replica.store();
@@ -497,24 +727,7 @@ mod tests {
         let mut frame = Vec::new();
         let mut to_c = Sender::new(1, 0, 0);
         let from_b = at_line("B", "kiwi", "5");
-        replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
-            Timestamp::parse(b"5")
-        });
-        let step = poll(&mut to_c, store, &routes, t0, &mut frame);
-        assert_eq!(
-            step,
-            Step::Frame {
-                updates: 0,
-                then: Then::Poll
-            }
-        );
-        assert_eq!(lines(&frame, b'H'), ["H kiwi 5"]);
-        assert!(lines(&frame, b'U').is_empty());
-        assert_eq!(
-            lines(&frame, b'C'),
-            ["C 0"],
-            "not complete past a held report"
-        );
+        receive(&replica, 0, &format!("U 1 {from_b}\n"));
         let step = poll(&mut to_c, store, &routes, t0, &mut frame);
         assert_eq!(
             step,
@@ -523,6 +736,7 @@ mod tests {
             }
         );
         assert_eq!(to_c.held(), 1);
+        assert_eq!(to_c.complete(), 0, "not complete past a held report");
         let step = poll(&mut to_c, store, &routes, t0 + LAZY_HOLD, &mut frame);
         assert_eq!(
             step,
@@ -533,64 +747,93 @@ mod tests {
         );
         assert_eq!(lines(&frame, b'U'), [format!("U 1 {from_b}")]);
 
-        // Again, but C announces the report before the hold is over.
-        let from_b = at_line("B", "pear", "6");
-        replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
-            Timestamp::parse(b"6")
-        });
+        // Again, but B vouches that A holds it, and C says it holds it too
+        // before the hold is over.
         let t1 = t0 + LAZY_HOLD * 2;
-        poll(&mut to_c, store, &routes, t1, &mut frame);
-        assert_eq!(lines(&frame, b'H'), ["H pear 6"]);
-        let receiver = Receiver::new(1, 9);
-        receiver.frame(
+        let from_b = at_line("B", "pear", "6");
+        receive(
             &replica,
-            b"H pear 6\n",
-            |_, _| {},
-            |_| {},
-            |_| panic!("well-formed"),
+            0,
+            &format!("U 2 {from_b}\nW B 0 6000000000 6000000000\n"),
         );
+        poll(&mut to_c, store, &routes, t1, &mut frame);
+        // A tells C how far it holds B's reports; C's hold for A may end.
+        // Having held the payload back, A vouches only below it.
+        assert_eq!(lines(&frame, b'W'), ["W B 0 6000000000 5999999999"]);
+        assert!(lines(&frame, b'U').is_empty());
+        receive(&replica, 1, "W B 0 6000000000 0\n");
+        let step = poll(&mut to_c, store, &routes, t1 + LINGER, &mut frame);
+        assert_eq!(to_c.held(), 0, "dropped at once");
+        assert_eq!(
+            step,
+            Step::Idle {
+                until: Some(t1 + MARK_INTERVAL)
+            },
+            "the watermark waits its turn"
+        );
+        let step = poll(&mut to_c, store, &routes, t1 + MARK_INTERVAL, &mut frame);
+        assert!(matches!(step, Step::Frame { updates: 0, .. }), "{step:?}");
+        assert_eq!(lines(&frame, b'W'), ["W B 0 6000000000 6000000000"]);
         let step = poll(&mut to_c, store, &routes, t1 + LAZY_HOLD, &mut frame);
         assert_eq!(step, Step::Idle { until: None });
-        // The heartbeat still tells C how far it is complete.
-        to_c.heartbeat(&mut frame);
-        assert_eq!(wire::payload(&frame), b"C 2\n");
+        assert_eq!(to_c.complete(), 2);
     }
 
-    /// An announcement that comes before the report it names still spares
-    /// the payload once the report arrives.
+    /// A report the neighbour's watermark already covers is neither sent
+    /// nor held.
     #[test]
-    fn an_early_announcement_is_kept_for_its_report() {
+    fn a_report_under_the_neighbours_watermark_is_not_held() {
         let routes = triangle_routes_at_a();
         let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
-        let receiver = Receiver::new(1, 9);
-        receiver.frame(
-            &replica,
-            b"H kiwi 5\n",
-            |_, _| {},
-            |_| {},
-            |_| panic!("well-formed"),
-        );
-        let from_b = at_line("B", "kiwi", "5");
-        replica.apply(from_b.as_bytes(), Source::Neighbour(0), || {
-            Timestamp::parse(b"5")
-        });
+        receive(&replica, 1, "W B 0 9000000000 0\n");
+        receive(&replica, 0, &format!("U 1 {}\n", at_line("B", "kiwi", "5")));
         let now = Instant::now();
         let mut frame = Vec::new();
         let mut to_c = Sender::new(1, 0, 0);
-        // C holds it already: no payload and no hold, only the announcement
-        // that spares C its own hold for us.
-        let step = poll(&mut to_c, replica.store(), &routes, now, &mut frame);
-        assert_eq!(
-            step,
-            Step::Frame {
-                updates: 0,
-                then: Then::Poll
-            }
-        );
-        assert_eq!(lines(&frame, b'H'), ["H kiwi 5"]);
-        assert!(lines(&frame, b'U').is_empty());
         let step = poll(&mut to_c, replica.store(), &routes, now, &mut frame);
         assert_eq!(step, Step::Idle { until: None });
+        assert_eq!((to_c.held(), to_c.complete()), (0, 1));
+    }
+
+    /// A frame down the tree carries, after its payloads, the watermark
+    /// they complete: the origin's own, as far as its clients' reports go.
+    #[test]
+    fn payloads_down_the_tree_carry_their_watermark() {
+        let routes = triangle_routes_at_a();
+        let replica = Replica::in_memory(vec!["B".into(), "C".into()], 1);
+        let time = Timestamp::parse(b"7").unwrap();
+        let mut line = Vec::new();
+        for received in [7_000_000_005, 7_000_000_001] {
+            replica.accept_client(received, time, &mut line, |received, out| {
+                out.clear();
+                let skew = crate::protocol::time::SkewText::new(received, time);
+                out.extend_from_slice(b"AT A ");
+                out.extend_from_slice(skew.as_bytes());
+                out.extend_from_slice(format!(" c{received} +1+1 7").as_bytes());
+                0..out.len()
+            });
+        }
+        let mut frame = Vec::new();
+        let mut to_b = Sender::new(0, 0, 0);
+        poll(
+            &mut to_b,
+            replica.store(),
+            &routes,
+            Instant::now(),
+            &mut frame,
+        );
+        assert_eq!(lines(&frame, b'U').len(), 2);
+        // The second report's clock went back: it was stamped after the
+        // first all the same.
+        assert_eq!(
+            lines(&frame, b'W'),
+            ["W A 7000000004 7000000006 7000000006"]
+        );
+        let text = String::from_utf8_lossy(&frame).into_owned();
+        assert!(
+            text.ends_with("W A 7000000004 7000000006 7000000006\nC 2\n"),
+            "{text}"
+        );
     }
 
     /// Link-state lines go out in the next frame, before anything else.

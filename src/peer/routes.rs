@@ -1,13 +1,13 @@
-//! Which neighbours get a report's payload at once, and which get only an
-//! announcement that this server holds it (see `link` and
+//! Which neighbours get a report's payload at once, and which only if they
+//! do not say, in time, that they hold it (see `link` and
 //! `docs/flooding.md`).
 //!
 //! Every report travels down its origin's shortest-path tree over the links
 //! that are up: a server pushes it at once to the neighbours that are its
-//! children in that tree. To its other neighbours (lazy links) it sends a
-//! short announcement ("I have it") and holds the payload back for a while:
-//! if the neighbour has not said by then that it holds the report too, the
-//! tree failed it somewhere and the payload goes after all. So a healthy
+//! children in that tree. To its other neighbours (lazy links) it holds the
+//! payload back for a while: if the neighbour's watermark has not reached
+//! the report by then, the tree failed it somewhere and the payload goes
+//! after all. So a healthy
 //! herd carries each report's payload once per server, and a silent
 //! failure costs the servers below it one hold, not the report.
 //!
@@ -27,8 +27,8 @@ pub enum Wait {
     /// wherever a report came by another way than the tree (the tree is
     /// broken above us): the payload at once.
     None,
-    /// A lazy link: an announcement at once, the payload only if the
-    /// neighbour has not said it holds the report when the hold is over.
+    /// A lazy link: the payload only if the neighbour has not said it
+    /// holds the report (by its watermark) when the hold is over.
     Hold,
 }
 
@@ -135,6 +135,21 @@ impl Routes {
                 Wait::Hold
             }
             _ => Wait::None,
+        }
+    }
+
+    /// Whether the link with `neighbour` is lazy both ways for reports
+    /// made at `origin`: the neighbour is neither our parent nor our child
+    /// in the origin's tree, so that (computing the same tree) it holds
+    /// such reports back for us until we say we hold them.
+    pub fn lazy(&self, origin: &[u8], neighbour: usize) -> bool {
+        match self.eager.get(origin) {
+            Some(&(bits, parent)) => {
+                neighbour < self.neighbours
+                    && bits & (1 << neighbour) == 0
+                    && parent != Some(neighbour)
+            }
+            None => false,
         }
     }
 }
@@ -295,6 +310,15 @@ mod tests {
             "came from Smith"
         );
         assert_eq!(routes.wait(b"Hill", None, 2), Wait::None, "replayed");
+        // Lazy both ways with Campbell (Smith's child) alone: Jaquez is
+        // the parent, Smith a neighbour at the same depth, also lazy.
+        let lazy: Vec<bool> = (0..3).map(|n| routes.lazy(b"Hill", n)).collect();
+        assert_eq!(lazy, [false, true, true]);
+        assert!(!routes.lazy(b"Nobody", 1), "an unknown origin is flooded");
+        // Smith's children for Hill are Campbell alone; Hill is its parent.
+        let smith = Routes::configured("Smith", &["Hill", "Singleton", "Campbell"], &herd);
+        let lazy: Vec<bool> = (0..3).map(|n| smith.lazy(b"Hill", n)).collect();
+        assert_eq!(lazy, [false, true, false]);
     }
 
     #[test]

@@ -369,6 +369,8 @@ async fn send_updates(
     } = link;
     let store = links.replica.store();
     let stats = links.stats.neighbour(index);
+    // A neighbour that was away may have lost what it said it held.
+    store.forget_told(crate::replica::store::Source::Neighbour(index));
     let mut sender = Sender::new(index, start, store.head());
     let mut sealed = Vec::new();
     // Acknowledgement records read but not yet whole.
@@ -406,9 +408,9 @@ async fn send_updates(
                     stats.updates_sent.add(updates as u64);
                     stats.bytes_sent.add(sealed.len() as u64);
                 }
-                let (announcements, bytes) = sender.take_announced();
-                links.stats.announcements_sent.add(announcements);
-                links.stats.announcement_bytes_sent.add(bytes);
+                let (marks, bytes) = sender.take_marks_sent();
+                links.stats.watermarks_sent.add(marks);
+                links.stats.watermark_bytes_sent.add(bytes);
                 match then {
                     Then::Hurry => tokio::task::yield_now().await,
                     Then::Linger(until) => tokio::select! {
@@ -622,7 +624,7 @@ async fn receive(
     links
         .replica
         .store()
-        .forget_early(crate::replica::store::Source::Neighbour(index));
+        .forget_told(crate::replica::store::Source::Neighbour(index));
     let receiver = Receiver::new(index, run);
     let outcome = tokio::select! {
         outcome = receive_frames(links, &receiver, &name, noise, &mut reader, &mut writer) => outcome,

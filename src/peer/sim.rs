@@ -25,7 +25,7 @@ use super::routes::Routes;
 use super::topology::{Learned, Topology};
 use super::wire;
 use crate::config::shape::random_connected;
-use crate::protocol::time::Timestamp;
+use crate::protocol::time::{SkewText, Timestamp};
 use crate::replica::store::{Applied, Batch, Bounds, Source, Store};
 use crate::replica::{Cursor, Replica};
 
@@ -118,10 +118,10 @@ impl Schedule {
 pub struct Outcome {
     pub seed: u64,
     /// Frames delivered, the update lines (payloads) they carried, and the
-    /// bytes of announcement (`H`) and link-state (`L`) lines.
+    /// bytes of watermark (`W`) and link-state (`L`) lines.
     pub frames: u64,
     pub update_lines: u64,
-    pub announcement_bytes: u64,
+    pub watermark_bytes: u64,
     pub link_state_bytes: u64,
     /// For each report accepted from a client and each other server that
     /// stored it, how long after its acceptance it was stored there.
@@ -228,8 +228,8 @@ pub struct Sim {
     frame: Vec<u8>,
     outcome: Outcome,
     /// Client name -> the time of the newest report accepted from a
-    /// client, and where.
-    newest: BTreeMap<String, (Timestamp, usize)>,
+    /// client, where, and when by the run's clock it was received.
+    newest: BTreeMap<String, (Timestamp, usize, u64)>,
     /// Times handed out to reports, per client.
     clock: u64,
     /// The link-state version clock, shared as a wall clock would be.
@@ -457,9 +457,10 @@ impl Sim {
         }
     }
 
-    /// Whether a report of client time `time` has expired by now.
-    fn expired(&self, time: Timestamp) -> bool {
-        self.schedule.ttl > 0 && time.secs() < self.clock.saturating_sub(self.schedule.ttl)
+    /// Whether a report received at `received` (by the run's clock) has
+    /// expired by now.
+    fn expired(&self, received: u64) -> bool {
+        self.schedule.ttl > 0 && received < self.clock.saturating_sub(self.schedule.ttl)
     }
 
     /// Handles one event; returns whether it moved any report.
@@ -470,31 +471,46 @@ impl Sim {
                     return false;
                 }
                 let client = format!("c{}", self.rng.random_range(0..self.schedule.clients));
-                // Mostly newer times, now and then an older one.
-                let time = if self.rng.random_bool(0.1) {
+                // Mostly newer times, now and then an older one. Not where
+                // clients expire: an older time received later would outlive
+                // newer ones, and could come back where they expired.
+                let time = if self.schedule.ttl == 0 && self.rng.random_bool(0.1) {
                     self.rng.random_range(1..=self.clock)
                 } else {
                     self.clock += 1;
                     self.clock
                 };
                 let time_text = format!("{time}.000000000");
-                let line = format!(
-                    "AT {} +0.000000000 {client} +1+1 {time_text}",
-                    self.nodes[server].name
-                );
                 let client_time = Timestamp::parse(time_text.as_bytes()).expect("a valid time");
                 self.tell_the_time();
+                // Received now, by the run's clock, as a server's client
+                // path does: at or after the client time.
+                let received = i128::from(self.clock) * 1_000_000_000;
                 let node = &mut self.nodes[server];
-                if let Applied::Stored(_) =
-                    node.replica
-                        .accept(line.as_bytes(), client_time, Source::Client)
-                {
+                let mut line = Vec::new();
+                let (_, applied) = node.replica.accept_client(
+                    received,
+                    client_time,
+                    &mut line,
+                    |received, out| {
+                        let skew = SkewText::new(received, client_time);
+                        let skew = String::from_utf8_lossy(skew.as_bytes());
+                        out.extend_from_slice(
+                            format!("AT {} {skew} {client} +1+1 {time_text}", node.name).as_bytes(),
+                        );
+                        0..out.len()
+                    },
+                );
+                if let Applied::Stored(_) = applied {
                     self.outcome.accepted += 1;
-                    self.accepted_at.insert(line.into_bytes(), self.now);
+                    self.accepted_at.insert(line, self.now);
                     *node.stored.entry((client.clone(), time_text)).or_default() += 1;
-                    let known = self.newest.entry(client).or_insert((client_time, server));
+                    let known =
+                        self.newest
+                            .entry(client)
+                            .or_insert((client_time, server, self.clock));
                     if client_time > known.0 {
-                        *known = (client_time, server);
+                        *known = (client_time, server, self.clock);
                     }
                 }
                 self.announce(server);
@@ -650,7 +666,11 @@ impl Sim {
         self.nodes[to]
             .replica
             .store()
-            .forget_early(Source::Neighbour(at_to));
+            .forget_told(Source::Neighbour(at_to));
+        // As the shells do on either side of a link that comes up.
+        sender_replica
+            .store()
+            .forget_told(Source::Neighbour(at_from));
         let start = start_from(cursor.run, cursor.seq, run, head);
         let d = &mut self.directions[direction];
         d.epoch += 1;
@@ -827,9 +847,9 @@ impl Sim {
         let mut stored = Vec::new();
         let mut control = Vec::new();
         let payload = wire::payload(&frame);
-        self.outcome.announcement_bytes += payload
+        self.outcome.watermark_bytes += payload
             .split(|&b| b == b'\n')
-            .filter(|l| l.first() == Some(&b'H'))
+            .filter(|l| l.first() == Some(&b'W'))
             .map(|l| l.len() as u64 + 1)
             .sum::<u64>();
         session.receiver.frame(
@@ -906,8 +926,8 @@ impl Sim {
         // Without lost data, the newest report a client made must be the
         // one that survived.
         if !self.schedule.lose_data {
-            for (client, (time, _)) in &self.newest {
-                if best.get(client.as_bytes()) != Some(time) && !self.expired(*time) {
+            for (client, (time, _, received)) in &self.newest {
+                if best.get(client.as_bytes()) != Some(time) && !self.expired(*received) {
                     self.outcome
                         .behind
                         .push(format!("{client}: its newest report {time} was lost"));
@@ -962,12 +982,12 @@ mod tests {
             }
             lines += outcome.update_lines;
             ideal += outcome.accepted * (outcome.servers as u64 - 1);
-            announced += outcome.announcement_bytes;
+            announced += outcome.watermark_bytes;
             reports += outcome.accepted;
         }
         println!(
             "{seeds} schedules: {lines} payloads for {ideal} server-deliveries needed \
-             ({:.2} per delivery), {:.0} announcement bytes per report",
+             ({:.2} per delivery), {:.0} watermark bytes per report",
             lines as f64 / ideal.max(1) as f64,
             announced as f64 / reports.max(1) as f64
         );
@@ -994,7 +1014,7 @@ mod tests {
     }
 
     /// A healthy herd sends each report's payload once per server, at once,
-    /// along its origin's tree; the other links carry announcements only.
+    /// along its origin's tree; the other links carry watermarks only.
     #[test]
     fn a_healthy_herd_sends_one_payload_per_server() {
         let schedule = Schedule {
@@ -1010,7 +1030,7 @@ mod tests {
         let accepted = outcome.accepted;
         assert!(accepted > 150, "most reports are newer");
         assert_eq!(outcome.update_lines, accepted * 4, "one payload per server");
-        assert!(outcome.announcement_bytes > 0);
+        assert!(outcome.watermark_bytes > 0);
         let slowest = outcome.delays.iter().max().unwrap();
         assert!(
             *slowest < LAZY_HOLD,
@@ -1085,7 +1105,7 @@ mod tests {
             );
         }
         sim.newest
-            .insert("c0".into(), (Timestamp::parse(b"2").unwrap(), 1));
+            .insert("c0".into(), (Timestamp::parse(b"2").unwrap(), 1, 2));
         sim.links[0].1 = true;
         // `finish` without running: nothing has flowed.
         let outcome = sim.finish();

@@ -4,14 +4,15 @@
 //! After two plaintext opening lines a link carries only Noise messages
 //! (see `auth`): the rest of the handshake, then frames, each sent as one
 //! or more encrypted records. Payload lines are `U <seq> <AT line>` for an
-//! update, `C <seq>` for "complete up to", `H <client> <time>` for "I hold
-//! this client's report of that time" (an announcement over a lazy link),
-//! and `L <server> <version> <neighbour>...` for a server's live links;
+//! update, `C <seq>` for "complete up to", `W <origin> <held> <vouched>`
+//! for how far the sender holds the reports made at a server and has sent
+//! them to the receiver (a watermark), and `L <server> <version>
+//! <neighbour>...` for a server's live links;
 //! `docs/protocol.md` has the whole exchange.
 
 use crate::protocol::time::{Timestamp, parse_digits_u64};
 use crate::protocol::{Location, parse_at_line};
-use crate::replica::store::client_id_range;
+use crate::replica::store::{Mark, client_id_range};
 
 /// A short, non-secret name for a herd secret (see `auth::Key`): the
 /// first 4 bytes of a BLAKE3 key derivation of it, written as 8 hex digits. A dialler names
@@ -86,8 +87,9 @@ pub fn parse_payload_line(line: &[u8]) -> Option<PayloadLine<'_>> {
 /// names its version second on its first line, a word every version keeps,
 /// so that servers of any two versions can tell each other what they speak.
 /// Version 2 added the version to the hello, and announcement (`H`) and
-/// link-state (`L`) lines to frames; version 3 encrypts links with Noise.
-pub const PROTOCOL_VERSION: &str = "3";
+/// link-state (`L`) lines to frames; version 3 encrypts links with Noise;
+/// version 4 replaces announcements with watermarks (`W`).
+pub const PROTOCOL_VERSION: &str = "4";
 
 /// A listener's `HERD-CHALLENGE <version> <nonce>` line.
 #[derive(Debug, PartialEq, Eq)]
@@ -252,13 +254,10 @@ pub(crate) fn update_client_id(line: &[u8]) -> Option<&[u8]> {
     at_line.get(client_id_range(at_line))
 }
 
-/// The client an update or an announcement (`H`) line is about, if it is
-/// one: what applying the line will look up. Not checked beyond that.
+/// The client an update line is about, if it is one: what applying the
+/// line will look up. Not checked beyond that.
 pub(crate) fn frame_client_id(line: &[u8]) -> Option<&[u8]> {
-    match line.strip_prefix(b"H ") {
-        Some(rest) => split_word(rest).map(|(client, _)| client),
-        None => update_client_id(line),
-    }
+    update_client_id(line)
 }
 
 pub(crate) fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -268,11 +267,7 @@ pub(crate) fn split_word(line: &[u8]) -> Option<(&[u8], &[u8])> {
     }
 }
 
-/// The server an AT line names: where its report was made.
-pub fn origin(at_line: &[u8]) -> &[u8] {
-    let rest = at_line.get(3..).unwrap_or_default();
-    rest.split(|&b| b == b' ').next().unwrap_or_default()
-}
+pub use crate::replica::store::origin;
 
 /// Empties a frame buffer.
 pub fn start_frame(frame: &mut Vec<u8>) {
@@ -288,28 +283,40 @@ pub fn push_update(frame: &mut Vec<u8>, seq: u64, at_line: &[u8]) {
     frame.push(b'\n');
 }
 
-/// Appends an announcement that this server holds the report of `at_line`
-/// (`H <client> <time>`), or nothing for a line that is not an AT line.
-pub fn push_have(frame: &mut Vec<u8>, at_line: &[u8]) {
-    let mut fields = at_line.split(|&b| b == b' ');
-    let (Some(client), Some(time)) = (fields.nth(3), fields.nth(1)) else {
-        return;
-    };
-    frame.extend_from_slice(b"H ");
-    frame.extend_from_slice(client);
-    frame.push(b' ');
-    frame.extend_from_slice(time);
+/// Appends a watermark line (`W <origin> <from> <held> <vouched>`): the
+/// sender holds every report made at `origin` stamped above `from` up to
+/// `held`, and the receiver, once it has what came before this line, every
+/// one above `from` up to `vouched`.
+pub fn push_mark(frame: &mut Vec<u8>, origin: &[u8], held: Mark, vouched: u64) {
+    frame.extend_from_slice(b"W ");
+    frame.extend_from_slice(origin);
+    for number in [held.from, held.to, vouched] {
+        frame.push(b' ');
+        frame.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
+    }
     frame.push(b'\n');
 }
 
-/// The client and time of an announcement line (`H <client> <time>`).
-pub fn parse_have(line: &[u8]) -> Option<(&[u8], Timestamp)> {
-    let rest = line.strip_prefix(b"H ")?;
-    let (client, time) = split_word(rest)?;
-    if client.is_empty() || memchr::memchr(b' ', time).is_some() {
+/// The origin and ranges of a watermark line: what the sender holds, and
+/// what it vouches the receiver holds.
+pub fn parse_mark(line: &[u8]) -> Option<(&[u8], Mark, Mark)> {
+    let rest = line.strip_prefix(b"W ")?;
+    let (origin, rest) = split_word(rest)?;
+    let (from, rest) = split_word(rest)?;
+    let (held, vouched) = split_word(rest)?;
+    if origin.is_empty() {
         return None;
     }
-    Some((client, Timestamp::parse(time)?))
+    let from = parse_digits_u64(from)?;
+    let held = Mark {
+        from,
+        to: parse_digits_u64(held)?,
+    };
+    let vouched = Mark {
+        from,
+        to: parse_digits_u64(vouched)?,
+    };
+    Some((origin, held, vouched))
 }
 
 /// The first whole record (or handshake message) of `bytes`, each a
@@ -407,8 +414,8 @@ mod tests {
         assert_eq!(update_client_id(b"U"), None);
         assert_eq!(update_client_id(b"U 3"), None);
         let _ = update_client_id(b"U 3 AT Hill");
-        // Announcements name theirs too; other lines none.
-        assert_eq!(frame_client_id(b"H kiwi 1700000000.5"), Some(&b"kiwi"[..]));
+        // Other lines name none.
+        assert_eq!(frame_client_id(b"W Hill 0 1700000000500000000 17"), None);
         assert_eq!(
             frame_client_id(b"U 3 AT Hill +0.000000001 kiwi +1+1 5"),
             Some(&b"kiwi"[..])
@@ -418,17 +425,49 @@ mod tests {
     }
 
     #[test]
+    fn watermark_lines_round_trip() {
+        let mut frame = Vec::new();
+        let held = Mark {
+            from: 1_700_000_000_000_000_000,
+            to: 1_700_000_000_500_000_000,
+        };
+        push_mark(&mut frame, b"Hill", held, 1_700_000_000_400_000_000);
+        assert_eq!(
+            frame,
+            b"W Hill 1700000000000000000 1700000000500000000 1700000000400000000\n"
+        );
+        let vouched = Mark {
+            from: held.from,
+            to: 1_700_000_000_400_000_000,
+        };
+        assert_eq!(
+            parse_mark(&frame[..frame.len() - 1]),
+            Some((&b"Hill"[..], held, vouched))
+        );
+        for bad in [
+            &b"W Hill 1 17"[..],
+            b"W Hill 1 17 x",
+            b"W  0 1 2",
+            b"W Hill 0 -1 2",
+            b"W Hill 0 1 2 3",
+            b"W Hill 0 99999999999999999999 1",
+        ] {
+            assert_eq!(parse_mark(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn hello_lines() {
-        let line = "HERD-HELLO 3 A B 0a1b2c3d";
+        let line = "HERD-HELLO 4 A B 0a1b2c3d";
         let hello = parse_hello(line).unwrap();
         assert_eq!((hello.from, hello.to), ("A", "B"));
         assert_eq!(hello.key_id.to_string(), "0a1b2c3d");
         assert_eq!(hello_line("A", "B", hello.key_id).trim_end(), line);
-        assert_eq!(hello_version(line), Some(("3", Some("A"))));
-        assert!(parse_hello("HERD-HELLO 3 A B 0a1b2c").is_none());
-        assert!(parse_hello("HERD-HELLO 3 A B 0a1b2c3x").is_none());
+        assert_eq!(hello_version(line), Some(("4", Some("A"))));
+        assert!(parse_hello("HERD-HELLO 4 A B 0a1b2c").is_none());
+        assert!(parse_hello("HERD-HELLO 4 A B 0a1b2c3x").is_none());
         assert!(parse_hello(&format!("{line} extra")).is_none());
-        assert!(parse_hello("HERD-HELLO 3  B 0a1b2c3d").is_none());
+        assert!(parse_hello("HERD-HELLO 4  B 0a1b2c3d").is_none());
         // A hello of version 2 had a run, nonce and MAC in the clear; one
         // of another version is not ours, but says what it is.
         let two = format!(
@@ -440,7 +479,7 @@ mod tests {
         assert_eq!(hello_version(&two), Some(("2", Some("A"))));
         assert_eq!(
             hello_version(other_version_hello("A", "B").trim_end()),
-            Some(("3", Some("A")))
+            Some(("4", Some("A")))
         );
         assert_eq!(hello_version("HERD-HELLO 7"), Some(("7", None)));
         assert_eq!(hello_version("HERD-HELLO A B"), None);
@@ -475,7 +514,7 @@ mod tests {
     fn challenge_lines() {
         let nonce = [0xab; 16];
         let line = challenge_line(&nonce);
-        assert!(line.starts_with("HERD-CHALLENGE 3 ") && line.ends_with('\n'));
+        assert!(line.starts_with("HERD-CHALLENGE 4 ") && line.ends_with('\n'));
         assert_eq!(
             parse_challenge(line.trim_end()),
             Some(Challenge::Ours {
@@ -492,8 +531,8 @@ mod tests {
         );
         for bad in [
             "HERD-CHALLENGE",
-            "HERD-CHALLENGE 3",
-            "HERD-CHALLENGE 3 00",
+            "HERD-CHALLENGE 4",
+            "HERD-CHALLENGE 4 00",
             "HERD-CHALLENGE x 00",
             "HERD-CHALLENGE -2 00",
             "SSH-2.0-OpenSSH_9.6",

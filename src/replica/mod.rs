@@ -69,6 +69,9 @@ pub struct Replica {
     /// the log, so that the log holds reports in the order of their
     /// numbers and a number is a position an archive can resume from.
     in_order: Option<Mutex<()>>,
+    /// The last receive time given to a client's report (nanoseconds since
+    /// the epoch), held from giving the next to storing its report.
+    last_received: Mutex<i128>,
     /// Clients forgotten by the sweep because their time was up.
     expired: Counter,
 }
@@ -152,6 +155,7 @@ impl Replica {
             unannounced: AtomicBool::new(false),
             archived: None,
             in_order: None,
+            last_received: Mutex::new(0),
             expired: Counter::new(),
         }
     }
@@ -186,6 +190,32 @@ impl Replica {
             self.stored(seq, at_line);
         }
         applied
+    }
+
+    /// Accepts a client's report as [`Replica::accept`] does, its AT line
+    /// written by `write` into `out` for a receive time of `received`
+    /// (nanoseconds since the epoch) or, if the clock has not moved past
+    /// the last report's, a nanosecond after that one. So this server's
+    /// reports are stamped (see `store::stamp`) in the order they are
+    /// numbered, each later than the one before, even from several
+    /// threads or with the clock set back: a watermark at one of them
+    /// stands for all before it. Returns where `write` put the line.
+    pub fn accept_client(
+        &self,
+        received: i128,
+        client_time: Timestamp,
+        out: &mut Vec<u8>,
+        write: impl FnOnce(i128, &mut Vec<u8>) -> std::ops::Range<usize>,
+    ) -> (std::ops::Range<usize>, Applied) {
+        let mut last = self
+            .last_received
+            .lock()
+            .expect("receive time lock is never poisoned");
+        let received = received.max(*last + 1);
+        *last = received;
+        let at_line = write(received, out);
+        let applied = self.accept(&out[at_line.clone()], client_time, Source::Client);
+        (at_line, applied)
     }
 
     /// Applies a neighbour's report with one lookup of its client (see

@@ -215,6 +215,12 @@ fn neighbour_bit(source: Source) -> u32 {
     }
 }
 
+/// The server an AT line names: the server the client reported to.
+pub fn origin(at_line: &[u8]) -> &[u8] {
+    let rest = at_line.get(3..).unwrap_or_default();
+    rest.split(|&b| b == b' ').next().unwrap_or_default()
+}
+
 /// Where the client id lies in an AT line: its fourth field.
 pub(crate) fn client_id_range(at_line: &[u8]) -> Range<usize> {
     let mut spaces = memchr::memchr_iter(b' ', at_line);
@@ -235,6 +241,27 @@ pub(crate) fn receipt_secs(at_line: &[u8], client_time: Timestamp) -> u32 {
     let received = client_time.as_nanos() + skew_nanos(skew).unwrap_or(0);
     let secs = received.div_euclid(1_000_000_000);
     u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
+}
+
+/// An AT line's stamp: when its origin received it, in nanoseconds since
+/// the epoch (client time plus skew), as every server reads it alike from
+/// the line. An origin gives its own reports stamps that only grow (see
+/// `Replica::accept_client`), which is what lets a watermark stand for
+/// all of an origin's reports up to it (see [`Store::marked`]). A line
+/// whose skew cannot be read gets `u64::MAX`, which no watermark reaches.
+pub fn stamp(at_line: &[u8], client_time: Timestamp) -> u64 {
+    let mut spaces = memchr::memchr_iter(b' ', at_line);
+    let skew = match (spaces.nth(1), spaces.next()) {
+        (Some(start), Some(end)) => &at_line[start + 1..end],
+        _ => return u64::MAX,
+    };
+    match skew_nanos(skew) {
+        Some(skew) => {
+            u64::try_from((client_time.as_nanos() + skew).clamp(1, i128::from(u64::MAX - 1)))
+                .expect("clamped")
+        }
+        None => u64::MAX,
+    }
 }
 
 /// A skew field (`[+-]digits.ddddddddd`) in nanoseconds; a skew beyond
@@ -688,19 +715,91 @@ struct Inner {
     /// newest report.
     sequence: Sequence,
     head: u64,
-    /// Announcements from neighbours that hold a client's report newer than
-    /// ours (see [`Store::announced`]): the report's client time, and the
-    /// `also_from` bits to give it when it arrives.
-    early: foldhash::HashMap<Box<[u8]>, (Timestamp, u32)>,
+    /// Per origin, how far this server and its neighbours hold its reports
+    /// (see [`Store::marked`]).
+    marks: Marks,
     bounds: Bounds,
     /// Reports received in a second before this one are expired (0: none is):
     /// set from the clock by [`Store::set_now`].
     horizon: u32,
 }
 
-/// The most early announcements kept; past that they are forgotten, which
-/// costs at most a payload sent that was not needed.
-const EARLY_MAX: usize = 1 << 16;
+/// A watermark: every report made at an origin stamped in `from < stamp
+/// <= to` is held (or a newer one of the same client). A range rather
+/// than a bound, since a server that restarts, and may have lost its
+/// data, can vouch only for what it stamps from then on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Mark {
+    /// Whether the report of `stamp` is held.
+    pub fn covers(self, stamp: u64) -> bool {
+        self.from < stamp && stamp <= self.to
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.to <= self.from
+    }
+
+    /// Takes in another range that holds too: joined where they meet,
+    /// else whichever reaches higher (new reports are what a watermark is
+    /// asked about).
+    pub fn merge(&mut self, other: Mark) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            *self = other;
+        } else if other.from <= self.to && self.from <= other.to {
+            *self = Mark {
+                from: self.from.min(other.from),
+                to: self.to.max(other.to),
+            };
+        } else if other.to > self.to {
+            *self = other;
+        }
+    }
+}
+
+/// Watermarks: for each origin (a server named in AT lines, numbered in
+/// the order first seen), the range of stamps of its reports this server
+/// holds, and what each neighbour said of itself the same way.
+#[derive(Debug, Default)]
+struct Marks {
+    ids: foldhash::HashMap<Box<[u8]>, u32>,
+    names: Vec<Box<[u8]>>,
+    held: Vec<Mark>,
+    /// This server's own reports since it started.
+    own: Mark,
+    /// Per neighbour, per origin.
+    told: Vec<Vec<Mark>>,
+}
+
+impl Marks {
+    fn id(&mut self, origin: &[u8]) -> usize {
+        if let Some(&id) = self.ids.get(origin) {
+            return id as usize;
+        }
+        let id = self.names.len();
+        self.ids.insert(
+            origin.into(),
+            u32::try_from(id).expect("fewer than 4 billion origins"),
+        );
+        self.names.push(origin.into());
+        self.held.push(Mark::default());
+        id
+    }
+
+    fn merge(marks: &mut Vec<Mark>, id: usize, mark: Mark) {
+        if marks.len() <= id {
+            marks.resize(id + 1, Mark::default());
+        }
+        marks[id].merge(mark);
+    }
+}
 
 /// The ceiling a report is held to for a client not held: a client's,
 /// a neighbour's, or none for a report read back from the log.
@@ -819,7 +918,6 @@ impl Inner {
                 self.entries[i] =
                     Entry::new(at_line, id.clone(), client_time, receipt, seq, source);
                 self.entries.received(i, receipt);
-                self.take_early(i, &at_line[id]);
                 Applied::Stored(seq)
             }
             None => {
@@ -839,25 +937,8 @@ impl Inner {
                     self.sequence.push(seq, entry);
                 }
                 self.index.insert(hash, entry);
-                self.take_early(entry, &at_line[id]);
                 Applied::Stored(seq)
             }
-        }
-    }
-
-    /// Gives a newly stored report the announcements that came before it.
-    fn take_early(&mut self, entry: u32, client_id: &[u8]) {
-        if self.early.is_empty() {
-            return;
-        }
-        let Some((time, bits)) = self.early.remove(client_id) else {
-            return;
-        };
-        let stored = &mut self.entries[entry];
-        if time == stored.client_time() {
-            stored.also_from |= bits;
-        } else if time > stored.client_time() {
-            self.early.insert(client_id.into(), (time, bits));
         }
     }
 
@@ -904,7 +985,7 @@ pub struct Picked {
     /// Where the report came from (see [`Picked::came_from`]).
     source: u32,
     /// The neighbour the scan was for holds it already: it sent us a copy
-    /// or announced it (see [`Store::since`]).
+    /// (see [`Store::since`]).
     pub held_there: bool,
 }
 
@@ -992,8 +1073,7 @@ impl LeaveOut {
         seq > self.above && (entry.source == self.source || entry.also_from & self.bit != 0)
     }
 
-    /// The neighbour sent us the report, rather than a copy or an
-    /// announcement of it.
+    /// The neighbour sent us the report, rather than a copy of it.
     fn is_source(self, seq: u64, entry: &Entry) -> bool {
         seq > self.above && entry.source == self.source
     }
@@ -1074,7 +1154,25 @@ impl Store {
             Source::Client => Room::Client,
             Source::Neighbour(_) => Room::Neighbour,
         };
-        inner.put(at_line, client_time, next_seq, source, room)
+        let applied = inner.put(at_line, client_time, next_seq, source, room);
+        // A client's report is this server's own, and its own stamps only
+        // grow: it holds every one of its reports from the first stored
+        // since it started up to this one (not those before: it may have
+        // lost them).
+        if source == Source::Client && matches!(applied, Applied::Stored(_)) {
+            let id = inner.marks.id(origin(at_line));
+            let stamp = stamp(at_line, client_time);
+            let own = &mut inner.marks.own;
+            own.to = stamp;
+            if own.from == 0 {
+                own.from = stamp - 1;
+            }
+            let own = *own;
+            // Joined with what neighbours vouched for only where they meet:
+            // what lies between may be what was lost.
+            inner.marks.held[id].merge(own);
+        }
+        applied
     }
 
     /// Applies a neighbour's report with one lookup of its client: a line
@@ -1117,50 +1215,45 @@ impl Store {
         )
     }
 
-    /// Notes that neighbour `source` announced that it holds `client_id`'s
-    /// report of `client_time`: like a copy it sent, it need not be sent
-    /// that report ([`Store::since`] leaves it out). An announcement of a
-    /// report newer than ours is kept for when that report arrives.
-    pub fn announced(&self, client_id: &[u8], client_time: Timestamp, source: Source) {
-        let bit = neighbour_bit(source);
-        if bit == 0 {
+    /// Takes in a watermark line from neighbour `source` about `origin`:
+    /// the neighbour holds every report made at `origin` in `held` (or a
+    /// newer one of the same client), and has sent us, or knows we hold,
+    /// every one in `vouched`. The neighbour sends it after the reports it
+    /// stands for, so by now we hold those: our own watermark takes it in.
+    pub fn marked(&self, source: Source, origin: &[u8], held: Mark, vouched: Mark) {
+        let Source::Neighbour(neighbour) = source else {
             return;
-        }
+        };
         let mut inner = self.lock();
-        match inner.find(client_id) {
-            Some(i) if inner.entries[i].client_time() >= client_time => {
-                if inner.entries[i].client_time() == client_time {
-                    inner.entries[i].also_from |= bit;
-                }
-            }
-            _ => {
-                if inner.early.len() >= EARLY_MAX {
-                    inner.early.clear();
-                }
-                let early = inner
-                    .early
-                    .entry(client_id.into())
-                    .or_insert((client_time, 0));
-                if early.0 < client_time {
-                    *early = (client_time, 0);
-                }
-                if early.0 == client_time {
-                    early.1 |= bit;
-                }
-            }
+        let id = inner.marks.id(origin);
+        inner.marks.held[id].merge(vouched);
+        let told = &mut inner.marks.told;
+        if told.len() <= neighbour {
+            told.resize_with(neighbour + 1, Vec::new);
+        }
+        Marks::merge(&mut told[neighbour], id, held);
+    }
+
+    /// Forgets what neighbour `source` said it holds: its link was lost,
+    /// and a neighbour that comes back may have lost reports too (a
+    /// restart without its data folder).
+    pub fn forget_told(&self, source: Source) {
+        if let Source::Neighbour(neighbour) = source
+            && let Some(told) = self.lock().marks.told.get_mut(neighbour)
+        {
+            told.clear();
         }
     }
 
-    /// Forgets what neighbour `source` announced about reports not yet
-    /// here: its link was lost, and a neighbour that comes back may have
-    /// lost them too (a restart without its data folder).
-    pub fn forget_early(&self, source: Source) {
-        let bit = neighbour_bit(source);
-        let mut inner = self.lock();
-        inner.early.retain(|_, (_, bits)| {
-            *bits &= !bit;
-            *bits != 0
-        });
+    /// The number of `origin`, by which [`Store::since_marked`] reports
+    /// watermarks; stable for the life of the store.
+    pub fn origin_id(&self, origin: &[u8]) -> usize {
+        self.lock().marks.id(origin)
+    }
+
+    /// The name of origin number `id`.
+    pub fn origin_name(&self, id: usize) -> Option<Box<[u8]>> {
+        self.lock().marks.names.get(id).cloned()
     }
 
     /// Puts back a report replayed from disk under its old sequence number,
@@ -1259,9 +1352,8 @@ impl Store {
     /// `leave_out: Some((neighbour, above))` leaves out the reports that came
     /// from that neighbour and are numbered above `above`: never send an
     /// update back to a neighbour that sent it while the link to it is up.
-    /// Those it sent a copy of or announced are picked, marked
-    /// [`Picked::held_there`] (a lazy link still announces them, so that the
-    /// neighbour stops holding the payload for us). Those numbered lower are
+    /// Those it sent a copy of are picked, marked [`Picked::held_there`].
+    /// Those numbered lower are
     /// sent anyway, since the neighbour may have lost them in a restart
     /// since.
     ///
@@ -1276,7 +1368,44 @@ impl Store {
         max: usize,
         out: &mut Batch,
     ) -> Scan {
+        Self::scan(&mut self.lock(), after, leave_out, max, out)
+    }
+
+    /// [`Store::since`] for the link to neighbour `leave_out.0`, with this
+    /// server's watermarks (by origin number) in `held`, taken under the
+    /// same lock: a scan that reached the head and these tell what the
+    /// neighbour will hold once it has what the scan picked.
+    pub fn since_marked(
+        &self,
+        after: u64,
+        leave_out: (usize, u64),
+        max: usize,
+        out: &mut Batch,
+        held: &mut Vec<Mark>,
+    ) -> Scan {
         let mut inner = self.lock();
+        let scan = Self::scan(&mut inner, after, Some(leave_out), max, out);
+        held.clear();
+        held.extend_from_slice(&inner.marks.held);
+        scan
+    }
+
+    /// What neighbour `neighbour` said it holds, by origin number, into
+    /// `told` (see [`Store::marked`]).
+    pub fn told(&self, neighbour: usize, told: &mut Vec<Mark>) {
+        told.clear();
+        if let Some(theirs) = self.lock().marks.told.get(neighbour) {
+            told.extend_from_slice(theirs);
+        }
+    }
+
+    fn scan(
+        inner: &mut Inner,
+        after: u64,
+        leave_out: Option<(usize, u64)>,
+        max: usize,
+        out: &mut Batch,
+    ) -> Scan {
         inner.refresh_sequence();
         let leave_out = leave_out.map(LeaveOut::new);
         let mut reached = after;
@@ -1380,7 +1509,7 @@ mod tests {
     }
 
     /// The numbers a scan for neighbour `to` picks: those `to` lacks, those
-    /// it holds already (a copy or an announcement), and how far it reached.
+    /// it holds already (it sent a copy), and how far it reached.
     fn scan(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, Vec<u64>, u64) {
         let mut out = Batch::new();
         let reached = store.since(after, Some((to, 0)), max, &mut out).reached;
@@ -1628,43 +1757,91 @@ mod tests {
         assert_eq!(sent, [first, newer, other, other]);
     }
 
+    /// A line's stamp is when its origin received it: client time plus
+    /// skew, to the nanosecond, read alike by every server.
     #[test]
-    fn an_announcement_marks_the_report_now_or_when_it_arrives() {
+    fn a_stamp_is_the_receive_time_of_the_line() {
+        let time = Timestamp::parse(b"1700000000.25").unwrap();
+        let line = b"AT Hill +0.500000001 kiwi +1+1 1700000000.25";
+        assert_eq!(stamp(line, time), 1_700_000_000_750_000_001);
+        let early = b"AT Hill -0.250000000 kiwi +1+1 1700000000.25";
+        assert_eq!(stamp(early, time), 1_700_000_000_000_000_000);
+        // No skew to read: no watermark reaches it.
+        assert_eq!(stamp(b"AT Hill kiwi", time), u64::MAX);
+        assert_eq!(stamp(b"AT Hill 0.5 kiwi +1+1 1", time), u64::MAX);
+        assert_eq!(origin(line), b"Hill");
+    }
+
+    /// Watermarks: a server's own rise with the reports its clients make;
+    /// a neighbour's vouching raises ours; what a neighbour says of itself
+    /// is kept apart, for its link, until forgotten.
+    #[test]
+    fn watermarks_rise_from_clients_and_neighbours() {
         let store = Store::new();
-        let mut out = Batch::new();
-        let time = |t: &str| Timestamp::parse(t.as_bytes()).unwrap();
-        let kiwi = picked(
-            &store,
-            update(&store, "kiwi", "1", Source::Neighbour(2)).unwrap(),
+        let marks = |store: &Store| {
+            let mut held = Vec::new();
+            store.since_marked(0, (0, 0), 10, &mut Batch::new(), &mut held);
+            held
+        };
+        let mark = |from, to| Mark { from, to };
+        let time = Timestamp::parse(b"5").unwrap();
+        store.update(b"AT Hill +1.000000000 kiwi +1+1 5", time, Source::Client);
+        let hill = store.origin_id(b"Hill");
+        // From the first report stored on: the ones before may be lost.
+        assert_eq!(marks(&store)[hill], mark(5_999_999_999, 6_000_000_000));
+        store.update(b"AT Hill +2.000000000 emu +1+1 5", time, Source::Client);
+        assert_eq!(marks(&store)[hill], mark(5_999_999_999, 7_000_000_000));
+        // A vouched range that meets ours joins it; our own reports since
+        // start extend only their own range, never bridging a gap.
+        store.marked(
+            Source::Neighbour(1),
+            b"Hill",
+            mark(0, 1),
+            mark(100, 6_000_000_000),
         );
-        assert_eq!(kiwi.came_from(), Some(2));
-        store.announced(b"kiwi", time("1"), Source::Neighbour(0));
-        assert!(!store.still_to_send(kiwi, (0, 0), &mut out), "0 holds it");
-        assert!(store.still_to_send(kiwi, (1, 0), &mut out));
-        // Announced before it arrives, then an older and the same report.
-        store.announced(b"emu", time("5"), Source::Neighbour(1));
-        store.announced(b"emu", time("4"), Source::Neighbour(0));
-        let old = picked(&store, update(&store, "emu", "3", Source::Client).unwrap());
-        assert!(store.still_to_send(old, (1, 0), &mut out));
-        let emu = picked(&store, update(&store, "emu", "5", Source::Client).unwrap());
-        assert_eq!(emu.came_from(), None);
-        assert!(
-            !store.still_to_send(emu, (1, 0), &mut out),
-            "announced early"
+        assert_eq!(marks(&store)[hill], mark(100, 7_000_000_000));
+        // Not newer, or a neighbour's report: no change.
+        store.update(b"AT Hill +3.000000000 kiwi +1+1 5", time, Source::Client);
+        store.update(
+            b"AT Hill +9.000000000 owl +1+1 5",
+            time,
+            Source::Neighbour(1),
         );
-        assert!(
-            store.still_to_send(emu, (0, 0), &mut out),
-            "0 announced an older one"
+        assert_eq!(marks(&store)[hill], mark(100, 7_000_000_000));
+        // A gap between what was vouched and our own: ours, the higher.
+        let other = Store::new();
+        other.marked(Source::Neighbour(1), b"Hill", mark(0, 1), mark(100, 200));
+        other.update(b"AT Hill +1.000000000 kiwi +1+1 5", time, Source::Client);
+        assert_eq!(
+            marks(&other)[other.origin_id(b"Hill")],
+            mark(5_999_999_999, 6_000_000_000)
         );
-        // An early announcement forgotten with its link marks nothing.
-        store.announced(b"owl", time("7"), Source::Neighbour(1));
-        store.forget_early(Source::Neighbour(1));
-        let owl = picked(&store, update(&store, "owl", "7", Source::Client).unwrap());
-        assert!(store.still_to_send(owl, (1, 0), &mut out), "forgotten");
-        // A client's announcement, or one from a neighbour past the 32nd,
-        // marks nothing.
-        store.announced(b"kiwi", time("1"), Source::Neighbour(40));
-        assert!(store.still_to_send(kiwi, (1, 0), &mut out));
+        // Neighbour 1 vouches for Smith's reports up to 40 and holds 50.
+        store.marked(Source::Neighbour(1), b"Smith", mark(10, 50), mark(10, 40));
+        let smith = store.origin_id(b"Smith");
+        assert_eq!(store.origin_name(smith).as_deref(), Some(&b"Smith"[..]));
+        assert_eq!(marks(&store)[smith], mark(10, 40));
+        // Ranges that meet are joined; one apart and lower is not taken.
+        store.marked(Source::Neighbour(1), b"Smith", mark(0, 5), mark(0, 20));
+        assert_eq!(marks(&store)[smith], mark(0, 40));
+        // One apart and higher replaces it (a server that restarted, or a
+        // gap that may be what was lost); one apart and lower is not taken.
+        store.marked(Source::Neighbour(2), b"Smith", mark(0, 5), mark(60, 70));
+        assert_eq!(marks(&store)[smith], mark(60, 70));
+        store.marked(Source::Neighbour(2), b"Smith", mark(0, 5), mark(41, 45));
+        assert_eq!(marks(&store)[smith], mark(60, 70), "apart and lower");
+        let mut told = Vec::new();
+        store.told(1, &mut told);
+        assert_eq!(told[smith], mark(10, 50));
+        assert!(told[smith].covers(50) && !told[smith].covers(10));
+        store.told(0, &mut told);
+        assert!(told.is_empty(), "neighbour 0 said nothing");
+        store.forget_told(Source::Neighbour(1));
+        store.told(1, &mut told);
+        assert!(told.is_empty());
+        // A client's watermark line means nothing.
+        store.marked(Source::Client, b"Smith", mark(0, 90), mark(0, 90));
+        assert_eq!(marks(&store)[smith], mark(60, 70));
     }
 
     #[test]
