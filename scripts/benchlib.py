@@ -90,6 +90,7 @@ class Herd:
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")
         self.names = [name for name, _ in servers]
+        self.links = len({frozenset((a, b)) for a, theirs in servers for b in theirs})
         self.procs = {}
 
     def start(self, name):
@@ -103,8 +104,24 @@ class Herd:
     def start_all(self):
         for name in self.names:
             self.start(name)
-        # Links come up and the servers learn the graph.
-        time.sleep(2)
+        self.wait_settled()
+
+    def wait_settled(self, timeout=60):
+        """Waits until every server routes over every link of the herd (it
+        logs so each time it works its routes out), so that what is
+        measured next is the steady state, not the flooding of servers
+        that do not know the graph yet. A build that logs no routes gets
+        2 s."""
+        want = f"routes worked out again: {self.links} links of the herd up"
+        start = time.time()
+        while time.time() < start + timeout:
+            logs = [self.log(name) for name in self.names]
+            if all(want in log for log in logs):
+                return
+            if time.time() > start + 2 and not any("routes worked out" in log for log in logs):
+                return
+            time.sleep(0.05)
+        say("benchlib", f"the herd did not settle in {timeout} s; measuring anyway")
 
     def wait_ready(self, name):
         deadline = time.time() + 20

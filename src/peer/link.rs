@@ -47,7 +47,7 @@ const MAX_WAIT_ON: Duration = Duration::from_millis(100);
 /// The least time between frames a link sends for watermarks alone: a
 /// neighbour holding payloads for us learns within this, well inside its
 /// hold, what we hold, in one frame for however many reports.
-pub const MARK_INTERVAL: Duration = Duration::from_millis(2);
+pub const MARK_INTERVAL: Duration = Duration::from_millis(10);
 /// The most reports a link holds back; past that, it sends at once.
 const MAX_HELD: usize = 1 << 16;
 
