@@ -261,14 +261,19 @@ fn replies_flow_while_the_database_is_locked_and_the_archive_catches_up() {
     await_archive(&Backend::Sqlite, &dir, "Hill", &reports);
 }
 
-fn history(config: &Path, arguments: &[&str]) -> String {
-    let output = Command::new(herd_binary())
+/// Runs `herd history ARGUMENTS --config CONFIG`.
+fn run_history(config: &Path, arguments: &[&str]) -> std::process::Output {
+    Command::new(herd_binary())
         .arg("history")
         .args(arguments)
         .arg("--config")
         .arg(config)
         .output()
-        .expect("running herd history");
+        .expect("running herd history")
+}
+
+fn history(config: &Path, arguments: &[&str]) -> String {
+    let output = run_history(config, arguments);
     assert!(
         output.status.success(),
         "herd history {arguments:?}: {}",
@@ -280,13 +285,7 @@ fn history(config: &Path, arguments: &[&str]) -> String {
 /// `herd history ARGUMENTS --config CONFIG`, which must fail: what it
 /// said on standard error.
 fn history_fails(config: &Path, arguments: &[&str]) -> String {
-    let output = Command::new(herd_binary())
-        .arg("history")
-        .args(arguments)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("running herd history");
+    let output = run_history(config, arguments);
     assert!(
         !output.status.success(),
         "herd history {arguments:?} did not fail"

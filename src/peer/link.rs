@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use crate::peer::routes::{Routes, Wait};
 use crate::peer::wire::{self, PayloadLine, frame_client_id, parse_payload_line, update_parts};
 use crate::protocol::parse_at_line;
-use crate::protocol::time::Timestamp;
 use crate::replica::Replica;
 use crate::replica::store::{self, Applied, Batch, Mark, Picked, Scan, Source, Store};
 
@@ -178,12 +177,6 @@ enum Decision {
     Skip,
 }
 
-/// The stamp of an AT line as stored (see `store::stamp`).
-fn line_stamp(at_line: &[u8]) -> u64 {
-    let time = at_line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-    Timestamp::parse(time).map_or(u64::MAX, |time| store::stamp(at_line, time))
-}
-
 impl Sender {
     /// A link to neighbour `index` that starts after report `start` (see
     /// [`start_from`]), coming up when the sequence's head is `link_up_at`.
@@ -236,13 +229,14 @@ impl Sender {
         &self.origin_names[id]
     }
 
-    /// Whether the neighbour's watermark for origin `id` moved lately: its
-    /// tree delivers, if late.
-    fn still_moving(&self, id: usize, now: Instant) -> bool {
+    /// Until when the neighbour's watermark for origin `id` counts as
+    /// still moving (its tree delivers, if late), if it does now.
+    fn moving_until(&self, id: usize, now: Instant) -> Option<Instant> {
         self.origins
             .get(id)
             .and_then(|state| state.told_moved)
-            .is_some_and(|moved| now < moved + STILL_MOVING)
+            .map(|moved| moved + STILL_MOVING)
+            .filter(|&until| now < until)
     }
 
     /// Whether the neighbour said it holds a report held back.
@@ -292,10 +286,9 @@ impl Sender {
             if !covered
                 && now < until + MAX_WAIT_ON
                 && self.held.len() >= BUSY_HELD
-                && self.still_moving(report.origin, now)
-                && let Some(moved) = self.origins[report.origin].told_moved
+                && let Some(moving) = self.moving_until(report.origin, now)
             {
-                waiting_on = Some((moved + STILL_MOVING).min(until + MAX_WAIT_ON));
+                waiting_on = Some(moving.min(until + MAX_WAIT_ON));
                 break;
             }
             self.held.pop_front();
@@ -333,7 +326,7 @@ impl Sender {
                 let report = HeldReport {
                     picked,
                     origin: self.origin_id(store, origin),
-                    stamp: line_stamp(at_line),
+                    stamp: store::stamp(at_line, picked.client_time),
                 };
                 if self.covered(&report) {
                     Decision::Skip
@@ -408,10 +401,7 @@ impl Sender {
             .map(|last| last + MARK_INTERVAL);
         let held_at = waiting_on.or_else(|| self.held.next_due());
         Step::Idle {
-            until: match (held_at, marks_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            until: held_at.into_iter().chain(marks_at).min(),
         }
     }
 

@@ -229,39 +229,33 @@ pub(crate) fn client_id_range(at_line: &[u8]) -> Range<usize> {
     start..end
 }
 
-/// When an AT line's report was received: its client time plus its
-/// skew, in whole seconds since the epoch, clamped to `u32` (a line whose
-/// skew cannot be read counts as received at its client time).
-pub(crate) fn receipt_secs(at_line: &[u8], client_time: Timestamp) -> u32 {
+/// When an AT line's report was received, in nanoseconds since the epoch:
+/// its client time plus its skew; `None` if the skew cannot be read.
+fn received_nanos(at_line: &[u8], client_time: Timestamp) -> Option<i128> {
     let mut spaces = memchr::memchr_iter(b' ', at_line);
-    let skew = match (spaces.nth(1), spaces.next()) {
-        (Some(start), Some(end)) => &at_line[start + 1..end],
-        _ => &[][..],
-    };
-    let received = client_time.as_nanos() + skew_nanos(skew).unwrap_or(0);
+    let (start, end) = (spaces.nth(1)?, spaces.next()?);
+    Some(client_time.as_nanos() + skew_nanos(&at_line[start + 1..end])?)
+}
+
+/// When an AT line's report was received (see [`received_nanos`]), in
+/// whole seconds since the epoch, clamped to `u32` (a line whose skew
+/// cannot be read counts as received at its client time).
+pub(crate) fn receipt_secs(at_line: &[u8], client_time: Timestamp) -> u32 {
+    let received = received_nanos(at_line, client_time).unwrap_or_else(|| client_time.as_nanos());
     let secs = received.div_euclid(1_000_000_000);
     u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
 }
 
-/// An AT line's stamp: when its origin received it, in nanoseconds since
-/// the epoch (client time plus skew), as every server reads it alike from
-/// the line. An origin gives its own reports stamps that only grow (see
+/// An AT line's stamp: when its origin received it (see
+/// [`received_nanos`]), as every server reads it alike from the line. An
+/// origin gives its own reports stamps that only grow (see
 /// `Replica::accept_client`), which is what lets a watermark stand for
 /// all of an origin's reports up to it (see [`Store::marked`]). A line
 /// whose skew cannot be read gets `u64::MAX`, which no watermark reaches.
 pub fn stamp(at_line: &[u8], client_time: Timestamp) -> u64 {
-    let mut spaces = memchr::memchr_iter(b' ', at_line);
-    let skew = match (spaces.nth(1), spaces.next()) {
-        (Some(start), Some(end)) => &at_line[start + 1..end],
-        _ => return u64::MAX,
-    };
-    match skew_nanos(skew) {
-        Some(skew) => {
-            u64::try_from((client_time.as_nanos() + skew).clamp(1, i128::from(u64::MAX - 1)))
-                .expect("clamped")
-        }
-        None => u64::MAX,
-    }
+    received_nanos(at_line, client_time).map_or(u64::MAX, |received| {
+        u64::try_from(received.clamp(1, i128::from(u64::MAX - 1))).expect("clamped")
+    })
 }
 
 /// A skew field (`[+-]digits.ddddddddd`) in nanoseconds; a skew beyond
@@ -987,6 +981,9 @@ pub struct Picked {
     /// The neighbour the scan was for holds it already: it sent us a copy
     /// (see [`Store::since`]).
     pub held_there: bool,
+    /// Its client time, as stored: what a link needs, with the AT line, to
+    /// work out its stamp without reading the time again.
+    pub client_time: Timestamp,
 }
 
 impl Picked {
@@ -1435,6 +1432,7 @@ impl Store {
                     entry: i,
                     source: entry.source,
                     held_there: leave_out.is_some_and(|rule| rule.leaves_out(seq, entry)),
+                    client_time: entry.client_time(),
                 },
                 entry.line.as_bytes(),
             );
@@ -1731,24 +1729,28 @@ mod tests {
                 entry: 0,
                 source: CLIENT,
                 held_there: false,
+                client_time: Timestamp::default(),
             },
             Picked {
                 seq: 99,
                 entry: 0,
                 source: CLIENT,
                 held_there: false,
+                client_time: Timestamp::default(),
             },
             Picked {
                 seq: first.seq,
                 entry: 7,
                 source: CLIENT,
                 held_there: false,
+                client_time: Timestamp::default(),
             },
             Picked {
                 seq: first.seq,
                 entry: u32::MAX,
                 source: CLIENT,
                 held_there: false,
+                client_time: Timestamp::default(),
             },
         ] {
             assert!(!store.still_to_send(never, (0, 0), &mut out), "{never:?}");
