@@ -320,9 +320,7 @@ impl Sender {
             let origin = wire::origin(at_line);
             let lazy = (live || !more)
                 && routes.wait(origin, picked.came_from(), self.index) == Wait::Hold;
-            let decision = if picked.held_there {
-                Decision::Skip
-            } else if lazy {
+            let decision = if lazy {
                 let report = HeldReport {
                     picked,
                     origin: self.origin_id(store, origin),

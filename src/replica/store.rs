@@ -978,9 +978,6 @@ pub struct Picked {
     entry: u32,
     /// Where the report came from (see [`Picked::came_from`]).
     source: u32,
-    /// The neighbour the scan was for holds it already: it sent us a copy
-    /// (see [`Store::since`]).
-    pub held_there: bool,
     /// Its client time, as stored: what a link needs, with the AT line, to
     /// work out its stamp without reading the time again.
     pub client_time: Timestamp,
@@ -1068,11 +1065,6 @@ impl LeaveOut {
     /// The neighbour sent us the report numbered `seq` while its link was up.
     fn leaves_out(self, seq: u64, entry: &Entry) -> bool {
         seq > self.above && (entry.source == self.source || entry.also_from & self.bit != 0)
-    }
-
-    /// The neighbour sent us the report, rather than a copy of it.
-    fn is_source(self, seq: u64, entry: &Entry) -> bool {
-        seq > self.above && entry.source == self.source
     }
 }
 
@@ -1348,11 +1340,9 @@ impl Store {
     ///
     /// `leave_out: Some((neighbour, above))` leaves out the reports that came
     /// from that neighbour and are numbered above `above`: never send an
-    /// update back to a neighbour that sent it while the link to it is up.
-    /// Those it sent a copy of are picked, marked [`Picked::held_there`].
-    /// Those numbered lower are
-    /// sent anyway, since the neighbour may have lost them in a restart
-    /// since.
+    /// update back to a neighbour that sent it, or a copy of it, while the
+    /// link to it is up. Those numbered lower are sent anyway, since the
+    /// neighbour may have lost them in a restart since.
     ///
     /// Returns how far the scan reached (the caller continues from there)
     /// and whether it stopped short of the head. Reports that were
@@ -1423,7 +1413,7 @@ impl Store {
             if inner.expired(entry) {
                 continue;
             }
-            if leave_out.is_some_and(|rule| rule.is_source(seq, entry)) {
+            if leave_out.is_some_and(|rule| rule.leaves_out(seq, entry)) {
                 continue;
             }
             out.push(
@@ -1431,7 +1421,6 @@ impl Store {
                     seq,
                     entry: i,
                     source: entry.source,
-                    held_there: leave_out.is_some_and(|rule| rule.leaves_out(seq, entry)),
                     client_time: entry.client_time(),
                 },
                 entry.line.as_bytes(),
@@ -1499,22 +1488,11 @@ mod tests {
         );
     }
 
-    /// The numbers a scan for neighbour `to` picks that `to` does not hold
-    /// already, and how far it reached.
+    /// The numbers a scan for neighbour `to` picks, and how far it reached.
     fn seqs(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, u64) {
-        let (to_send, _, reached) = scan(store, after, to, max);
-        (to_send, reached)
-    }
-
-    /// The numbers a scan for neighbour `to` picks: those `to` lacks, those
-    /// it holds already (it sent a copy), and how far it reached.
-    fn scan(store: &Store, after: u64, to: usize, max: usize) -> (Vec<u64>, Vec<u64>, u64) {
         let mut out = Batch::new();
         let reached = store.since(after, Some((to, 0)), max, &mut out).reached;
-        let (held, lacking): (Vec<_>, Vec<_>) =
-            out.iter().map(|(p, _)| p).partition(|p| p.held_there);
-        let seq = |list: Vec<Picked>| list.into_iter().map(|p| p.seq).collect();
-        (seq(lacking), seq(held), reached)
+        (out.iter().map(|(p, _)| p.seq).collect(), reached)
     }
 
     #[test]
@@ -1728,28 +1706,24 @@ mod tests {
                 seq: 0,
                 entry: 0,
                 source: CLIENT,
-                held_there: false,
                 client_time: Timestamp::default(),
             },
             Picked {
                 seq: 99,
                 entry: 0,
                 source: CLIENT,
-                held_there: false,
                 client_time: Timestamp::default(),
             },
             Picked {
                 seq: first.seq,
                 entry: 7,
                 source: CLIENT,
-                held_there: false,
                 client_time: Timestamp::default(),
             },
             Picked {
                 seq: first.seq,
                 entry: u32::MAX,
                 source: CLIENT,
-                held_there: false,
                 client_time: Timestamp::default(),
             },
         ] {
@@ -1925,18 +1899,15 @@ mod tests {
             Applied::NotNewer
         );
         // ...and neighbour 1 is not sent the `a` and `c` it holds, but is
-        // sent the newer `b` it lacks; the scan marks the two it holds.
-        assert_eq!(scan(&store, 0, 1, 100), (vec![2], vec![1, 3], 3));
+        // sent the newer `b` it lacks.
+        assert_eq!(seqs(&store, 0, 1, 100), (vec![2], 3));
         // Neighbour 0 still gets all but its own.
         assert_eq!(seqs(&store, 0, 0, 100), (vec![2], 3));
         // Before the link came up, a neighbour may have lost what it sent.
         let mut out = Batch::new();
         store.since(0, Some((1, 3)), 100, &mut out);
         assert_eq!(
-            out.iter()
-                .filter(|(picked, _)| !picked.held_there)
-                .map(|(picked, _)| picked.seq)
-                .collect::<Vec<_>>(),
+            out.iter().map(|(picked, _)| picked.seq).collect::<Vec<_>>(),
             [1, 2, 3]
         );
         // A newer report starts afresh: everyone but its source gets it.
