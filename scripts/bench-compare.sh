@@ -741,12 +741,15 @@ def target(what, value_text, met, full=True):
 
 tput = "throughput (req/s)"
 held = "throughput until held by all (req/s)"
-for row, label in ((ROW_HERD_SPREAD, "every report flooded"), (ROW_HERD, "a client per connection")):
+# The flooded row's goals are the routing's (every report must reach four
+# servers); a client per connection keeps the earlier goals.
+for row, label, vs_a, vs_n in ((ROW_HERD_SPREAD, "every report flooded", 50, 20),
+                               (ROW_HERD, "a client per connection", 40, 15)):
     h, a, n = (med(row, held, c) for c in ("herd", "asyncio", "node"))
-    target("IAMAT throughput until held by all, five-server herd (%s), vs asyncio ≥ 40×" % label,
-           ratio(h, a), None if None in (h, a) else h / a >= 40)
-    target("IAMAT throughput until held by all, five-server herd (%s), vs node ≥ 15×" % label,
-           ratio(h, n), None if None in (h, n) else h / n >= 15)
+    target("IAMAT throughput until held by all, five-server herd (%s), vs asyncio ≥ %d×" % (label, vs_a),
+           ratio(h, a), None if None in (h, a) else h / a >= vs_a)
+    target("IAMAT throughput until held by all, five-server herd (%s), vs node ≥ %d×" % (label, vs_n),
+           ratio(h, n), None if None in (h, n) else h / n >= vs_n)
 h, e = med(ROW_SINGLE, tput), med(ROW_SINGLE, tput, "echo")
 target("IAMAT throughput, one server, ≥ 60 % of the echo server",
        "—" if None in (h, e) else "%.0f %% (%s vs %s req/s)" % (100 * h / e, show(h), show(e)),
