@@ -393,8 +393,12 @@ impl Lab {
 
     fn send_as(&self, server: &str, lines: &[String], checking: bool) -> String {
         let asker = self.asker(server, checking);
-        run_herd_send(asker, &self.client_address(server), lines, 10)
-            .unwrap_or_else(|error| panic!("talking to {server} from {asker}: {error}"))
+        run_herd_send(asker, &self.client_address(server), lines, 10).unwrap_or_else(|error| {
+            panic!(
+                "talking to {server} from {asker}: {error}{}",
+                self.log_tails()
+            )
+        })
     }
 
     /// Reports `id` at `location` to `server`, now; returns its AT line.
@@ -761,6 +765,57 @@ fn a_host_cut_off_catches_up_when_its_link_comes_back() {
     lab.await_everywhere(&expected);
     say(&format!(
         "a_host_cut_off_catches_up_when_its_link_comes_back: converged {:.1?} after the link came back",
+        healed.elapsed()
+    ));
+}
+
+/// A long run over the impaired links: round after round, every server
+/// takes reports while one host after another is cut off and healed, and
+/// each round moves every group of clients to another server. Once all
+/// is healed, every server holds each client's newest report: nothing
+/// acknowledged on either side of a cut is lost, and newer wins across
+/// them. `HERD_MULTIHOST_SECONDS=N` keeps it going for N seconds (by
+/// default, one round per host).
+#[test]
+fn a_long_run_of_hosts_cut_off_over_lossy_links_loses_nothing() {
+    let Some(mut lab) = Lab::start("a_long_run_of_hosts_cut_off_over_lossy_links_loses_nothing")
+    else {
+        return;
+    };
+    let how = lab.impair_all();
+    lab.ask_locally = true;
+    lab.start_herd();
+    let seconds = std::env::var("HERD_MULTIHOST_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut newest: HashMap<String, String> = HashMap::new();
+    let mut round = 0;
+    while round < ALL.len() || Instant::now() < deadline {
+        let cut = ALL[round % ALL.len()];
+        lab.cut(cut);
+        for (i, server) in ALL.iter().enumerate() {
+            let group = (i + round) % ALL.len();
+            for (id, at) in lab.report_many(server, &format!("g{group}-"), 20) {
+                newest.insert(id, at);
+            }
+        }
+        lab.heal(cut);
+        round += 1;
+    }
+    let healed = Instant::now();
+    let expected: Vec<(&str, &str)> = newest
+        .iter()
+        .map(|(id, at)| (id.as_str(), at.as_str()))
+        .collect();
+    lab.await_everywhere(&expected);
+    say(&format!(
+        "a_long_run_of_hosts_cut_off_over_lossy_links_loses_nothing: {round} rounds ({how}) \
+         in {:.1?}, {} clients converged {:.1?} after the last heal",
+        healed - started,
+        expected.len(),
         healed.elapsed()
     ));
 }
