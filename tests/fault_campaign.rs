@@ -997,16 +997,29 @@ fn a_cut_link_carries_nothing_until_healed() {
     let all: Vec<&str> = campaign.names.iter().map(String::as_str).collect();
     let at = herd.client("Jaquez").iamat("before", "+1+1");
     herd.await_everywhere(&all, "before", &at);
-    // Both directions of all six links, each through a proxy.
+    // Both directions of all six links, each through a proxy; and Hill's
+    // with Jaquez up now, not only relayed once (a connection made while a
+    // server was still starting may have failed since).
     eventually("every link to come up", || proxies.stats().relayed >= 12);
+    let with_jaquez = |state: &str| {
+        let log = herd.log("Hill");
+        ["sending to", "receiving from"].map(|direction| {
+            log.matches(&format!("link {state}: {direction} Jaquez"))
+                .count()
+        })
+    };
+    eventually("Hill's link with Jaquez to be up both ways", || {
+        let (up, down) = (with_jaquez("up"), with_jaquez("down"));
+        up[0] > down[0] && up[1] > down[1]
+    });
+    let down_before = with_jaquez("down");
 
     proxies.cut("Hill", "Jaquez");
     eventually(
         "Hill to lose both directions of its link with Jaquez",
         || {
-            let log = herd.log("Hill");
-            log.contains("link down: receiving from Jaquez")
-                && log.contains("link down: sending to Jaquez")
+            let down = with_jaquez("down");
+            down[0] > down_before[0] && down[1] > down_before[1]
         },
     );
     assert!(proxies.stats().severed >= 2, "{:?}", proxies.stats());
