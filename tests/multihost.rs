@@ -489,6 +489,16 @@ impl Lab {
         self.await_on(ALL, expected);
     }
 
+    /// Waits until every server holds each (client id, AT line) reported.
+    #[track_caller]
+    fn await_reports(&self, reports: &[(String, String)]) {
+        let expected: Vec<(&str, &str)> = reports
+            .iter()
+            .map(|(id, at)| (id.as_str(), at.as_str()))
+            .collect();
+        self.await_everywhere(&expected);
+    }
+
     /// Takes `name`'s bridge port down: the cable is pulled at the switch.
     fn cut(&mut self, name: &str) {
         let port = self.host(name).port.clone();
@@ -672,11 +682,7 @@ fn updates_converge_over_slow_lossy_links() {
     }
     // And a batch, pipelined on one connection.
     newest.extend(lab.report_many("Smith", "batch", 30));
-    let expected: Vec<(&str, &str)> = newest
-        .iter()
-        .map(|(id, at)| (id.as_str(), at.as_str()))
-        .collect();
-    lab.await_everywhere(&expected);
+    lab.await_reports(&newest);
     say(&format!(
         "updates_converge_over_slow_lossy_links: converged {:.1?} after the start",
         started.elapsed()
@@ -806,16 +812,13 @@ fn a_long_run_of_hosts_cut_off_over_lossy_links_loses_nothing() {
         round += 1;
     }
     let healed = Instant::now();
-    let expected: Vec<(&str, &str)> = newest
-        .iter()
-        .map(|(id, at)| (id.as_str(), at.as_str()))
-        .collect();
-    lab.await_everywhere(&expected);
+    let newest: Vec<(String, String)> = newest.into_iter().collect();
+    lab.await_reports(&newest);
     say(&format!(
         "a_long_run_of_hosts_cut_off_over_lossy_links_loses_nothing: {round} rounds ({how}) \
          in {:.1?}, {} clients converged {:.1?} after the last heal",
         healed - started,
-        expected.len(),
+        newest.len(),
         healed.elapsed()
     ));
 }

@@ -967,12 +967,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn thousands_of_random_schedules_converge_without_loops() {
-        let seeds: u64 = std::env::var("HERD_SIM_SEEDS")
+    /// How many schedules to play: `variable` from the environment, or
+    /// `default`.
+    fn seeds(variable: &str, default: u64) -> u64 {
+        std::env::var(variable)
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(2000);
+            .unwrap_or(default)
+    }
+
+    #[test]
+    fn thousands_of_random_schedules_converge_without_loops() {
+        let seeds = seeds("HERD_SIM_SEEDS", 2000);
         let (mut lines, mut ideal, mut announced, mut reports) = (0u64, 0u64, 0u64, 0u64);
         for seed in 0..seeds {
             let schedule = Schedule::random(seed, 12);
@@ -998,10 +1004,7 @@ mod tests {
     /// runs more).
     #[test]
     fn large_random_herds_converge_without_loops() {
-        let seeds: u64 = std::env::var("HERD_SIM_LARGE_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(200);
+        let seeds = seeds("HERD_SIM_LARGE_SEEDS", 200);
         let (mut lines, mut ideal, mut marks, mut reports) = (0u64, 0u64, 0u64, 0u64);
         for seed in 0..seeds {
             let schedule = Schedule::random_sized(1_000_000 + seed, 5, 50);
