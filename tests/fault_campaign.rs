@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chaos::LinkProxies;
 use common::process::ProcessHerd;
-use common::{DEFAULT_TOPOLOGY, eventually, now_text};
+use common::{DEFAULT_TOPOLOGY, env_number, eventually, now_text};
 use nix::sys::signal::Signal;
 
 /// How long the herd may take to agree once everything is healed.
@@ -67,16 +67,9 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    let number = |name: &str, default: u64| match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
-        Err(_) => default,
-    };
     Settings {
-        seed: number("HERD_CAMPAIGN_SEED", 1),
-        duration: Duration::from_secs(number("HERD_CAMPAIGN_SECONDS", 15)),
+        seed: env_number("HERD_CAMPAIGN_SEED", 1),
+        duration: Duration::from_secs(env_number("HERD_CAMPAIGN_SECONDS", 15)),
         keep: std::env::var("HERD_CAMPAIGN_KEEP").is_ok_and(|v| !v.is_empty() && v != "0"),
     }
 }

@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{DEFAULT_TOPOLOGY, PATIENCE, herd_binary, now_text};
+use common::{DEFAULT_TOPOLOGY, PATIENCE, env_number, herd_binary, now_text};
 
 const ALL: &[&str] = &["Hill", "Jaquez", "Smith", "Campbell", "Singleton"];
 /// Every host listens on the same ports, as real hosts would.
@@ -791,12 +791,8 @@ fn a_long_run_of_hosts_cut_off_over_lossy_links_loses_nothing() {
     let how = lab.impair_all();
     lab.ask_locally = true;
     lab.start_herd();
-    let seconds = std::env::var("HERD_MULTIHOST_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
+    let deadline = started + Duration::from_secs(env_number("HERD_MULTIHOST_SECONDS", 0));
     let mut newest: HashMap<String, String> = HashMap::new();
     let mut round = 0;
     while round < ALL.len() || Instant::now() < deadline {

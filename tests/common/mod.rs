@@ -52,6 +52,19 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// A whole number from the environment variable `name` (how long or with
+/// which seed a test runs), or `default` when it is not set; a value that
+/// is not a whole number fails the test rather than being ignored.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
 /// The `herd` binary under test.
 pub fn herd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_herd")
