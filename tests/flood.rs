@@ -188,6 +188,13 @@ fn a_paused_server_catches_up_what_it_missed() {
 fn logs_show_peer_links_and_flooded_messages() {
     // The messages go to the log file `main.rs` sets up: processes here.
     let mut herd = ProcessHerd::start_default();
+    // Hill sends its own reports to Smith once it routes over every link:
+    // a report made while Hill's link to Smith is still coming up reaches
+    // Smith by another way.
+    eventually("Hill to route over all six links", || {
+        herd.log("Hill")
+            .contains("routes worked out again: 6 links of the herd up")
+    });
     let at = herd.client("Hill").iamat("logged", "+1+1");
     herd.await_everywhere(ALL, "logged", &at);
     herd.kill("Jaquez");
